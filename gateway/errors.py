@@ -1,0 +1,180 @@
+"""The one error tree of xbgw.
+
+Every failure a person may have to act on is one of these types. Domain modules raise them;
+foreign exceptions (pkcs11, cryptography, yaml, grpc) are converted at the edge of the module
+that calls the foreign library. The CLI catches ``XbgwError`` once; the gRPC servicers map
+an error to a status with :func:`grpc_status_name` -- this module names the status but does not
+import grpc, so that domain modules stay free of it.
+
+Messages never contain secrets: no PIN, no key bytes, no payload bytes.
+"""
+
+from __future__ import annotations
+
+
+class XbgwError(Exception):
+    """Base of every error xbgw raises on purpose."""
+
+    #: Name of the ``grpc.StatusCode`` member this error maps to on the wire.
+    grpc_status: str = "INTERNAL"
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+class ConfigError(XbgwError):
+    """A configuration file or setting is wrong; the message names the file and the key."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class PinSourceError(ConfigError):
+    """The HSM PIN could not be read from its file, variable or systemd credential."""
+
+
+# --- HSM ------------------------------------------------------------------------------------
+
+
+class HsmError(XbgwError):
+    """The HSM refused or failed an operation."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+class HsmConfigError(HsmError):
+    """The HSM cannot be opened as configured (module, token, PIN, SoftHSM config)."""
+
+
+class KeyNotFoundError(HsmError):
+    """A key version that should exist on the token does not."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class UnwrapError(HsmError):
+    """A wrapped key did not unwrap: wrong key, wrong context, or tampered bytes."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+# --- envelope (XBGW-STREAM-1) ---------------------------------------------------------------
+
+
+class EnvelopeError(XbgwError):
+    """A stream or its header is not a valid XBGW-STREAM-1 object."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class HeaderFormatError(EnvelopeError):
+    """The header is malformed, truncated, oversized, or has a field out of range."""
+
+
+class UnsupportedVersionError(EnvelopeError):
+    """The header names a format version this gateway does not speak."""
+
+
+class UnsupportedSuiteError(EnvelopeError):
+    """The header names a suite outside the allow list; never fall back to a weaker one."""
+
+
+class SegmentSizeError(HeaderFormatError):
+    """The segment size is outside the allowed range."""
+
+
+class NoUsableWrappedKeyError(EnvelopeError):
+    """No wrapped key in the header is addressed to a key this gateway holds."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class KeyUnwrapError(EnvelopeError):
+    """A wrapped data key addressed to us did not unwrap (wrong key or tampered)."""
+
+
+class CommitmentError(EnvelopeError):
+    """The key commitment does not match the data key and header core."""
+
+
+class SegmentAuthenticationError(EnvelopeError):
+    """A segment failed authentication: flipped bits, wrong key, reordered or replayed."""
+
+    grpc_status = "DATA_LOSS"
+
+
+class SegmentOrderError(EnvelopeError):
+    """A segment arrived out of order, twice, or with an index the stream cannot have."""
+
+    grpc_status = "OUT_OF_RANGE"
+
+
+class SegmentLengthError(EnvelopeError):
+    """A segment has a length the format does not allow at its position."""
+
+
+class TruncatedStreamError(EnvelopeError):
+    """The stream ended before its final segment."""
+
+    grpc_status = "DATA_LOSS"
+
+
+class TrailingDataError(EnvelopeError):
+    """Data followed the final segment."""
+
+    grpc_status = "OUT_OF_RANGE"
+
+
+# --- passport -------------------------------------------------------------------------------
+
+
+class PassportError(XbgwError):
+    """A data passport was refused."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class PassportFormatError(PassportError):
+    """The token is not a well-formed compact JWS of acceptable size."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class PassportHeaderError(PassportError):
+    """The JWS header is not what xbgw issues (``alg``, ``typ``, ``kid``, extra members)."""
+
+
+class PassportUnknownIssuerError(PassportError):
+    """The ``kid``/``iss`` is not among the trusted issuers."""
+
+
+class PassportSignatureError(PassportError):
+    """The signature does not verify over the exact signed bytes."""
+
+
+class PassportExpiredError(PassportError):
+    """``exp`` is in the past (beyond the leeway)."""
+
+
+class PassportNotYetValidError(PassportError):
+    """``nbf`` is in the future (beyond the leeway)."""
+
+
+class PassportAudienceError(PassportError):
+    """``aud`` does not name this gateway."""
+
+
+class PassportClaimsError(PassportError):
+    """A claim is missing, of the wrong type, too long, or out of its allowed format."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+def grpc_status_name(error: BaseException) -> str:
+    """Name of the ``grpc.StatusCode`` for ``error``; anything not ours is ``INTERNAL``."""
+    if isinstance(error, XbgwError):
+        return error.grpc_status
+    return "INTERNAL"
