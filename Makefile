@@ -1,0 +1,40 @@
+# One entry point per job. `make test` is the README's test command; `make demo` the demo.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export GRPC_VERBOSITY ?= ERROR
+
+.PHONY: setup test lint typecheck unit demo bench proto clean
+
+$(STAMP): pyproject.toml
+	scripts/setup-env "$(PYTHON)" "$(VENV)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff format --check gateway tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(PY) -m pytest -q tests
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py
+
+demo: $(STAMP)
+	$(PY) -m gateway.demo
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""xbgw: secure cross-border data exchange gateway."""
+
+__version__ = "0.1.0"

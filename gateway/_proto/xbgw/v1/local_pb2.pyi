@@ -1,0 +1,144 @@
+from gateway._proto.xbgw.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SendStart(_message.Message):
+    __slots__ = ("partner", "passport", "size")
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    PASSPORT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    partner: str
+    passport: str
+    size: int
+    def __init__(self, partner: _Optional[str] = ..., passport: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class SendRequest(_message.Message):
+    __slots__ = ("start", "data")
+    START_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    start: SendStart
+    data: bytes
+    def __init__(self, start: _Optional[_Union[SendStart, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SendAccepted(_message.Message):
+    __slots__ = ("transfer_id", "resume_from")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    resume_from: int
+    def __init__(self, transfer_id: _Optional[str] = ..., resume_from: _Optional[int] = ...) -> None: ...
+
+class SendProgress(_message.Message):
+    __slots__ = ("bytes_sent", "bytes_total")
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    bytes_sent: int
+    bytes_total: int
+    def __init__(self, bytes_sent: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
+
+class ReceiptSummary(_message.Message):
+    __slots__ = ("transfer_id", "partner", "plaintext_sha256", "plaintext_size", "committed_at", "signed_by", "receipt")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_BY_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    partner: str
+    plaintext_sha256: str
+    plaintext_size: int
+    committed_at: int
+    signed_by: str
+    receipt: _common_pb2.SignedBlob
+    def __init__(self, transfer_id: _Optional[str] = ..., partner: _Optional[str] = ..., plaintext_sha256: _Optional[str] = ..., plaintext_size: _Optional[int] = ..., committed_at: _Optional[int] = ..., signed_by: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ...) -> None: ...
+
+class SendEvent(_message.Message):
+    __slots__ = ("accepted", "progress", "done")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    accepted: SendAccepted
+    progress: SendProgress
+    done: ReceiptSummary
+    def __init__(self, accepted: _Optional[_Union[SendAccepted, _Mapping]] = ..., progress: _Optional[_Union[SendProgress, _Mapping]] = ..., done: _Optional[_Union[ReceiptSummary, _Mapping]] = ...) -> None: ...
+
+class ListInboxRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InboxItem(_message.Message):
+    __slots__ = ("transfer_id", "sender", "size", "plaintext_sha256", "committed_at", "classification", "source_jurisdiction")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_JURISDICTION_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    sender: str
+    size: int
+    plaintext_sha256: str
+    committed_at: int
+    classification: str
+    source_jurisdiction: str
+    def __init__(self, transfer_id: _Optional[str] = ..., sender: _Optional[str] = ..., size: _Optional[int] = ..., plaintext_sha256: _Optional[str] = ..., committed_at: _Optional[int] = ..., classification: _Optional[str] = ..., source_jurisdiction: _Optional[str] = ...) -> None: ...
+
+class ListInboxResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[InboxItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[InboxItem, _Mapping]]] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class FetchChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TransferSummary(_message.Message):
+    __slots__ = ("transfer_id", "direction", "partner", "state", "bytes")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    direction: str
+    partner: str
+    state: _common_pb2.TransferState
+    bytes: int
+    def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[str] = ..., partner: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TransferState, str]] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("gateway_id", "jurisdiction", "version", "started_at", "partners", "transfers")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    JURISDICTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARTNERS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    jurisdiction: str
+    version: str
+    started_at: int
+    partners: _containers.RepeatedScalarFieldContainer[str]
+    transfers: _containers.RepeatedCompositeFieldContainer[TransferSummary]
+    def __init__(self, gateway_id: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[int] = ..., partners: _Optional[_Iterable[str]] = ..., transfers: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ...) -> None: ...
