@@ -177,7 +177,7 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
 
 
 def cmd_passport_issue(args: argparse.Namespace) -> int:
-    from gateway.passport import PassportClaims, issue
+    from gateway.passport import PassportClaims, XbgwClaims, issue
 
     kid = KeyRef.parse(args.kid)
     now = int(time.time())
@@ -192,15 +192,17 @@ def cmd_passport_issue(args: argparse.Namespace) -> int:
         exp=now + args.ttl,
         aud=args.to,
         sub=sub,
-        sender=args.sender,
-        src=args.src,
-        dst=args.dst,
-        classification=args.classification,
-        pi=args.pi,
-        subjects=args.subjects,
-        purpose=args.purpose,
-        legal_basis=args.legal_basis,
-        byte_limit=args.byte_limit,
+        xbgw=XbgwClaims(
+            sender=args.sender,
+            src=args.src,
+            dst=args.dst,
+            classification=args.classification,
+            pi=args.pi,
+            subjects=args.subjects,
+            purpose=args.purpose,
+            legal_basis=args.legal_basis,
+            byte_limit=args.byte_limit,
+        ),
     )
     with open_hsm(args) as hsm:
         token = issue(claims, hsm, kid)
@@ -248,7 +250,7 @@ def cmd_passport_verify(args: argparse.Namespace) -> int:
 
         config = load_config(args.config)
         trusted.update(config.trusted_issuer_keys())
-        audience = audience or config.identity.id
+        audience = audience or config.id
         leeway = config.limits.passport_leeway_seconds
     for item in args.issuer or []:
         kid, _, pem_path = item.partition("=")
@@ -263,10 +265,12 @@ def cmd_passport_verify(args: argparse.Namespace) -> int:
     verifier = PassportVerifier(trusted, audience=audience, leeway_seconds=leeway)
     verified = verifier.verify(_read_token(args.token))
     claims = verified.claims
+    terms = claims.xbgw
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.exp))
     print(
-        f"valid passport {claims.jti}: {claims.sender} ({claims.src}) -> {claims.aud} "
-        f"({claims.dst}), {claims.classification}, up to {claims.byte_limit} bytes, "
-        f"signed by {verified.kid}, expires {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(claims.exp))}"
+        f"valid passport {claims.jti}: {terms.sender} ({terms.src}) -> {claims.aud} "
+        f"({terms.dst}), {terms.classification}, up to {terms.byte_limit} bytes, "
+        f"signed by {verified.kid}, expires {expires}"
     )
     return 0
 

@@ -178,3 +178,88 @@ def grpc_status_name(error: BaseException) -> str:
     if isinstance(error, XbgwError):
         return error.grpc_status
     return "INTERNAL"
+
+
+# --- transfers ------------------------------------------------------------------------------
+
+
+class TransferError(XbgwError):
+    """A transfer was refused or could not proceed."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class PeerNotAuthorizedError(TransferError):
+    """The mutual-TLS peer is not a configured partner, or not the one it claims to be."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class PassportReplayError(TransferError):
+    """The passport's transfer id was already used (single use)."""
+
+    grpc_status = "ALREADY_EXISTS"
+
+
+class TransferConflictError(TransferError):
+    """The transfer id is in progress with different parameters; it cannot be resumed."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class UnknownTransferError(TransferError):
+    """No transfer with this id exists here (for this peer)."""
+
+    grpc_status = "NOT_FOUND"
+
+
+class ByteLimitError(TransferError):
+    """The stream grew past the passport's byte limit."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class ManifestError(TransferError):
+    """The sender's manifest is unsigned, mis-signed, or disagrees with what arrived."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class PolicyDeniedError(TransferError):
+    """The jurisdiction/classification rules refuse this transfer."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class SignatureError(XbgwError):
+    """A signed blob (receipt, manifest, key set) does not verify under the pinned key."""
+
+    grpc_status = "UNAUTHENTICATED"
+
+
+class PartnerError(XbgwError):
+    """The partner gateway refused the transfer or could not be reached; reason attached."""
+
+    grpc_status = "UNAVAILABLE"
+
+    def __init__(self, message: str, status: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.grpc_status = status
+
+
+class SourceChangedError(TransferError):
+    """A resumed send's data differs from what was encrypted before (nonce reuse refused)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class DaemonUnavailableError(XbgwError):
+    """The local daemon socket does not answer."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+class OfferMismatchError(TransferError):
+    """The envelope header and the passport disagree (transfer id, parties, digest)."""
+
+    grpc_status = "INVALID_ARGUMENT"

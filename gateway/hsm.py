@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -269,10 +269,8 @@ class Hsm:
                 return
             self._closed = True
             self._handles.clear()
-            try:
+            with suppress(p11e.PKCS11Error):
                 self._session.close()
-            except p11e.PKCS11Error:
-                pass
 
     def __enter__(self) -> Hsm:
         return self

@@ -8,10 +8,12 @@ so that a wrapped key or signature cannot be replayed against another key.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from gateway.errors import HeaderFormatError
+from gateway.errors import HeaderFormatError, KeyNotFoundError
 
 MAX_VERSION = 2**32 - 1
 _GATEWAY_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -99,3 +101,43 @@ class KeyRef:
         """Canonical bytes: ``len(owner) u8 || owner || purpose u8 || version u32be``."""
         owner = self.owner.encode("ascii")
         return bytes([len(owner)]) + owner + bytes([self.purpose.code]) + version_id(self.version)
+
+
+class HasVersions(Protocol):
+    def versions(self, purpose: Purpose) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class CurrentKeys:
+    """The key version of each purpose this gateway uses for new work right now."""
+
+    transport: int
+    signing: int
+    storage: int
+
+    @classmethod
+    def resolve(cls, hsm: HasVersions, pinned: Mapping[Purpose, int] | None) -> CurrentKeys:
+        """Pinned versions from the config, else the newest on the token."""
+        chosen: dict[Purpose, int] = {}
+        for purpose in Purpose:
+            if pinned and purpose in pinned:
+                chosen[purpose] = pinned[purpose]
+                continue
+            versions = hsm.versions(purpose)
+            if not versions:
+                raise KeyNotFoundError(
+                    f"the HSM token has no {purpose.label} key (run 'xbgw keys init')"
+                )
+            chosen[purpose] = versions[-1]
+        return cls(
+            transport=chosen[Purpose.TRANSPORT],
+            signing=chosen[Purpose.SIGNING],
+            storage=chosen[Purpose.STORAGE],
+        )
+
+    def as_dict(self) -> dict[Purpose, int]:
+        return {
+            Purpose.TRANSPORT: self.transport,
+            Purpose.SIGNING: self.signing,
+            Purpose.STORAGE: self.storage,
+        }

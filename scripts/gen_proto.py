@@ -27,6 +27,9 @@ def generate(out: Path) -> None:
             f"--python_out={raw}",
             f"--pyi_out={raw}",
             f"--grpc_python_out={raw}",
+            # Typed stubs for the service classes too, so mypy --strict checks our servicers.
+            f"--plugin=protoc-gen-mypy_grpc={Path(sys.executable).parent / 'protoc-gen-mypy_grpc'}",
+            f"--mypy_grpc_out={raw}",
             *sources,
         ]
         if protoc.main(args) != 0:

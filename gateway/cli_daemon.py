@@ -1,0 +1,250 @@
+"""``xbgw serve`` and the verbs that talk to a running daemon over its local socket."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import grpc
+
+from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
+from gateway.errors import DaemonUnavailableError, PartnerError, XbgwError
+
+DEFAULT_SOCKET = "/run/xbgw/local.sock"
+READ_CHUNK = 1 << 20
+MAX_MESSAGE = 16 << 20
+
+_STATE_NAMES = {
+    common_pb2.TRANSFER_STATE_RECEIVING: "receiving",
+    common_pb2.TRANSFER_STATE_COMMITTED: "committed",
+    common_pb2.TRANSFER_STATE_SENDING: "sending",
+    common_pb2.TRANSFER_STATE_DELIVERED: "delivered",
+    common_pb2.TRANSFER_STATE_UNSPECIFIED: "refused",
+}
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    if args.config:
+        from gateway.config import load_config
+
+        return str(load_config(args.config).listen.local_socket)
+    return os.environ.get("XBGW_SOCKET", DEFAULT_SOCKET)
+
+
+def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, local_pb2_grpc.LocalGatewayStub]:
+    path = _socket_path(args)
+    if not os.path.exists(path):
+        raise DaemonUnavailableError(
+            f"no gateway socket at {path}: is the daemon running? (systemctl status xbgw)"
+        )
+    channel = grpc.insecure_channel(
+        f"unix:{path}",
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ],
+    )
+    return channel, local_pb2_grpc.LocalGatewayStub(channel)
+
+
+def _rpc_error(exc: grpc.RpcError, socket: str) -> XbgwError:
+    code = exc.code()
+    if code is grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
+        return DaemonUnavailableError(f"the gateway at {socket} does not answer: is it running?")
+    return PartnerError(f"{exc.details()} [{code.name}]", code.name)
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; a line per 10% otherwise (logs stay readable)."""
+
+    def __init__(self, total: int, out: IO[str]) -> None:
+        self.total = max(total, 1)
+        self.out = out
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self._last_decile = -1
+
+    def update(self, done: int) -> None:
+        fraction = min(done / self.total, 1.0)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = done / elapsed / 1e6
+        if self.tty:
+            filled = int(fraction * 30)
+            self.out.write(
+                f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction:6.1%} "
+                f"{done / 2**20:9.1f} MiB  {rate:7.1f} MB/s"
+            )
+            self.out.flush()
+            return
+        decile = int(fraction * 10)
+        if decile > self._last_decile:
+            self._last_decile = decile
+            self.out.write(f"sent {fraction:6.1%} ({done / 2**20:.1f} MiB, {rate:.1f} MB/s)\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.daemon import serve
+
+    return serve(Path(args.config))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise DaemonUnavailableError(f"{path} is not a readable file")
+    token = (
+        Path(args.passport).read_text("ascii").strip()
+        if os.path.isfile(args.passport)
+        else args.passport.strip()
+    )
+    size = path.stat().st_size
+
+    def requests() -> Iterator[local_pb2.SendRequest]:
+        yield local_pb2.SendRequest(
+            start=local_pb2.SendStart(partner=args.to, passport=token, size=size)
+        )
+        with path.open("rb") as src:
+            while block := src.read(READ_CHUNK):
+                yield local_pb2.SendRequest(data=block)
+
+    channel, stub = _stub(args)
+    bar = ProgressBar(size, sys.stderr) if not args.quiet else None
+    summary = None
+    try:
+        for event in stub.Send(requests()):
+            kind = event.WhichOneof("kind")
+            if kind == "accepted" and event.accepted.resume_from and not args.quiet:
+                print(
+                    f"resuming {event.accepted.transfer_id}: partner holds "
+                    f"{event.accepted.resume_from} bytes",
+                    file=sys.stderr,
+                )
+            elif kind == "progress" and bar is not None:
+                bar.update(event.progress.bytes_sent)
+            elif kind == "done":
+                summary = event.done
+    except grpc.RpcError as exc:
+        if bar is not None:
+            bar.close()
+        raise _rpc_error(exc, _socket_path(args)) from None
+    finally:
+        channel.close()
+    if bar is not None:
+        bar.close()
+    if summary is None:
+        raise PartnerError("the gateway ended the transfer without a receipt")
+    committed = datetime.datetime.fromtimestamp(summary.committed_at, datetime.UTC)
+    print(f"delivered  {summary.transfer_id} to {summary.partner}")
+    print(f"  size     {summary.plaintext_size} bytes")
+    print(f"  sha256   {summary.plaintext_sha256}")
+    print(f"  receipt  signed by {summary.signed_by} (verified)")
+    print(f"  at       {committed:%Y-%m-%d %H:%M:%SZ}")
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    try:
+        items = stub.ListInbox(local_pb2.ListInboxRequest(), timeout=30).items
+    except grpc.RpcError as exc:
+        raise _rpc_error(exc, _socket_path(args)) from None
+    finally:
+        channel.close()
+    if not items:
+        print("inbox is empty")
+        return 0
+    print(f"{'TRANSFER':<34} {'FROM':<12} {'SIZE':>14} {'CLASS':<10} {'COMMITTED':<20} SHA-256")
+    for item in items:
+        when = datetime.datetime.fromtimestamp(item.committed_at, datetime.UTC)
+        print(
+            f"{item.transfer_id:<34} {item.sender:<12} {item.size:>14} {item.classification:<10} "
+            f"{when:%Y-%m-%d %H:%M:%SZ}  {item.plaintext_sha256[:16]}…"
+        )
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    target = Path(args.output)
+    partial = target.with_name(f".{target.name}.xbgw-partial")
+    channel, stub = _stub(args)
+    written = 0
+    try:
+        with partial.open("wb") as dst:
+            for chunk in stub.Fetch(local_pb2.FetchRequest(transfer_id=args.transfer_id)):
+                dst.write(chunk.data)
+                written += len(chunk.data)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(partial, target)
+    except grpc.RpcError as exc:
+        raise _rpc_error(exc, _socket_path(args)) from None
+    finally:
+        partial.unlink(missing_ok=True)
+        channel.close()
+    print(f"fetched {args.transfer_id}: {written} bytes to {target}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    try:
+        status = stub.Status(local_pb2.StatusRequest(), timeout=10)
+    except grpc.RpcError as exc:
+        raise _rpc_error(exc, _socket_path(args)) from None
+    finally:
+        channel.close()
+    up = int(time.time()) - status.started_at
+    print(f"gateway   {status.gateway_id} ({status.jurisdiction}), xbgw {status.version}, up {up}s")
+    print(f"partners  {', '.join(status.partners) or 'none'}")
+    for t in status.transfers:
+        state = _STATE_NAMES.get(t.state, "?")
+        arrow = "<-" if t.direction == "in" else "->"
+        print(f"  {t.transfer_id:<34} {arrow} {t.partner:<12} {state:<10} {t.bytes} bytes")
+    return 0
+
+
+def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = verbs.add_parser("serve", help="run the gateway daemon")
+    serve.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    serve.set_defaults(func=cmd_serve)
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help_text)
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", help="gateway YAML (for its socket path)")
+        where.add_argument(
+            "--socket", help=f"local socket (default $XBGW_SOCKET or {DEFAULT_SOCKET})"
+        )
+        return parser
+
+    send = client("send", "send a file to a partner gateway")
+    send.add_argument("file")
+    send.add_argument("--to", required=True, help="partner gateway id")
+    send.add_argument("--passport", required=True, help="the passport token or a file holding it")
+    send.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    send.set_defaults(func=cmd_send)
+
+    inbox = client("inbox", "list committed inbound transfers")
+    inbox.set_defaults(func=cmd_inbox)
+
+    fetch = client("fetch", "write a received transfer's plaintext to a file")
+    fetch.add_argument("transfer_id")
+    fetch.add_argument("-o", "--output", required=True)
+    fetch.set_defaults(func=cmd_fetch)
+
+    status = client("status", "gateway identity and recent transfers")
+    status.set_defaults(func=cmd_status)

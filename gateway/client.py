@@ -1,0 +1,416 @@
+"""The sending side: offer, stream from the resume point, manifest, verified receipt.
+
+Resume safety (DESIGN.md): segment *i* of a transfer always uses the same nonce, so it must
+always carry the same plaintext. Before a segment's ciphertext leaves this process, the
+SHA-256 of its plaintext is recorded durably in the ledger; a later attempt (after a broken
+stream or a crash) re-reads the source and refuses to go on if any segment differs from what
+was encrypted before. The data key survives crashes re-wrapped to our own storage key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from gateway import envelope
+from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
+from gateway.config import GatewayConfig, PartnerConfig
+from gateway.errors import (
+    ManifestError,
+    PartnerError,
+    PassportReplayError,
+    PeerNotAuthorizedError,
+    PolicyDeniedError,
+    SignatureError,
+    SourceChangedError,
+)
+from gateway.hsm import Hsm
+from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.ledger import Ledger, Outbound
+from gateway.passport import PassportVerifier
+from gateway.policy import BaselinePolicy, Direction, Policy, TransferFacts
+from gateway.signed import Signed, sign, verify
+from gateway.tls import channel_credentials
+
+log = logging.getLogger("xbgw.sender")
+
+DIGEST_BATCH = 4  # segments whose digests are committed together before they are sent
+KEY_SET_TTL_SECONDS = 300
+RPC_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ReceiptSummary:
+    transfer_id: str
+    partner: str
+    plaintext_sha256: bytes
+    plaintext_size: int
+    committed_at: int
+    signed_by: str
+    receipt: Signed
+
+
+@dataclass(frozen=True)
+class Progress:
+    kind: str  # "accepted" | "progress"
+    transfer_id: str
+    done_bytes: int
+    total_bytes: int
+
+
+def to_blob(signed: Signed) -> common_pb2.SignedBlob:
+    return common_pb2.SignedBlob(body=signed.body, signature=signed.signature, kid=signed.kid)
+
+
+def from_blob(blob: common_pb2.SignedBlob) -> Signed:
+    return Signed(bytes(blob.body), bytes(blob.signature), blob.kid)
+
+
+def partner_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return PartnerError(f"partner {partner} is unreachable during {what}: {details}")
+    return PartnerError(f"partner {partner} refused {what} ({code.name}): {details}", code.name)
+
+
+class PartnerChannels:
+    """One mutual-TLS channel per partner, rebuilt when the configuration changes."""
+
+    def __init__(self, config: GatewayConfig, key_pem: bytes) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._key_sets: dict[str, tuple[float, partner_pb2.KeySet]] = {}
+        self.reconfigure(config, key_pem)
+
+    def reconfigure(self, config: GatewayConfig, key_pem: bytes) -> None:
+        with self._lock:
+            old = self._channels
+            self._config, self._key_pem = config, key_pem
+            self._channels, self._key_sets = {}, {}
+        for channel in old.values():
+            channel.close()
+
+    def stub(self, partner: PartnerConfig) -> partner_pb2_grpc.PartnerGatewayStub:
+        with self._lock:
+            channel = self._channels.get(partner.id)
+            if channel is None:
+                limit = self._config.limits.max_message_bytes
+                channel = grpc.secure_channel(
+                    str(partner.endpoint),
+                    channel_credentials(self._config, partner, self._key_pem),
+                    options=[
+                        ("grpc.ssl_target_name_override", partner.identity),
+                        ("grpc.max_send_message_length", limit),
+                        ("grpc.max_receive_message_length", limit),
+                        ("grpc.keepalive_time_ms", 30_000),
+                    ],
+                )
+                self._channels[partner.id] = channel
+            return partner_pb2_grpc.PartnerGatewayStub(channel)
+
+    def key_set(self, partner: PartnerConfig) -> partner_pb2.KeySet:
+        """The partner's transport keys, verified under its pinned signing key (cached)."""
+        with self._lock:
+            cached = self._key_sets.get(partner.id)
+        if cached is not None and time.monotonic() - cached[0] < KEY_SET_TTL_SECONDS:
+            return cached[1]
+        try:
+            response = self.stub(partner).GetKeySet(
+                partner_pb2.GetKeySetRequest(), timeout=RPC_TIMEOUT_SECONDS
+            )
+        except grpc.RpcError as exc:
+            raise partner_error(exc, partner.id, "the key-set request") from None
+        blob = from_blob(response.key_set)
+        verify(blob, partner.signing_public_key, partner.id, f"key set of {partner.id}")
+        key_set = partner_pb2.KeySet.FromString(blob.body)
+        if key_set.gateway_id != partner.id:
+            raise SignatureError(f"key set names {key_set.gateway_id!r}, expected {partner.id!r}")
+        if not any(k.version == key_set.current_version for k in key_set.keys):
+            raise SignatureError(f"key set of {partner.id} lacks its current version")
+        with self._lock:
+            self._key_sets[partner.id] = (time.monotonic(), key_set)
+        return key_set
+
+    def forget_key_set(self, partner_id: str) -> None:
+        with self._lock:
+            self._key_sets.pop(partner_id, None)
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            channel.close()
+
+
+def _segments(chunks: Iterable[bytes], size: int) -> Iterator[tuple[int, bool, bytes]]:
+    """Re-cut arbitrary plaintext chunks into ``size``-byte segments, flagging the last."""
+    buffer = bytearray()
+    index = 0
+    pending: bytes | None = None
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            if pending is not None:
+                yield index, False, pending
+                index += 1
+            pending = bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        if pending is not None:
+            yield index, False, pending
+            index += 1
+        yield index, True, bytes(buffer)
+    elif pending is not None:
+        yield index, True, pending
+    else:
+        yield 0, True, b""
+
+
+class Sender:
+    """Sending-side domain logic of one gateway."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        hsm: Hsm,
+        keys: CurrentKeys,
+        ledger: Ledger,
+        channels: PartnerChannels,
+        policy: Policy | None = None,
+    ) -> None:
+        self._hsm = hsm
+        self._keys = keys
+        self._ledger = ledger
+        self._channels = channels
+        self._policy: Policy = policy or BaselinePolicy()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        self._config = config
+
+    @property
+    def me(self) -> str:
+        return self._config.id
+
+    def send(
+        self,
+        partner_id: str,
+        token: str,
+        chunks: Iterable[bytes],
+        total_size: int,
+        on_progress: Callable[[Progress], None] = lambda _: None,
+    ) -> ReceiptSummary:
+        config = self._config
+        partner = config.partner(partner_id)
+        verifier = PassportVerifier(
+            config.trusted_issuer_keys(),
+            audience=partner.id,
+            leeway_seconds=config.limits.passport_leeway_seconds,
+            max_token_bytes=config.limits.max_passport_bytes,
+        )
+        passport = verifier.verify(token)
+        claims = passport.claims
+        if claims.xbgw.sender != self.me:
+            raise PeerNotAuthorizedError(
+                f"passport {claims.jti} is for sender {claims.xbgw.sender!r}, not this "
+                f"gateway ({self.me})"
+            )
+        decision = self._policy.decide(
+            TransferFacts(
+                direction=Direction.EGRESS,
+                sender=self.me,
+                receiver=partner.id,
+                sender_jurisdiction=config.gateway.jurisdiction,
+                receiver_jurisdiction=partner.jurisdiction,
+                passport_src=claims.xbgw.src,
+                passport_dst=claims.xbgw.dst,
+                classification=claims.xbgw.classification,
+                pi=claims.xbgw.pi,
+                subjects=claims.xbgw.subjects,
+                legal_basis=claims.xbgw.legal_basis,
+                byte_limit=claims.xbgw.byte_limit,
+            )
+        )
+        if not decision.allow:
+            raise PolicyDeniedError("; ".join(decision.reasons))
+        transfer_id = claims.jti
+        row = self._ledger.outbound(transfer_id)
+        if row is not None and row.state == "delivered":
+            raise PassportReplayError(
+                f"transfer {transfer_id} was already delivered to {row.partner}"
+            )
+        if row is not None and row.partner != partner.id:
+            raise PassportReplayError(f"transfer {transfer_id} is in use for {row.partner}")
+        if row is None:
+            row = self._prepare(partner, transfer_id, passport.digest)
+        sent_header = envelope.Header.decode(row.sent_header)
+        data_key = envelope.open_header(
+            envelope.Header.decode(row.stored_header), self.me, self._hsm
+        )
+        stub = self._channels.stub(partner)
+        try:
+            offer = stub.Offer(
+                partner_pb2.OfferRequest(passport=token, envelope_header=row.sent_header),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+        except grpc.RpcError as exc:
+            raise partner_error(exc, partner.id, "the offer") from None
+        start = offer.next_segment
+        on_progress(Progress("accepted", transfer_id, offer.received_bytes, total_size))
+        log.info(
+            "transfer accepted",
+            extra={"transfer_id": transfer_id, "partner": partner.id, "outcome": f"from {start}"},
+        )
+        hasher = hashlib.sha256()
+        counters = {"bytes": 0, "segments": 0}
+        encryptor = envelope.StreamEncryptor(sent_header, data_key)
+
+        def outgoing() -> Iterator[partner_pb2.Segment]:
+            batch: list[tuple[int, bool, bytes, bytes]] = []
+            for index, final, plaintext in _segments(chunks, sent_header.segment_size):
+                hasher.update(plaintext)
+                counters["bytes"] += len(plaintext)
+                counters["segments"] = index + 1
+                digest = hashlib.sha256(plaintext).digest()
+                batch.append((index, final, plaintext, digest))
+                if len(batch) >= DIGEST_BATCH or final:
+                    yield from self._emit(transfer_id, batch, start, encryptor)
+                    batch = []
+                    on_progress(Progress("progress", transfer_id, counters["bytes"], total_size))
+
+        if offer.state == common_pb2.TRANSFER_STATE_COMMITTED:
+            # Delivered before, receipt lost: re-read the source for the manifest only.
+            for _ in outgoing():
+                pass
+        else:
+            try:
+                stub.Upload(outgoing(), timeout=None)
+            except grpc.RpcError as exc:
+                raise partner_error(exc, partner.id, "the upload") from None
+        return self._finish(partner, transfer_id, sent_header, passport.digest, hasher, counters)
+
+    def _prepare(
+        self, partner: PartnerConfig, transfer_id: str, passport_digest: bytes
+    ) -> Outbound:
+        key_set = self._channels.key_set(partner)
+        current = next(k for k in key_set.keys if k.version == key_set.current_version)
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), current.public_point)
+        context = envelope.StreamContext(transfer_id, self.me, partner.id, passport_digest)
+        header, data_key = envelope.seal_header(
+            context,
+            KeyRef(partner.id, Purpose.TRANSPORT, current.version),
+            public,
+            segment_size=self._config.limits.segment_size,
+        )
+        stored = envelope.rewrap_for_storage(
+            header, data_key, KeyRef(self.me, Purpose.STORAGE, self._keys.storage), self._hsm
+        )
+        return self._ledger.create_outbound(
+            transfer_id=transfer_id,
+            partner=partner.id,
+            passport_digest=passport_digest,
+            sent_header=header.encode(),
+            stored_header=stored.encode(),
+        )
+
+    def _emit(
+        self,
+        transfer_id: str,
+        batch: list[tuple[int, bool, bytes, bytes]],
+        start: int,
+        encryptor: envelope.StreamEncryptor,
+    ) -> Iterator[partner_pb2.Segment]:
+        first, last = batch[0][0], batch[-1][0] + 1
+        recorded = self._ledger.segment_digests(transfer_id, first, last)
+        for index, _final, _plaintext, digest in batch:
+            known = recorded.get(index)
+            if known is not None and known != digest:
+                raise SourceChangedError(
+                    f"segment {index} of transfer {transfer_id} differs from what was sent "
+                    "before; resend the original data or use a new passport"
+                )
+        self._ledger.record_segment_digests(
+            transfer_id, [(i, d) for i, _f, _p, d in batch if i not in recorded]
+        )
+        for index, final, plaintext, _digest in batch:
+            if index < start:
+                continue
+            yield partner_pb2.Segment(
+                transfer_id=transfer_id,
+                index=index,
+                final=final,
+                ciphertext=encryptor.encrypt_segment(index, plaintext, final),
+            )
+
+    def _finish(
+        self,
+        partner: PartnerConfig,
+        transfer_id: str,
+        header: envelope.Header,
+        passport_digest: bytes,
+        hasher: hashlib._Hash,
+        counters: dict[str, int],
+    ) -> ReceiptSummary:
+        plaintext_sha256 = hasher.digest()
+        manifest = sign(
+            self._hsm,
+            KeyRef(self.me, Purpose.SIGNING, self._keys.signing),
+            partner_pb2.Manifest(
+                transfer_id=transfer_id,
+                sender=self.me,
+                receiver=partner.id,
+                header_core_digest=header.core_digest(),
+                passport_digest=passport_digest,
+                plaintext_sha256=plaintext_sha256,
+                plaintext_size=counters["bytes"],
+                segment_count=counters["segments"],
+            ).SerializeToString(deterministic=True),
+        )
+        try:
+            response = self._channels.stub(partner).Finish(
+                partner_pb2.FinishRequest(transfer_id=transfer_id, manifest=to_blob(manifest)),
+                timeout=RPC_TIMEOUT_SECONDS * 4,
+            )
+        except grpc.RpcError as exc:
+            raise partner_error(exc, partner.id, "the manifest") from None
+        receipt = from_blob(response.receipt)
+        kid = verify(receipt, partner.signing_public_key, partner.id, "receipt")
+        body = partner_pb2.ReceiptBody.FromString(receipt.body)
+        if (
+            body.transfer_id != transfer_id
+            or body.manifest_digest != manifest.digest
+            or body.plaintext_sha256 != plaintext_sha256
+            or body.plaintext_size != counters["bytes"]
+            or body.passport_digest != passport_digest
+            or body.receiver != partner.id
+            or body.sender != self.me
+        ):
+            raise ManifestError(f"receipt from {partner.id} does not match what was sent")
+        self._ledger.deliver_outbound(transfer_id, counters["bytes"], plaintext_sha256, receipt)
+        log.info(
+            "transfer delivered",
+            extra={
+                "transfer_id": transfer_id,
+                "partner": partner.id,
+                "outcome": "delivered",
+                "bytes": counters["bytes"],
+            },
+        )
+        return ReceiptSummary(
+            transfer_id=transfer_id,
+            partner=partner.id,
+            plaintext_sha256=plaintext_sha256,
+            plaintext_size=counters["bytes"],
+            committed_at=body.committed_at,
+            signed_by=str(kid),
+            receipt=receipt,
+        )

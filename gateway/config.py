@@ -1,0 +1,692 @@
+"""The gateway's one YAML file, turned into frozen, typed dataclasses.
+
+A misconfigured gateway must fail at load, never at first use: a typo in a partner's endpoint
+found when the first transfer to it is attempted is an outage with a confusing cause. So
+loading checks everything it can without the HSM or the network -- types, ranges, formats,
+files that must exist, keys that must parse, cross references -- and reports *every* mistake
+in one :class:`~gateway.errors.ConfigError`, one line each, as ``file: key.path: reason``.
+An operator fixes the file once instead of once per restart.
+
+Validation is table-driven: each section is a schema (YAML key -> converter, required or not)
+and a converter either returns the typed value or raises ``_Invalid(reason)``; the loader adds
+the file and key path. Secrets are never values: a PIN or passphrase is a *source* (file, env,
+systemd credential) and a secret-bearing value is never echoed in a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway.errors import ConfigError
+from gateway.hsm import PinSource
+from gateway.keys import MAX_VERSION, KeyRef, Purpose, check_gateway_id
+
+KIB, MIB = 1024, 1024 * 1024
+FRAME_OVERHEAD = 64 * KIB  # room for gRPC framing and message fields around one segment
+MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE, DEFAULT_SEGMENT_SIZE = 64, 16 * MIB, MIB
+MAX_MESSAGE_BYTES = 16 * MIB
+MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+
+_JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_.@-]+")
+_SOURCES: tuple[Literal["file", "env", "credential"], ...] = ("file", "env", "credential")
+
+
+# --- the typed result -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Address:
+    """A validated ``host:port``; ``str()`` gives the form gRPC accepts (``[v6]:port``)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: str
+    jurisdiction: str
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Listen:
+    partner: Address
+    local_socket: Path
+    metrics: Address | None = None  # None: no metrics endpoint
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Paths, not bytes: the daemon rereads them on reload so certificates can be renewed."""
+
+    certificate: Path
+    private_key: Path
+    private_key_passphrase: PinSource | None = None
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    module: Path
+    token: str
+    pin: PinSource
+    softhsm_conf: Path | None = None
+    key_versions: dict[Purpose, int] | None = None  # pinned versions; absent = highest on token
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    id: str
+    endpoint: Address
+    jurisdiction: str
+    ca: Path
+    ca_pem: bytes
+    identity: str  # SAN expected in the partner's certificate
+    signing_key: Path
+    signing_public_key: ec.EllipticCurvePublicKey
+    max_transfer_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    kid: KeyRef
+    public_key_path: Path
+    public_key: ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = DEFAULT_SEGMENT_SIZE + FRAME_OVERHEAD
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    passport_leeway_seconds: int = 60
+    drain_grace_seconds: int = 20
+    max_concurrent_transfers: int = 16
+    max_passport_bytes: int = 8192
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path  # the file this came from, absolute
+    gateway: Identity
+    listen: Listen
+    tls: TlsConfig
+    hsm: HsmConfig
+    state_dir: Path
+    partners: tuple[PartnerConfig, ...] = ()
+    issuers: tuple[IssuerConfig, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def id(self) -> str:
+        return self.gateway.id
+
+    def partner(self, partner_id: str) -> PartnerConfig:
+        """The partner ``partner_id``; a ``ConfigError`` (not ``KeyError``) names the known ones."""
+        for partner in self.partners:
+            if partner.id == partner_id:
+                return partner
+        known = ", ".join(p.id for p in self.partners) or "none"
+        raise ConfigError(f"{self.path}: no partner {partner_id!r} (configured: {known})")
+
+    def partner_by_identity(self, identity: str) -> PartnerConfig | None:
+        """The partner whose certificate carries ``identity`` (DNS names case-insensitively)."""
+        key = _identity_key(identity)
+        return next((p for p in self.partners if _identity_key(p.identity) == key), None)
+
+    def trusted_issuer_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
+        """Passport issuer keys by ``kid`` (the JWS header value)."""
+        return {str(issuer.kid): issuer.public_key for issuer in self.issuers}
+
+
+# --- the validation machinery ---------------------------------------------------------------
+#
+# A converter takes (raw value, loader, key path) and returns the typed value; it raises
+# ValueError with the reason for a wrong value, or _ReportedError when it recorded problems
+# itself (nested sections report each of their keys).
+
+
+class _ReportedError(Exception):
+    """A nested value is wrong and its problems are already recorded."""
+
+
+Convert = Callable[[Any, "_Loader", str], Any]
+Build = Callable[[dict[str, Any], "_Loader", str], Any]
+
+
+@dataclass(frozen=True)
+class _Key:
+    convert: Convert
+    required: bool
+
+
+def _req(convert: Convert) -> _Key:
+    return _Key(convert, required=True)
+
+
+def _opt(convert: Convert) -> _Key:
+    return _Key(convert, required=False)
+
+
+class _Loader:
+    """Collects problems with their key path; knows the file and its directory."""
+
+    def __init__(self, label: str, source: Path) -> None:
+        self.label, self.source, self.problems = label, source, list[str]()
+
+    def problem(self, path: str, reason: str) -> None:
+        self.problems.append(f"{self.label}: {path}: {reason}")
+
+    def convert(self, convert: Convert, raw: Any, path: str) -> Any:
+        """Run a converter, recording a ``ValueError`` as this path's problem."""
+        try:
+            return convert(raw, self, path)
+        except ValueError as exc:
+            self.problem(path, str(exc))
+            raise _ReportedError from None
+
+    def section(self, value: Any, path: str, schema: dict[str, _Key]) -> dict[str, Any]:
+        """Convert a mapping by its schema; every key is checked before giving up."""
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {_kind(value)}")
+        failed = False
+        for key in value:
+            if key not in schema:
+                self.problem(_join(path, key), _unknown_key(key, schema))
+                failed = True
+        out: dict[str, Any] = {}
+        for key, spec in schema.items():
+            sub, raw = _join(path, key), value.get(key)
+            if raw is None:  # absent, or present without a value: optional means default
+                if spec.required:
+                    self.problem(
+                        sub, f"required key {'has no value' if key in value else 'is missing'}"
+                    )
+                    failed = True
+                continue
+            try:
+                out[key] = self.convert(spec.convert, raw, sub)
+            except _ReportedError:
+                failed = True
+        if failed:
+            raise _ReportedError
+        return out
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _unknown_key(key: object, schema: dict[str, _Key]) -> str:
+    close = difflib.get_close_matches(str(key), list(schema), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(schema)}"
+    return f"unknown key ({hint})"
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list"}
+_TYPE_NAMES |= {dict: "a mapping", type(None): "nothing"}
+
+
+def _kind(value: object) -> str:
+    """The type of a value, in words, without the value (it might be a secret)."""
+    if isinstance(value, bool):
+        return "a boolean (YAML reads yes/no/on/off/true/false as booleans; quote the value)"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _record(schema: dict[str, _Key], build: Build | type) -> Convert:
+    """A mapping converted by ``schema``; a dataclass ``build`` takes the values as keywords."""
+
+    def convert(value: Any, ld: _Loader, path: str) -> Any:
+        values = ld.section(value, path, schema)
+        return build(**values) if isinstance(build, type) else build(values, ld, path)
+
+    return convert
+
+
+def _list_of(item: Convert) -> Convert:
+    def convert(value: Any, ld: _Loader, path: str) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {_kind(value)}")
+        out, failed = [], False
+        for index, raw in enumerate(value):
+            try:
+                out.append(ld.convert(item, raw, f"{path}[{index}]"))
+            except _ReportedError:
+                failed = True
+        if failed:
+            raise _ReportedError
+        return tuple(out)
+
+    return convert
+
+
+def _text(check: Callable[[str], Any] | None = None) -> Convert:
+    """A non-empty string, optionally passed through ``check``."""
+
+    def convert(value: Any, _ld: _Loader, _path: str) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {_kind(value)}")
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return check(value) if check else value
+
+    return convert
+
+
+def _choice(*options: str) -> Convert:
+    def check(value: str) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}; got {value!r}")
+        return value
+
+    return _text(check)
+
+
+def _int(low: int, high: int | None = None) -> Convert:
+    def convert(value: Any, _ld: _Loader, _path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {_kind(value)}")
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bounds}, got {value}")
+        return value
+
+    return convert
+
+
+def _jurisdiction(value: str) -> str:
+    if not _JURISDICTION.fullmatch(value):
+        raise ValueError(
+            f"expected a jurisdiction code like CN-SH or EU-DE (two capital letters, optionally "
+            f"'-' and 1-3 capital letters or digits), got {value!r}"
+        )
+    return value
+
+
+def _is_hostname(host: str) -> bool:
+    return len(host) <= 253 and all(_LABEL.fullmatch(part) for part in host.split("."))
+
+
+def _address(allow_zero: bool) -> Convert:
+    def check(text: str) -> Address:
+        match = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text)
+        if not match:
+            hint = " (IPv6 addresses go in brackets: [::1]:7443)" if text.count(":") > 1 else ""
+            raise ValueError(f"expected host:port, got {text!r}{hint}")
+        host, port = match[1] or match[3], int(match[2] or match[4])
+        try:
+            if match[1]:
+                ipaddress.IPv6Address(host)
+            elif re.fullmatch(r"[0-9.]+", host):
+                ipaddress.IPv4Address(host)
+            elif not _is_hostname(host):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{host!r} in {text!r} is not an IP address or host name") from None
+        if not (0 if allow_zero else 1) <= port <= 65535:
+            low = "0 (ephemeral)" if allow_zero else "1"
+            raise ValueError(f"port in {text!r} must be between {low} and 65535")
+        return Address(host, port)
+
+    return _text(check)
+
+
+def _partner_identity(value: str) -> str:
+    if not (_is_hostname(value) or _URI.fullmatch(value)):
+        raise ValueError(f"expected a DNS name or URI (a certificate SAN), got {value!r}")
+    return value
+
+
+def _identity_key(identity: str) -> str:
+    return identity if ":" in identity else identity.lower()  # DNS names ignore case
+
+
+def _signing_kid(value: str) -> KeyRef:
+    ref = KeyRef.parse(value)
+    if ref.purpose is not Purpose.SIGNING:
+        raise ValueError(f"{value!r} must name a signing key, not a {ref.purpose.value} key")
+    return ref
+
+
+# --- paths, files and secret sources --------------------------------------------------------
+
+
+def _path(value: Any, ld: _Loader, path: str) -> Path:
+    text: str = _text()(value, ld, path)
+    if "\0" in text:
+        raise ValueError("path contains a NUL character")
+    return ld.source.parent / text  # an absolute path replaces the base
+
+
+def _socket_path(value: Any, ld: _Loader, path: str) -> Path:
+    resolved = _path(value, ld, path)
+    if (size := len(os.fsencode(resolved))) > MAX_UNIX_SOCKET_PATH:
+        raise ValueError(f"{resolved} is {size} bytes; Unix sockets allow {MAX_UNIX_SOCKET_PATH}")
+    return resolved
+
+
+def _file(secret: bool = False, parse: Callable[[Path, bytes], Any] | None = None) -> Convert:
+    """An existing file; with ``parse``, its content must parse and ``(path, parsed)`` is returned.
+
+    A ``secret`` file this process may not read is accepted: the CLI loads the same config
+    as an unprivileged user, and only the daemon's user needs the secret.
+    """
+
+    def convert(value: Any, ld: _Loader, path: str) -> Any:
+        file, data = _path(value, ld, path), None
+        try:
+            if stat.S_ISDIR(file.stat().st_mode):
+                raise ValueError(f"{file} is a directory, expected a file")
+            data = file.read_bytes() if parse else None
+        except FileNotFoundError:
+            raise ValueError(f"file {file} does not exist") from None
+        except PermissionError:
+            if not secret:
+                raise ValueError(f"cannot read {file}: permission denied") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read {file}: {exc.strerror}") from None
+        if parse is None:
+            return file
+        return file, (None if data is None else parse(file, data))
+
+    return convert
+
+
+def _certificates(file: Path, data: bytes) -> bytes:
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{file} is not a PEM X.509 certificate") from None
+    return data
+
+
+def _private_key(file: Path, data: bytes) -> None:
+    """Only the PEM shape: decrypting may need a passphrase that only the daemon has."""
+    if not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", data):
+        raise ValueError(f"{file} is not a PEM private key")
+
+
+def _p256_public_key(file: Path, data: bytes) -> ec.EllipticCurvePublicKey:
+    try:
+        key = load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        hint = " (it holds a private key, which must never be here)" if b"PRIVATE" in data else ""
+        raise ValueError(f"{file} is not a PEM public key{hint}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        kind = f"EC {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else "not EC"
+        raise ValueError(f"{file} holds a public key of type {kind}; expected EC P-256")
+    return key
+
+
+def _secret_source(value: Any, ld: _Loader, path: str) -> PinSource:
+    """``{file|env|credential: ...}``; a secret written inline is refused without echoing it."""
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"expected a mapping with one of file, env or credential saying where the secret "
+            f"is read from; the secret itself never goes in the YAML (got {_kind(value)}, "
+            "value not shown)"
+        )
+    given = [kind for kind in _SOURCES if kind in value]
+    unknown = [key for key in value if key not in _SOURCES]
+    for key in unknown:
+        ld.problem(
+            _join(path, key),
+            "unknown source: use file, env or credential "
+            "(the secret itself never goes in the YAML)",
+        )
+    if len(given) > 1 or not (given or unknown):
+        ld.problem(path, f"give exactly one of file, env, credential; got {len(given)}")
+    if len(given) != 1 or unknown:
+        raise _ReportedError
+    source: PinSource = ld.convert(_SOURCE_NAMES[given[0]], value[given[0]], _join(path, given[0]))
+    return source
+
+
+def _source_name(kind: Literal["env", "credential"], pattern: re.Pattern[str]) -> Convert:
+    def check(name: str) -> PinSource:
+        if not pattern.fullmatch(name) or name in {".", ".."}:
+            raise ValueError(f"{name!r} is not a valid {kind} name")
+        return PinSource(kind, name)
+
+    return _text(check)
+
+
+_SOURCE_NAMES: dict[str, Convert] = {
+    "file": lambda v, ld, p: PinSource("file", str(_file(secret=True)(v, ld, p))),
+    "env": _source_name("env", _ENV_NAME),
+    "credential": _source_name("credential", _CREDENTIAL),
+}
+
+
+# --- the schema -----------------------------------------------------------------------------
+
+
+def _build_hsm(v: dict[str, Any], _ld: _Loader, _path: str) -> HsmConfig:
+    versions = v.pop("keys", None)
+    return HsmConfig(**v, key_versions=versions or None)
+
+
+def _build_tls(v: dict[str, Any], _ld: _Loader, _path: str) -> TlsConfig:
+    return TlsConfig(**v | {"certificate": v["certificate"][0], "private_key": v["private_key"][0]})
+
+
+def _build_partner(v: dict[str, Any], _ld: _Loader, _path: str) -> PartnerConfig:
+    (ca, ca_pem), (key_path, key) = v.pop("ca"), v.pop("signing_key")
+    v.setdefault("identity", v["id"])
+    return PartnerConfig(**v, ca=ca, ca_pem=ca_pem, signing_key=key_path, signing_public_key=key)
+
+
+def _build_issuer(v: dict[str, Any], _ld: _Loader, _path: str) -> IssuerConfig:
+    (key_path, key) = v["public_key"]
+    return IssuerConfig(kid=v["kid"], public_key_path=key_path, public_key=key)
+
+
+def _build_limits(v: dict[str, Any], ld: _Loader, path: str) -> Limits:
+    """The message limit must hold one segment plus framing; by default it is just that."""
+    needed = v.setdefault("segment_size", DEFAULT_SEGMENT_SIZE) + FRAME_OVERHEAD
+    key = "max_message_bytes" if "max_message_bytes" in v else "segment_size"
+    if not needed <= v.setdefault("max_message_bytes", needed) <= MAX_MESSAGE_BYTES:
+        ld.problem(
+            _join(path, key),
+            f"segment_size + {FRAME_OVERHEAD} bytes of framing = {needed} must fit in "
+            f"max_message_bytes ({v['max_message_bytes']}, at most {MAX_MESSAGE_BYTES})",
+        )
+        raise _ReportedError
+    return Limits(**v)
+
+
+def _build_gateway(v: dict[str, Any], ld: _Loader, _path: str) -> GatewayConfig:
+    return GatewayConfig(path=ld.source, **v)
+
+
+_IDENTITY = {
+    "id": _req(_text(check_gateway_id)),
+    "jurisdiction": _req(_text(_jurisdiction)),
+    "description": _opt(_text()),
+}
+_LISTEN = {
+    "partner": _req(_address(allow_zero=True)),
+    "local_socket": _req(_socket_path),
+    "metrics": _opt(_address(allow_zero=True)),
+}
+_TLS = {
+    "certificate": _req(_file(parse=_certificates)),
+    "private_key": _req(_file(secret=True, parse=_private_key)),
+    "private_key_passphrase": _opt(_secret_source),
+}
+_HSM_KEYS = {p.value: _opt(_int(1, MAX_VERSION)) for p in Purpose}
+_HSM = {
+    "module": _req(_file()),
+    "token": _req(_text()),
+    "pin": _req(_secret_source),
+    "softhsm_conf": _opt(_file()),
+    "keys": _opt(_record(_HSM_KEYS, lambda v, _ld, _p: {Purpose(k): n for k, n in v.items()})),
+}
+_PARTNER = {
+    "id": _req(_text(check_gateway_id)),
+    "endpoint": _req(_address(allow_zero=False)),
+    "jurisdiction": _req(_text(_jurisdiction)),
+    "ca": _req(_file(parse=_certificates)),
+    "identity": _opt(_text(_partner_identity)),
+    "signing_key": _req(_file(parse=_p256_public_key)),
+    "max_transfer_bytes": _opt(_int(1)),
+}
+_ISSUER = {"kid": _req(_text(_signing_kid)), "public_key": _req(_file(parse=_p256_public_key))}
+_LIMITS = {
+    "max_message_bytes": _opt(_int(MIN_SEGMENT_SIZE + FRAME_OVERHEAD, MAX_MESSAGE_BYTES)),
+    "segment_size": _opt(_int(MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE)),
+    "passport_leeway_seconds": _opt(_int(0, 600)),
+    "drain_grace_seconds": _opt(_int(0, 3600)),
+    "max_concurrent_transfers": _opt(_int(1, 1024)),
+    "max_passport_bytes": _opt(_int(1024, 64 * KIB)),
+}
+_LOG = {
+    "level": _opt(_choice("debug", "info", "warning", "error")),
+    "format": _opt(_choice("auto", "json", "text")),
+}
+_TOP = {
+    "gateway": _req(_record(_IDENTITY, Identity)),
+    "listen": _req(_record(_LISTEN, Listen)),
+    "tls": _req(_record(_TLS, _build_tls)),
+    "hsm": _req(_record(_HSM, _build_hsm)),
+    "partners": _opt(_list_of(_record(_PARTNER, _build_partner))),
+    "issuers": _opt(_list_of(_record(_ISSUER, _build_issuer))),
+    "state_dir": _req(_path),
+    "limits": _opt(_record(_LIMITS, _build_limits)),
+    "log": _opt(_record(_LOG, LogConfig)),
+}
+
+
+def _cross_check(doc: dict[Any, Any], ld: _Loader) -> None:
+    """Uniqueness across list items, on the raw document so it runs even if an item is broken."""
+    own = doc["gateway"].get("id") if isinstance(doc.get("gateway"), dict) else None
+    ids: dict[str, int] = {}
+    identities: dict[str, tuple[int, bool]] = {}
+    for i, raw in _items(doc, "partners"):
+        if not isinstance(pid := raw.get("id"), str):
+            continue
+        if pid == own:
+            ld.problem(f"partners[{i}].id", f"{pid!r} is this gateway's own id")
+        elif ids.setdefault(pid, i) != i:
+            ld.problem(
+                f"partners[{i}].id", f"duplicate partner id {pid!r} (see partners[{ids[pid]}])"
+            )
+        explicit = isinstance(raw.get("identity"), str)
+        ident = _identity_key(raw["identity"] if explicit else pid)
+        first, first_explicit = identities.setdefault(ident, (i, explicit))
+        if first != i and (explicit or first_explicit):  # two equal ids are reported above
+            ld.problem(
+                f"partners[{i}].{'identity' if explicit else 'id'}",
+                f"certificate identity {ident!r} is also partners[{first}]'s; it must be unique",
+            )
+    kids: dict[str, int] = {}
+    for i, raw in _items(doc, "issuers"):
+        if isinstance(kid := raw.get("kid"), str) and kids.setdefault(kid, i) != i:
+            ld.problem(
+                f"issuers[{i}].kid", f"duplicate issuer kid {kid!r} (see issuers[{kids[kid]}])"
+            )
+
+
+def _items(doc: dict[Any, Any], key: str) -> list[tuple[int, dict[Any, Any]]]:
+    items = doc.get(key)
+    items = items if isinstance(items, list) else []
+    return [(i, raw) for i, raw in enumerate(items) if isinstance(raw, dict)]
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``safe_load``'s loader, except that a key given twice is a mistake, not "last wins"."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    line = key.start_mark.line + 1
+                    self.duplicates.append(f"line {line}: key {key.value!r} is given twice")
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
+def _syntax_error(label: str, exc: yaml.YAMLError) -> str:
+    """Position and reason only: PyYAML's own message quotes the line, which may be secret."""
+    mark = (exc.problem_mark or exc.context_mark) if isinstance(exc, yaml.MarkedYAMLError) else None
+    if mark is None:
+        return f"{label}: not valid YAML"
+    assert isinstance(exc, yaml.MarkedYAMLError)
+    context = f" ({exc.context})" if exc.context else ""
+    reason = f"{exc.problem or 'syntax error'}{context}"
+    return f"{label}: line {mark.line + 1}, column {mark.column + 1}: invalid YAML: {reason}"
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Load and check the gateway's YAML file; every mistake is in one ``ConfigError``.
+
+    Relative paths in the file are resolved against the file's directory, so that a config
+    and the files next to it can be moved together.
+    """
+    label, source = str(path), Path(path).absolute()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: configuration file does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: configuration file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read configuration file: {exc.strerror}") from None
+    loader = _StrictLoader(text)
+    try:
+        doc = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(_syntax_error(label, exc)) from None
+    finally:
+        loader.dispose()
+    if doc is None:
+        required = ", ".join(key for key, spec in _TOP.items() if spec.required)
+        raise ConfigError(f"{label}: the file is empty; expected a mapping with {required}")
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{label}: the top level must be a mapping, got {_kind(doc)}")
+    ld = _Loader(label, source)
+    ld.problems.extend(f"{label}: {duplicate}" for duplicate in loader.duplicates)
+    config: GatewayConfig | None = None
+    with contextlib.suppress(_ReportedError):
+        config = _record(_TOP, _build_gateway)(doc, ld, "")
+    _cross_check(doc, ld)
+    if ld.problems or config is None:
+        raise ConfigError(ld.problems)
+    return config

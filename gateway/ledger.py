@@ -1,0 +1,387 @@
+"""Transfer state in SQLite: progress, resume points, spent passports, receipts.
+
+One database file in the state directory, WAL mode, ``synchronous=FULL``: a resume point the
+ledger reports must survive a crash, because a sender will skip everything before it.
+Commits happen per batch of segments, never per chunk, to keep the data path fast.
+
+A passport is spent as soon as an inbound row with its ``jti`` (= transfer id) exists: a
+committed transfer refuses a second offer, an unfinished one resumes only for the same peer
+and the same envelope header.
+
+One connection shared under a lock: SQLite serialises writers anyway, and the gateway makes
+a few writes per second per transfer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.signed import Signed as Receipt
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbound (
+    transfer_id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    passport TEXT NOT NULL,
+    passport_digest BLOB NOT NULL,
+    offered_header_digest BLOB NOT NULL,
+    stored_header BLOB NOT NULL,
+    byte_limit INTEGER NOT NULL,
+    classification TEXT NOT NULL,
+    source_jurisdiction TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
+    next_segment INTEGER NOT NULL DEFAULT 0,
+    received_bytes INTEGER NOT NULL DEFAULT 0,
+    final_received INTEGER NOT NULL DEFAULT 0,
+    plaintext_sha256 BLOB,
+    created_at INTEGER NOT NULL,
+    committed_at INTEGER,
+    refusal TEXT,
+    receipt_body BLOB,
+    receipt_signature BLOB,
+    receipt_kid TEXT
+);
+CREATE TABLE IF NOT EXISTS outbound (
+    transfer_id TEXT PRIMARY KEY,
+    partner TEXT NOT NULL,
+    passport_digest BLOB NOT NULL,
+    sent_header BLOB NOT NULL,
+    stored_header BLOB NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
+    plaintext_size INTEGER,
+    plaintext_sha256 BLOB,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER,
+    receipt_body BLOB,
+    receipt_signature BLOB,
+    receipt_kid TEXT
+);
+CREATE TABLE IF NOT EXISTS outbound_segments (
+    transfer_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    plaintext_digest BLOB NOT NULL,
+    PRIMARY KEY (transfer_id, idx)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    transfer_id: str
+    sender: str
+    passport: str
+    passport_digest: bytes
+    offered_header_digest: bytes
+    stored_header: bytes
+    byte_limit: int
+    classification: str
+    source_jurisdiction: str
+    state: str
+    next_segment: int
+    received_bytes: int
+    final_received: bool
+    plaintext_sha256: bytes | None
+    created_at: int
+    committed_at: int | None
+    refusal: str | None
+    receipt: Receipt | None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    transfer_id: str
+    partner: str
+    passport_digest: bytes
+    sent_header: bytes
+    stored_header: bytes
+    state: str
+    plaintext_size: int | None
+    plaintext_sha256: bytes | None
+    created_at: int
+    delivered_at: int | None
+    receipt: Receipt | None
+
+
+def _receipt(row: sqlite3.Row) -> Receipt | None:
+    if row["receipt_body"] is None:
+        return None
+    return Receipt(bytes(row["receipt_body"]), bytes(row["receipt_signature"]), row["receipt_kid"])
+
+
+class Ledger:
+    """The SQLite ledger of one gateway."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._tx() as db:
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[object, ...]) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+            return row
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def inbound(self, transfer_id: str) -> Inbound | None:
+        row = self._one("SELECT * FROM inbound WHERE transfer_id = ?", (transfer_id,))
+        return None if row is None else _inbound(row)
+
+    def create_inbound(
+        self,
+        *,
+        transfer_id: str,
+        sender: str,
+        passport: str,
+        passport_digest: bytes,
+        offered_header_digest: bytes,
+        stored_header: bytes,
+        byte_limit: int,
+        classification: str,
+        source_jurisdiction: str,
+    ) -> Inbound:
+        """Record a new inbound transfer; this spends the passport."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
+                "offered_header_digest, stored_header, byte_limit, classification, "
+                "source_jurisdiction, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,'receiving',?)",
+                (
+                    transfer_id,
+                    sender,
+                    passport,
+                    passport_digest,
+                    offered_header_digest,
+                    stored_header,
+                    byte_limit,
+                    classification,
+                    source_jurisdiction,
+                    int(time.time()),
+                ),
+            )
+        created = self.inbound(transfer_id)
+        assert created is not None
+        return created
+
+    def record_progress(
+        self, transfer_id: str, next_segment: int, received_bytes: int, final_received: bool
+    ) -> None:
+        """Move the durable resume point (call only after the spool bytes are on disk)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE inbound SET next_segment = ?, received_bytes = ?, final_received = ? "
+                "WHERE transfer_id = ? AND state = 'receiving'",
+                (next_segment, received_bytes, int(final_received), transfer_id),
+            )
+
+    def commit_inbound(
+        self, transfer_id: str, plaintext_sha256: bytes, receipt: Receipt, committed_at: int
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE inbound SET state = 'committed', plaintext_sha256 = ?, committed_at = ?, "
+                "receipt_body = ?, receipt_signature = ?, receipt_kid = ? "
+                "WHERE transfer_id = ? AND state = 'receiving'",
+                (
+                    plaintext_sha256,
+                    committed_at,
+                    receipt.body,
+                    receipt.signature,
+                    receipt.kid,
+                    transfer_id,
+                ),
+            )
+
+    def refuse_inbound(self, transfer_id: str, reason: str) -> None:
+        """Mark a transfer refused for good; the passport stays spent."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE inbound SET state = 'refused', refusal = ? "
+                "WHERE transfer_id = ? AND state = 'receiving'",
+                (reason, transfer_id),
+            )
+
+    def committed_inbound(self) -> list[Inbound]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM inbound WHERE state = 'committed' ORDER BY committed_at, transfer_id"
+            ).fetchall()
+        return [_inbound(row) for row in rows]
+
+    def inbound_in_progress(self) -> list[Inbound]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM inbound WHERE state = 'receiving' ORDER BY created_at"
+            ).fetchall()
+        return [_inbound(row) for row in rows]
+
+    # -- outbound --------------------------------------------------------------------------
+
+    def outbound(self, transfer_id: str) -> Outbound | None:
+        row = self._one("SELECT * FROM outbound WHERE transfer_id = ?", (transfer_id,))
+        return None if row is None else _outbound(row)
+
+    def create_outbound(
+        self,
+        *,
+        transfer_id: str,
+        partner: str,
+        passport_digest: bytes,
+        sent_header: bytes,
+        stored_header: bytes,
+    ) -> Outbound:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO outbound (transfer_id, partner, passport_digest, sent_header, "
+                "stored_header, state, created_at) VALUES (?,?,?,?,?,'sending',?)",
+                (
+                    transfer_id,
+                    partner,
+                    passport_digest,
+                    sent_header,
+                    stored_header,
+                    int(time.time()),
+                ),
+            )
+        created = self.outbound(transfer_id)
+        assert created is not None
+        return created
+
+    def segment_digests(self, transfer_id: str, start: int, stop: int) -> dict[int, bytes]:
+        """Recorded plaintext digests of segments ``start <= idx < stop``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT idx, plaintext_digest FROM outbound_segments "
+                "WHERE transfer_id = ? AND idx >= ? AND idx < ?",
+                (transfer_id, start, stop),
+            ).fetchall()
+        return {int(row["idx"]): bytes(row["plaintext_digest"]) for row in rows}
+
+    def record_segment_digests(self, transfer_id: str, digests: list[tuple[int, bytes]]) -> None:
+        """Durably note what plaintext each segment index was encrypted from (before sending)."""
+        if not digests:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO outbound_segments (transfer_id, idx, plaintext_digest) "
+                "VALUES (?,?,?)",
+                [(transfer_id, idx, digest) for idx, digest in digests],
+            )
+
+    def deliver_outbound(
+        self,
+        transfer_id: str,
+        plaintext_size: int,
+        plaintext_sha256: bytes,
+        receipt: Receipt,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbound SET state = 'delivered', plaintext_size = ?, "
+                "plaintext_sha256 = ?, delivered_at = ?, receipt_body = ?, "
+                "receipt_signature = ?, receipt_kid = ? WHERE transfer_id = ?",
+                (
+                    plaintext_size,
+                    plaintext_sha256,
+                    int(time.time()),
+                    receipt.body,
+                    receipt.signature,
+                    receipt.kid,
+                    transfer_id,
+                ),
+            )
+            db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
+
+    def recent(self, limit: int = 20) -> list[tuple[str, str, str, str, int]]:
+        """(transfer_id, direction, partner, state, bytes) for ``xbgw status``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT transfer_id, 'in' AS direction, sender AS partner, state, "
+                "received_bytes AS bytes, created_at FROM inbound "
+                "UNION ALL SELECT transfer_id, 'out', partner, state, "
+                "COALESCE(plaintext_size, 0), created_at FROM outbound "
+                "ORDER BY created_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            (r["transfer_id"], r["direction"], r["partner"], r["state"], int(r["bytes"]))
+            for r in rows
+        ]
+
+
+def _inbound(row: sqlite3.Row) -> Inbound:
+    return Inbound(
+        transfer_id=row["transfer_id"],
+        sender=row["sender"],
+        passport=row["passport"],
+        passport_digest=bytes(row["passport_digest"]),
+        offered_header_digest=bytes(row["offered_header_digest"]),
+        stored_header=bytes(row["stored_header"]),
+        byte_limit=int(row["byte_limit"]),
+        classification=row["classification"],
+        source_jurisdiction=row["source_jurisdiction"],
+        state=row["state"],
+        next_segment=int(row["next_segment"]),
+        received_bytes=int(row["received_bytes"]),
+        final_received=bool(row["final_received"]),
+        plaintext_sha256=None
+        if row["plaintext_sha256"] is None
+        else bytes(row["plaintext_sha256"]),
+        created_at=int(row["created_at"]),
+        committed_at=None if row["committed_at"] is None else int(row["committed_at"]),
+        refusal=row["refusal"],
+        receipt=_receipt(row),
+    )
+
+
+def _outbound(row: sqlite3.Row) -> Outbound:
+    return Outbound(
+        transfer_id=row["transfer_id"],
+        partner=row["partner"],
+        passport_digest=bytes(row["passport_digest"]),
+        sent_header=bytes(row["sent_header"]),
+        stored_header=bytes(row["stored_header"]),
+        state=row["state"],
+        plaintext_size=None if row["plaintext_size"] is None else int(row["plaintext_size"]),
+        plaintext_sha256=None
+        if row["plaintext_sha256"] is None
+        else bytes(row["plaintext_sha256"]),
+        created_at=int(row["created_at"]),
+        delivered_at=None if row["delivered_at"] is None else int(row["delivered_at"]),
+        receipt=_receipt(row),
+    )
+
+
+def _optional_bytes(value: bytes | None) -> bytes | None:
+    return None if value is None else bytes(value)

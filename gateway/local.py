@@ -1,0 +1,193 @@
+"""The local gRPC servicer on the Unix socket: send, inbox, fetch, status.
+
+Who may connect is decided by the socket's file permissions (the socket lives in the
+gateway's runtime directory, group-accessible to local applications).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+import gateway
+from gateway import envelope
+from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
+from gateway.client import Progress, ReceiptSummary, Sender, to_blob
+from gateway.config import GatewayConfig
+from gateway.errors import UnknownTransferError, XbgwError, grpc_status_name
+from gateway.hsm import Hsm
+from gateway.ledger import Ledger
+from gateway.spool import Spool
+
+log = logging.getLogger("xbgw.local")
+FETCH_CHUNK = 1 << 20
+
+_STATES = {
+    "receiving": common_pb2.TRANSFER_STATE_RECEIVING,
+    "committed": common_pb2.TRANSFER_STATE_COMMITTED,
+    "refused": common_pb2.TRANSFER_STATE_UNSPECIFIED,
+    "sending": common_pb2.TRANSFER_STATE_SENDING,
+    "delivered": common_pb2.TRANSFER_STATE_DELIVERED,
+}
+
+
+def _abort(context: grpc.ServicerContext, error: XbgwError, rpc: str) -> None:
+    status = grpc_status_name(error)
+    log.warning("local %s failed: %s", rpc, error, extra={"outcome": "failed", "status": status})
+    context.abort(getattr(grpc.StatusCode, status), str(error))
+
+
+class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
+    def __init__(
+        self,
+        config: Callable[[], GatewayConfig],
+        sender: Sender,
+        ledger: Ledger,
+        spool: Spool,
+        hsm: Hsm,
+        accepting: Callable[[], bool],
+    ) -> None:
+        self._config = config
+        self._sender = sender
+        self._ledger = ledger
+        self._spool = spool
+        self._hsm = hsm
+        self._accepting = accepting
+        self._started = int(time.time())
+
+    def Send(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[local_pb2.SendRequest], context: grpc.ServicerContext
+    ) -> Iterator[local_pb2.SendEvent]:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be 'start'")
+            return
+        if not self._accepting():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+            return
+        start = first.start
+        events: queue.Queue[local_pb2.SendEvent | BaseException | None] = queue.Queue(maxsize=64)
+
+        def chunks() -> Iterator[bytes]:
+            for message in request_iterator:
+                if message.WhichOneof("kind") != "data":
+                    raise ValueError("only 'data' messages may follow 'start'")
+                yield message.data
+
+        def on_progress(progress: Progress) -> None:
+            if progress.kind == "accepted":
+                event = local_pb2.SendEvent(
+                    accepted=local_pb2.SendAccepted(
+                        transfer_id=progress.transfer_id, resume_from=progress.done_bytes
+                    )
+                )
+            else:
+                event = local_pb2.SendEvent(
+                    progress=local_pb2.SendProgress(
+                        bytes_sent=progress.done_bytes, bytes_total=progress.total_bytes
+                    )
+                )
+            with contextlib.suppress(queue.Full):
+                events.put_nowait(event)  # progress is advisory: never stall on a slow reader
+
+        def work() -> None:
+            try:
+                summary = self._sender.send(
+                    start.partner, start.passport, chunks(), start.size, on_progress
+                )
+                events.put(local_pb2.SendEvent(done=_summary(summary)))
+            except BaseException as exc:
+                events.put(exc)
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name="xbgw-send", daemon=True)
+        worker.start()
+        while True:
+            item = events.get()
+            if item is None:
+                break
+            if isinstance(item, XbgwError):
+                _abort(context, item, "Send")
+            elif isinstance(item, ValueError):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
+            elif isinstance(item, BaseException):
+                log.exception("send failed", exc_info=item)
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(item).__name__}")
+            else:
+                yield item
+        worker.join()
+
+    def ListInbox(  # noqa: N802
+        self, request: local_pb2.ListInboxRequest, context: grpc.ServicerContext
+    ) -> local_pb2.ListInboxResponse:
+        return local_pb2.ListInboxResponse(
+            items=[
+                local_pb2.InboxItem(
+                    transfer_id=row.transfer_id,
+                    sender=row.sender,
+                    size=row.received_bytes,
+                    plaintext_sha256=(row.plaintext_sha256 or b"").hex(),
+                    committed_at=row.committed_at or 0,
+                    classification=row.classification,
+                    source_jurisdiction=row.source_jurisdiction,
+                )
+                for row in self._ledger.committed_inbound()
+            ]
+        )
+
+    def Fetch(  # noqa: N802
+        self, request: local_pb2.FetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[local_pb2.FetchChunk]:
+        try:
+            row = self._ledger.inbound(request.transfer_id)
+            if row is None or row.state != "committed":
+                raise UnknownTransferError(
+                    f"no committed transfer {request.transfer_id!r} in the inbox"
+                )
+            with self._spool.open_committed(row.transfer_id) as src:
+                for plaintext in envelope.iter_plaintext(src, self._config().id, self._hsm):
+                    for offset in range(0, len(plaintext), FETCH_CHUNK):
+                        yield local_pb2.FetchChunk(data=plaintext[offset : offset + FETCH_CHUNK])
+        except XbgwError as error:
+            _abort(context, error, "Fetch")
+
+    def Status(  # noqa: N802
+        self, request: local_pb2.StatusRequest, context: grpc.ServicerContext
+    ) -> local_pb2.StatusResponse:
+        config = self._config()
+        return local_pb2.StatusResponse(
+            gateway_id=config.id,
+            jurisdiction=config.gateway.jurisdiction,
+            version=gateway.__version__,
+            started_at=self._started,
+            partners=[p.id for p in config.partners],
+            transfers=[
+                local_pb2.TransferSummary(
+                    transfer_id=tid,
+                    direction=direction,
+                    partner=partner,
+                    state=_STATES.get(state, common_pb2.TRANSFER_STATE_UNSPECIFIED),
+                    bytes=size,
+                )
+                for tid, direction, partner, state, size in self._ledger.recent()
+            ],
+        )
+
+
+def _summary(summary: ReceiptSummary) -> local_pb2.ReceiptSummary:
+    return local_pb2.ReceiptSummary(
+        transfer_id=summary.transfer_id,
+        partner=summary.partner,
+        plaintext_sha256=summary.plaintext_sha256.hex(),
+        plaintext_size=summary.plaintext_size,
+        committed_at=summary.committed_at,
+        signed_by=summary.signed_by,
+        receipt=to_blob(summary.receipt),
+    )

@@ -1,0 +1,52 @@
+"""One line per event: JSON for journald and files, readable text on a terminal.
+
+Only the fields named in ``FIELDS`` are carried from ``extra=``: identifiers and outcomes,
+never a PIN, a key or a payload byte.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+FIELDS = ("transfer_id", "partner", "outcome", "status", "reason", "bytes", "rpc", "peer")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value not in (None, ""):
+                entry[name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(
+            f"{name}={getattr(record, name)}"
+            for name in FIELDS
+            if getattr(record, name, None) not in (None, "")
+        )
+        line = f"{record.levelname.lower():<7} {record.getMessage()}"
+        return f"{line}  {fields}" if fields else line
+
+
+def setup(level: str = "info", fmt: str = "auto") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

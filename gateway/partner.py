@@ -1,0 +1,137 @@
+"""The partner-facing gRPC servicer: authenticate the peer, translate, map errors.
+
+Thin on purpose: every decision is in :mod:`gateway.receiver`. This is the one place where
+an error of the tree becomes a gRPC status (via ``errors.grpc_status_name``), with a reason
+a person can act on, and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+
+from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
+from gateway.client import from_blob, to_blob
+from gateway.config import GatewayConfig, PartnerConfig
+from gateway.errors import XbgwError, grpc_status_name
+from gateway.receiver import Receiver, SegmentIn
+from gateway.tls import peer_partner
+
+log = logging.getLogger("xbgw.partner")
+T = TypeVar("T")
+
+_STATES = {
+    "receiving": common_pb2.TRANSFER_STATE_RECEIVING,
+    "committed": common_pb2.TRANSFER_STATE_COMMITTED,
+    "refused": common_pb2.TRANSFER_STATE_UNSPECIFIED,
+}
+
+
+def abort_with(context: grpc.ServicerContext, error: XbgwError, **fields: str) -> None:
+    """Log a refusal and end the RPC with the error's status and message."""
+    status = grpc_status_name(error)
+    log.warning(
+        "refused: %s",
+        error,
+        extra={**fields, "outcome": "refused", "status": status, "reason": type(error).__name__},
+    )
+    context.abort(getattr(grpc.StatusCode, status), str(error))
+
+
+class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
+    def __init__(
+        self,
+        config: Callable[[], GatewayConfig],
+        receiver: Receiver,
+        on_refusal: Callable[[str, str], None] = lambda reason, partner: None,
+    ) -> None:
+        self._config = config
+        self._receiver = receiver
+        self._on_refusal = on_refusal
+
+    def _run(
+        self,
+        context: grpc.ServicerContext,
+        rpc: str,
+        action: Callable[[PartnerConfig], T],
+        transfer_id: str = "",
+    ) -> T:
+        partner_id = ""
+        try:
+            peer = peer_partner(self._config(), context)
+            partner_id = peer.id
+            return action(peer)
+        except XbgwError as error:
+            self._on_refusal(type(error).__name__, partner_id or "unknown")
+            abort_with(context, error, rpc=rpc, partner=partner_id, transfer_id=transfer_id)
+            raise AssertionError("unreachable: abort raises") from error
+
+    def Offer(  # noqa: N802 - gRPC method name
+        self, request: partner_pb2.OfferRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.OfferResponse:
+        def act(peer: PartnerConfig) -> partner_pb2.OfferResponse:
+            result = self._receiver.offer(peer, request.passport, request.envelope_header)
+            return partner_pb2.OfferResponse(
+                transfer_id=result.transfer_id,
+                next_segment=result.next_segment,
+                received_bytes=result.received_bytes,
+                state=common_pb2.TRANSFER_STATE_COMMITTED
+                if result.committed
+                else common_pb2.TRANSFER_STATE_RECEIVING,
+            )
+
+        return self._run(context, "Offer", act)
+
+    def Upload(  # noqa: N802
+        self, request_iterator: Iterator[partner_pb2.Segment], context: grpc.ServicerContext
+    ) -> partner_pb2.UploadResponse:
+        def act(peer: PartnerConfig) -> partner_pb2.UploadResponse:
+            segments = (
+                SegmentIn(m.transfer_id, m.index, m.final, m.ciphertext) for m in request_iterator
+            )
+            result = self._receiver.upload(peer, segments)
+            return partner_pb2.UploadResponse(
+                next_segment=result.next_segment,
+                received_bytes=result.received_bytes,
+                final_received=result.final_received,
+            )
+
+        return self._run(context, "Upload", act)
+
+    def Finish(  # noqa: N802
+        self, request: partner_pb2.FinishRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.FinishResponse:
+        def act(peer: PartnerConfig) -> partner_pb2.FinishResponse:
+            receipt = self._receiver.finish(peer, request.transfer_id, from_blob(request.manifest))
+            return partner_pb2.FinishResponse(receipt=to_blob(receipt))
+
+        return self._run(context, "Finish", act, request.transfer_id)
+
+    def GetTransfer(  # noqa: N802
+        self, request: partner_pb2.GetTransferRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.TransferStatus:
+        def act(peer: PartnerConfig) -> partner_pb2.TransferStatus:
+            row = self._receiver.status(peer, request.transfer_id)
+            status = partner_pb2.TransferStatus(
+                transfer_id=row.transfer_id,
+                state=_STATES[row.state],
+                next_segment=row.next_segment,
+                received_bytes=row.received_bytes,
+            )
+            if row.receipt is not None:
+                status.receipt.CopyFrom(to_blob(row.receipt))
+            return status
+
+        return self._run(context, "GetTransfer", act, request.transfer_id)
+
+    def GetKeySet(  # noqa: N802
+        self, request: partner_pb2.GetKeySetRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.GetKeySetResponse:
+        return self._run(
+            context,
+            "GetKeySet",
+            lambda _peer: partner_pb2.GetKeySetResponse(key_set=to_blob(self._receiver.key_set())),
+        )

@@ -1,0 +1,549 @@
+"""The receiving side of a transfer: offer, upload, finish -- without gRPC.
+
+The servicer in ``partner.py`` authenticates the mutual-TLS peer, turns wire messages into
+calls here, and maps :mod:`gateway.errors` to statuses. Everything that decides lives here:
+
+* **offer**: passport (signature, issuer, time, audience), sender = authenticated peer,
+  header context = passport, policy, single use; the data key is unwrapped with our transport
+  key (ECDH in the HSM), checked against the key commitment, and at once re-wrapped to our
+  storage key; only the re-wrapped header is stored.
+* **upload**: segments strictly in order from the durable resume point; each is decrypted and
+  authenticated before its ciphertext is appended to the spool; the passport's byte limit is
+  enforced while streaming; the resume point moves only after an fsync (every
+  ``SYNC_EVERY_SEGMENTS`` segments and at the end of every stream, clean or broken).
+* **finish**: the sender's manifest is verified under its pinned key and must agree with what
+  arrived; then the spool file is committed atomically and a receipt signed in the HSM.
+
+A refusal that cannot be fixed by resuming (byte limit, manifest mismatch) marks the transfer
+refused for good and deletes its partial data; the passport stays spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from gateway import envelope
+from gateway._proto.xbgw.v1 import partner_pb2
+from gateway.config import GatewayConfig, PartnerConfig
+from gateway.errors import (
+    ByteLimitError,
+    EnvelopeError,
+    KeyNotFoundError,
+    ManifestError,
+    NoUsableWrappedKeyError,
+    OfferMismatchError,
+    PassportReplayError,
+    PeerNotAuthorizedError,
+    PolicyDeniedError,
+    TrailingDataError,
+    TransferConflictError,
+    UnknownTransferError,
+)
+from gateway.hsm import Hsm
+from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.ledger import Inbound, Ledger
+from gateway.passport import PassportVerifier, VerifiedPassport
+from gateway.policy import BaselinePolicy, Direction, Policy, TransferFacts
+from gateway.signed import Signed, sign, verify
+from gateway.spool import PartialFile, Spool, check_transfer_id
+
+log = logging.getLogger("xbgw.receiver")
+
+SYNC_EVERY_SEGMENTS = 16
+TAG_LEN = 16
+
+
+@dataclass(frozen=True)
+class OfferResult:
+    transfer_id: str
+    next_segment: int
+    received_bytes: int
+    resumed: bool
+    committed: bool = False
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    next_segment: int
+    received_bytes: int
+    final_received: bool
+
+
+@dataclass(frozen=True)
+class SegmentIn:
+    transfer_id: str
+    index: int
+    final: bool
+    ciphertext: bytes
+
+
+class _Hashers:
+    """Running plaintext SHA-256 per transfer, valid up to a segment index.
+
+    A running hash cannot be persisted, so after a restart the receiver recomputes it from
+    the spool (decrypting what it already holds); within one process it carries over.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[str, tuple[int, hashlib._Hash]] = {}
+
+    def take(self, transfer_id: str, next_segment: int) -> hashlib._Hash | None:
+        with self._lock:
+            entry = self._by_id.pop(transfer_id, None)
+        if entry is not None and entry[0] == next_segment:
+            return entry[1]
+        return None
+
+    def put(self, transfer_id: str, next_segment: int, hasher: hashlib._Hash) -> None:
+        with self._lock:
+            self._by_id[transfer_id] = (next_segment, hasher)
+
+    def drop(self, transfer_id: str) -> None:
+        with self._lock:
+            self._by_id.pop(transfer_id, None)
+
+
+class Receiver:
+    """Receiving-side domain logic of one gateway."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        hsm: Hsm,
+        keys: CurrentKeys,
+        ledger: Ledger,
+        spool: Spool,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._hsm = hsm
+        self._keys = keys
+        self._ledger = ledger
+        self._spool = spool
+        self._policy: Policy = policy or BaselinePolicy()
+        self._clock = clock
+        self._hashers = _Hashers()
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """Adopt a new configuration (partners, issuers, limits); transfers in flight go on."""
+        self._config = config
+        self._verifier = PassportVerifier(
+            config.trusted_issuer_keys(),
+            audience=config.id,
+            leeway_seconds=config.limits.passport_leeway_seconds,
+            max_token_bytes=config.limits.max_passport_bytes,
+            clock=self._clock,
+        )
+
+    @property
+    def me(self) -> str:
+        return self._config.id
+
+    # -- offer -----------------------------------------------------------------------------
+
+    def offer(self, peer: PartnerConfig, token: str, header_bytes: bytes) -> OfferResult:
+        passport = self._verifier.verify(token)
+        claims = passport.claims
+        if claims.xbgw.sender != peer.id:
+            raise PeerNotAuthorizedError(
+                f"passport {claims.jti} names sender {claims.xbgw.sender!r}, but the "
+                f"connection is from partner {peer.id!r}"
+            )
+        header = envelope.Header.decode(header_bytes)
+        self._check_context(header, passport, peer)
+        self._check_policy(passport, peer)
+        if header.segment_size + TAG_LEN + 1024 > self._config.limits.max_message_bytes:
+            raise OfferMismatchError(
+                f"segment size {header.segment_size} does not fit this gateway's message "
+                f"limit of {self._config.limits.max_message_bytes} bytes"
+            )
+        transfer_id = check_transfer_id(claims.jti)
+        offered_digest = hashlib.sha256(header_bytes).digest()
+        existing = self._ledger.inbound(transfer_id)
+        if existing is not None:
+            return self._resume(existing, peer, offered_digest)
+        data_key = self._open_offered(header)
+        stored = envelope.rewrap_for_storage(
+            header, data_key, KeyRef(self.me, Purpose.STORAGE, self._keys.storage), self._hsm
+        )
+        stored_bytes = stored.encode()
+        byte_limit = claims.xbgw.byte_limit
+        if peer.max_transfer_bytes is not None:
+            byte_limit = min(byte_limit, peer.max_transfer_bytes)
+        try:
+            self._ledger.create_inbound(
+                transfer_id=transfer_id,
+                sender=peer.id,
+                passport=passport.token,
+                passport_digest=passport.digest,
+                offered_header_digest=offered_digest,
+                stored_header=stored_bytes,
+                byte_limit=byte_limit,
+                classification=claims.xbgw.classification,
+                source_jurisdiction=claims.xbgw.src,
+            )
+        except Exception as exc:  # sqlite3.IntegrityError: a concurrent offer won the race
+            if "UNIQUE" not in str(exc):
+                raise
+            raced = self._ledger.inbound(transfer_id)
+            assert raced is not None
+            return self._resume(raced, peer, offered_digest)
+        self._spool.open_partial(transfer_id, stored_bytes, len(stored_bytes)).close()
+        log.info(
+            "transfer offered",
+            extra={"transfer_id": transfer_id, "partner": peer.id, "outcome": "accepted"},
+        )
+        return OfferResult(transfer_id, 0, 0, resumed=False)
+
+    def _check_context(
+        self, header: envelope.Header, passport: VerifiedPassport, peer: PartnerConfig
+    ) -> None:
+        context = header.context
+        problems = []
+        if context.transfer_id != passport.claims.jti:
+            problems.append(
+                f"header transfer id {context.transfer_id!r} is not the passport's "
+                f"jti {passport.claims.jti!r}"
+            )
+        if context.sender_id != peer.id:
+            problems.append(f"header sender {context.sender_id!r} is not {peer.id!r}")
+        if context.receiver_id != self.me:
+            problems.append(f"header receiver {context.receiver_id!r} is not {self.me!r}")
+        if context.passport_digest != passport.digest:
+            problems.append("header passport digest does not match the passport offered")
+        if problems:
+            raise OfferMismatchError("; ".join(problems))
+
+    def _check_policy(self, passport: VerifiedPassport, peer: PartnerConfig) -> None:
+        xbgw = passport.claims.xbgw
+        decision = self._policy.decide(
+            TransferFacts(
+                direction=Direction.INGRESS,
+                sender=peer.id,
+                receiver=self.me,
+                sender_jurisdiction=peer.jurisdiction,
+                receiver_jurisdiction=self._config.gateway.jurisdiction,
+                passport_src=xbgw.src,
+                passport_dst=xbgw.dst,
+                classification=xbgw.classification,
+                pi=xbgw.pi,
+                subjects=xbgw.subjects,
+                legal_basis=xbgw.legal_basis,
+                byte_limit=xbgw.byte_limit,
+            )
+        )
+        if not decision.allow:
+            raise PolicyDeniedError("; ".join(decision.reasons) or "refused by policy")
+
+    def _open_offered(self, header: envelope.Header) -> bytes:
+        ours = [w for w in header.wrapped_keys if w.key_ref.owner == self.me]
+        if not ours:
+            raise NoUsableWrappedKeyError(f"no wrapped key in the header is addressed to {self.me}")
+        held = set(self._hsm.versions(Purpose.TRANSPORT))
+        usable = [w for w in ours if w.key_ref.purpose is Purpose.TRANSPORT]
+        if not any(w.key_ref.version in held for w in usable):
+            versions = ", ".join(str(w.key_ref) for w in ours)
+            raise NoUsableWrappedKeyError(
+                f"the data key is wrapped to {versions}, which this gateway does not hold "
+                f"(transport versions held: {sorted(held)}); fetch a fresh key set"
+            )
+        try:
+            return envelope.open_header(header, self.me, self._hsm)
+        except KeyNotFoundError as exc:
+            raise NoUsableWrappedKeyError(str(exc)) from None
+
+    def _resume(self, row: Inbound, peer: PartnerConfig, offered_digest: bytes) -> OfferResult:
+        same_offer = row.sender == peer.id and row.offered_header_digest == offered_digest
+        if row.state == "committed" and same_offer:
+            # The sender lost our receipt (crash before it arrived): let it ask again.
+            return OfferResult(
+                row.transfer_id, row.next_segment, row.received_bytes, True, committed=True
+            )
+        if row.state == "committed":
+            raise PassportReplayError(
+                f"passport {row.transfer_id} was already used: the transfer was committed"
+            )
+        if row.state == "refused":
+            raise PassportReplayError(
+                f"passport {row.transfer_id} was already used: the transfer was refused "
+                f"({row.refusal})"
+            )
+        if row.sender != peer.id:
+            raise PassportReplayError(f"passport {row.transfer_id} was already used")
+        if row.offered_header_digest != offered_digest:
+            raise TransferConflictError(
+                f"transfer {row.transfer_id} is in progress with a different envelope header; "
+                "a resumed send must offer the same header"
+            )
+        log.info(
+            "transfer resumed",
+            extra={
+                "transfer_id": row.transfer_id,
+                "partner": peer.id,
+                "outcome": f"resume at segment {row.next_segment}",
+            },
+        )
+        return OfferResult(row.transfer_id, row.next_segment, row.received_bytes, resumed=True)
+
+    # -- upload ----------------------------------------------------------------------------
+
+    def upload(self, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
+        iterator = iter(segments)
+        first = next(iterator, None)
+        if first is None:
+            raise OfferMismatchError("an upload must carry at least one segment")
+        transfer_id = first.transfer_id
+        row = self._receiving(peer, transfer_id)
+        with self._active_lock:
+            if transfer_id in self._active:
+                raise TransferConflictError(
+                    f"transfer {transfer_id} is already being uploaded on another stream"
+                )
+            self._active.add(transfer_id)
+        try:
+            return self._upload(row, first, iterator)
+        finally:
+            with self._active_lock:
+                self._active.discard(transfer_id)
+
+    def _receiving(self, peer: PartnerConfig, transfer_id: str) -> Inbound:
+        row = self._ledger.inbound(transfer_id)
+        if row is None or row.sender != peer.id:
+            raise UnknownTransferError(
+                f"no transfer {transfer_id!r} from {peer.id}; offer it first"
+            )
+        if row.state != "receiving":
+            raise TransferConflictError(f"transfer {transfer_id} is {row.state}, not receiving")
+        return row
+
+    def _upload(self, row: Inbound, first: SegmentIn, rest: Iterable[SegmentIn]) -> UploadResult:
+        transfer_id = row.transfer_id
+        if row.final_received:
+            raise TrailingDataError(
+                f"transfer {transfer_id} already received its final segment; send the manifest"
+            )
+        header = envelope.Header.decode(row.stored_header)
+        data_key = envelope.open_header(header, self.me, self._hsm)
+        decryptor = envelope.StreamDecryptor(header, data_key, start_index=row.next_segment)
+        hasher = self._hashers.take(transfer_id, row.next_segment)
+        if hasher is None:
+            hasher = self._rehash(row, header, data_key)
+        segment_len = header.segment_size + TAG_LEN
+        partial = self._spool.open_partial(
+            transfer_id, row.stored_header, len(row.stored_header) + row.next_segment * segment_len
+        )
+        received = row.received_bytes
+        durable = (row.next_segment, received)
+        unsynced = 0
+        try:
+            segment: SegmentIn | None = first
+            iterator = iter(rest)
+            while segment is not None:
+                if segment.transfer_id != transfer_id:
+                    raise OfferMismatchError(
+                        f"segment for {segment.transfer_id!r} inside the upload of {transfer_id!r}"
+                    )
+                if decryptor.done:
+                    raise TrailingDataError(
+                        f"segment {segment.index} arrived after the final segment"
+                    )
+                plaintext = decryptor.decrypt_segment(
+                    segment.index, segment.ciphertext, segment.final
+                )
+                received += len(plaintext)
+                if received > row.byte_limit:
+                    raise ByteLimitError(
+                        f"transfer {transfer_id} exceeds its limit of {row.byte_limit} bytes "
+                        "(passport byte_limit or partner limit)"
+                    )
+                partial.append(segment.ciphertext)
+                hasher.update(plaintext)
+                unsynced += 1
+                if unsynced >= SYNC_EVERY_SEGMENTS:
+                    partial.sync()
+                    self._ledger.record_progress(
+                        transfer_id, decryptor.next_index, received, decryptor.done
+                    )
+                    durable = (decryptor.next_index, received)
+                    unsynced = 0
+                segment = next(iterator, None)
+        except ByteLimitError as exc:
+            partial.close()
+            self._refuse(transfer_id, str(exc))
+            raise
+        except BaseException:
+            # Keep what verified: make it durable so a resumed stream continues from here.
+            self._save_point(partial, transfer_id, decryptor, received, durable)
+            self._hashers.put(transfer_id, decryptor.next_index, hasher)
+            raise
+        self._save_point(partial, transfer_id, decryptor, received, durable)
+        self._hashers.put(transfer_id, decryptor.next_index, hasher)
+        return UploadResult(decryptor.next_index, received, decryptor.done)
+
+    def _save_point(
+        self,
+        partial: PartialFile,
+        transfer_id: str,
+        decryptor: envelope.StreamDecryptor,
+        received: int,
+        durable: tuple[int, int],
+    ) -> None:
+        try:
+            partial.sync()
+        finally:
+            partial.close()
+        if (decryptor.next_index, received) != durable or decryptor.done:
+            self._ledger.record_progress(
+                transfer_id, decryptor.next_index, received, decryptor.done
+            )
+
+    def _rehash(self, row: Inbound, header: envelope.Header, data_key: bytes) -> hashlib._Hash:
+        """Recompute the plaintext hash of the segments already held (after a restart)."""
+        hasher = hashlib.sha256()
+        if row.next_segment == 0:
+            return hasher
+        segment_len = header.segment_size + TAG_LEN
+        decryptor = envelope.StreamDecryptor(header, data_key)
+        with self._spool.read_partial(row.transfer_id) as src:
+            src.seek(len(row.stored_header))
+            for index in range(row.next_segment):
+                chunk = src.read(segment_len)
+                final = row.final_received and index == row.next_segment - 1
+                hasher.update(decryptor.decrypt_segment(index, chunk, final))
+        return hasher
+
+    def _refuse(self, transfer_id: str, reason: str) -> None:
+        self._ledger.refuse_inbound(transfer_id, reason)
+        self._spool.discard(transfer_id)
+        self._hashers.drop(transfer_id)
+        log.warning(
+            "transfer refused", extra={"transfer_id": transfer_id, "outcome": "refused: " + reason}
+        )
+
+    # -- finish ----------------------------------------------------------------------------
+
+    def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
+        row = self._ledger.inbound(transfer_id)
+        if row is None or row.sender != peer.id:
+            raise UnknownTransferError(f"no transfer {transfer_id!r} from {peer.id}")
+        verify(manifest, peer.signing_public_key, peer.id, "manifest")
+        body = partner_pb2.Manifest.FromString(manifest.body)
+        if row.state == "committed" and row.receipt is not None:
+            receipt_body = partner_pb2.ReceiptBody.FromString(row.receipt.body)
+            if receipt_body.manifest_digest != manifest.digest:
+                raise ManifestError(f"transfer {transfer_id} was committed with another manifest")
+            return row.receipt
+        if row.state != "receiving":
+            raise TransferConflictError(f"transfer {transfer_id} is {row.state}")
+        if not row.final_received:
+            raise TransferConflictError(
+                f"transfer {transfer_id} is incomplete: next segment is {row.next_segment}; "
+                "resume the upload before sending the manifest"
+            )
+        header = envelope.Header.decode(row.stored_header)
+        hasher = self._hashers.take(transfer_id, row.next_segment)
+        if hasher is None:
+            hasher = self._rehash(row, header, envelope.open_header(header, self.me, self._hsm))
+        problems = _manifest_problems(body, row, header, self.me, hasher.digest())
+        if problems:
+            reason = "manifest disagrees with what arrived: " + "; ".join(problems)
+            self._refuse(transfer_id, reason)
+            raise ManifestError(reason)
+        committed_at = int(self._clock())
+        receipt = sign(
+            self._hsm,
+            KeyRef(self.me, Purpose.SIGNING, self._keys.signing),
+            partner_pb2.ReceiptBody(
+                transfer_id=transfer_id,
+                sender=peer.id,
+                receiver=self.me,
+                manifest_digest=manifest.digest,
+                plaintext_sha256=body.plaintext_sha256,
+                plaintext_size=row.received_bytes,
+                passport_digest=row.passport_digest,
+                committed_at=committed_at,
+            ).SerializeToString(deterministic=True),
+        )
+        if self._spool.partial_path(transfer_id).exists():
+            self._spool.commit(transfer_id)
+        elif not self._spool.committed_path(transfer_id).exists():
+            raise EnvelopeError(f"the spool file of transfer {transfer_id} is missing")
+        self._ledger.commit_inbound(transfer_id, body.plaintext_sha256, receipt, committed_at)
+        self._hashers.drop(transfer_id)
+        log.info(
+            "transfer committed",
+            extra={
+                "transfer_id": transfer_id,
+                "partner": peer.id,
+                "outcome": "committed",
+                "bytes": row.received_bytes,
+            },
+        )
+        return receipt
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def status(self, peer: PartnerConfig, transfer_id: str) -> Inbound:
+        row = self._ledger.inbound(transfer_id)
+        if row is None or row.sender != peer.id:
+            raise UnknownTransferError(f"no transfer {transfer_id!r} from {peer.id}")
+        return row
+
+    def key_set(self) -> Signed:
+        """Our transport public keys, signed by our signing key."""
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        keys = [
+            partner_pb2.TransportKey(
+                version=version,
+                public_point=self._hsm.public_key(Purpose.TRANSPORT, version).public_bytes(
+                    Encoding.X962, PublicFormat.UncompressedPoint
+                ),
+            )
+            for version in self._hsm.versions(Purpose.TRANSPORT)
+        ]
+        body = partner_pb2.KeySet(
+            gateway_id=self.me,
+            keys=keys,
+            current_version=self._keys.transport,
+            issued_at=int(self._clock()),
+        )
+        return sign(
+            self._hsm,
+            KeyRef(self.me, Purpose.SIGNING, self._keys.signing),
+            body.SerializeToString(deterministic=True),
+        )
+
+
+def _manifest_problems(
+    body: partner_pb2.Manifest,
+    row: Inbound,
+    header: envelope.Header,
+    me: str,
+    plaintext_sha256: bytes,
+) -> list[str]:
+    problems = []
+    if body.transfer_id != row.transfer_id:
+        problems.append(f"transfer id {body.transfer_id!r}")
+    if body.sender != row.sender or body.receiver != me:
+        problems.append(f"parties {body.sender!r} -> {body.receiver!r}")
+    if body.header_core_digest != header.core_digest():
+        problems.append("header digest")
+    if body.passport_digest != row.passport_digest:
+        problems.append("passport digest")
+    if body.segment_count != row.next_segment:
+        problems.append(f"segment count {body.segment_count} (received {row.next_segment})")
+    if body.plaintext_size != row.received_bytes:
+        problems.append(f"size {body.plaintext_size} (received {row.received_bytes})")
+    if body.plaintext_sha256 != plaintext_sha256:
+        problems.append("plaintext SHA-256")
+    return problems

@@ -1,0 +1,123 @@
+"""Received data at rest: ciphertext only, committed atomically.
+
+Layout under ``<state_dir>/spool``::
+
+    incoming/<transfer_id>.part   header (re-wrapped to our storage key) || segments so far
+    inbox/<transfer_id>.xbgw      the same file, renamed once the manifest checked out
+
+A partial file is never visible in the inbox: commit is fsync + rename + fsync of the
+directory. The durable length of a partial file is whatever the ledger's resume point says;
+on resume the file is cut back to it, so bytes written after the last durable point (and
+perhaps torn by a crash) are never trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import BinaryIO
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_transfer_id(transfer_id: str) -> str:
+    """Transfer ids become file names: refuse anything that could escape the spool."""
+    if not _SAFE_ID.fullmatch(transfer_id):
+        raise ValueError(
+            f"transfer id {transfer_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return transfer_id
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartialFile:
+    """Append-only writer for one incoming transfer."""
+
+    def __init__(self, path: Path, handle: BinaryIO) -> None:  # BinaryIO: "wb" or "r+b"
+        self.path = path
+        self._handle = handle
+
+    def append(self, data: bytes) -> None:
+        self._handle.write(data)
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (before the ledger moves the resume point)."""
+        self._handle.flush()
+        os.fdatasync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class Spool:
+    """The spool directory of one gateway."""
+
+    def __init__(self, root: Path) -> None:
+        self.incoming = root / "incoming"
+        self.inbox = root / "inbox"
+        for directory in (root, self.incoming, self.inbox):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def partial_path(self, transfer_id: str) -> Path:
+        return self.incoming / f"{check_transfer_id(transfer_id)}.part"
+
+    def committed_path(self, transfer_id: str) -> Path:
+        return self.inbox / f"{check_transfer_id(transfer_id)}.xbgw"
+
+    def open_partial(self, transfer_id: str, header: bytes, durable_length: int) -> PartialFile:
+        """Open for appending at ``durable_length`` (the header's length for a new transfer)."""
+        path = self.partial_path(transfer_id)
+        if durable_length < len(header):
+            raise ValueError("durable length is shorter than the header")
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            created: BinaryIO = os.fdopen(fd, "wb")
+            created.write(header)
+            partial = PartialFile(path, created)
+            partial.sync()
+            _fsync_dir(self.incoming)
+            if durable_length != len(header):
+                partial.close()
+                raise ValueError(f"partial file for {transfer_id} is missing its earlier segments")
+            return partial
+        handle: BinaryIO = path.open("r+b")
+        size = os.fstat(handle.fileno()).st_size
+        if size < durable_length:
+            handle.close()
+            raise ValueError(
+                f"partial file for {transfer_id} holds {size} bytes, fewer than the durable "
+                f"{durable_length}"
+            )
+        handle.truncate(durable_length)
+        handle.seek(durable_length)
+        return PartialFile(path, handle)
+
+    def read_partial(self, transfer_id: str) -> BinaryIO:
+        return self.partial_path(transfer_id).open("rb")
+
+    def commit(self, transfer_id: str) -> Path:
+        """Atomically move a complete partial file into the inbox."""
+        source = self.partial_path(transfer_id)
+        target = self.committed_path(transfer_id)
+        with source.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(source, target)
+        _fsync_dir(self.inbox)
+        _fsync_dir(self.incoming)
+        return target
+
+    def discard(self, transfer_id: str) -> None:
+        """Remove a refused transfer's partial data."""
+        self.partial_path(transfer_id).unlink(missing_ok=True)
+
+    def open_committed(self, transfer_id: str) -> BinaryIO:
+        return self.committed_path(transfer_id).open("rb")

@@ -1,0 +1,95 @@
+"""Mutual TLS: credentials for both listeners and partner channels, and peer identity.
+
+The partner listener trusts the union of the partner CAs (gRPC takes one root bundle), so
+after the handshake the peer's identity is mapped to exactly one partner *and* its
+certificate must have been issued by that partner's own CA -- otherwise partner A's CA could
+mint a certificate naming partner B.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from gateway.config import GatewayConfig, PartnerConfig
+from gateway.errors import ConfigError, PeerNotAuthorizedError
+
+
+def load_private_key_pem(path: Path, passphrase: str | None) -> bytes:
+    """The TLS private key as unencrypted PEM in memory (grpcio cannot use an HSM key)."""
+    try:
+        key = load_pem_private_key(path.read_bytes(), passphrase.encode() if passphrase else None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: cannot load the TLS private key ({exc})") from None
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+
+
+def server_credentials(config: GatewayConfig, key_pem: bytes) -> grpc.ServerCredentials:
+    roots = b"".join(partner.ca_pem for partner in config.partners)
+    return grpc.ssl_server_credentials(
+        [(key_pem, config.tls.certificate.read_bytes())],
+        root_certificates=roots or None,
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(
+    config: GatewayConfig, partner: PartnerConfig, key_pem: bytes
+) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=partner.ca_pem,
+        private_key=key_pem,
+        certificate_chain=config.tls.certificate.read_bytes(),
+    )
+
+
+def peer_partner(config: GatewayConfig, context: grpc.ServicerContext) -> PartnerConfig:
+    """The configured partner behind an authenticated mutual-TLS connection, or refuse."""
+    auth = context.auth_context()
+    pems: list[bytes] = list(auth.get("x509_pem_cert") or [])
+    if not pems:
+        raise PeerNotAuthorizedError("no client certificate was presented")
+    certificate = x509.load_pem_x509_certificate(bytes(pems[0]))
+    names = _identities(certificate)
+    for name in names:
+        partner = config.partner_by_identity(name)
+        if partner is None:
+            continue
+        if not _issued_by(certificate, partner.ca_pem):
+            raise PeerNotAuthorizedError(
+                f"certificate naming {name!r} was not issued by partner {partner.id}'s CA"
+            )
+        return partner
+    shown = ", ".join(names) or "none"
+    raise PeerNotAuthorizedError(
+        f"certificate identities ({shown}) belong to no configured partner"
+    )
+
+
+def _identities(certificate: x509.Certificate) -> list[str]:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)] + [
+        str(v) for v in san.get_values_for_type(x509.DNSName)
+    ]
+
+
+def _issued_by(certificate: x509.Certificate, ca_pem: bytes) -> bool:
+    for ca in x509.load_pem_x509_certificates(ca_pem):
+        try:
+            certificate.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, Exception):
+            continue
+        return True
+    return False
