@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--audience", help="this gateway's id")
     verify.set_defaults(func=cmd_passport_verify)
 
+    from gateway import cli_daemon
+
+    cli_daemon.register(verbs)
     return parser
 
 

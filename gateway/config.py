@@ -8,8 +8,8 @@ in one :class:`~gateway.errors.ConfigError`, one line each, as ``file: key.path:
 An operator fixes the file once instead of once per restart.
 
 Validation is table-driven: each section is a schema (YAML key -> converter, required or not)
-and a converter either returns the typed value or raises ``_Invalid(reason)``; the loader adds
-the file and key path. Secrets are never values: a PIN or passphrase is a *source* (file, env,
+and a converter either returns the typed value or raises ``ValueError(reason)``; the loader
+adds the file and key path. Secrets are never values: a PIN or passphrase is a *source* (file, env,
 systemd credential) and a secret-bearing value is never echoed in a message.
 """
 
@@ -89,6 +89,8 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class HsmConfig:
+    """How to open the token; the PIN is a source read at open, never a value held here."""
+
     module: Path
     token: str
     pin: PinSource
@@ -98,6 +100,8 @@ class HsmConfig:
 
 @dataclass(frozen=True)
 class PartnerConfig:
+    """A peer gateway; its CA and pinned signing key are loaded now, so a bad file fails here."""
+
     id: str
     endpoint: Address
     jurisdiction: str
@@ -111,6 +115,8 @@ class PartnerConfig:
 
 @dataclass(frozen=True)
 class IssuerConfig:
+    """A trusted passport issuer: the JWS ``kid`` and the P-256 key it must verify with."""
+
     kid: KeyRef
     public_key_path: Path
     public_key: ec.EllipticCurvePublicKey
@@ -118,6 +124,8 @@ class IssuerConfig:
 
 @dataclass(frozen=True)
 class Limits:
+    """Resource bounds; a message must hold one segment plus ``FRAME_OVERHEAD``."""
+
     max_message_bytes: int = DEFAULT_SEGMENT_SIZE + FRAME_OVERHEAD
     segment_size: int = DEFAULT_SEGMENT_SIZE
     passport_leeway_seconds: int = 60
@@ -643,13 +651,14 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _syntax_error(label: str, exc: yaml.YAMLError) -> str:
+def _syntax_error(label: str, exc: Exception) -> str:
     """Position and reason only: PyYAML's own message quotes the line, which may be secret."""
-    mark = (exc.problem_mark or exc.context_mark) if isinstance(exc, yaml.MarkedYAMLError) else None
-    if mark is None:
-        return f"{label}: not valid YAML"
-    assert isinstance(exc, yaml.MarkedYAMLError)
-    context = f" ({exc.context})" if exc.context else ""
+    if not isinstance(exc, yaml.MarkedYAMLError) or not (mark := exc.problem_mark):
+        # PyYAML lets a bad timestamp (2024-13-01) escape as a bare ValueError.
+        return f"{label}: not valid YAML: {exc if isinstance(exc, ValueError) else 'syntax error'}"
+    started = exc.context_mark
+    at = f" at line {started.line + 1}" if started and started.line != mark.line else ""
+    context = f" ({exc.context}{at})" if exc.context else ""
     reason = f"{exc.problem or 'syntax error'}{context}"
     return f"{label}: line {mark.line + 1}, column {mark.column + 1}: invalid YAML: {reason}"
 
@@ -672,7 +681,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     loader = _StrictLoader(text)
     try:
         doc = loader.get_single_data()
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(_syntax_error(label, exc)) from None
     finally:
         loader.dispose()

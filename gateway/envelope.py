@@ -816,7 +816,11 @@ class StreamDecryptor:
                 f"segment {index} arrived after the final segment {self._next - 1}"
             )
         if index != self._next:
-            what = "a repeat or out of order" if index < self._next else "segments are missing"
+            what = (
+                "a repeat or a replay"
+                if index < self._next
+                else "an earlier segment is missing or out of order"
+            )
             raise SegmentOrderError(f"expected segment {self._next}, got {index} ({what})")
         if not final and index == MAX_SEGMENTS - 1:
             raise SegmentOrderError(
@@ -951,7 +955,9 @@ class _Cursor:
     def take(self, n: int, what: str) -> bytes:
         end = self.pos + n
         if end > len(self.data):
-            raise HeaderFormatError(f"header truncated in the {what}")
+            raise HeaderFormatError(
+                f"the header's fields run past its {len(self.data)} bytes in the {what}"
+            )
         out = self.data[self.pos : end]
         self.pos = end
         return out

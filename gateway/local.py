@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import grpc
 
@@ -152,7 +153,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     f"no committed transfer {request.transfer_id!r} in the inbox"
                 )
             with self._spool.open_committed(row.transfer_id) as src:
-                for plaintext in envelope.iter_plaintext(src, self._config().id, self._hsm):
+                for plaintext in _plaintext(src, self._config().id, self._hsm):
                     for offset in range(0, len(plaintext), FETCH_CHUNK):
                         yield local_pb2.FetchChunk(data=plaintext[offset : offset + FETCH_CHUNK])
         except XbgwError as error:
@@ -179,6 +180,22 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 for tid, direction, partner, state, size in self._ledger.recent()
             ],
         )
+
+
+def _plaintext(src: BinaryIO, me: str, hsm: Hsm) -> Iterator[bytes]:
+    """Verify and decrypt a committed spool file segment by segment (at-rest tamper check)."""
+    header = envelope.read_header(src)
+    decryptor = envelope.StreamDecryptor(header, envelope.open_header(header, me, hsm))
+    segment_len = header.segment_size + envelope.TAG_LEN
+    chunk = src.read(segment_len)
+    while True:
+        following = src.read(segment_len) if len(chunk) == segment_len else b""
+        final = not following
+        yield decryptor.decrypt_segment(decryptor.next_index, chunk, final)
+        if final:
+            decryptor.finish()
+            return
+        chunk = following
 
 
 def _summary(summary: ReceiptSummary) -> local_pb2.ReceiptSummary:

@@ -55,7 +55,7 @@ def channel_credentials(
 def peer_partner(config: GatewayConfig, context: grpc.ServicerContext) -> PartnerConfig:
     """The configured partner behind an authenticated mutual-TLS connection, or refuse."""
     auth = context.auth_context()
-    pems: list[bytes] = list(auth.get("x509_pem_cert") or [])
+    pems = [bytes(pem) for pem in auth.get("x509_pem_cert", [])]
     if not pems:
         raise PeerNotAuthorizedError("no client certificate was presented")
     certificate = x509.load_pem_x509_certificate(bytes(pems[0]))
@@ -89,7 +89,7 @@ def _issued_by(certificate: x509.Certificate, ca_pem: bytes) -> bool:
     for ca in x509.load_pem_x509_certificates(ca_pem):
         try:
             certificate.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, Exception):
-            continue
+        except (ValueError, TypeError, InvalidSignature):
+            continue  # not issued by this CA; try the next one in the bundle
         return True
     return False

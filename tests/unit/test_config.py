@@ -688,7 +688,8 @@ def test_unreadable_public_files_are_errors(tree: Path, monkeypatch: pytest.Monk
         ),
         pytest.param(
             "gateway:\n  id: lingang\n  jurisdiction: [CN-SH\nlisten: {}\n",
-            "gateway.yaml: line 4, column 7: invalid YAML: ",
+            "gateway.yaml: line 4, column 7: invalid YAML: expected ',' or ']', but got ':' "
+            "(while parsing a flow sequence at line 3)",
             id="syntax",
         ),
         pytest.param(
@@ -703,6 +704,12 @@ def test_file_level_errors(tree: Path, text: str, expected: str) -> None:
     (tree / "gateway.yaml").write_text(text, encoding="utf-8")
     (found,) = problems()
     assert found.startswith(expected), found
+
+
+def test_bad_timestamp_is_a_config_error(tree: Path) -> None:
+    (tree / "gateway.yaml").write_text("gateway:\n  description: 2024-13-01\n", encoding="utf-8")
+    (found,) = problems()
+    assert found.startswith("gateway.yaml: not valid YAML: month must be in 1..12"), found
 
 
 def test_syntax_error_does_not_quote_the_line(tree: Path) -> None:

@@ -1,0 +1,309 @@
+"""Provision gateways for the demo, the tests and the benchmark: tokens, keys, certs, configs.
+
+Everything a real deployment gets from its PKI and HSM administrators is made here locally:
+a demo CA, one SoftHSM token per gateway (keys created by ``xbgw keys init`` in a child
+process, because SoftHSM binds one token directory per process), a passport issuer with its
+own token, PIN files readable only by the owner, and one YAML config per gateway.
+Not for production: the demo CA key sits on disk.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    id: str
+    jurisdiction: str
+    description: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """Paths of one provisioned gateway."""
+
+    id: str
+    root: Path
+    config: Path
+    socket: Path
+    state_dir: Path
+    softhsm_conf: Path
+    token: str
+    pin_file: Path
+    signing_public_key: Path
+
+
+@dataclass(frozen=True)
+class Issuer:
+    id: str
+    kid: str
+    softhsm_conf: Path
+    token: str
+    pin_file: Path
+    public_key: Path
+
+    def hsm_args(self) -> list[str]:
+        return ["--module", SOFTHSM_MODULE, "--token", self.token, "--pin-file", str(self.pin_file)]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SOFTHSM2_CONF": str(self.softhsm_conf)}
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _softhsm(root: Path, label: str) -> tuple[Path, Path]:
+    """A token directory, config and PIN file under ``root``; the token initialised."""
+    tokens = root / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    conf = root / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n",
+        encoding="utf-8",
+    )
+    pin = secrets.token_hex(8)
+    pin_file = root / "pin"
+    _write_private(pin_file, (pin + "\n").encode())
+    subprocess.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            secrets.token_hex(8),
+            "--pin",
+            pin,
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+    )
+    return conf, pin_file
+
+
+def _xbgw(args: list[str], conf: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+    )
+
+
+def _keys(conf: Path, token: str, pin_file: Path, public_out: Path) -> None:
+    hsm = ["--module", SOFTHSM_MODULE, "--token", token, "--pin-file", str(pin_file)]
+    _xbgw(["keys", "init", *hsm], conf)
+    _xbgw(["keys", "public", *hsm, "--purpose", "signing", "-o", str(public_out)], conf)
+
+
+class DemoCa:
+    """A throw-away CA that issues gateway certificates with the gateway id as DNS SAN."""
+
+    def __init__(self, root: Path, name: str = "xbgw demo CA") -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        self.path = root / "ca.crt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name: str, cert_path: Path, key_path: Path, days: int = 30) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
+
+def provision_issuer(root: Path, issuer_id: str) -> Issuer:
+    conf, pin_file = _softhsm(root, issuer_id)
+    public = root / "signing.pem"
+    _keys(conf, issuer_id, pin_file, public)
+    return Issuer(issuer_id, f"{issuer_id}/signing/1", conf, issuer_id, pin_file, public)
+
+
+def provision(
+    root: Path,
+    gateways: list[GatewaySpec],
+    issuer_id: str = "dpo",
+    segment_size: int = 1 << 20,
+    extra_limits: dict[str, int] | None = None,
+) -> tuple[dict[str, Provisioned], Issuer]:
+    """Make every gateway in ``gateways`` a partner of every other, all trusting one issuer."""
+    root.mkdir(parents=True, exist_ok=True)
+    ca = DemoCa(root / "ca")
+    issuer = provision_issuer(root / "issuer", issuer_id)
+    made: dict[str, Provisioned] = {}
+    for spec in gateways:
+        home = root / spec.id
+        conf, pin_file = _softhsm(home / "hsm", spec.id)
+        public = home / "signing.pem"
+        _keys(conf, spec.id, pin_file, public)
+        ca.issue(spec.id, home / "tls" / "gateway.crt", home / "tls" / "gateway.key")
+        made[spec.id] = Provisioned(
+            id=spec.id,
+            root=home,
+            config=home / "gateway.yaml",
+            socket=home / "run" / "local.sock",
+            state_dir=home / "state",
+            softhsm_conf=conf,
+            token=spec.id,
+            pin_file=pin_file,
+            signing_public_key=public,
+        )
+    for spec in gateways:
+        mine = made[spec.id]
+        config = {
+            "gateway": {
+                "id": spec.id,
+                "jurisdiction": spec.jurisdiction,
+                "description": spec.description,
+            },
+            "listen": {
+                "partner": f"127.0.0.1:{spec.port}",
+                "local_socket": str(mine.socket),
+            },
+            "tls": {"certificate": "tls/gateway.crt", "private_key": "tls/gateway.key"},
+            "hsm": {
+                "module": SOFTHSM_MODULE,
+                "token": spec.id,
+                "pin": {"file": str(mine.pin_file)},
+                "softhsm_conf": str(mine.softhsm_conf),
+            },
+            "partners": [
+                {
+                    "id": other.id,
+                    "endpoint": f"127.0.0.1:{other.port}",
+                    "jurisdiction": other.jurisdiction,
+                    "ca": str(ca.path),
+                    "signing_key": str(made[other.id].signing_public_key),
+                }
+                for other in gateways
+                if other.id != spec.id
+            ],
+            "issuers": [{"kid": issuer.kid, "public_key": str(issuer.public_key)}],
+            "state_dir": str(mine.state_dir),
+            "limits": {
+                "segment_size": segment_size,
+                "max_message_bytes": max(segment_size + (64 << 10), 1 << 20),
+                **(extra_limits or {}),
+            },
+        }
+        mine.config.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return made, issuer
+
+
+def issue_passport(
+    issuer: Issuer,
+    sender: GatewaySpec,
+    receiver: GatewaySpec,
+    byte_limit: int,
+    jti: str | None = None,
+    ttl: str = "1h",
+    extra: list[str] | None = None,
+) -> str:
+    """A passport from ``issuer`` for one transfer, made through ``xbgw passport issue``."""
+    args = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "passport",
+        "issue",
+        *issuer.hsm_args(),
+        "--kid",
+        issuer.kid,
+        "--to",
+        receiver.id,
+        "--sender",
+        sender.id,
+        "--src",
+        sender.jurisdiction,
+        "--dst",
+        receiver.jurisdiction,
+        "--classification",
+        "general",
+        "--purpose",
+        "demo transfer",
+        "--legal-basis",
+        "CAC-SC-2026-0042",
+        "--byte-limit",
+        str(byte_limit),
+        "--ttl",
+        ttl,
+        *(["--jti", jti] if jti else []),
+        *(extra or []),
+    ]
+    done = subprocess.run(args, check=True, capture_output=True, text=True, env=issuer.env())
+    return done.stdout.strip()
