@@ -12,8 +12,11 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,3 +310,102 @@ def issue_passport(
     ]
     done = subprocess.run(args, check=True, capture_output=True, text=True, env=issuer.env())
     return done.stdout.strip()
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the daemon binds it right after)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class DaemonProcess:
+    """``xbgw serve`` as a child process, ready when it says ``READY=1`` on our notify socket.
+
+    Stands in for systemd: it binds the ``$NOTIFY_SOCKET`` datagram socket, records every
+    notification, and stops the daemon by its PID (SIGTERM, then SIGKILL after a deadline).
+    """
+
+    def __init__(self, paths: Provisioned, env: dict[str, str] | None = None) -> None:
+        self.paths = paths
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.messages: list[str] = []
+        self.log_path = paths.root / "daemon.log"
+        self.notify_path = paths.root / "notify.sock"
+        self._sock: socket.socket | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.notify_path.unlink(missing_ok=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(self.notify_path))
+        self.messages = []
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(self.notify_path),
+            "GRPC_VERBOSITY": "ERROR",
+            **self.env,
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "-c", str(self.paths.config)],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        self.wait_for("READY=1", timeout)
+
+    def wait_for(self, line: str, timeout: float) -> None:
+        """Block until a notification carries ``line`` (e.g. ``READY=1``), or fail."""
+        assert self._sock is not None and self.process is not None
+        deadline = time.monotonic() + timeout
+        while not any(line in message.split("\n") for message in self.messages):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.paths.id}: no {line} within {timeout}s")
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(
+                    f"{self.paths.id} exited with {self.process.returncode}: " + " | ".join(tail)
+                )
+            self._sock.settimeout(min(0.5, left))
+            try:
+                self.messages.append(self._sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.close_notify()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.close_notify()
+
+    def close_notify(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.notify_path.unlink(missing_ok=True)
