@@ -32,7 +32,11 @@ def _step(text: str) -> None:
 def _xbgw(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "XBGW_SOCKET": str(socket), "GRPC_VERBOSITY": "ERROR"}
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], env=env, text=True, stdout=subprocess.PIPE
+        [sys.executable, "-m", "gateway.cli", *args],
+        check=False,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
     )
     for line in done.stdout.splitlines():
         print(f"    {line}")
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     made, issuer = provision(root, specs)
     for spec in specs:
         print(
-            f"    {spec.id:<10} {spec.jurisdiction:<6} 127.0.0.1:{spec.port}  {made[spec.id].config}"
+            f"    {spec.id:<10} {spec.jurisdiction:<6} 127.0.0.1:{spec.port}  "
+            f"{made[spec.id].config}"
         )
     print(f"    passport issuer {issuer.kid}")
 
