@@ -194,7 +194,7 @@ ECDH_LABEL: Final = b"XBGW-STREAM-1 ECDH-ES+A256KW"
 STORAGE_LABEL: Final = b"XBGW-STREAM-1 storage"
 
 # Same alphabet as the passport ``jti``, which is the transfer id.
-_TRANSFER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_TRANSFER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class WrapKind(IntEnum):
@@ -279,7 +279,7 @@ class StreamContext:
         if not isinstance(self.transfer_id, str) or not _TRANSFER_ID.fullmatch(self.transfer_id):
             raise ValueError(
                 f"transfer id {self.transfer_id!r} must be 1-{MAX_TRANSFER_ID_LEN} characters "
-                "of A-Z a-z 0-9 . _ -"
+                "of A-Z a-z 0-9 . _ -, starting with a letter or digit"
             )
         check_gateway_id(self.sender_id)
         check_gateway_id(self.receiver_id)
@@ -407,6 +407,7 @@ class Header:
         Raises ``HeaderFormatError`` (malformed, truncated, oversized, trailing bytes),
         ``UnsupportedVersionError``, ``UnsupportedSuiteError`` or ``SegmentSizeError``.
         """
+        data = bytes(data)  # a bytearray or memoryview must not end up inside the fields
         length = header_length(data[:PREFIX_LEN])
         if len(data) < length:
             raise HeaderFormatError(f"header truncated: {len(data)} of {length} bytes")
@@ -761,8 +762,9 @@ class StreamEncryptor:
         """Yield ``(index, final, ciphertext)`` for the plaintext in ``reader``.
 
         One segment is read at a time, plus one byte of lookahead to learn whether it is the
-        last, so memory stays at about two segments whatever the size. To resume at segment
-        ``n``, position ``reader`` at ``n * segment_size`` and pass ``start_index=n``.
+        last, so memory stays at about two segments (plus the ciphertext the caller still
+        holds) whatever the size. To resume at segment ``n``, position ``reader`` at
+        ``n * segment_size`` and pass ``start_index=n``.
         """
         size = self.header.segment_size
         index = start_index

@@ -95,7 +95,8 @@ MAX_PURPOSE_CHARS: Final = 256
 MAX_LEGAL_BASIS_CHARS: Final = 128
 PI_CATEGORIES: Final = ("none", "personal", "sensitive")
 
-_JTI = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Transfer ids become spool file names: no leading dot (no ".", ".."), no slash.
+_JTI = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
 _CLASSIFICATION = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -278,7 +279,7 @@ class PassportClaims:
 
     def __post_init__(self) -> None:
         _check_gateway("iss", self.iss)
-        _check_pattern("jti", self.jti, _JTI, "1-64 characters of A-Z a-z 0-9 . _ -")
+        _check_pattern("jti", self.jti, _JTI, "1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
         for name in ("iat", "nbf", "exp"):
             _check_int(name, getattr(self, name), 0, MAX_TIME)
         if self.exp <= self.nbf:
