@@ -279,7 +279,12 @@ class PassportClaims:
 
     def __post_init__(self) -> None:
         _check_gateway("iss", self.iss)
-        _check_pattern("jti", self.jti, _JTI, "1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+        _check_pattern(
+            "jti",
+            self.jti,
+            _JTI,
+            "1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        )
         for name in ("iat", "nbf", "exp"):
             _check_int(name, getattr(self, name), 0, MAX_TIME)
         if self.exp <= self.nbf:

@@ -79,4 +79,6 @@ class SoftwareHsm:
         try:
             return aes_key_unwrap_with_padding(self._aes[version], wrapped)
         except InvalidUnwrap:
-            raise UnwrapError(f"wrapped key does not unwrap under storage version {version}") from None
+            raise UnwrapError(
+                f"wrapped key does not unwrap under storage version {version}"
+            ) from None

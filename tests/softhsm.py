@@ -44,8 +44,17 @@ def init_token(conf: Path, label: str, pin: str = USER_PIN) -> TokenSpec:
     """Initialise a token with ``softhsm2-util`` (about 12 ms)."""
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
     subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", label,
-         "--so-pin", SO_PIN, "--pin", pin],
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            pin,
+        ],
         check=True,
         capture_output=True,
         env=env,

@@ -61,9 +61,20 @@ def test_pkcs11_tool_sees_every_key_as_never_extractable(
     token_hsm: Hsm, fresh_token: TokenSpec
 ) -> None:
     out = subprocess.run(
-        ["pkcs11-tool", "--module", SOFTHSM_MODULE, "--token-label", fresh_token.label,
-         "--login", "--pin", fresh_token.pin, "--list-objects"],
-        check=True, capture_output=True, text=True,
+        [
+            "pkcs11-tool",
+            "--module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            fresh_token.label,
+            "--login",
+            "--pin",
+            fresh_token.pin,
+            "--list-objects",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, "SOFTHSM2_CONF": str(fresh_token.conf)},
     ).stdout
     blocks = [b for b in out.split("\n") if b.strip().startswith("Access:")]
@@ -129,7 +140,9 @@ def test_missing_key_version_is_named(token_hsm: Hsm) -> None:
 
 
 def test_open_errors_are_actionable(token_hsm: Hsm, fresh_token: TokenSpec) -> None:
-    with pytest.raises(HsmConfigError, match=r"token 'no-such' not found .* tokens present: .*'pool-"):
+    with pytest.raises(
+        HsmConfigError, match=r"token 'no-such' not found .* tokens present: .*'pool-"
+    ):
         Hsm.open(SOFTHSM_MODULE, "no-such", "1234")
     with pytest.raises(HsmConfigError, match="does not exist"):
         Hsm.open("/nonexistent/libpkcs11.so", "x", "1234")
@@ -159,7 +172,10 @@ def test_unreadable_token_dir_is_reported_in_a_fresh_process(tmp_path: Path) -> 
         "    print(e)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
     ).stdout
     assert "failed to initialise" in out and "SOFTHSM2_CONF" in out
@@ -205,7 +221,7 @@ def test_pin_file_with_two_lines_is_refused_without_echoing_it(tmp_path: Path) -
 
 
 def test_eight_threads_of_mixed_operations_get_correct_results(token_hsm: Hsm) -> None:
-    """FIELD-NOTES: unserialised SoftHSM crashed or returned a wrong key; every result is checked."""
+    """FIELD-NOTES: unserialised SoftHSM crashed or gave a wrong key; every result is checked."""
     import hashlib
 
     transport = token_hsm.public_key(Purpose.TRANSPORT, 1)
@@ -229,7 +245,7 @@ def test_eight_threads_of_mixed_operations_get_correct_results(token_hsm: Hsm) -
                 secret = os.urandom(32 + (i % 4) * 8)
                 if token_hsm.unwrap(1, token_hsm.wrap(1, secret)) != secret:
                     failures.append(f"thread {seed}: wrong unwrapped key in round {i}")
-        except Exception as exc:  # noqa: BLE001 - any failure in a thread must reach the test
+        except Exception as exc:
             failures.append(f"thread {seed}: {type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]

@@ -21,5 +21,7 @@ def test_committed_stubs_match_the_proto_files(tmp_path: Path) -> None:
         if p.is_file() and "__pycache__" not in p.parts
     )
     assert generated == existing, "run 'make proto' and commit gateway/_proto"
-    different = [str(p) for p in generated if not filecmp.cmp(out / p, committed / p, shallow=False)]
+    different = [
+        str(p) for p in generated if not filecmp.cmp(out / p, committed / p, shallow=False)
+    ]
     assert different == [], f"stale stubs (run 'make proto'): {different}"
