@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,7 +41,8 @@ from gateway.tls import channel_credentials
 
 log = logging.getLogger("xbgw.sender")
 
-DIGEST_BATCH = 4  # segments whose digests are committed together before they are sent
+DIGEST_BATCH = 4  # segments whose tags are committed together before they are sent
+PIPELINE_DEPTH = 4  # encrypted segments queued ahead of the network
 KEY_SET_TTL_SECONDS = 300
 RPC_TIMEOUT_SECONDS = 30
 
@@ -173,6 +175,115 @@ def _segments(chunks: Iterable[bytes], size: int) -> Iterator[tuple[int, bool, b
         yield 0, True, b""
 
 
+class _Pipeline:
+    """Segment, hash and encrypt in a producer thread; the gRPC upload pulls from a queue.
+
+    Both ``hashlib`` and AES-GCM release the GIL, so the producer overlaps with the gRPC
+    threads. Before any ciphertext is queued, the GCM tag of each segment is checked against
+    the tag recorded at the first attempt and recorded durably if new: same key and nonce give
+    the same tag only for the same plaintext, so a changed source is refused before a reused
+    nonce can leave the process. (The tag stands in for a per-segment SHA-256 at no cost.)
+    """
+
+    _END = object()
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        transfer_id: str,
+        encryptor: envelope.StreamEncryptor,
+        start: int,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._ledger = ledger
+        self._transfer_id = transfer_id
+        self._encryptor = encryptor
+        self._start = start
+        self._on_bytes = on_bytes
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self.hasher = hashlib.sha256()
+        self.bytes = 0
+        self.segments = 0
+
+    def start(self, segments: Iterator[tuple[int, bool, bytes]]) -> None:
+        self._thread = threading.Thread(
+            target=self._produce, args=(segments,), name="xbgw-encrypt", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _produce(self, segments: Iterator[tuple[int, bool, bytes]]) -> None:
+        try:
+            batch: list[tuple[int, bool, bytes]] = []
+            for index, final, plaintext in segments:
+                if self._stop.is_set():
+                    return
+                self.hasher.update(plaintext)
+                self.bytes += len(plaintext)
+                self.segments = index + 1
+                batch.append(
+                    (index, final, self._encryptor.encrypt_segment(index, plaintext, final))
+                )
+                if len(batch) >= DIGEST_BATCH or final:
+                    self._check_tags(batch)
+                    for item in batch:
+                        if item[0] >= self._start:
+                            self._put(item)
+                    batch = []
+                    self._on_bytes(self.bytes)
+        except BaseException as exc:
+            self._failure = exc
+        finally:
+            self._put(self._END)
+
+    def _check_tags(self, batch: list[tuple[int, bool, bytes]]) -> None:
+        first, last = batch[0][0], batch[-1][0] + 1
+        recorded = self._ledger.segment_tags(self._transfer_id, first, last)
+        for index, _final, ciphertext in batch:
+            known = recorded.get(index)
+            if known is not None and known != ciphertext[-envelope.TAG_LEN :]:
+                raise SourceChangedError(
+                    f"segment {index} of transfer {self._transfer_id} differs from what was "
+                    "sent before; resend the original data or use a new passport"
+                )
+        self._ledger.record_segment_tags(
+            self._transfer_id,
+            [(i, c[-envelope.TAG_LEN :]) for i, _f, c in batch if i not in recorded],
+        )
+
+    def messages(self) -> Iterator[partner_pb2.Segment]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            assert isinstance(item, tuple)
+            index, final, ciphertext = item
+            yield partner_pb2.Segment(
+                transfer_id=self._transfer_id, index=index, final=final, ciphertext=ciphertext
+            )
+
+    def abandon(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def raise_failure(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+
 class Sender:
     """Sending-side domain logic of one gateway."""
 
@@ -268,32 +379,27 @@ class Sender:
             "transfer accepted",
             extra={"transfer_id": transfer_id, "partner": partner.id, "outcome": f"from {start}"},
         )
-        hasher = hashlib.sha256()
-        counters = {"bytes": 0, "segments": 0}
-        encryptor = envelope.StreamEncryptor(sent_header, data_key)
-
-        def outgoing() -> Iterator[partner_pb2.Segment]:
-            batch: list[tuple[int, bool, bytes, bytes]] = []
-            for index, final, plaintext in _segments(chunks, sent_header.segment_size):
-                hasher.update(plaintext)
-                counters["bytes"] += len(plaintext)
-                counters["segments"] = index + 1
-                digest = hashlib.sha256(plaintext).digest()
-                batch.append((index, final, plaintext, digest))
-                if len(batch) >= DIGEST_BATCH or final:
-                    yield from self._emit(transfer_id, batch, start, encryptor)
-                    batch = []
-                    on_progress(Progress("progress", transfer_id, counters["bytes"], total_size))
-
+        pipeline = _Pipeline(
+            self._ledger,
+            transfer_id,
+            envelope.StreamEncryptor(sent_header, data_key),
+            start,
+            lambda done: on_progress(Progress("progress", transfer_id, done, total_size)),
+        )
+        pipeline.start(_segments(chunks, sent_header.segment_size))
         if offer.state == common_pb2.TRANSFER_STATE_COMMITTED:
             # Delivered before, receipt lost: re-read the source for the manifest only.
-            for _ in outgoing():
+            for _ in pipeline.messages():
                 pass
         else:
             try:
-                stub.Upload(outgoing(), timeout=None)
+                stub.Upload(pipeline.messages(), timeout=None)
             except grpc.RpcError as exc:
+                pipeline.abandon()
+                pipeline.raise_failure()
                 raise partner_error(exc, partner.id, "the upload") from None
+        pipeline.raise_failure()
+        hasher, counters = pipeline.hasher, {"bytes": pipeline.bytes, "segments": pipeline.segments}
         return self._finish(partner, transfer_id, sent_header, passport.digest, hasher, counters)
 
     def _prepare(
@@ -321,35 +427,6 @@ class Sender:
             sent_header=header.encode(),
             stored_header=stored.encode(),
         )
-
-    def _emit(
-        self,
-        transfer_id: str,
-        batch: list[tuple[int, bool, bytes, bytes]],
-        start: int,
-        encryptor: envelope.StreamEncryptor,
-    ) -> Iterator[partner_pb2.Segment]:
-        first, last = batch[0][0], batch[-1][0] + 1
-        recorded = self._ledger.segment_digests(transfer_id, first, last)
-        for index, _final, _plaintext, digest in batch:
-            known = recorded.get(index)
-            if known is not None and known != digest:
-                raise SourceChangedError(
-                    f"segment {index} of transfer {transfer_id} differs from what was sent "
-                    "before; resend the original data or use a new passport"
-                )
-        self._ledger.record_segment_digests(
-            transfer_id, [(i, d) for i, _f, _p, d in batch if i not in recorded]
-        )
-        for index, final, plaintext, _digest in batch:
-            if index < start:
-                continue
-            yield partner_pb2.Segment(
-                transfer_id=transfer_id,
-                index=index,
-                final=final,
-                ciphertext=encryptor.encrypt_segment(index, plaintext, final),
-            )
 
     def _finish(
         self,

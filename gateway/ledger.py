@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS outbound (
 CREATE TABLE IF NOT EXISTS outbound_segments (
     transfer_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
-    plaintext_digest BLOB NOT NULL,
+    tag BLOB NOT NULL,
     PRIMARY KEY (transfer_id, idx)
 ) WITHOUT ROWID;
 """
@@ -278,25 +278,24 @@ class Ledger:
         assert created is not None
         return created
 
-    def segment_digests(self, transfer_id: str, start: int, stop: int) -> dict[int, bytes]:
-        """Recorded plaintext digests of segments ``start <= idx < stop``."""
+    def segment_tags(self, transfer_id: str, start: int, stop: int) -> dict[int, bytes]:
+        """Recorded GCM tags of segments ``start <= idx < stop`` (see client._Pipeline)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT idx, plaintext_digest FROM outbound_segments "
+                "SELECT idx, tag FROM outbound_segments "
                 "WHERE transfer_id = ? AND idx >= ? AND idx < ?",
                 (transfer_id, start, stop),
             ).fetchall()
-        return {int(row["idx"]): bytes(row["plaintext_digest"]) for row in rows}
+        return {int(row["idx"]): bytes(row["tag"]) for row in rows}
 
-    def record_segment_digests(self, transfer_id: str, digests: list[tuple[int, bytes]]) -> None:
-        """Durably note what plaintext each segment index was encrypted from (before sending)."""
-        if not digests:
+    def record_segment_tags(self, transfer_id: str, tags: list[tuple[int, bytes]]) -> None:
+        """Durably note each segment's tag before its ciphertext is sent (nonce-reuse guard)."""
+        if not tags:
             return
         with self._tx() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO outbound_segments (transfer_id, idx, plaintext_digest) "
-                "VALUES (?,?,?)",
-                [(transfer_id, idx, digest) for idx, digest in digests],
+                "INSERT OR IGNORE INTO outbound_segments (transfer_id, idx, tag) VALUES (?,?,?)",
+                [(transfer_id, idx, tag) for idx, tag in tags],
             )
 
     def deliver_outbound(

@@ -17,7 +17,8 @@ from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
 from gateway.client import from_blob, to_blob
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import XbgwError, grpc_status_name
-from gateway.receiver import Receiver, SegmentIn
+from gateway.intake import SegmentIn
+from gateway.receiver import Receiver
 from gateway.tls import peer_partner
 
 log = logging.getLogger("xbgw.partner")

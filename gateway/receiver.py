@@ -21,6 +21,7 @@ refused for good and deletes its partial data; the passport stays spent.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -45,16 +46,16 @@ from gateway.errors import (
     UnknownTransferError,
 )
 from gateway.hsm import Hsm
+from gateway.intake import Intake, SegmentIn
 from gateway.keys import CurrentKeys, KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.policy import BaselinePolicy, Direction, Policy, TransferFacts
 from gateway.signed import Signed, sign, verify
-from gateway.spool import PartialFile, Spool, check_transfer_id
+from gateway.spool import Spool, check_transfer_id
 
 log = logging.getLogger("xbgw.receiver")
 
-SYNC_EVERY_SEGMENTS = 16
 TAG_LEN = 16
 
 
@@ -72,14 +73,6 @@ class UploadResult:
     next_segment: int
     received_bytes: int
     final_received: bool
-
-
-@dataclass(frozen=True)
-class SegmentIn:
-    transfer_id: str
-    index: int
-    final: bool
-    ciphertext: bytes
 
 
 class _Hashers:
@@ -341,70 +334,29 @@ class Receiver:
         partial = self._spool.open_partial(
             transfer_id, row.stored_header, len(row.stored_header) + row.next_segment * segment_len
         )
-        received = row.received_bytes
-        durable = (row.next_segment, received)
-        unsynced = 0
+        intake = Intake(
+            self._ledger,
+            transfer_id,
+            decryptor,
+            hasher,
+            partial,
+            row.received_bytes,
+            row.byte_limit,
+        )
         try:
-            segment: SegmentIn | None = first
-            iterator = iter(rest)
-            while segment is not None:
-                if segment.transfer_id != transfer_id:
-                    raise OfferMismatchError(
-                        f"segment for {segment.transfer_id!r} inside the upload of {transfer_id!r}"
-                    )
-                if decryptor.done:
-                    raise TrailingDataError(
-                        f"segment {segment.index} arrived after the final segment"
-                    )
-                plaintext = decryptor.decrypt_segment(
-                    segment.index, segment.ciphertext, segment.final
-                )
-                received += len(plaintext)
-                if received > row.byte_limit:
-                    raise ByteLimitError(
-                        f"transfer {transfer_id} exceeds its limit of {row.byte_limit} bytes "
-                        "(passport byte_limit or partner limit)"
-                    )
-                partial.append(segment.ciphertext)
-                hasher.update(plaintext)
-                unsynced += 1
-                if unsynced >= SYNC_EVERY_SEGMENTS:
-                    partial.sync()
-                    self._ledger.record_progress(
-                        transfer_id, decryptor.next_index, received, decryptor.done
-                    )
-                    durable = (decryptor.next_index, received)
-                    unsynced = 0
-                segment = next(iterator, None)
+            intake.run(itertools.chain([first], rest))
         except ByteLimitError as exc:
-            partial.close()
+            intake.discard()
             self._refuse(transfer_id, str(exc))
             raise
         except BaseException:
             # Keep what verified: make it durable so a resumed stream continues from here.
-            self._save_point(partial, transfer_id, decryptor, received, durable)
-            self._hashers.put(transfer_id, decryptor.next_index, hasher)
+            intake.close()
+            self._hashers.put(transfer_id, decryptor.next_index, intake.hasher)
             raise
-        self._save_point(partial, transfer_id, decryptor, received, durable)
-        self._hashers.put(transfer_id, decryptor.next_index, hasher)
-        return UploadResult(decryptor.next_index, received, decryptor.done)
-
-    def _save_point(
-        self,
-        partial: PartialFile,
-        transfer_id: str,
-        decryptor: envelope.StreamDecryptor,
-        received: int,
-        durable: tuple[int, int],
-    ) -> None:
-        try:
-            partial.sync()
-        finally:
-            partial.close()
-        if (decryptor.next_index, received) != durable or decryptor.done:
-            self._ledger.record_progress(
-                transfer_id, decryptor.next_index, received, decryptor.done
-            )
+        intake.close()
+        self._hashers.put(transfer_id, decryptor.next_index, intake.hasher)
+        return UploadResult(decryptor.next_index, intake.received, decryptor.done)
 
     def _rehash(self, row: Inbound, header: envelope.Header, data_key: bytes) -> hashlib._Hash:
         """Recompute the plaintext hash of the segments already held (after a restart)."""

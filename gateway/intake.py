@@ -1,0 +1,142 @@
+"""Incoming segments: verify, enforce the byte limit, spool and hash -- in a worker thread.
+
+The gRPC thread only hands segments over a short bounded queue; AES-GCM, SHA-256 and file
+writes release the GIL, so receiving the next message overlaps with processing this one.
+The resume point moves only after the spool file is fsynced (every ``SYNC_EVERY_SEGMENTS``
+and at the end of every stream, clean or broken): what the ledger calls durable is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Iterable
+
+from gateway import envelope
+from gateway.errors import ByteLimitError, OfferMismatchError, TrailingDataError
+from gateway.ledger import Ledger
+from gateway.spool import PartialFile
+
+SYNC_EVERY_SEGMENTS = 32
+QUEUE_DEPTH = 4
+
+
+class SegmentIn:
+    """One segment as it came off the wire."""
+
+    __slots__ = ("ciphertext", "final", "index", "transfer_id")
+
+    def __init__(self, transfer_id: str, index: int, final: bool, ciphertext: bytes) -> None:
+        self.transfer_id = transfer_id
+        self.index = index
+        self.final = final
+        self.ciphertext = ciphertext
+
+
+class Intake:
+    """The state of one upload stream into one partial spool file."""
+
+    _END = object()
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        transfer_id: str,
+        decryptor: envelope.StreamDecryptor,
+        hasher: hashlib._Hash,
+        partial: PartialFile,
+        received: int,
+        byte_limit: int,
+    ) -> None:
+        self._ledger = ledger
+        self.transfer_id = transfer_id
+        self.decryptor = decryptor
+        self.hasher = hasher
+        self._partial = partial
+        self.received = received
+        self._byte_limit = byte_limit
+        self._durable = (decryptor.next_index, received)
+        self._unsynced = 0
+        self.failure: BaseException | None = None
+
+    def run(self, segments: Iterable[SegmentIn]) -> None:
+        """Consume ``segments`` (from the gRPC thread) with the work done in a worker thread."""
+        work: queue.Queue[object] = queue.Queue(maxsize=QUEUE_DEPTH)
+        worker = threading.Thread(target=self._work, args=(work,), name="xbgw-intake")
+        worker.start()
+        try:
+            for segment in segments:
+                if self.failure is not None:
+                    break
+                self._hand_over(work, segment)
+        finally:
+            self._hand_over(work, self._END)
+            worker.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def _hand_over(self, work: queue.Queue[object], item: object) -> None:
+        while True:
+            if self.failure is not None and item is not self._END:
+                return
+            try:
+                work.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self, work: queue.Queue[object]) -> None:
+        while True:
+            item = work.get()
+            if item is self._END:
+                return
+            if self.failure is not None:
+                continue  # drain until the end marker
+            assert isinstance(item, SegmentIn)
+            try:
+                self._take(item)
+            except BaseException as exc:
+                self.failure = exc
+
+    def _take(self, segment: SegmentIn) -> None:
+        if segment.transfer_id != self.transfer_id:
+            raise OfferMismatchError(
+                f"segment for {segment.transfer_id!r} inside the upload of {self.transfer_id!r}"
+            )
+        if self.decryptor.done:
+            raise TrailingDataError(f"segment {segment.index} arrived after the final segment")
+        plaintext = self.decryptor.decrypt_segment(segment.index, segment.ciphertext, segment.final)
+        if self.received + len(plaintext) > self._byte_limit:
+            raise ByteLimitError(
+                f"transfer {self.transfer_id} exceeds its limit of {self._byte_limit} bytes "
+                "(passport byte_limit or partner limit)"
+            )
+        self.received += len(plaintext)
+        self._partial.append(segment.ciphertext)
+        self.hasher.update(plaintext)
+        self._unsynced += 1
+        if self._unsynced >= SYNC_EVERY_SEGMENTS:
+            self.save_point()
+
+    def save_point(self) -> None:
+        """fsync what verified, then move the ledger's resume point to it."""
+        point = (self.decryptor.next_index, self.received)
+        if point == self._durable and not self.decryptor.done:
+            return
+        self._partial.sync()
+        self._ledger.record_progress(
+            self.transfer_id, self.decryptor.next_index, self.received, self.decryptor.done
+        )
+        self._durable = point
+        self._unsynced = 0
+
+    def close(self) -> None:
+        """Make the resume point durable (even after a failure) and close the file."""
+        try:
+            self.save_point()
+        finally:
+            self._partial.close()
+
+    def discard(self) -> None:
+        self._partial.close()
