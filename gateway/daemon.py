@@ -3,6 +3,16 @@
 Start order matters: configuration, HSM (PIN, token, key versions), ledger and spool, then
 both listeners. Only when all of them work does the daemon say ``READY=1``; any failure
 before that is one clear line on stderr and a non-zero exit, so ``systemctl status`` shows it.
+
+* **Watchdog**: a thread pings ``WATCHDOG=1`` at half of ``WATCHDOG_USEC`` only after a real
+  round trip -- a ``grpc.health.v1`` check through the local socket (the server's own thread
+  pool) and an HSM ping. A wedged server or HSM stops the pings and systemd restarts us.
+* **SIGHUP**: ``RELOADING=1`` + ``MONOTONIC_USEC``; config, partners, issuers and TLS files are
+  re-read; new handshakes get the new certificate, streams in flight keep theirs. A config
+  with errors is refused and reported; the running one stays. Then ``READY=1``.
+* **SIGTERM**: ``STOPPING=1``; health turns NOT_SERVING and offers are refused; transfers in
+  flight get ``limits.drain_grace_seconds`` to finish, then are cut -- each stream first makes
+  its resume point durable -- and the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,9 +27,11 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from gateway import logs
-from gateway._proto.xbgw.v1 import local_pb2_grpc, partner_pb2_grpc
+from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
 from gateway.client import PartnerChannels, Sender
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, XbgwError
@@ -27,13 +39,19 @@ from gateway.hsm import Hsm
 from gateway.keys import CurrentKeys
 from gateway.ledger import Ledger
 from gateway.local import LocalServicer
+from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
 from gateway.partner import PartnerServicer
 from gateway.receiver import Receiver
 from gateway.spool import Spool
-from gateway.tls import load_private_key_pem, server_credentials
+from gateway.tls import ReloadableServerCredentials, load_private_key_pem
 
 log = logging.getLogger("xbgw.daemon")
+
+PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["PartnerGateway"].full_name
+LOCAL_SERVICE = local_pb2.DESCRIPTOR.services_by_name["LocalGateway"].full_name
+HSM_CHECK_SECONDS = 5.0
+IDLE_WAIT_SECONDS = 10.0
 
 
 class Daemon:
@@ -43,14 +61,22 @@ class Daemon:
         self.config_path = config_path
         self.config = load_config(config_path)
         logs.setup(self.config.log.level, self.config.log.format)
-        self._accepting = True
+        self.metrics = Metrics()
+        self._accepting = False
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
-        self.partner_port = 0
+        self._healthy = True
+        self.partner_address = ""
+        self.metrics_port: int | None = None
 
     def _config(self) -> GatewayConfig:
         return self.config
+
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # -- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
         config = self.config
@@ -58,6 +84,7 @@ class Daemon:
         if config.hsm.softhsm_conf is not None:
             os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
         self.hsm = Hsm.open(str(config.hsm.module), config.hsm.token, config.hsm.pin.read())
+        self.hsm.observer = self.metrics.observe_hsm
         self.keys = CurrentKeys.resolve(self.hsm, config.hsm.key_versions)
         self.hsm.check_versions(self.keys.as_dict())
         notify("STATUS=opening the ledger and spool")
@@ -68,14 +95,22 @@ class Daemon:
         self.channels = PartnerChannels(config, key_pem)
         self.receiver = Receiver(config, self.hsm, self.keys, self.ledger, self.spool)
         self.sender = Sender(config, self.hsm, self.keys, self.ledger, self.channels)
+        self.health = health.HealthServicer()
         notify("STATUS=starting listeners")
         self._start_partner_server(config, key_pem)
         self._start_local_server(config)
+        if config.listen.metrics is not None:
+            self.metrics_port = self.metrics.serve(
+                config.listen.metrics.host, config.listen.metrics.port
+            )
+        self._accepting = True
+        self._set_serving(True)
         log.info(
-            "xbgw %s ready: partner listener on %s, local socket %s",
+            "xbgw %s ready: partner listener on %s, local socket %s, metrics %s",
             config.id,
             self.partner_address,
             config.listen.local_socket,
+            f"{config.listen.metrics.host}:{self.metrics_port}" if config.listen.metrics else "off",
         )
         notify("READY=1", f"STATUS=serving as {config.id} on {self.partner_address}")
 
@@ -86,7 +121,8 @@ class Daemon:
             passphrase = config.tls.private_key_passphrase.read()
         return load_private_key_pem(config.tls.private_key, passphrase)
 
-    def _options(self, config: GatewayConfig) -> list[tuple[str, int]]:
+    @staticmethod
+    def _options(config: GatewayConfig) -> list[tuple[str, int]]:
         limit = config.limits.max_message_bytes
         return [
             ("grpc.max_send_message_length", limit),
@@ -101,17 +137,21 @@ class Daemon:
             options=self._options(config),
             maximum_concurrent_rpcs=config.limits.max_concurrent_transfers * 2,
         )
-        partner_pb2_grpc.add_PartnerGatewayServicer_to_server(
-            PartnerServicer(self._config, self.receiver), self.partner_server
+        self.partner_servicer = PartnerServicer(
+            self._config, self.receiver, self.metrics, self.accepting
         )
+        partner_pb2_grpc.add_PartnerGatewayServicer_to_server(
+            self.partner_servicer, self.partner_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.partner_server)
+        self.server_credentials = ReloadableServerCredentials(config, key_pem)
         address = str(config.listen.partner)
         try:
-            port = self.partner_server.add_secure_port(address, server_credentials(config, key_pem))
+            port = self.partner_server.add_secure_port(address, self.server_credentials.credentials)
         except RuntimeError:
             port = 0
         if port == 0:
             raise ConfigError(f"cannot listen on {address}: address in use or not local")
-        self.partner_port = port
         self.partner_address = f"{config.listen.partner.host}:{port}"
         self.partner_server.start()
         (config.state_dir / "partner.addr").write_text(self.partner_address + "\n")
@@ -122,22 +162,39 @@ class Daemon:
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()
         self.local_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xbgw-local"),
+            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="xbgw-local"),
             options=self._options(config),
         )
         local_pb2_grpc.add_LocalGatewayServicer_to_server(
             LocalServicer(
-                self._config, self.sender, self.ledger, self.spool, self.hsm, self.accepting
+                self._config,
+                self.sender,
+                self.ledger,
+                self.spool,
+                self.hsm,
+                self.accepting,
+                self.metrics,
             ),
             self.local_server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.local_server)
+        reflection.enable_server_reflection(
+            (LOCAL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.local_server
         )
         if self.local_server.add_insecure_port(f"unix:{socket_path}") == 0:
             raise ConfigError(f"cannot listen on the local socket {socket_path}")
         os.chmod(socket_path, 0o660)
         self.local_server.start()
 
-    def accepting(self) -> bool:
-        return self._accepting
+    def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", PARTNER_SERVICE, LOCAL_SERVICE):
+            self.health.set(service, status)
+        self.metrics.ready.set(1 if serving else 0)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -146,15 +203,13 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         self.start()
-        interval = watchdog_interval()
+        threading.Thread(target=self._watch, name="xbgw-watchdog", daemon=True).start()
         while not self._stop.is_set():
-            self._wake.wait(interval if interval else 1.0)
+            self._wake.wait()
             self._wake.clear()
             if self._reload.is_set() and not self._stop.is_set():
                 self._reload.clear()
                 self.reload()
-            if interval:
-                notify("WATCHDOG=1")
         self.shutdown()
         return 0
 
@@ -166,14 +221,49 @@ class Daemon:
         self._reload.set()
         self._wake.set()
 
+    def _watch(self) -> None:
+        """HSM health and the systemd watchdog, proven by real round trips."""
+        interval = watchdog_interval()
+        period = min(interval, HSM_CHECK_SECONDS) if interval else HSM_CHECK_SECONDS
+        channel = grpc.insecure_channel(f"unix:{self.config.listen.local_socket}")
+        check = health_pb2_grpc.HealthStub(channel).Check
+        while not self._stop.wait(period):
+            hsm_ok = self.hsm.ping()
+            if hsm_ok != self._healthy:
+                self._healthy = hsm_ok
+                if self._accepting:
+                    self._set_serving(hsm_ok)
+                if hsm_ok:
+                    log.info("HSM answers again; serving")
+                else:
+                    log.error("HSM does not answer; health is NOT_SERVING")
+            if not interval:
+                continue
+            try:
+                check(health_pb2.HealthCheckRequest(), timeout=max(1.0, period))
+            except grpc.RpcError:
+                log.error("local server did not answer its health check; withholding WATCHDOG=1")
+                continue
+            if hsm_ok:
+                notify("WATCHDOG=1")
+        channel.close()
+
     def reload(self) -> None:
         notify("RELOADING=1", monotonic_usec(), "STATUS=reloading the configuration")
+        log.info("reloading %s", self.config_path)
         try:
             config = load_config(self.config_path)
             key_pem = self._tls_key(config)
+            if config.id != self.config.id or config.state_dir != self.config.state_dir:
+                raise ConfigError(
+                    f"{self.config_path}: gateway.id and state_dir cannot change on reload; "
+                    "restart the service"
+                )
+            self.server_credentials.update(config, key_pem)
         except XbgwError as exc:
+            first = str(exc).splitlines()[0]
             log.error("reload refused, keeping the running configuration: %s", exc)
-            notify("READY=1", f"STATUS=reload refused: {str(exc).splitlines()[0]}")
+            notify("READY=1", f"STATUS=reload refused: {first}")
             return
         self.config = config
         self.receiver.reconfigure(config)
@@ -184,18 +274,22 @@ class Daemon:
 
     def shutdown(self) -> None:
         grace = self.config.limits.drain_grace_seconds
-        notify("STOPPING=1", f"STATUS=draining for up to {grace}s")
+        notify("STOPPING=1", f"STATUS=draining transfers for up to {grace}s")
         log.info("stopping: draining transfers for up to %ss", grace)
         self._accepting = False
+        self._set_serving(False)
         started = time.monotonic()
         local_done = self.local_server.stop(grace)
-        partner_done = self.partner_server.stop(max(0.0, grace - (time.monotonic() - started)))
+        partner_done = self.partner_server.stop(grace)
         local_done.wait()
         partner_done.wait()
+        # Cut streams save their resume point in their handler threads; let them finish.
+        if not self.partner_servicer.wait_idle(IDLE_WAIT_SECONDS):
+            log.warning("some partner handlers did not finish; their last durable point stands")
         self.channels.close()
         self.ledger.close()
         self.hsm.close()
-        log.info("stopped")
+        log.info("stopped after %.1fs", time.monotonic() - started)
 
 
 def serve(config_path: Path) -> int:

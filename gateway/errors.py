@@ -263,3 +263,9 @@ class OfferMismatchError(TransferError):
     """The envelope header and the passport disagree (transfer id, parties, digest)."""
 
     grpc_status = "INVALID_ARGUMENT"
+
+
+class DrainingError(XbgwError):
+    """The daemon is stopping and takes no new transfers."""
+
+    grpc_status = "UNAVAILABLE"

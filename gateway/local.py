@@ -24,6 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import UnknownTransferError, XbgwError, grpc_status_name
 from gateway.hsm import Hsm
 from gateway.ledger import Ledger
+from gateway.metrics import Metrics
 from gateway.spool import Spool
 
 log = logging.getLogger("xbgw.local")
@@ -53,7 +54,9 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         spool: Spool,
         hsm: Hsm,
         accepting: Callable[[], bool],
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._config = config
         self._sender = sender
         self._ledger = ledger
@@ -98,12 +101,18 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 events.put_nowait(event)  # progress is advisory: never stall on a slow reader
 
         def work() -> None:
+            partner = start.partner or "unknown"
             try:
-                summary = self._sender.send(
-                    start.partner, start.passport, chunks(), start.size, on_progress
-                )
+                with self._metrics.stream("out"):
+                    summary = self._sender.send(
+                        start.partner, start.passport, chunks(), start.size, on_progress
+                    )
+                self._metrics.transfers.labels("out", partner, "delivered").inc()
+                self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)
                 events.put(local_pb2.SendEvent(done=_summary(summary)))
             except BaseException as exc:
+                self._metrics.transfers.labels("out", partner, "failed").inc()
+                self._metrics.refusals.labels(type(exc).__name__, partner).inc()
                 events.put(exc)
             finally:
                 events.put(None)

@@ -8,6 +8,7 @@ a person can act on, and a log line.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -16,8 +17,9 @@ import grpc
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
 from gateway.client import from_blob, to_blob
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.errors import XbgwError, grpc_status_name
+from gateway.errors import DrainingError, XbgwError, grpc_status_name
 from gateway.intake import SegmentIn
+from gateway.metrics import Metrics
 from gateway.receiver import Receiver
 from gateway.tls import peer_partner
 
@@ -47,11 +49,20 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         self,
         config: Callable[[], GatewayConfig],
         receiver: Receiver,
-        on_refusal: Callable[[str, str], None] = lambda reason, partner: None,
+        metrics: Metrics,
+        accepting: Callable[[], bool],
     ) -> None:
         self._config = config
         self._receiver = receiver
-        self._on_refusal = on_refusal
+        self._metrics = metrics
+        self._accepting = accepting
+        self._in_flight = 0
+        self._in_flight_lock = threading.Condition()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no handler runs (after the server stopped); False on timeout."""
+        with self._in_flight_lock:
+            return self._in_flight_lock.wait_for(lambda: self._in_flight == 0, timeout)
 
     def _run(
         self,
@@ -61,14 +72,24 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         transfer_id: str = "",
     ) -> T:
         partner_id = ""
+        with self._in_flight_lock:
+            self._in_flight += 1
         try:
             peer = peer_partner(self._config(), context)
             partner_id = peer.id
+            if rpc == "Offer" and not self._accepting():
+                raise DrainingError("the gateway is shutting down; offer again shortly")
             return action(peer)
         except XbgwError as error:
-            self._on_refusal(type(error).__name__, partner_id or "unknown")
+            self._metrics.refusals.labels(type(error).__name__, partner_id or "unknown").inc()
+            if rpc == "Finish":
+                self._metrics.transfers.labels("in", partner_id or "unknown", "refused").inc()
             abort_with(context, error, rpc=rpc, partner=partner_id, transfer_id=transfer_id)
             raise AssertionError("unreachable: abort raises") from error
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+                self._in_flight_lock.notify_all()
 
     def Offer(  # noqa: N802 - gRPC method name
         self, request: partner_pb2.OfferRequest, context: grpc.ServicerContext
@@ -93,7 +114,8 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             segments = (
                 SegmentIn(m.transfer_id, m.index, m.final, m.ciphertext) for m in request_iterator
             )
-            result = self._receiver.upload(peer, segments)
+            with self._metrics.stream("in"):
+                result = self._receiver.upload(peer, segments)
             return partner_pb2.UploadResponse(
                 next_segment=result.next_segment,
                 received_bytes=result.received_bytes,

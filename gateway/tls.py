@@ -8,6 +8,7 @@ mint a certificate naming partner B.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import grpc
@@ -33,12 +34,44 @@ def load_private_key_pem(path: Path, passphrase: str | None) -> bytes:
     return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
-def server_credentials(config: GatewayConfig, key_pem: bytes) -> grpc.ServerCredentials:
+class ReloadableServerCredentials:
+    """Server credentials whose certificate, key and partner CAs can change on reload.
+
+    gRPC asks the fetcher at each new handshake; it hands out a new configuration once after
+    :meth:`update`, so new connections use the new certificate while established streams go
+    on with the old one.
+    """
+
+    def __init__(self, config: GatewayConfig, key_pem: bytes) -> None:
+        self._lock = threading.Lock()
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._initial = _certificate_configuration(config, key_pem)
+        # grpc-stubs types the fetcher as never returning None; gRPC documents None as
+        # "no change", which is what we return between reloads.
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._initial,
+            self._fetch,  # type: ignore[arg-type]
+            require_client_authentication=True,
+        )
+
+    def update(self, config: GatewayConfig, key_pem: bytes) -> None:
+        with self._lock:
+            self._pending = _certificate_configuration(config, key_pem)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+
+def _certificate_configuration(
+    config: GatewayConfig, key_pem: bytes
+) -> grpc.ServerCertificateConfiguration:
     roots = b"".join(partner.ca_pem for partner in config.partners)
-    return grpc.ssl_server_credentials(
-        [(key_pem, config.tls.certificate.read_bytes())],
-        root_certificates=roots or None,
-        require_client_auth=True,
+    if not roots:
+        raise ConfigError(f"{config.path}: partners: at least one partner CA is needed for mTLS")
+    return grpc.ssl_server_certificate_configuration(
+        [(key_pem, config.tls.certificate.read_bytes())], root_certificates=roots
     )
 
 
