@@ -400,6 +400,11 @@ class Sender:
                 raise partner_error(exc, partner.id, "the upload") from None
         pipeline.raise_failure()
         hasher, counters = pipeline.hasher, {"bytes": pipeline.bytes, "segments": pipeline.segments}
+        if claims.sub is not None and claims.sub != hasher.hexdigest():
+            raise ManifestError(
+                f"the data sent is not the data set passport {transfer_id} names (sub "
+                f"{claims.sub[:16]}..., sent {hasher.hexdigest()[:16]}...); nothing was committed"
+            )
         return self._finish(partner, transfer_id, sent_header, passport.digest, hasher, counters)
 
     def _prepare(

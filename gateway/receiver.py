@@ -49,7 +49,7 @@ from gateway.hsm import Hsm
 from gateway.intake import Intake, SegmentIn
 from gateway.keys import CurrentKeys, KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
-from gateway.passport import PassportVerifier, VerifiedPassport
+from gateway.passport import PassportVerifier, VerifiedPassport, inspect
 from gateway.policy import BaselinePolicy, Direction, Policy, TransferFacts
 from gateway.signed import Signed, sign, verify
 from gateway.spool import Spool, check_transfer_id
@@ -498,4 +498,8 @@ def _manifest_problems(
         problems.append(f"size {body.plaintext_size} (received {row.received_bytes})")
     if body.plaintext_sha256 != plaintext_sha256:
         problems.append("plaintext SHA-256")
+    # The passport was verified at the offer; its optional dataset digest binds the content.
+    sub = inspect(row.passport)[1].get("sub")
+    if sub is not None and sub != plaintext_sha256.hex():
+        problems.append("data set SHA-256 is not the passport's sub")
     return problems
