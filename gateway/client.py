@@ -78,7 +78,13 @@ def partner_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code is grpc.StatusCode.UNAVAILABLE:
-        return PartnerError(f"partner {partner} is unreachable during {what}: {details}")
+        hint = ""
+        if "socket closed" in (details or "").lower():
+            hint = (
+                " (the partner may have refused this gateway's TLS client certificate: check "
+                "tls.certificate against the CA the partner trusts)"
+            )
+        return PartnerError(f"partner {partner} is unreachable during {what}: {details}{hint}")
     return PartnerError(f"partner {partner} refused {what} ({code.name}): {details}", code.name)
 
 

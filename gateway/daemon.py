@@ -47,6 +47,7 @@ from gateway.spool import Spool
 from gateway.tls import ReloadableServerCredentials, load_private_key_pem
 
 log = logging.getLogger("xbgw.daemon")
+PARTNER_RECEIVE_BACKSTOP = 2  # x max_message_bytes; see _start_partner_server
 
 PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["PartnerGateway"].full_name
 LOCAL_SERVICE = local_pb2.DESCRIPTOR.services_by_name["LocalGateway"].full_name
@@ -122,11 +123,11 @@ class Daemon:
         return load_private_key_pem(config.tls.private_key, passphrase)
 
     @staticmethod
-    def _options(config: GatewayConfig) -> list[tuple[str, int]]:
+    def _options(config: GatewayConfig, receive_limit: int | None = None) -> list[tuple[str, int]]:
         limit = config.limits.max_message_bytes
         return [
             ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_receive_message_length", receive_limit or limit),
             ("grpc.so_reuseport", 0),
         ]
 
@@ -134,7 +135,12 @@ class Daemon:
         workers = config.limits.max_concurrent_transfers * 2 + 4
         self.partner_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xbgw-partner"),
-            options=self._options(config),
+            # gRPC's own limit is only a backstop: a message it drops ends the request stream
+            # as if the peer had half-closed, so the servicer could neither log the refusal
+            # nor tell it from a clean end. PartnerServicer enforces max_message_bytes itself.
+            options=self._options(
+                config, receive_limit=PARTNER_RECEIVE_BACKSTOP * config.limits.max_message_bytes
+            ),
             maximum_concurrent_rpcs=config.limits.max_concurrent_transfers * 2,
         )
         self.partner_servicer = PartnerServicer(

@@ -219,6 +219,12 @@ class ByteLimitError(TransferError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class MessageTooLargeError(TransferError):
+    """A partner message is larger than this gateway's ``limits.max_message_bytes``."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
 class ManifestError(TransferError):
     """The sender's manifest is unsigned, mis-signed, or disagrees with what arrived."""
 

@@ -17,7 +17,7 @@ import grpc
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
 from gateway.client import from_blob, to_blob
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.errors import DrainingError, XbgwError, grpc_status_name
+from gateway.errors import DrainingError, MessageTooLargeError, XbgwError, grpc_status_name
 from gateway.intake import SegmentIn
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
@@ -69,7 +69,7 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         context: grpc.ServicerContext,
         rpc: str,
         action: Callable[[PartnerConfig], T],
-        transfer_id: str = "",
+        transfer_id: str | Callable[[], str] = "",
     ) -> T:
         partner_id = ""
         with self._in_flight_lock:
@@ -84,7 +84,8 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             self._metrics.refusals.labels(type(error).__name__, partner_id or "unknown").inc()
             if rpc == "Finish":
                 self._metrics.transfers.labels("in", partner_id or "unknown", "refused").inc()
-            abort_with(context, error, rpc=rpc, partner=partner_id, transfer_id=transfer_id)
+            named = transfer_id() if callable(transfer_id) else transfer_id
+            abort_with(context, error, rpc=rpc, partner=partner_id, transfer_id=named)
             raise AssertionError("unreachable: abort raises") from error
         finally:
             with self._in_flight_lock:
@@ -110,19 +111,31 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
     def Upload(  # noqa: N802
         self, request_iterator: Iterator[partner_pb2.Segment], context: grpc.ServicerContext
     ) -> partner_pb2.UploadResponse:
+        first_id: list[str] = []
+        limit = self._config().limits.max_message_bytes
+
+        def segments() -> Iterator[SegmentIn]:
+            for m in request_iterator:
+                if not first_id:
+                    first_id.append(m.transfer_id)
+                size = m.ByteSize()
+                if size > limit:
+                    raise MessageTooLargeError(
+                        f"segment {m.index} came in a {size}-byte message, larger than this "
+                        f"gateway's max_message_bytes ({limit}); send smaller segments"
+                    )
+                yield SegmentIn(m.transfer_id, m.index, m.final, m.ciphertext)
+
         def act(peer: PartnerConfig) -> partner_pb2.UploadResponse:
-            segments = (
-                SegmentIn(m.transfer_id, m.index, m.final, m.ciphertext) for m in request_iterator
-            )
             with self._metrics.stream("in"):
-                result = self._receiver.upload(peer, segments)
+                result = self._receiver.upload(peer, segments())
             return partner_pb2.UploadResponse(
                 next_segment=result.next_segment,
                 received_bytes=result.received_bytes,
                 final_received=result.final_received,
             )
 
-        return self._run(context, "Upload", act)
+        return self._run(context, "Upload", act, lambda: first_id[0] if first_id else "")
 
     def Finish(  # noqa: N802
         self, request: partner_pb2.FinishRequest, context: grpc.ServicerContext

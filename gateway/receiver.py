@@ -293,7 +293,10 @@ class Receiver:
         iterator = iter(segments)
         first = next(iterator, None)
         if first is None:
-            raise OfferMismatchError("an upload must carry at least one segment")
+            raise OfferMismatchError(
+                "an upload must carry at least one segment (or its first message was larger "
+                "than the transport limit)"
+            )
         transfer_id = first.transfer_id
         row = self._receiving(peer, transfer_id)
         with self._active_lock:

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -343,11 +343,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     signer.add_argument("digest", help="hex SHA-256 digest")
     args = parser.parse_args(argv)
     return _sign_digest_main(args)
-
-
-def iter_once(items: Iterable[partner_pb2.Segment]) -> Iterator[partner_pb2.Segment]:
-    """Yield ``items`` one by one (a generator, as a streaming sender would)."""
-    yield from items
 
 
 if __name__ == "__main__":

@@ -1,0 +1,634 @@
+"""Every refusal of the receiving daemon, through a real partner connection.
+
+One running pair (lingang -> frankfurt) serves the whole module. A hand-driven client
+(``tests.system.rogue``) talks to frankfurt's partner port with lingang's certificate -- or
+with another one, or none -- and sends exactly the wrong thing. Each test checks:
+
+(a) the gRPC status code;
+(b) a reason a person can act on (key words of the status details);
+(c) the refusal line in frankfurt's JSON log (``"outcome":"refused"``, ``"status"``, ``"rpc"``,
+    the error type as ``"reason"``), written by this refusal (the log is read from a mark
+    taken just before it);
+(d) that nothing partial became visible: ``xbgw inbox`` on frankfurt does not list the
+    transfer, no committed spool file exists, and for refusals that end a transfer for good
+    no partial file is left under ``<state_dir>/spool/incoming``; refusals a sender can fix by
+    resuming keep exactly the segments that verified, still uncommitted.
+
+A first test drives a complete transfer with the same client and the same keys, so a refusal
+below is the daemon's answer to the one thing each test breaks, not a flaw of the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway import envelope
+from gateway._proto.xbgw.v1 import common_pb2, partner_pb2
+from gateway.config import load_config
+from gateway.keys import KeyRef, Purpose
+from gateway.provision import DemoCa, GatewaySpec, issue_passport
+from tests.fakes import SoftwareHsm
+from tests.system import rogue
+from tests.system.harness import Pair, running_pair
+from tests.system.rogue import HandTransfer, RogueClient, TlsIdentity, TokenSigner
+
+TAG_LEN = 16  # AES-GCM tag per segment
+
+#: A gateway that exists in no configuration: the audience or sender of a wrong passport.
+PARIS = GatewaySpec("paris", "EU-FR", "Paris", 0)
+
+
+@dataclass
+class Bench:
+    """Frankfurt as seen by a partner, plus what a rogue client needs to talk to it."""
+
+    pair: Pair
+    endpoint: str
+    server_ca: bytes  # the CA lingang trusts for frankfurt's server certificate
+    lingang_tls: TlsIdentity
+    transport_version: int
+    transport_public: ec.EllipticCurvePublicKey
+    segment_size: int
+    max_message_bytes: int
+    issuer_signer: TokenSigner
+    lingang_signer: TokenSigner
+
+    @property
+    def frankfurt(self) -> GatewaySpec:
+        return self.pair.frankfurt.spec
+
+    @property
+    def lingang(self) -> GatewaySpec:
+        return self.pair.lingang.spec
+
+    def client(self) -> RogueClient:
+        """A partner connection with lingang's own certificate."""
+        return self.client_as(self.lingang_tls)
+
+    def client_as(self, identity: TlsIdentity | None) -> RogueClient:
+        """A partner connection with ``identity`` (``None``: no client certificate)."""
+        return RogueClient(self.endpoint, self.server_ca, identity, server_name=self.frankfurt.id)
+
+    def passport(
+        self,
+        byte_limit: int = 1 << 24,
+        sender: GatewaySpec | None = None,
+        receiver: GatewaySpec | None = None,
+    ) -> tuple[str, str]:
+        """A new transfer id and a passport for it from the real ``xbgw passport issue``."""
+        jti = f"refusal-{uuid.uuid4().hex[:16]}"
+        token = issue_passport(
+            self.pair.issuer,
+            sender or self.lingang,
+            receiver or self.frankfurt,
+            byte_limit,
+            jti=jti,
+        )
+        return jti, token
+
+    def seal(self, token: str, jti: str, version: int | None = None) -> HandTransfer:
+        """A header for ``token`` wrapped to frankfurt's transport key (``version`` claimed)."""
+        ref = KeyRef(self.frankfurt.id, Purpose.TRANSPORT, version or self.transport_version)
+        return HandTransfer.seal(
+            token, jti, self.lingang.id, ref, self.transport_public, self.segment_size
+        )
+
+    def offered(self, byte_limit: int = 1 << 24) -> HandTransfer:
+        """A transfer offered by lingang and accepted by frankfurt (resume point 0)."""
+        jti, token = self.passport(byte_limit)
+        transfer = self.seal(token, jti)
+        with self.client() as client:
+            accepted = client.offer(token, transfer.header_bytes)
+        assert accepted.transfer_id == jti
+        assert accepted.next_segment == 0
+        assert accepted.state == common_pb2.TRANSFER_STATE_RECEIVING
+        return transfer
+
+    # -- what frankfurt shows ----------------------------------------------------------------
+
+    def log_mark(self) -> int:
+        return len(self.pair.frankfurt.log_text())
+
+    def log_since(self, mark: int) -> list[dict[str, Any]]:
+        entries = []
+        for line in self.pair.frankfurt.log_text()[mark:].splitlines():
+            if line.startswith("{"):
+                entries.append(json.loads(line))
+        return entries
+
+    def inbox(self) -> list[str]:
+        listed = self.pair.frankfurt.cli("inbox")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        if lines == ["inbox is empty"]:
+            return []
+        assert lines[0].startswith("TRANSFER"), listed.stdout
+        return [line.split()[0] for line in lines[1:]]
+
+    def partial_file(self, transfer_id: str) -> Path:
+        return self.pair.frankfurt.paths.state_dir / "spool" / "incoming" / f"{transfer_id}.part"
+
+    def committed_file(self, transfer_id: str) -> Path:
+        return self.pair.frankfurt.paths.state_dir / "spool" / "inbox" / f"{transfer_id}.xbgw"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with running_pair(tmp_path_factory.mktemp("refusals")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def bench(pair: Pair) -> Bench:
+    lingang = load_config(pair.lingang.paths.config)
+    frankfurt = load_config(pair.frankfurt.paths.config)
+    partner = lingang.partner(frankfurt.id)
+    endpoint = (pair.frankfurt.paths.state_dir / "partner.addr").read_text().strip()
+    identity = TlsIdentity.load(lingang.tls.certificate, lingang.tls.private_key)
+    with RogueClient(endpoint, partner.ca_pem, identity, server_name=partner.identity) as client:
+        key_set = client.key_set(frankfurt.id, partner.signing_public_key)
+    version, public = rogue.transport_key(key_set)
+    return Bench(
+        pair=pair,
+        endpoint=endpoint,
+        server_ca=partner.ca_pem,
+        lingang_tls=identity,
+        transport_version=version,
+        transport_public=public,
+        segment_size=frankfurt.limits.segment_size,
+        max_message_bytes=frankfurt.limits.max_message_bytes,
+        issuer_signer=TokenSigner(
+            pair.issuer.softhsm_conf, pair.issuer.token, pair.issuer.pin_file
+        ),
+        lingang_signer=TokenSigner(
+            pair.lingang.paths.softhsm_conf, pair.lingang.paths.token, pair.lingang.paths.pin_file
+        ),
+    )
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def refused(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """Run an RPC that must fail; its status code and details."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error = info.value
+    assert isinstance(error, grpc.Call), error
+    return error.code(), error.details() or ""
+
+
+def assert_status(got: tuple[grpc.StatusCode, str], code: grpc.StatusCode, *words: str) -> str:
+    status, details = got
+    assert status is code, f"expected {code.name}, got {status.name}: {details}"
+    for word in words:
+        assert word.lower() in details.lower(), f"{word!r} not in the reason {details!r}"
+    return details
+
+
+def assert_logged(
+    bench: Bench,
+    mark: int,
+    rpc: str,
+    status: str,
+    reason: str | None,
+    details: str | None,
+    partner: str | None = "lingang",
+) -> dict[str, Any]:
+    """The one refusal line frankfurt wrote for this refusal, with what the peer was told.
+
+    ``reason`` is the error type; ``details``, the status details, must be in the message.
+    """
+    entries = bench.log_since(mark)
+    refusals = [e for e in entries if e.get("outcome") == "refused"]
+    matching = [
+        e
+        for e in refusals
+        if e.get("rpc") == rpc
+        and e.get("status") == status
+        and (reason is None or e.get("reason") == reason)
+    ]
+    assert len(matching) == 1, f"no single {rpc} {status} {reason} refusal logged: {entries}"
+    entry = matching[0]
+    assert details is None or details in entry["msg"], (details, entry)
+    assert entry.get("partner") == partner, entry
+    assert entry["level"] == "warning", entry
+    assert len(refusals) == 1, f"one refusal, logged more than once: {refusals}"
+    return entry
+
+
+def assert_nothing_handled(bench: Bench, mark: int) -> None:
+    """No RPC reached a handler: nothing about any transfer or peer was logged."""
+    entries = bench.log_since(mark)
+    assert not [e for e in entries if "rpc" in e or "transfer_id" in e or "outcome" in e], entries
+
+
+def assert_not_recorded(bench: Bench, transfer_id: str) -> None:
+    """Frankfurt has no trace of the transfer: not in the ledger, the spool or the inbox."""
+    with bench.client() as client:
+        assert_status(
+            refused(lambda: client.transfer(transfer_id)), grpc.StatusCode.NOT_FOUND, transfer_id
+        )
+    assert not bench.partial_file(transfer_id).exists()
+    assert not bench.committed_file(transfer_id).exists()
+    assert transfer_id not in bench.inbox()
+
+
+def assert_resumable(bench: Bench, transfer_id: str, kept: list[partner_pb2.Segment]) -> None:
+    """Still receiving, nothing committed; exactly the ``kept`` segments are held, durably."""
+    with bench.client() as client:
+        status = client.transfer(transfer_id)
+    assert status.state == common_pb2.TRANSFER_STATE_RECEIVING
+    assert status.next_segment == len(kept)
+    assert status.received_bytes == sum(len(s.ciphertext) - TAG_LEN for s in kept)
+    assert not status.HasField("receipt")
+    held = bench.partial_file(transfer_id).read_bytes()
+    header_len = envelope.header_length(held[: envelope.PREFIX_LEN])
+    assert held[header_len:] == b"".join(s.ciphertext for s in kept)
+    assert not bench.committed_file(transfer_id).exists()
+    assert transfer_id not in bench.inbox()
+
+
+def assert_refused_for_good(bench: Bench, transfer: HandTransfer) -> None:
+    """The transfer is over: no partial data, nothing committed, the passport spent."""
+    transfer_id = transfer.transfer_id
+    assert not bench.partial_file(transfer_id).exists(), "the partial file was left behind"
+    assert not bench.committed_file(transfer_id).exists()
+    assert transfer_id not in bench.inbox()
+    with bench.client() as client:
+        status = client.transfer(transfer_id)
+        assert status.state == common_pb2.TRANSFER_STATE_UNSPECIFIED  # "refused" on the wire
+        assert not status.HasField("receipt")
+        again = bench.seal(transfer.passport, transfer_id)
+        assert_status(
+            refused(lambda: client.offer(transfer.passport, again.header_bytes)),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "already used",
+            "refused",
+        )
+
+
+def full_segment(bench: Bench) -> bytes:
+    return os.urandom(bench.segment_size)
+
+
+def _offer_refused(
+    bench: Bench,
+    token: str,
+    transfer: HandTransfer,
+    identity: TlsIdentity | None,
+) -> tuple[int, tuple[grpc.StatusCode, str]]:
+    """Offer ``token`` with ``transfer``'s header; a log mark from just before, and the status."""
+    mark = bench.log_mark()
+    with bench.client_as(identity) as client:
+        got = refused(lambda: client.offer(token, transfer.header_bytes))
+    return mark, got
+
+
+# --- the control: a correct transfer by the same hand-driven client -------------------------
+
+
+def test_hand_driven_transfer_is_accepted(bench: Bench) -> None:
+    transfer = bench.offered()
+    data = os.urandom(2 * bench.segment_size + 123)
+    manifest = transfer.manifest(data, bench.frankfurt.id)
+    signed = rogue.sign_manifest(bench.lingang_signer, bench.lingang.id, manifest)
+    with bench.client() as client:
+        uploaded = client.upload(transfer.segments(data))
+        assert (uploaded.next_segment, uploaded.received_bytes) == (3, len(data))
+        assert uploaded.final_received
+        receipt = client.finish(transfer.transfer_id, signed).receipt
+    body = partner_pb2.ReceiptBody.FromString(receipt.body)
+    assert body.plaintext_sha256 == hashlib.sha256(data).digest()
+    assert transfer.transfer_id in bench.inbox()
+    assert bench.committed_file(transfer.transfer_id).exists()
+    assert not bench.partial_file(transfer.transfer_id).exists()
+
+
+# --- who is calling --------------------------------------------------------------------------
+
+
+def test_no_client_certificate(bench: Bench) -> None:
+    """Mutual TLS is required: the handshake is refused before any handler runs.
+
+    The server sends a TLS ``certificate_required`` alert; with TLS 1.3 the client learns it
+    only on its first RPC, and grpcio reports it as ``UNAVAILABLE`` with no more than
+    "Socket closed" -- the daemon never sees the call, so it has nothing to log.
+    """
+    jti, token = bench.passport()
+    transfer = bench.seal(token, jti)
+    mark, got = _offer_refused(bench, token, transfer, None)
+    assert_status(got, grpc.StatusCode.UNAVAILABLE, bench.endpoint)
+    assert_nothing_handled(bench, mark)
+    assert_not_recorded(bench, jti)
+
+
+def test_certificate_from_an_unknown_ca(bench: Bench, tmp_path: Path) -> None:
+    """A well-formed certificate from a CA frankfurt does not trust fails the handshake.
+
+    The partner listener's trust store is the union of the partner CAs, and client
+    verification is part of the handshake: a chain to another root never reaches
+    ``peer_partner``, so the answer is ``UNAVAILABLE``, not ``PERMISSION_DENIED`` -- even when
+    the certificate names a real partner.
+    """
+    mallory_ca = DemoCa(tmp_path / "mallory-ca", "mallory CA")
+    jti, token = bench.passport()
+    transfer = bench.seal(token, jti)
+    for name in ("mallory", bench.lingang.id):  # a stranger, and one posing as lingang
+        mallory_ca.issue(name, tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+        identity = TlsIdentity.load(tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+        mark, got = _offer_refused(bench, token, transfer, identity)
+        assert_status(got, grpc.StatusCode.UNAVAILABLE, bench.endpoint)
+        assert_nothing_handled(bench, mark)
+    assert_not_recorded(bench, jti)
+
+
+def test_certificate_of_no_partner(bench: Bench) -> None:
+    """A certificate from a trusted CA that names no partner passes TLS and is then refused.
+
+    Frankfurt's own server certificate is one: issued by the shared demo CA, for "frankfurt",
+    which is not a partner of frankfurt.
+    """
+    frankfurt = load_config(bench.pair.frankfurt.paths.config)
+    identity = TlsIdentity.load(frankfurt.tls.certificate, frankfurt.tls.private_key)
+    jti, token = bench.passport()
+    transfer = bench.seal(token, jti)
+    mark, got = _offer_refused(bench, token, transfer, identity)
+    details = assert_status(
+        got, grpc.StatusCode.PERMISSION_DENIED, "frankfurt", "no configured partner"
+    )
+    assert_logged(
+        bench, mark, "Offer", "PERMISSION_DENIED", "PeerNotAuthorizedError", details, partner=None
+    )
+    assert_not_recorded(bench, jti)
+
+
+# --- the passport ----------------------------------------------------------------------------
+
+
+def test_forged_passport(bench: Bench) -> None:
+    """Signed by a key that is not the trusted issuer's, under the trusted key id."""
+    jti = f"refusal-{uuid.uuid4().hex[:16]}"
+    claims = rogue.claims(
+        issuer=bench.pair.issuer.id,
+        sender=bench.lingang.id,
+        receiver=bench.frankfurt.id,
+        src=bench.lingang.jurisdiction,
+        dst=bench.frankfurt.jurisdiction,
+        byte_limit=1 << 20,
+        jti=jti,
+    )
+    token = rogue.hand_passport(claims, SoftwareHsm(), bench.pair.issuer.kid)
+    mark, got = _offer_refused(bench, token, bench.seal(token, jti), bench.lingang_tls)
+    details = assert_status(
+        got, grpc.StatusCode.PERMISSION_DENIED, "signature does not verify", bench.pair.issuer.kid
+    )
+    assert_logged(bench, mark, "Offer", "PERMISSION_DENIED", "PassportSignatureError", details)
+    assert_not_recorded(bench, jti)
+
+
+def test_expired_passport(bench: Bench) -> None:
+    """Signed by the real issuer key (in its HSM), valid for an hour that ended an hour ago."""
+    jti = f"refusal-{uuid.uuid4().hex[:16]}"
+    now = int(time.time())
+    claims = rogue.claims(
+        issuer=bench.pair.issuer.id,
+        sender=bench.lingang.id,
+        receiver=bench.frankfurt.id,
+        src=bench.lingang.jurisdiction,
+        dst=bench.frankfurt.jurisdiction,
+        byte_limit=1 << 20,
+        jti=jti,
+        not_before=now - 7200,
+        expires=now - 3600,
+    )
+    token = rogue.hand_passport(claims, bench.issuer_signer, bench.pair.issuer.kid)
+    mark, got = _offer_refused(bench, token, bench.seal(token, jti), bench.lingang_tls)
+    details = assert_status(got, grpc.StatusCode.PERMISSION_DENIED, jti, "expired", str(now - 3600))
+    assert_logged(bench, mark, "Offer", "PERMISSION_DENIED", "PassportExpiredError", details)
+    assert_not_recorded(bench, jti)
+
+
+def test_replayed_passport(bench: Bench, tmp_path: Path) -> None:
+    """A passport the real sender delivered with is offered again, with a new header."""
+    data = os.urandom(100_000)
+    source = tmp_path / "data.bin"
+    source.write_bytes(data)
+    jti, token = bench.passport()
+    sent = bench.pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", token)
+    assert sent.returncode == 0, sent.stderr
+    assert bench.inbox().count(jti) == 1
+    committed = bench.committed_file(jti).read_bytes()
+
+    mark, got = _offer_refused(bench, token, bench.seal(token, jti), bench.lingang_tls)
+    details = assert_status(got, grpc.StatusCode.ALREADY_EXISTS, jti, "already used", "committed")
+    assert_logged(bench, mark, "Offer", "ALREADY_EXISTS", "PassportReplayError", details)
+    assert bench.inbox().count(jti) == 1
+    assert bench.committed_file(jti).read_bytes() == committed
+    assert not bench.partial_file(jti).exists()
+
+
+def test_misaddressed_passport(bench: Bench) -> None:
+    """The passport's audience is another gateway; the header is sealed to frankfurt."""
+    jti, token = bench.passport(receiver=PARIS)
+    mark, got = _offer_refused(bench, token, bench.seal(token, jti), bench.lingang_tls)
+    details = assert_status(got, grpc.StatusCode.PERMISSION_DENIED, jti, "'paris'", "'frankfurt'")
+    assert_logged(bench, mark, "Offer", "PERMISSION_DENIED", "PassportAudienceError", details)
+    assert_not_recorded(bench, jti)
+
+
+def test_sender_is_not_the_passports_sender(bench: Bench) -> None:
+    """The passport authorises paris to send; the connection is lingang's."""
+    jti, token = bench.passport(sender=PARIS)
+    mark, got = _offer_refused(bench, token, bench.seal(token, jti), bench.lingang_tls)
+    details = assert_status(
+        got, grpc.StatusCode.PERMISSION_DENIED, jti, "sender 'paris'", "partner 'lingang'"
+    )
+    assert_logged(bench, mark, "Offer", "PERMISSION_DENIED", "PeerNotAuthorizedError", details)
+    assert_not_recorded(bench, jti)
+
+
+# --- the segment stream ----------------------------------------------------------------------
+
+
+def _upload_refused(
+    bench: Bench, segments: list[partner_pb2.Segment]
+) -> tuple[int, tuple[grpc.StatusCode, str]]:
+    mark = bench.log_mark()
+    with bench.client() as client:
+        got = refused(lambda: client.upload(segments))
+    return mark, got
+
+
+def test_segment_out_of_order(bench: Bench) -> None:
+    transfer = bench.offered()
+    segments = [transfer.segment(0, full_segment(bench), False), transfer.segment(2, b"late", True)]
+    mark, got = _upload_refused(bench, segments)
+    details = assert_status(
+        got, grpc.StatusCode.OUT_OF_RANGE, "expected segment 1, got 2", "out of order"
+    )
+    assert_logged(bench, mark, "Upload", "OUT_OF_RANGE", "SegmentOrderError", details)
+    assert_resumable(bench, transfer.transfer_id, kept=segments[:1])
+
+
+def test_duplicated_segment(bench: Bench) -> None:
+    transfer = bench.offered()
+    first, second = full_segment(bench), full_segment(bench)
+    segments = [
+        transfer.segment(0, first, False),
+        transfer.segment(1, second, False),
+        transfer.segment(1, second, False),
+    ]
+    mark, got = _upload_refused(bench, segments)
+    details = assert_status(
+        got, grpc.StatusCode.OUT_OF_RANGE, "expected segment 2, got 1", "repeat"
+    )
+    assert_logged(bench, mark, "Upload", "OUT_OF_RANGE", "SegmentOrderError", details)
+    assert_resumable(bench, transfer.transfer_id, kept=segments[:2])
+
+
+def test_segment_after_the_final_one(bench: Bench) -> None:
+    transfer = bench.offered()
+    segments = [
+        transfer.segment(0, full_segment(bench), False),
+        transfer.segment(1, b"the end", True),
+        transfer.segment(2, b"more", True),
+    ]
+    mark, got = _upload_refused(bench, segments)
+    details = assert_status(
+        got, grpc.StatusCode.OUT_OF_RANGE, "segment 2", "after the final segment"
+    )
+    assert_logged(bench, mark, "Upload", "OUT_OF_RANGE", "TrailingDataError", details)
+    assert_resumable(bench, transfer.transfer_id, kept=segments[:2])
+
+
+def test_bit_flipped_segment(bench: Bench) -> None:
+    transfer = bench.offered()
+    damaged = transfer.segment(1, full_segment(bench), False)
+    damaged.ciphertext = rogue.flip_bit(damaged.ciphertext, 8 * 1000 + 3)
+    segments = [transfer.segment(0, full_segment(bench), False), damaged]
+    mark, got = _upload_refused(bench, segments)
+    details = assert_status(got, grpc.StatusCode.DATA_LOSS, "segment 1", "failed authentication")
+    assert_logged(bench, mark, "Upload", "DATA_LOSS", "SegmentAuthenticationError", details)
+    assert_resumable(bench, transfer.transfer_id, kept=segments[:1])
+
+
+def test_stream_longer_than_the_passport_allows(bench: Bench) -> None:
+    limit = bench.segment_size + bench.segment_size // 2
+    transfer = bench.offered(byte_limit=limit)
+    segments = [transfer.segment(i, full_segment(bench), False) for i in range(3)]
+    mark, got = _upload_refused(bench, segments)
+    details = assert_status(
+        got, grpc.StatusCode.RESOURCE_EXHAUSTED, transfer.transfer_id, "limit", str(limit)
+    )
+    assert_logged(bench, mark, "Upload", "RESOURCE_EXHAUSTED", "ByteLimitError", details)
+    assert_refused_for_good(bench, transfer)
+
+
+def test_oversized_message(bench: Bench) -> None:
+    """A Segment over max_message_bytes is refused with RESOURCE_EXHAUSTED and logged.
+
+    Today gRPC itself refuses it ("Received message larger than max"), before the servicer
+    sees it -- and the daemon logs nothing, because grpcio ends the request iterator as if
+    the peer had half-closed. The refusal must still be in the daemon's log, with the limit.
+    """
+    transfer = bench.offered()
+    oversized = partner_pb2.Segment(
+        transfer_id=transfer.transfer_id,
+        index=1,
+        final=False,
+        ciphertext=os.urandom(bench.max_message_bytes + 1),
+    )
+    segments = [transfer.segment(0, full_segment(bench), False), oversized]
+    mark, got = _upload_refused(bench, segments)
+    assert_status(
+        got, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than", str(bench.max_message_bytes)
+    )
+    entry = assert_logged(bench, mark, "Upload", "RESOURCE_EXHAUSTED", None, None)
+    assert str(bench.max_message_bytes) in entry["msg"], entry
+    assert_resumable(bench, transfer.transfer_id, kept=segments[:1])
+
+
+# --- the manifest ----------------------------------------------------------------------------
+
+
+def _uploaded(bench: Bench) -> tuple[HandTransfer, bytes]:
+    transfer = bench.offered()
+    data = os.urandom(bench.segment_size + 999)
+    with bench.client() as client:
+        done = client.upload(transfer.segments(data))
+    assert done.final_received
+    return transfer, data
+
+
+def test_manifest_digest_mismatch(bench: Bench) -> None:
+    """Signed by lingang's real HSM key, but its plaintext SHA-256 is not what arrived."""
+    transfer, data = _uploaded(bench)
+    manifest = transfer.manifest(
+        data, bench.frankfurt.id, plaintext_sha256=hashlib.sha256(data + b"!").digest()
+    )
+    signed = rogue.sign_manifest(bench.lingang_signer, bench.lingang.id, manifest)
+    mark = bench.log_mark()
+    with bench.client() as client:
+        got = refused(lambda: client.finish(transfer.transfer_id, signed))
+    details = assert_status(
+        got, grpc.StatusCode.INVALID_ARGUMENT, "manifest disagrees", "plaintext SHA-256"
+    )
+    assert_logged(bench, mark, "Finish", "INVALID_ARGUMENT", "ManifestError", details)
+    assert_refused_for_good(bench, transfer)
+
+
+def test_manifest_not_signed_by_the_sender(bench: Bench) -> None:
+    """A correct manifest under lingang's key id, signed by another key: not final."""
+    transfer, data = _uploaded(bench)
+    manifest = transfer.manifest(data, bench.frankfurt.id)
+    signed = rogue.sign_manifest(SoftwareHsm(), bench.lingang.id, manifest)
+    mark = bench.log_mark()
+    with bench.client() as client:
+        got = refused(lambda: client.finish(transfer.transfer_id, signed))
+    details = assert_status(
+        got, grpc.StatusCode.UNAUTHENTICATED, "does not verify", "pinned key of lingang"
+    )
+    assert_logged(bench, mark, "Finish", "UNAUTHENTICATED", "SignatureError", details)
+    with bench.client() as client:
+        status = client.transfer(transfer.transfer_id)
+    assert status.state == common_pb2.TRANSFER_STATE_RECEIVING
+    assert not bench.committed_file(transfer.transfer_id).exists()
+    assert transfer.transfer_id not in bench.inbox()
+
+
+# --- the envelope header ---------------------------------------------------------------------
+
+
+def test_unknown_key_version(bench: Bench) -> None:
+    """The data key is wrapped to frankfurt/transport/99, a version frankfurt does not hold.
+
+    Nothing is recorded and the passport is not spent: the same passport with a header
+    sealed to the current version is accepted afterwards.
+    """
+    jti, token = bench.passport()
+    mark, got = _offer_refused(bench, token, bench.seal(token, jti, version=99), bench.lingang_tls)
+    details = assert_status(
+        got,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "frankfurt/transport/99",
+        f"versions held: [{bench.transport_version}]",
+        "fetch a fresh key set",
+    )
+    assert_logged(bench, mark, "Offer", "FAILED_PRECONDITION", "NoUsableWrappedKeyError", details)
+    assert_not_recorded(bench, jti)
+    with bench.client() as client:
+        accepted = client.offer(token, bench.seal(token, jti).header_bytes)
+    assert (accepted.transfer_id, accepted.next_segment) == (jti, 0)
