@@ -1,0 +1,99 @@
+"""The harness as a local application: ``LocalGateway.Send`` over the daemon's Unix socket.
+
+A transfer is timed from the moment the ``Send`` call is made (the ``start`` message and the
+first data chunks are handed to gRPC then) until the ``done`` event arrives: the daemon sends
+``done`` only after the partner's signed receipt has verified against its pinned key and
+matched what was sent. The harness also checks the receipt summary's size and SHA-256
+against the bytes it submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
+
+
+@dataclass(frozen=True)
+class SendResult:
+    seconds: float
+    bytes: int
+    transfer_id: str
+
+    @property
+    def mbps(self) -> float:
+        return self.bytes / self.seconds / 1e6
+
+
+def file_chunks(path: Path, size: int, chunk_size: int) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``path`` in ``chunk_size`` reads."""
+    left = size
+    with path.open("rb") as src:
+        while left > 0:
+            block = src.read(min(chunk_size, left))
+            if not block:
+                raise RuntimeError(f"{path} is shorter than {size} bytes")
+            left -= len(block)
+            yield block
+
+
+class LocalClient:
+    """One channel to a daemon's local socket, shared by any number of threads."""
+
+    def __init__(self, socket_path: Path, max_message_bytes: int) -> None:
+        self._channel = grpc.insecure_channel(
+            f"unix:{socket_path}",
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = local_pb2_grpc.LocalGatewayStub(self._channel)
+
+    def send(
+        self,
+        partner: str,
+        passport: str,
+        chunks: Iterable[bytes],
+        size: int,
+        sha256: bytes,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Send ``size`` bytes from ``chunks``; return the time to the verified receipt."""
+
+        def requests() -> Iterator[local_pb2.SendRequest]:
+            yield local_pb2.SendRequest(
+                start=local_pb2.SendStart(partner=partner, passport=passport, size=size)
+            )
+            for block in chunks:
+                yield local_pb2.SendRequest(data=block)
+
+        summary = None
+        seconds = 0.0
+        started = time.perf_counter()
+        for event in self._stub.Send(requests(), timeout=timeout):
+            if event.WhichOneof("kind") == "done":
+                seconds = time.perf_counter() - started
+                summary = event.done
+        if summary is None:
+            raise RuntimeError("the gateway ended the transfer without a receipt")
+        if summary.plaintext_size != size or summary.plaintext_sha256 != sha256.hex():
+            raise RuntimeError(
+                f"receipt for {summary.transfer_id} says {summary.plaintext_size} bytes, "
+                f"sha256 {summary.plaintext_sha256}; sent {size} bytes, sha256 {sha256.hex()}"
+            )
+        if not summary.signed_by:
+            raise RuntimeError(f"receipt for {summary.transfer_id} names no verifying key")
+        return SendResult(seconds, size, summary.transfer_id)
+
+    def send_bytes(self, partner: str, passport: str, data: bytes) -> SendResult:
+        return self.send(partner, passport, [data], len(data), hashlib.sha256(data).digest())
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,750 @@
+"""``python -m bench`` (``make bench``): the gateway measured against a control, same run.
+
+Provisions lingang (CN-SH) and frankfurt (EU-DE) exactly as the demo does -- one SoftHSM token
+each plus the passport issuer's, a throw-away CA, mutual TLS on loopback, SQLite ledgers --
+into a temporary directory (or ``--dir``), then:
+
+1. **HSM rates** (no daemon running): each HSM operation of the transfer path, N times, in
+   a child process against lingang's token (:mod:`bench.hsmbench`).
+2. **Bulk**: ``--pairs`` pairs, back to back, of one ``--bulk-size`` transfer lingang ->
+   frankfurt through ``LocalGateway.Send`` on the local socket (submit to verified receipt)
+   and one *control* upload of the same file: plain client-streaming gRPC, same certificates,
+   same chunk size (the gateway's ``segment_size``) and message limit, to a byte-counting
+   server in its own process (:mod:`bench.control`). The order alternates between pairs.
+   Reported: MB/s (10^6 bytes/s) of each, and the median of the per-pair ratios.
+3. **Small transfers**: ``--small-count`` transfers of ``--small-size``, each with its own
+   passport (issued in bulk before timing), ``--small-concurrency`` at a time: transfers/s
+   and latency percentiles (nearest rank) from submit to verified receipt.
+4. **Memory** (unless ``--skip-memory``): a fresh daemon pair per transfer, one of
+   ``--bulk-size`` and one of ``--mem-large``; each daemon's ``VmHWM`` (peak RSS) afterwards.
+5. **HSM counts**: the daemons once more, with their Prometheus endpoint enabled; the
+   ``xbgw_hsm_operation_seconds`` histogram scraped around a one-segment and a
+   multi-segment transfer gives the calls of each operation per transfer.
+
+Prints a table of metric | value | target | met? and writes ``bench/results.json`` (or
+``--json``). No number here is asserted anywhere: targets are reported, not enforced.
+Every daemon and helper process is stopped by PID in ``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+import yaml
+
+from bench import REPO, hsmbench
+from bench.control import ControlClient, ControlServer, TlsFiles
+from bench.daemons import Pair, RssSampler, cpu_seconds, hsm_metrics, self_cpu_seconds
+from bench.localapi import LocalClient, file_chunks
+from bench.passports import issue_many
+from gateway.cli import parse_size
+from gateway.config import load_config
+from gateway.provision import (
+    DaemonProcess,
+    GatewaySpec,
+    Issuer,
+    Provisioned,
+    free_port,
+    provision,
+)
+
+LINGANG = ("lingang", "CN-SH", "Lingang Special Area, Shanghai")
+FRANKFURT = ("frankfurt", "EU-DE", "Frankfurt am Main")
+MARKER = ".xbgw-bench"
+DEFAULT_JSON = REPO / "bench" / "results.json"
+MIB = 1 << 20
+
+# Targets of issue 5 (2-core machines, both gateways sharing them).
+TARGET_RATIO = 0.85
+TARGET_SMALL_RATE = 200.0
+TARGET_P99_MS = 50.0
+TARGET_PEAK_RSS_MIB = 150.0
+TARGET_RSS_FLATNESS = 0.10
+
+FULL = {
+    "bulk_size": 1 << 30,
+    "mem_large": 2 << 30,
+    "pairs": 3,
+    "small_count": 1000,
+    "small_size": 4 << 10,
+    "small_concurrency": 8,
+    "hsm_iterations": 2000,
+}
+SMOKE = {
+    "bulk_size": 4 * MIB,
+    "mem_large": 8 * MIB,
+    "pairs": 1,
+    "small_count": 20,
+    "small_size": 4 << 10,
+    "small_concurrency": 8,
+    "hsm_iterations": 50,
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    bulk_size: int
+    mem_large: int
+    pairs: int
+    small_count: int
+    small_size: int
+    small_concurrency: int
+    hsm_iterations: int
+    skip_memory: bool
+    json_path: Path
+    dir: Path | None
+    smoke: bool
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark two xbgw daemons against a plain-gRPC control in the same run.",
+    )
+    size = parse_size
+    parser.add_argument("--bulk-size", type=size, help="bulk transfer size (default 1GiB)")
+    parser.add_argument("--mem-large", type=size, help="large memory transfer (default 2GiB)")
+    parser.add_argument("--pairs", type=int, help="gateway/control pairs (default 3)")
+    parser.add_argument("--small-count", type=int, help="small transfers (default 1000)")
+    parser.add_argument("--small-size", type=size, help="small transfer size (default 4KiB)")
+    parser.add_argument("--small-concurrency", type=int, help="in flight at once (default 8)")
+    parser.add_argument("--hsm-iterations", type=int, help="calls per HSM operation (2000)")
+    parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
+    )
+    parser.add_argument(
+        "--dir", type=Path, help="work directory, kept afterwards (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI preset: 4MiB bulk, 8MiB large, 1 pair, 20 small transfers, 50 HSM calls",
+    )
+    args = parser.parse_args(argv)
+    preset = SMOKE if args.smoke else FULL
+    chosen = {name: getattr(args, name) for name in preset}
+    values = {name: preset[name] if value is None else value for name, value in chosen.items()}
+    for name, value in values.items():
+        if value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return Options(
+        **values,
+        skip_memory=args.skip_memory,
+        json_path=args.json,
+        dir=args.dir,
+        smoke=args.smoke,
+    )
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (no interpolation: p99 of 20 samples is the largest)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def mib(kib: int) -> float:
+    return kib / 1024
+
+
+def human(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "nproc_available": len(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu_model"] = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.splitlines()
+                if "model name" in line
+            ),
+            "unknown",
+        )
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        info["mem_total_kib"] = int(next(x for x in meminfo if x.startswith("MemTotal")).split()[1])
+    except (OSError, StopIteration):
+        pass
+    try:
+        done = subprocess.run(
+            ["softhsm2-util", "--version"], capture_output=True, text=True, check=False
+        )
+        info["softhsm"] = done.stdout.strip()
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        info["xbgw_commit"] = done.stdout.strip() or None
+    except OSError:
+        pass
+    return info
+
+
+def make_dataset(path: Path, sizes: set[int]) -> dict[int, bytes]:
+    """A random file as long as the largest size; the SHA-256 of each prefix in ``sizes``."""
+    digests: dict[int, bytes] = {}
+    hasher = hashlib.sha256()
+    written = 0
+    end = max(sizes)
+    with path.open("wb") as out:
+        while written < end:
+            cut = min([s for s in sizes if s > written], default=end)
+            block = os.urandom(min(MIB, cut - written))
+            hasher.update(block)
+            out.write(block)
+            written += len(block)
+            if written in sizes:
+                digests[written] = hasher.copy().digest()
+    if 0 in sizes:
+        digests[0] = hashlib.sha256(b"").digest()
+    return digests
+
+
+def _work_dir(requested: Path | None) -> tuple[Path, bool]:
+    """The directory to provision into, and whether to delete it afterwards."""
+    if requested is None:
+        return Path(tempfile.mkdtemp(prefix="xbgw-bench-")), True
+    root = requested.resolve()
+    if root.exists() and any(root.iterdir()):
+        if not (root / MARKER).exists():
+            raise SystemExit(
+                f"bench: {root} is not empty and was not made by the benchmark; "
+                "name an empty or new directory"
+            )
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by python -m bench; deleted by the next run\n")
+    return root, False
+
+
+def _log_tails(made: dict[str, Provisioned], lines: int = 15) -> None:
+    for gateway_id, paths in made.items():
+        log = paths.root / "daemon.log"
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- last lines of {gateway_id}'s daemon.log ({log})", file=sys.stderr)
+            for line in tail:
+                print(f"    {line}", file=sys.stderr)
+
+
+@contextmanager
+def running(pair: Pair) -> Iterator[Pair]:
+    try:
+        pair.start()
+        yield pair
+    finally:
+        pair.stop()
+
+
+# --- the measurements -----------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    root: Path
+    specs: dict[str, GatewaySpec]
+    made: dict[str, Provisioned]
+    issuer: Issuer
+    segment_size: int
+    max_message_bytes: int
+    data: Path
+    digests: dict[int, bytes]
+
+    def passports(self, count: int, byte_limit: int) -> list[str]:
+        return issue_many(
+            self.issuer, self.specs["lingang"], self.specs["frankfurt"], count, byte_limit
+        )
+
+    def local(self) -> LocalClient:
+        return LocalClient(self.made["lingang"].socket, self.max_message_bytes)
+
+    def send_file(self, client: LocalClient, token: str, size: int) -> float:
+        chunks = file_chunks(self.data, size, self.segment_size)
+        return client.send("frankfurt", token, chunks, size, self.digests[size]).seconds
+
+    def plain_pair(self) -> Pair:
+        return Pair(DaemonProcess(self.made["lingang"]), DaemonProcess(self.made["frankfurt"]))
+
+
+def _timed(run: Callable[[], float], pids: dict[str, int]) -> dict[str, Any]:
+    """Run one timed transfer; its seconds and the CPU seconds each process spent meanwhile."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    harness_before = self_cpu_seconds()
+    seconds = run()
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    cpu["harness"] = self_cpu_seconds() - harness_before
+    return {"seconds": seconds, "cpu_seconds": cpu}
+
+
+def bench_bulk(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
+    size = opts.bulk_size
+    tokens = setup.passports(opts.pairs + 1, size)
+    made = setup.made
+    client_tls = TlsFiles(
+        made["lingang"].root / "tls" / "gateway.crt",
+        made["lingang"].root / "tls" / "gateway.key",
+        setup.root / "ca" / "ca.crt",
+    )
+    server_tls = TlsFiles(
+        made["frankfurt"].root / "tls" / "gateway.crt",
+        made["frankfurt"].root / "tls" / "gateway.key",
+        setup.root / "ca" / "ca.crt",
+    )
+    control = ControlServer(server_tls, setup.max_message_bytes)
+    local = setup.local()
+    try:
+        control.start()
+        upload = ControlClient(control.address, client_tls, "frankfurt", setup.max_message_bytes)
+        try:
+            # Warm-up: partner channel, TLS handshake and key set, outside any timing.
+            setup.send_file(local, tokens[0], min(size, setup.segment_size))
+            runs = []
+            for index in range(opts.pairs):
+                order = ("gateway", "control") if index % 2 == 0 else ("control", "gateway")
+                result: dict[str, Any] = {"order": list(order)}
+                for what in order:
+                    if what == "gateway":
+                        token = tokens[index + 1]
+
+                        def through_gateway(token: str = token) -> float:
+                            return setup.send_file(local, token, size)
+
+                        timed = _timed(through_gateway, pair.pids())
+                    else:
+
+                        def through_control() -> float:
+                            return upload.upload(setup.data, size, setup.segment_size).seconds
+
+                        timed = _timed(through_control, {"control_server": control.pid})
+                    timed["mbps"] = size / timed["seconds"] / 1e6
+                    result[what] = timed
+                    say(f"    pair {index + 1}: {what:<7} {timed['mbps']:9.1f} MB/s")
+                result["ratio"] = result["gateway"]["mbps"] / result["control"]["mbps"]
+                runs.append(result)
+        finally:
+            upload.close()
+    finally:
+        local.close()
+        control.stop()
+    return {
+        "size_bytes": size,
+        "chunk_bytes": setup.segment_size,
+        "max_message_bytes": setup.max_message_bytes,
+        "pairs": runs,
+        "gateway_mbps_median": statistics.median(r["gateway"]["mbps"] for r in runs),
+        "control_mbps_median": statistics.median(r["control"]["mbps"] for r in runs),
+        "ratio_median": statistics.median(r["ratio"] for r in runs),
+    }
+
+
+def bench_small(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
+    count, size = opts.small_count, opts.small_size
+    tokens = setup.passports(count + 1, size)
+    payloads = [os.urandom(size) for _ in range(count + 1)]
+    local = setup.local()
+    try:
+        local.send_bytes("frankfurt", tokens[0], payloads[0])  # warm-up, untimed
+
+        def one(index: int) -> float:
+            return local.send_bytes("frankfurt", tokens[index + 1], payloads[index + 1]).seconds
+
+        pids = pair.pids()
+        before = pair.cpu_seconds()
+        harness_before = self_cpu_seconds()
+        pool = concurrent.futures.ThreadPoolExecutor(opts.small_concurrency, "bench-small")
+        try:
+            started = time.perf_counter()
+            latencies = list(pool.map(one, range(count)))
+            wall = time.perf_counter() - started
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on an error, start no more
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        cpu["harness"] = self_cpu_seconds() - harness_before
+    finally:
+        local.close()
+    ms = [s * 1000 for s in latencies]
+    return {
+        "count": count,
+        "size_bytes": size,
+        "concurrency": opts.small_concurrency,
+        "seconds": wall,
+        "transfers_per_s": count / wall,
+        "latency_ms": {
+            "p50": percentile(ms, 50),
+            "p90": percentile(ms, 90),
+            "p99": percentile(ms, 99),
+            "max": max(ms),
+            "mean": statistics.fmean(ms),
+        },
+        "cpu_seconds": cpu,
+        "cpu_ms_per_transfer": {name: v * 1000 / count for name, v in cpu.items()},
+    }
+
+
+def bench_memory(setup: Setup, opts: Options) -> dict[str, Any]:
+    sizes = [("bulk", opts.bulk_size), ("large", opts.mem_large)]
+    tokens = {label: setup.passports(1, size)[0] for label, size in sizes}
+    runs: dict[str, Any] = {}
+    for label, size in sizes:
+        pair = setup.plain_pair()
+        with running(pair):
+            idle = pair.rss_kib()
+            local = setup.local()
+            try:
+                with RssSampler(pair.pids()) as sampler:
+                    seconds = setup.send_file(local, tokens[label], size)
+            finally:
+                local.close()
+            peak = pair.peak_rss_kib()
+        runs[label] = {
+            "size_bytes": size,
+            "seconds": seconds,
+            "idle_rss_kib": idle,
+            "peak_rss_kib": peak,
+            "rss_samples_kib": sampler.samples,
+        }
+        say(
+            f"    {human(size):>8}: peak RSS lingang {mib(peak['lingang']):.1f} MiB, "
+            f"frankfurt {mib(peak['frankfurt']):.1f} MiB"
+        )
+    flat = {}
+    for name in ("lingang", "frankfurt"):
+        small, large = runs["bulk"]["peak_rss_kib"][name], runs["large"]["peak_rss_kib"][name]
+        spread = max(small, large) / min(small, large) - 1
+        flat[name] = {"spread": spread, "within_10_percent": spread <= TARGET_RSS_FLATNESS}
+    return {"runs": runs, "flat": flat}
+
+
+def _diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    ops = set(after["counts"]) | set(before["counts"])
+    counts = {op: round(after["counts"].get(op, 0) - before["counts"].get(op, 0)) for op in ops}
+    seconds = {op: after["seconds"].get(op, 0.0) - before["seconds"].get(op, 0.0) for op in ops}
+    return {
+        "counts": {op: n for op, n in sorted(counts.items()) if n},
+        "hsm_seconds": {op: s for op, s in sorted(seconds.items()) if counts[op]},
+    }
+
+
+def count_sizes(segment_size: int, opts: Options) -> tuple[int, int]:
+    """Sizes of the HSM-count transfers: at most one segment, and several (2 to 16)."""
+    one = min(opts.small_size, segment_size)
+    multi = max(2 * segment_size, min(opts.bulk_size, 16 * segment_size))
+    return one, multi
+
+
+def _with_metrics(paths: Provisioned, port: int) -> Provisioned:
+    """A copy of the gateway's config with its Prometheus endpoint on ``port``."""
+    config = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    config["listen"]["metrics"] = f"127.0.0.1:{port}"
+    target = paths.root / "gateway-metrics.yaml"
+    target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return dataclasses.replace(paths, config=target)
+
+
+def bench_hsm_counts(setup: Setup, opts: Options) -> dict[str, Any]:
+    """Counts of each HSM operation per transfer, from the daemons' own metrics."""
+    one, multi = count_sizes(setup.segment_size, opts)
+    tokens = setup.passports(3, multi)
+    ports = {name: free_port() for name in ("lingang", "frankfurt")}
+    pair = Pair(
+        DaemonProcess(_with_metrics(setup.made["lingang"], ports["lingang"])),
+        DaemonProcess(_with_metrics(setup.made["frankfurt"], ports["frankfurt"])),
+    )
+    transfers = []
+    with running(pair):
+        local = setup.local()
+        try:
+            setup.send_file(local, tokens[0], one)  # warm-up: key set, caches
+            for token, size in ((tokens[1], one), (tokens[2], multi)):
+                before = {name: hsm_metrics(port) for name, port in ports.items()}
+                setup.send_file(local, token, size)
+                after = {name: hsm_metrics(port) for name, port in ports.items()}
+                transfers.append(
+                    {
+                        "size_bytes": size,
+                        "segments": max(1, math.ceil(size / setup.segment_size)),
+                        **{name: _diff(after[name], before[name]) for name in ports},
+                    }
+                )
+        finally:
+            local.close()
+    return {
+        "source": (
+            "measured: each daemon's Prometheus endpoint (listen.metrics, enabled for this "
+            "pair only), xbgw_hsm_operation_seconds_count/_sum by operation, scraped before "
+            "and after each transfer, after one untimed warm-up transfer"
+        ),
+        "transfers": transfers,
+    }
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(metric: str, value: float, unit: str, target: str, met: bool | None) -> None:
+        rows.append({"metric": metric, "value": value, "unit": unit, "target": target, "met": met})
+
+    bulk = results["bulk"]
+    n = len(bulk["pairs"])
+    row("bulk: gateway MB/s (median)", bulk["gateway_mbps_median"], "MB/s", "", None)
+    row("bulk: control MB/s (median)", bulk["control_mbps_median"], "MB/s", "", None)
+    ratio = bulk["ratio_median"]
+    row(
+        f"bulk: gateway / control (median of {n})",
+        ratio,
+        "x",
+        f">= {TARGET_RATIO}",
+        ratio >= TARGET_RATIO,
+    )
+    small = results["small"]
+    rate, p99 = small["transfers_per_s"], small["latency_ms"]["p99"]
+    row("small: transfers/s", rate, "/s", f">= {TARGET_SMALL_RATE:g}", rate >= TARGET_SMALL_RATE)
+    row("small: p50 latency", small["latency_ms"]["p50"], "ms", "", None)
+    row("small: p99 latency", p99, "ms", f"< {TARGET_P99_MS:g}", p99 < TARGET_P99_MS)
+    memory = results["memory"]
+    if not memory.get("skipped"):
+        for name in ("lingang", "frankfurt"):
+            for label in ("bulk", "large"):
+                run = memory["runs"][label]
+                peak = mib(run["peak_rss_kib"][name])
+                row(
+                    f"peak RSS {name}, {human(run['size_bytes'])}",
+                    peak,
+                    "MiB",
+                    f"< {TARGET_PEAK_RSS_MIB:g}",
+                    peak < TARGET_PEAK_RSS_MIB,
+                )
+            flat = memory["flat"][name]
+            row(
+                f"peak RSS {name}: spread large vs bulk",
+                flat["spread"] * 100,
+                "%",
+                f"<= {TARGET_RSS_FLATNESS * 100:g}",
+                flat["within_10_percent"],
+            )
+    return rows
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "x":
+        return f"{value:.3f}x"
+    if unit == "%":
+        return f"{value:.1f} %"
+    return f"{value:,.1f} {unit}"
+
+
+def cpu_lines(results: dict[str, Any]) -> list[str]:
+    """Where the CPU went: seconds per GiB (bulk, all pairs) and ms per small transfer."""
+    bulk = results["bulk"]
+    gib = bulk["size_bytes"] * len(bulk["pairs"]) / (1 << 30)
+    lines = []
+    for side in ("gateway", "control"):
+        total: dict[str, float] = {}
+        for pair in bulk["pairs"]:
+            for name, value in pair[side]["cpu_seconds"].items():
+                total[name] = total.get(name, 0.0) + value
+        text = ", ".join(f"{name} {value / gib:.2f}" for name, value in total.items())
+        lines.append(f"CPU s per GiB, bulk {side}: {text}")
+    per = results["small"]["cpu_ms_per_transfer"]
+    text = ", ".join(f"{name} {value:.1f}" for name, value in per.items())
+    lines.append(f"CPU ms per small transfer: {text}")
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    rows = results["targets"]
+    width = max(len(r["metric"]) for r in rows)
+    lines.append(f"{'metric':<{width}} | {'value':>14} | {'target':<9} | met?")
+    lines.append(f"{'-' * width}-+-{'-' * 14}-+-{'-' * 9}-+-----")
+    for r in rows:
+        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        lines.append(
+            f"{r['metric']:<{width}} | {_fmt(r['value'], r['unit']):>14} | {r['target']:<9} | {met}"
+        )
+    lines.append("")
+    lines.extend(cpu_lines(results))
+    hsm = results["hsm"]
+    transfers = hsm["counts"]["transfers"]
+    rates = hsm["rates"]
+    ops = sorted(
+        set(rates)
+        | {op for t in transfers for name in ("lingang", "frankfurt") for op in t[name]["counts"]}
+    )
+    lines.append("")
+    heads = [f"{name} {t['segments']} seg" for t in transfers for name in ("lingang", "frankfurt")]
+    lines.append(
+        "HSM op     |  ops/s (1 thread) | "
+        + " | ".join(f"{h:>17}" for h in heads)
+        + "   (calls per transfer)"
+    )
+    for op in ops:
+        rate = rates.get(op, {}).get("ops_per_s")
+        cells = [
+            f"{t[name]['counts'].get(op, 0):>17}"
+            for t in transfers
+            for name in ("lingang", "frankfurt")
+        ]
+        lines.append(
+            f"{op:<10} | {'' if rate is None else f'{rate:,.0f}':>17} | " + " | ".join(cells)
+        )
+    lines.append(
+        "calls per transfer: the daemons' xbgw_hsm_operation_seconds_count (metrics endpoint);"
+    )
+    lines.append("ops/s: bench.hsmbench, one thread, lingang's token, no daemon running")
+    return "\n".join(lines)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def run(opts: Options) -> dict[str, Any]:
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+    }
+    root, temporary = _work_dir(opts.dir)
+    made: dict[str, Provisioned] = {}
+    try:
+        say(f"==> provisioning lingang and frankfurt in {root}")
+        specs = {
+            spec.id: spec
+            for spec in (GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port()))
+        }
+        made, issuer = provision(root, list(specs.values()))
+        limits = load_config(made["lingang"].config).limits
+        results["gateway_limits"] = {
+            "segment_size": limits.segment_size,
+            "max_message_bytes": limits.max_message_bytes,
+        }
+
+        say(f"==> HSM operation rates ({opts.hsm_iterations} calls each, lingang's token)")
+        rates = hsmbench.measure(made["lingang"].config, opts.hsm_iterations)
+        for op, r in rates.items():
+            say(f"    {op:<7} {r['ops_per_s']:>10,.0f}/s")
+
+        sizes = {opts.bulk_size, min(opts.bulk_size, limits.segment_size)}
+        sizes.update(count_sizes(limits.segment_size, opts))
+        if not opts.skip_memory:
+            sizes.add(opts.mem_large)
+        data = root / "data.bin"
+        say(f"==> generating {human(max(sizes))} of random data")
+        digests = make_dataset(data, sizes)
+        setup = Setup(
+            root,
+            specs,
+            made,
+            issuer,
+            limits.segment_size,
+            limits.max_message_bytes,
+            data,
+            digests,
+        )
+
+        pair = setup.plain_pair()
+        with running(pair):
+            say(f"==> bulk: {opts.pairs} pair(s) of {human(opts.bulk_size)}, gateway and control")
+            results["bulk"] = bench_bulk(setup, pair, opts)
+            say(
+                f"==> small: {opts.small_count} x {human(opts.small_size)}, "
+                f"{opts.small_concurrency} at a time"
+            )
+            results["small"] = bench_small(setup, pair, opts)
+            small = results["small"]
+            say(
+                f"    {small['transfers_per_s']:.1f}/s, p50 {small['latency_ms']['p50']:.1f} ms,"
+                f" p99 {small['latency_ms']['p99']:.1f} ms"
+            )
+
+        if opts.skip_memory:
+            results["memory"] = {"skipped": True}
+        else:
+            sizes_text = f"{human(opts.bulk_size)}, then {human(opts.mem_large)}"
+            say(f"==> memory: fresh daemons for {sizes_text}")
+            results["memory"] = bench_memory(setup, opts)
+
+        say("==> HSM operations per transfer (from the daemons' metrics endpoints)")
+        results["hsm"] = {"rates": rates, "counts": bench_hsm_counts(setup, opts)}
+    except Exception:
+        _log_tails(made)
+        raise
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    results["duration_seconds"] = time.monotonic() - started
+    results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    results["targets"] = targets(results)
+    return results
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so every ``finally`` stops its processes.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    signal.signal(signal.SIGTERM, _terminate)
+    results = run(opts)
+    opts.json_path.parent.mkdir(parents=True, exist_ok=True)
+    opts.json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    machine = results["machine"]
+    say("")
+    say(
+        f"xbgw benchmark, {machine['nproc']} CPUs ({machine.get('cpu_model', '?')}), "
+        f"{results['duration_seconds']:.0f} s{' [smoke]' if opts.smoke else ''}"
+    )
+    say(table(results))
+    say(f"\nresults written to {opts.json_path}")
+    return 0

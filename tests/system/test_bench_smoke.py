@@ -1,0 +1,142 @@
+"""``python -m bench --smoke`` still works: every section present, every number positive.
+
+No timing is asserted (the shared CI machines vary 2x run to run); the numbers only have to
+exist and be positive. The harness runs as a child process, as ``make bench`` runs it, with
+``TMPDIR`` pointed at a directory of this test so that leftovers -- files or processes
+still naming it -- are visible afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 240.0  # a hang guard only; the smoke run takes well under a minute
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    # Unix socket paths must stay under 108 bytes: pytest's tmp_path can be too long.
+    path = Path(tempfile.mkdtemp(prefix="xbs-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_smoke(tmp: Path, results: Path) -> subprocess.CompletedProcess[str]:
+    work = tmp / "work"
+    work.mkdir()
+    env = {**os.environ, "TMPDIR": str(work), "GRPC_VERBOSITY": "ERROR"}
+    log = tmp / "bench.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench", "--smoke", "--json", str(results)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            code = process.wait(RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)  # the harness stops its daemons on SIGTERM
+            try:
+                code = process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait(10)
+    return subprocess.CompletedProcess(process.args, code, log.read_text(), "")
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def _positive(value: Any, where: str) -> None:
+    assert isinstance(value, int | float) and not isinstance(value, bool), where
+    assert value > 0, f"{where} = {value}"
+
+
+def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
+    results = short_tmp / "results.json"
+    done = _run_smoke(short_tmp, results)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "metric" in done.stdout and "met?" in done.stdout  # the table was printed
+
+    # Everything the harness started is gone: no files in its TMPDIR, no process naming it.
+    assert list((short_tmp / "work").iterdir()) == []
+    assert _processes_naming(str(short_tmp / "work")) == []
+
+    data = json.loads(results.read_text())
+    machine = data["machine"]
+    _positive(machine["nproc"], "machine.nproc")
+    assert machine["cpu_model"]
+    _positive(data["duration_seconds"], "duration_seconds")
+
+    bulk = data["bulk"]
+    assert len(bulk["pairs"]) == 1
+    for pair in bulk["pairs"]:
+        for side in ("gateway", "control"):
+            _positive(pair[side]["seconds"], f"bulk {side} seconds")
+            _positive(pair[side]["mbps"], f"bulk {side} MB/s")
+        _positive(pair["ratio"], "bulk ratio")
+    for key in ("gateway_mbps_median", "control_mbps_median", "ratio_median"):
+        _positive(bulk[key], f"bulk.{key}")
+
+    small = data["small"]
+    assert small["count"] == 20
+    _positive(small["transfers_per_s"], "small.transfers_per_s")
+    for key in ("p50", "p90", "p99", "max", "mean"):
+        _positive(small["latency_ms"][key], f"small.latency_ms.{key}")
+
+    memory = data["memory"]
+    for label in ("bulk", "large"):
+        run = memory["runs"][label]
+        for name in ("lingang", "frankfurt"):
+            _positive(run["peak_rss_kib"][name], f"memory {label} {name} peak")
+            _positive(run["idle_rss_kib"][name], f"memory {label} {name} idle")
+    for name in ("lingang", "frankfurt"):
+        assert isinstance(memory["flat"][name]["within_10_percent"], bool)
+
+    hsm = data["hsm"]
+    for op in ("ecdh", "sign", "wrap", "unwrap"):
+        _positive(hsm["rates"][op]["ops_per_s"], f"hsm rate {op}")
+    transfers = hsm["counts"]["transfers"]
+    assert transfers[0]["segments"] == 1
+    assert transfers[1]["segments"] > 1
+    for transfer in transfers:
+        for name in ("lingang", "frankfurt"):
+            counts = transfer[name]["counts"]
+            assert counts, f"no HSM operations counted on {name}"
+            for op, n in counts.items():
+                _positive(n, f"hsm count {name} {op}")
+
+    rows = data["targets"]
+    assert {row["metric"].split(":")[0] for row in rows} >= {"bulk", "small"}
+    assert all(isinstance(row["met"], bool) for row in rows if row["target"])
+    for row in rows:
+        if row["unit"] == "%":  # a spread between two peaks may be exactly zero
+            assert row["value"] >= 0, row
+        else:
+            _positive(row["value"], row["metric"])
