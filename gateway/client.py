@@ -41,7 +41,7 @@ from gateway.tls import channel_credentials
 
 log = logging.getLogger("xbgw.sender")
 
-DIGEST_BATCH = 4  # segments whose tags are committed together before they are sent
+DIGEST_BATCH = 8  # segments whose tags are committed together before they are sent
 PIPELINE_DEPTH = 4  # encrypted segments queued ahead of the network
 KEY_SET_TTL_SECONDS = 300
 RPC_TIMEOUT_SECONDS = 30
@@ -163,6 +163,13 @@ def _segments(chunks: Iterable[bytes], size: int) -> Iterator[tuple[int, bool, b
     index = 0
     pending: bytes | None = None
     for chunk in chunks:
+        if not buffer and len(chunk) == size:
+            # Aligned chunk (the CLI reads segment-sized blocks): no copy.
+            if pending is not None:
+                yield index, False, pending
+                index += 1
+            pending = chunk
+            continue
         buffer += chunk
         while len(buffer) >= size:
             if pending is not None:
@@ -366,11 +373,12 @@ class Sender:
         if row is not None and row.partner != partner.id:
             raise PassportReplayError(f"transfer {transfer_id} is in use for {row.partner}")
         if row is None:
-            row = self._prepare(partner, transfer_id, passport.digest)
+            row, data_key = self._prepare(partner, transfer_id, passport.digest)
+        else:  # resuming: the data key survives only re-wrapped to our storage key
+            data_key = envelope.open_header(
+                envelope.Header.decode(row.stored_header), self.me, self._hsm
+            )
         sent_header = envelope.Header.decode(row.sent_header)
-        data_key = envelope.open_header(
-            envelope.Header.decode(row.stored_header), self.me, self._hsm
-        )
         stub = self._channels.stub(partner)
         try:
             offer = stub.Offer(
@@ -415,7 +423,7 @@ class Sender:
 
     def _prepare(
         self, partner: PartnerConfig, transfer_id: str, passport_digest: bytes
-    ) -> Outbound:
+    ) -> tuple[Outbound, bytes]:
         key_set = self._channels.key_set(partner)
         current = next(k for k in key_set.keys if k.version == key_set.current_version)
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -431,13 +439,14 @@ class Sender:
         stored = envelope.rewrap_for_storage(
             header, data_key, KeyRef(self.me, Purpose.STORAGE, self._keys.storage), self._hsm
         )
-        return self._ledger.create_outbound(
+        row = self._ledger.create_outbound(
             transfer_id=transfer_id,
             partner=partner.id,
             passport_digest=passport_digest,
             sent_header=header.encode(),
             stored_header=stored.encode(),
         )
+        return row, data_key
 
     def _finish(
         self,

@@ -57,6 +57,7 @@ from gateway.spool import Spool, check_transfer_id
 log = logging.getLogger("xbgw.receiver")
 
 TAG_LEN = 16
+OFFERED_KEYS_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ class Receiver:
         self._policy: Policy = policy or BaselinePolicy()
         self._clock = clock
         self._hashers = _Hashers()
+        # Data keys unwrapped at the offer, handed to the upload that follows (saves an HSM
+        # unwrap per transfer); bounded, and dropped on first use.
+        self._offered_keys: dict[str, bytes] = {}
+        self._offered_lock = threading.Lock()
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
         self.reconfigure(config)
@@ -191,6 +196,10 @@ class Receiver:
             assert raced is not None
             return self._resume(raced, peer, offered_digest)
         self._spool.open_partial(transfer_id, stored_bytes, len(stored_bytes)).close()
+        with self._offered_lock:
+            if len(self._offered_keys) >= OFFERED_KEYS_MAX:
+                self._offered_keys.pop(next(iter(self._offered_keys)))
+            self._offered_keys[transfer_id] = data_key
         log.info(
             "transfer offered",
             extra={"transfer_id": transfer_id, "partner": peer.id, "outcome": "accepted"},
@@ -328,7 +337,10 @@ class Receiver:
                 f"transfer {transfer_id} already received its final segment; send the manifest"
             )
         header = envelope.Header.decode(row.stored_header)
-        data_key = envelope.open_header(header, self.me, self._hsm)
+        with self._offered_lock:
+            data_key = self._offered_keys.pop(transfer_id, None)
+        if data_key is None:
+            data_key = envelope.open_header(header, self.me, self._hsm)
         decryptor = envelope.StreamDecryptor(header, data_key, start_index=row.next_segment)
         hasher = self._hashers.take(transfer_id, row.next_segment)
         if hasher is None:
