@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: setup test lint typecheck unit demo bench proto clean
+.PHONY: setup test lint typecheck unit demo bench proto clean install
 
 $(STAMP): pyproject.toml
 	scripts/setup-env "$(PYTHON)" "$(VENV)"
@@ -38,3 +38,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo-state .pytest_cache .mypy_cache .ruff_cache
+
+# The command, the systemd units and an example config: make install [DESTDIR=...] [PREFIX=...]
+# (see scripts/install --help).
+install:
+	scripts/install

@@ -20,13 +20,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.errors import XbgwError
+from gateway.errors import ConfigError, HsmPinError, XbgwError
 from gateway.hsm import Hsm, KeyInfo, PinSource
 from gateway.keys import KeyRef, Purpose
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# sysexits EX_CONFIG: the configuration or the PIN is wrong; systemd must not retry
+# (RestartPreventExitStatus=78), since a retried wrong PIN can lock a real HSM.
+EXIT_CONFIG = 78
 
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
@@ -353,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"xbgw: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (ConfigError, HsmPinError) as exc:
+        print(f"xbgw: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except XbgwError as exc:
         print(f"xbgw: {exc}", file=sys.stderr)
         return EXIT_FAILURE

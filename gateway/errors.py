@@ -49,6 +49,10 @@ class HsmConfigError(HsmError):
     """The HSM cannot be opened as configured (module, token, PIN, SoftHSM config)."""
 
 
+class HsmPinError(HsmConfigError):
+    """The PIN was refused or is locked: retrying with the same PIN can only lock it."""
+
+
 class KeyNotFoundError(HsmError):
     """A key version that should exist on the token does not."""
 

@@ -40,6 +40,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 from gateway.errors import (
     HsmConfigError,
     HsmError,
+    HsmPinError,
     KeyNotFoundError,
     PinSourceError,
     UnwrapError,
@@ -245,9 +246,9 @@ class Hsm:
         try:
             session = token.open(rw=True, user_pin=pin)
         except p11e.PinIncorrect:
-            raise HsmConfigError(f"wrong PIN for HSM token {token_label!r}") from None
+            raise HsmPinError(f"wrong PIN for HSM token {token_label!r}") from None
         except p11e.PinLocked:
-            raise HsmConfigError(
+            raise HsmPinError(
                 f"the user PIN of HSM token {token_label!r} is locked; the security "
                 "officer must reset it"
             ) from None
