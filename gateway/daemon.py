@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent import futures
@@ -33,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway import logs
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
 from gateway.client import PartnerChannels, Sender
-from gateway.config import GatewayConfig, load_config
+from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, XbgwError
 from gateway.hsm import Hsm
 from gateway.keys import CurrentKeys
@@ -52,6 +53,9 @@ PARTNER_RECEIVE_BACKSTOP = 2  # x max_message_bytes; see _start_partner_server
 PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["PartnerGateway"].full_name
 LOCAL_SERVICE = local_pb2.DESCRIPTOR.services_by_name["LocalGateway"].full_name
 HSM_CHECK_SECONDS = 5.0
+# The local socket carries the CLI's 1 MiB data messages (cli_daemon.READ_CHUNK) and Fetch's
+# 1 MiB chunks whatever the partner segment size: its limit must not follow limits.*.
+LOCAL_MAX_MESSAGE_BYTES = 16 << 20
 IDLE_WAIT_SECONDS = 10.0
 
 
@@ -95,6 +99,7 @@ class Daemon:
         key_pem = self._tls_key(config)
         self.channels = PartnerChannels(config, key_pem)
         self.receiver = Receiver(config, self.hsm, self.keys, self.ledger, self.spool)
+        self.receiver.on_commit = self.metrics.committed_in
         self.sender = Sender(config, self.hsm, self.keys, self.ledger, self.channels)
         self.health = health.HealthServicer()
         notify("STATUS=starting listeners")
@@ -152,6 +157,7 @@ class Daemon:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.partner_server)
         self.server_credentials = ReloadableServerCredentials(config, key_pem)
         address = str(config.listen.partner)
+        _check_bindable(config.listen.partner)
         try:
             port = self.partner_server.add_secure_port(address, self.server_credentials.credentials)
         except RuntimeError:
@@ -169,7 +175,10 @@ class Daemon:
             socket_path.unlink()
         self.local_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="xbgw-local"),
-            options=self._options(config),
+            options=[
+                ("grpc.max_send_message_length", LOCAL_MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", LOCAL_MAX_MESSAGE_BYTES),
+            ],
         )
         local_pb2_grpc.add_LocalGatewayServicer_to_server(
             LocalServicer(
@@ -296,6 +305,17 @@ class Daemon:
         self.ledger.close()
         self.hsm.close()
         log.info("stopped after %.1fs", time.monotonic() - started)
+
+
+def _check_bindable(address: Address) -> None:
+    """Fail with one line before gRPC core logs its own multi-field error on stderr."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+        try:
+            probe.bind((address.host, address.port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 def serve(config_path: Path) -> int:

@@ -58,6 +58,10 @@ class Metrics:
         )
         self.ready = Gauge("xbgw_ready", "1 while serving.", registry=self.registry)
 
+    def committed_in(self, partner: str, plaintext_bytes: int) -> None:
+        self.transfers.labels("in", partner, "committed").inc()
+        self.bytes.labels("in", partner).inc(plaintext_bytes)
+
     def observe_hsm(self, operation: str, seconds: float) -> None:
         self.hsm_seconds.labels(operation).observe(seconds)
 

@@ -7,9 +7,13 @@ call is a no-op, so the daemon runs the same outside systemd.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
+
+log = logging.getLogger("xbgw.notify")
+SEND_TIMEOUT_SECONDS = 1.0
 
 
 def notify(*fields: str) -> bool:
@@ -19,9 +23,20 @@ def notify(*fields: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall("\n".join(fields).encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # A manager that does not read (full queue) must not wedge SIGTERM handling.
+            sock.settimeout(SEND_TIMEOUT_SECONDS)
+            sock.connect(address)
+            sock.sendall("\n".join(fields).encode())
+    except OSError as exc:
+        log.warning(
+            "sd_notify to %s failed (%s): %s",
+            os.environ["NOTIFY_SOCKET"],
+            exc.strerror or type(exc).__name__,
+            fields[0],
+        )
+        return False
     return True
 
 

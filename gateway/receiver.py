@@ -129,6 +129,9 @@ class Receiver:
         self._offered_lock = threading.Lock()
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
+        #: Called as ``on_commit(partner_id, plaintext_bytes)`` once per newly committed
+        #: transfer (metrics); not on an idempotent repeat of Finish.
+        self.on_commit: Callable[[str, int], None] | None = None
         self.reconfigure(config)
 
     def reconfigure(self, config: GatewayConfig) -> None:
@@ -446,6 +449,8 @@ class Receiver:
             raise EnvelopeError(f"the spool file of transfer {transfer_id} is missing")
         self._ledger.commit_inbound(transfer_id, body.plaintext_sha256, receipt, committed_at)
         self._hashers.drop(transfer_id)
+        if self.on_commit is not None:
+            self.on_commit(peer.id, row.received_bytes)
         log.info(
             "transfer committed",
             extra={

@@ -1,0 +1,468 @@
+"""Helpers for the lifecycle system tests: worlds, notify reading, TLS, metrics, ledger.
+
+The daemons run as :class:`gateway.provision.DaemonProcess`. Its ``wait_for`` answers "has
+*any* notification carried this line?", which is not enough to follow a reload or a stop
+(``READY=1`` was seen long ago), so :func:`wait_after` reads further datagrams from the same
+notify socket and only looks at those after a mark. Reading the datagrams also matters for a
+second reason: the kernel queues at most ``net.unix.max_dgram_qlen`` (10) unread datagrams,
+after which the daemon's ``notify()`` blocks -- with watchdog pings every 0.5 s that happens
+within seconds, so every helper that waits also drains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.provision import (
+    DaemonProcess,
+    DemoCa,
+    GatewaySpec,
+    Issuer,
+    Provisioned,
+    free_port,
+    issue_passport,
+    provision,
+)
+
+LINGANG = ("lingang", "CN-SH", "Lingang Special Area, Shanghai")
+FRANKFURT = ("frankfurt", "EU-DE", "Frankfurt am Main")
+CLI_ENV = {"GRPC_VERBOSITY": "ERROR"}
+
+
+# -- a provisioned pair ----------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """Two provisioned gateways (lingang -> frankfurt) and, optionally, a CA we hold."""
+
+    root: Path
+    specs: dict[str, GatewaySpec]
+    made: dict[str, Provisioned]
+    issuer: Issuer
+    ca: DemoCa | None = None
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    payload_prefixes: list[bytes] = field(default_factory=list)
+
+    @property
+    def lingang(self) -> Provisioned:
+        return self.made["lingang"]
+
+    @property
+    def frankfurt(self) -> Provisioned:
+        return self.made["frankfurt"]
+
+    def port(self, gateway_id: str) -> int:
+        return self.specs[gateway_id].port
+
+    def passport(self, byte_limit: int = 1 << 30, jti: str | None = None) -> str:
+        return issue_passport(
+            self.issuer, self.specs["lingang"], self.specs["frankfurt"], byte_limit, jti=jti
+        )
+
+    def ca_path(self) -> Path:
+        if self.ca is not None:
+            return self.ca.path
+        return self.root / "ca" / "ca.crt"
+
+
+def edit_config(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def make_world(
+    root: Path,
+    segment_size: int,
+    extra_limits: dict[str, int] | None = None,
+    own_ca: bool = False,
+    metrics: bool = False,
+) -> World:
+    """Provision lingang and frankfurt; optionally re-issue all TLS from a CA we keep.
+
+    ``provision()`` keeps its CA key only in memory, so to issue a new certificate later the
+    world makes a second CA, issues both gateways' certificates from it and points both
+    configs' partner ``ca`` at it.
+    """
+    specs = {
+        "lingang": GatewaySpec(*LINGANG, free_port()),
+        "frankfurt": GatewaySpec(*FRANKFURT, free_port()),
+    }
+    made, issuer = provision(
+        root, list(specs.values()), segment_size=segment_size, extra_limits=extra_limits
+    )
+    world = World(root, specs, made, issuer)
+    if own_ca:
+        ca = DemoCa(root / "ca-held", name="xbgw lifecycle test CA")
+
+        def use_ca(data: dict[str, Any]) -> None:
+            for partner in data["partners"]:
+                partner["ca"] = str(ca.path)
+
+        for paths in made.values():
+            tls = paths.root / "tls"
+            ca.issue(paths.id, tls / "gateway.crt", tls / "gateway.key")
+            edit_config(paths.config, use_ca)
+        world.ca = ca
+    if metrics:
+        for paths in made.values():
+            port = free_port()
+            world.metrics_ports[paths.id] = port
+
+            def listen_metrics(data: dict[str, Any], port: int = port) -> None:
+                data["listen"]["metrics"] = f"127.0.0.1:{port}"
+
+            edit_config(paths.config, listen_metrics)
+    return world
+
+
+def daemon(paths: Provisioned, env: dict[str, str] | None = None) -> DaemonProcess:
+    return DaemonProcess(paths, env=env)
+
+
+@contextmanager
+def running(*processes: DaemonProcess) -> Iterator[None]:
+    """Start in order; stop every started one by PID afterwards, whatever happened."""
+    try:
+        for process in processes:
+            process.start()
+        yield
+    finally:
+        for process in reversed(processes):
+            stop_quietly(process)
+
+
+def stop_quietly(process: DaemonProcess, timeout: float = 20.0) -> int | None:
+    """Drain pending notifications (so ``STOPPING=1`` cannot block), then stop by PID."""
+    if process.process is None:
+        return None
+    drain(process)
+    return process.stop(timeout)
+
+
+# -- the notify socket -----------------------------------------------------------------------
+
+
+def _notify_socket(process: DaemonProcess) -> socket.socket:
+    sock = process._sock  # the harness's own notify socket; see the module docstring
+    assert sock is not None, f"{process.paths.id}: notify socket is closed"
+    return sock
+
+
+def drain(process: DaemonProcess) -> list[str]:
+    """Record every datagram already queued, without waiting."""
+    if process._sock is None:
+        return process.messages
+    sock = _notify_socket(process)
+    sock.settimeout(0.0)
+    try:
+        while True:
+            process.messages.append(sock.recv(4096).decode())
+    except (BlockingIOError, TimeoutError):
+        pass
+    return process.messages
+
+
+def _read_one(process: DaemonProcess, deadline: float, what: str) -> None:
+    assert process.process is not None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"{process.paths.id}: no {what}; notifications: {process.messages}")
+    sock = _notify_socket(process)
+    sock.settimeout(min(0.25, left))
+    try:
+        process.messages.append(sock.recv(4096).decode())
+    except TimeoutError:
+        if process.process.poll() is not None:
+            drain(process)
+            raise RuntimeError(
+                f"{process.paths.id} exited with {process.process.returncode} before {what}; "
+                f"notifications: {process.messages}"
+            ) from None
+
+
+def wait_after(process: DaemonProcess, mark: int, line: str, timeout: float = 20.0) -> int:
+    """Index of the first notification at or after ``mark`` carrying ``line``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for index in range(mark, len(process.messages)):
+            if line in process.messages[index].split("\n"):
+                return index
+        _read_one(process, deadline, f"{line} after notification #{mark}")
+
+
+def wait_count(process: DaemonProcess, line: str, count: int, timeout: float) -> list[float]:
+    """Wait until ``count`` notifications carry ``line``; return when each was read."""
+    deadline = time.monotonic() + timeout
+    seen: list[float] = []
+    checked = 0
+    while True:
+        for message in process.messages[checked:]:
+            if line in message.split("\n"):
+                seen.append(time.monotonic())
+        checked = len(process.messages)
+        if len(seen) >= count:
+            return seen
+        _read_one(process, deadline, f"{count} x {line}")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout``. Not a race-winning sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+def cli_env(paths: Provisioned) -> dict[str, str]:
+    return {**os.environ, **CLI_ENV, "XBGW_SOCKET": str(paths.socket)}
+
+
+def cli(paths: Provisioned, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=cli_env(paths),
+    )
+
+
+def dataset(path: Path, size: int) -> str:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def send_and_fetch(world: World, tmp: Path, size: int, name: str) -> tuple[str, str]:
+    """One transfer lingang -> frankfurt, fetched and compared; returns (passport, id)."""
+    source = tmp / f"{name}.bin"
+    digest = dataset(source, size)
+    world.payload_prefixes.append(source.read_bytes()[:32])
+    token = world.passport(byte_limit=size * 2)
+    sent = cli(world.lingang, "send", str(source), "--to", "frankfurt", "--passport", token)
+    assert sent.returncode == 0, f"send failed: {sent.stderr}"
+    assert digest in sent.stdout
+    transfer_id = sent.stdout.split()[1]
+    target = tmp / f"{name}.fetched"
+    fetched = cli(world.frankfurt, "fetch", transfer_id, "-o", str(target))
+    assert fetched.returncode == 0, f"fetch failed: {fetched.stderr}"
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+    return token, transfer_id
+
+
+# -- TLS, health, metrics, ledger ------------------------------------------------------------
+
+
+def server_certificate(
+    port: int, ca: Path, client: Provisioned, server_name: str = "frankfurt"
+) -> x509.Certificate:
+    """The certificate a brand-new mutual-TLS handshake to ``port`` is shown."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(ca))
+    context.load_cert_chain(
+        str(client.root / "tls" / "gateway.crt"), str(client.root / "tls" / "gateway.key")
+    )
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def file_serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+@contextmanager
+def partner_channel(world: World, client: Provisioned, port: int) -> Iterator[grpc.Channel]:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=world.ca_path().read_bytes(),
+        private_key=(client.root / "tls" / "gateway.key").read_bytes(),
+        certificate_chain=(client.root / "tls" / "gateway.crt").read_bytes(),
+    )
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", "frankfurt")],
+    )
+    try:
+        yield channel
+    finally:
+        channel.close()
+
+
+@contextmanager
+def local_channel(paths: Provisioned) -> Iterator[grpc.Channel]:
+    channel = grpc.insecure_channel(f"unix:{paths.socket}")
+    try:
+        yield channel
+    finally:
+        channel.close()
+
+
+def health_status(channel: grpc.Channel, service: str = "") -> str:
+    response = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=10
+    )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> tuple[str, Samples]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = float(sample.value)
+    return text, samples
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def ledger_row(state_dir: Path, transfer_id: str) -> tuple[str, int, int] | None:
+    """(state, received_bytes, final_received) of an inbound transfer, read-only."""
+    path = state_dir / "ledger.sqlite3"
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = db.execute(
+            "SELECT state, received_bytes, final_received FROM inbound WHERE transfer_id = ?",
+            (transfer_id,),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None  # the table is created at the daemon's first start
+    finally:
+        db.close()
+    return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+
+
+def committed_inbound(state_dir: Path) -> int:
+    db = sqlite3.connect(f"file:{state_dir / 'ledger.sqlite3'}?mode=ro", uri=True, timeout=5)
+    try:
+        (count,) = db.execute("SELECT COUNT(*) FROM inbound WHERE state = 'committed'").fetchone()
+    finally:
+        db.close()
+    return int(count)
+
+
+def list_services(channel: grpc.Channel) -> list[str]:
+    """Service names via gRPC server reflection (``list_services``)."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    responses = stub.ServerReflectionInfo(iter([request]), timeout=10)
+    return [
+        service.name
+        for response in responses
+        for service in response.list_services_response.service
+    ]
+
+
+def json_log(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Parsed log entries, and the lines that are not JSON objects."""
+    entries: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            bad.append(line)
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+        else:
+            bad.append(line)
+    return entries, bad
+
+
+def standalone_config(base: Provisioned, tmp: Path) -> dict[str, Any]:
+    """``base``'s config made independent of the running daemon: own socket, state, port."""
+    data: dict[str, Any] = yaml.safe_load(base.config.read_text(encoding="utf-8"))
+    data["listen"] = {
+        "partner": f"127.0.0.1:{free_port()}",
+        "local_socket": str(tmp / "run" / "local.sock"),
+    }
+    data["state_dir"] = str(tmp / "state")
+    data["tls"] = {
+        "certificate": str(base.root / "tls" / "gateway.crt"),
+        "private_key": str(base.root / "tls" / "gateway.key"),
+    }
+    return data
+
+
+def write_standalone(base: Provisioned, tmp: Path, data: dict[str, Any]) -> Provisioned:
+    config = tmp / "gateway.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return replace(
+        base,
+        root=tmp,
+        config=config,
+        socket=Path(data["listen"]["local_socket"]),
+        state_dir=Path(data["state_dir"]),
+    )
+
+
+def read_datagrams_until(
+    sock: socket.socket, messages: list[str], line: str, timeout: float
+) -> None:
+    """Receive on a notify socket we bound ourselves until a datagram carries ``line``."""
+    deadline = time.monotonic() + timeout
+    while not any(line in message.split("\n") for message in messages):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {line} within {timeout}s; got {messages}")
+        sock.settimeout(min(0.25, left))
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+
+
+def answers_health(paths: Provisioned) -> bool:
+    if not paths.socket.exists():
+        return False
+    with local_channel(paths) as channel:
+        try:
+            return health_status(channel) == "SERVING"
+        except grpc.RpcError:
+            return False
