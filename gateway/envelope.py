@@ -44,7 +44,7 @@ Header (``header_len`` bytes, at most :data:`MAX_HEADER_LEN` = 4096)::
       8     4  segment_size      plaintext bytes per segment, 64 .. 16 MiB (default 1 MiB)
      12    32  salt              HKDF salt for the payload key
      44     7  nonce_prefix
-     51   1+n  transfer_id       u8 n (1..64), then n of A-Z a-z 0-9 . _ - (the passport jti)
+     51   1+n  transfer_id       u8 n (1..64): A-Z a-z 0-9 . _ -, first alnum (the jti)
           1+n  sender_id         u8 n (1..63), then a gateway id (keys.check_gateway_id)
           1+n  receiver_id       the same
            32  passport_digest   SHA-256 of the passport token
