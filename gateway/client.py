@@ -191,10 +191,13 @@ def _segments(chunks: Iterable[bytes], size: int) -> Iterator[tuple[int, bool, b
 class _Pipeline:
     """Segment, hash and encrypt in a producer thread; the gRPC upload pulls from a queue.
 
-    Both ``hashlib`` and AES-GCM release the GIL, so the producer overlaps with the gRPC
-    threads. Before any ciphertext is queued, the GCM tag of each segment is checked against
-    the tag recorded at the first attempt and recorded durably if new: same key and nonce give
-    the same tag only for the same plaintext, so a changed source is refused before a reused
+    Three stages: the producer (hash, encrypt), the committer (tags to the ledger, which
+    waits on fsync) and the gRPC thread (send). Both ``hashlib`` and AES-GCM release the GIL,
+    so the stages overlap.
+
+    Before any ciphertext is queued, the GCM tag of each segment is checked against the tag
+    recorded at the first attempt, and recorded durably if new: same key and nonce give the
+    same tag only for the same plaintext, so a changed source is refused before a reused
     nonce can leave the process. (The tag stands in for a per-segment SHA-256 at no cost.)
     """
 
@@ -214,7 +217,10 @@ class _Pipeline:
         self._start = start
         self._on_bytes = on_bytes
         self._queue: queue.Queue[object] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._batches: queue.Queue[object] = queue.Queue(maxsize=2)
         self._stop = threading.Event()
+        self._abandoned = threading.Event()
+        self._committer: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.hasher = hashlib.sha256()
@@ -225,17 +231,20 @@ class _Pipeline:
         self._thread = threading.Thread(
             target=self._produce, args=(segments,), name="xbgw-encrypt", daemon=True
         )
+        self._committer = threading.Thread(target=self._commit, name="xbgw-tags", daemon=True)
         self._thread.start()
+        self._committer.start()
 
-    def _put(self, item: object) -> None:
+    def _put(self, target: queue.Queue[object], item: object) -> None:
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.5)
+                target.put(item, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
     def _produce(self, segments: Iterator[tuple[int, bool, bytes]]) -> None:
+        """Hash and encrypt; hand batches to the committer (which may be waiting on fsync)."""
         try:
             batch: list[tuple[int, bool, bytes]] = []
             for index, final, plaintext in segments:
@@ -248,16 +257,50 @@ class _Pipeline:
                     (index, final, self._encryptor.encrypt_segment(index, plaintext, final))
                 )
                 if len(batch) >= DIGEST_BATCH or final:
-                    self._check_tags(batch)
-                    for item in batch:
-                        if item[0] >= self._start:
-                            self._put(item)
+                    self._put(self._batches, (batch, self.bytes))
                     batch = []
-                    self._on_bytes(self.bytes)
         except BaseException as exc:
             self._failure = exc
         finally:
-            self._put(self._END)
+            self._put(self._batches, self._END)
+
+    def _commit(self) -> None:
+        """Record tags durably, then release the batch's ciphertext to the network."""
+        try:
+            while True:
+                item = self._get(self._batches)
+                if item is self._END or self._failure is not None:
+                    return
+                assert isinstance(item, tuple)
+                batch, done_bytes = item
+                self._check_tags(batch)
+                for segment in batch:
+                    if segment[0] >= self._start:
+                        self._put(self._queue, segment)
+                self._on_bytes(done_bytes)
+        except BaseException as exc:
+            self._failure = exc
+            self._stop.set()
+        finally:
+            self._end_queue()
+
+    def _get(self, source: queue.Queue[object]) -> object:
+        """Next item, or the end marker once the pipeline is stopped."""
+        while not self._stop.is_set():
+            try:
+                return source.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return self._END
+
+    def _end_queue(self) -> None:
+        while True:
+            try:
+                self._queue.put(self._END, timeout=0.5)
+                return
+            except queue.Full:
+                if self._abandoned.is_set():
+                    return
 
     def _check_tags(self, batch: list[tuple[int, bool, bytes]]) -> None:
         first, last = batch[0][0], batch[-1][0] + 1
@@ -286,13 +329,22 @@ class _Pipeline:
             )
 
     def abandon(self) -> None:
+        """The upload failed: tell both threads to stop; never wait on the local client.
+
+        The producer may be blocked reading the local stream; it ends when that stream does
+        (the caller's error ends it), so only the committer is joined.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._abandoned.set()
+        if self._committer is not None:
+            self._committer.join(timeout=10)
 
     def raise_failure(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        """Raise the producer's or committer's error, if any (after the stream completed)."""
+        if not self._abandoned.is_set():
+            for thread in (self._thread, self._committer):
+                if thread is not None:
+                    thread.join()
         if self._failure is not None:
             raise self._failure
 

@@ -34,6 +34,60 @@ class SegmentIn:
         self.ciphertext = ciphertext
 
 
+class _Syncer:
+    """fdatasync and resume-point updates in the background, coalesced.
+
+    The worker keeps verifying and appending while the disk flushes: a requested point
+    covers only bytes appended before the request, and fdatasync flushes at least those.
+    """
+
+    def __init__(self, partial: PartialFile, ledger: Ledger, transfer_id: str) -> None:
+        self._partial = partial
+        self._ledger = ledger
+        self._transfer_id = transfer_id
+        self._cond = threading.Condition()
+        self._pending: tuple[int, int, bool] | None = None
+        self._busy = False
+        self._closed = False
+        self.durable: tuple[int, int, bool] | None = None
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="xbgw-sync", daemon=True)
+        self._thread.start()
+
+    def request(self, point: tuple[int, int, bool]) -> None:
+        with self._cond:
+            self._pending = point
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._closed)
+                if self._pending is None:
+                    return
+                point, self._pending = self._pending, None
+                self._busy = True
+            try:
+                if self.failure is None:
+                    self._partial.sync()
+                    self._ledger.record_progress(self._transfer_id, *point)
+                    self.durable = point
+            except BaseException as exc:
+                self.failure = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """Finish the requested syncs and stop the thread."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending is None and not self._busy)
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
 class Intake:
     """The state of one upload stream into one partial spool file."""
 
@@ -58,6 +112,7 @@ class Intake:
         self._byte_limit = byte_limit
         self._durable = (decryptor.next_index, received)
         self._unsynced = 0
+        self._syncer = _Syncer(partial, ledger, transfer_id)
         self.failure: BaseException | None = None
 
     def run(self, segments: Iterable[SegmentIn]) -> None:
@@ -117,11 +172,18 @@ class Intake:
         self.hasher.update(plaintext)
         self._unsynced += 1
         if self._unsynced >= SYNC_EVERY_SEGMENTS:
-            self.save_point()
+            self._syncer.request((self.decryptor.next_index, self.received, self.decryptor.done))
+            self._unsynced = 0
 
     def save_point(self) -> None:
-        """fsync what verified, then move the ledger's resume point to it."""
+        """Wait for background syncs, then fsync the rest and move the resume point to it."""
+        self._syncer.close()
+        if self._syncer.failure is not None:
+            raise self._syncer.failure
         point = (self.decryptor.next_index, self.received)
+        durable = self._syncer.durable
+        if durable is not None:
+            self._durable = (durable[0], durable[1])
         if point == self._durable and not self.decryptor.done:
             return
         self._partial.sync()
@@ -129,7 +191,6 @@ class Intake:
             self.transfer_id, self.decryptor.next_index, self.received, self.decryptor.done
         )
         self._durable = point
-        self._unsynced = 0
 
     def close(self) -> None:
         """Make the resume point durable (even after a failure) and close the file."""
@@ -139,4 +200,5 @@ class Intake:
             self._partial.close()
 
     def discard(self) -> None:
+        self._syncer.close()
         self._partial.close()
