@@ -60,6 +60,20 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
+def _positive_int(text: str) -> int:
+    """A key version: 1 or more."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def _key_ref(text: str, option: str) -> KeyRef:
+    try:
+        return KeyRef.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
 def _add_hsm_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("HSM (or take them from --config)")
     group.add_argument("-c", "--config", help="gateway YAML file to take the HSM settings from")
@@ -119,6 +133,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     with open_hsm(args) as hsm:
         infos = hsm.list_keys()
+    unsafe = [info for info in infos if not info.safe]
     if args.json:
         print(
             json.dumps(
@@ -138,7 +153,15 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-        return 0
+    else:
+        _print_key_table(infos)
+    if unsafe:
+        print(f"WARNING: {len(unsafe)} key(s) could have left the HSM in clear", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _print_key_table(infos: Sequence[KeyInfo]) -> None:
     print(f"{'PURPOSE':<10} {'VER':>4} {'STATE':<8} {'SENSITIVE':<10} {'EXTRACTABLE':<12} USAGE")
     for info in infos:
         state = "current" if info.version == _latest(infos, info.purpose) else "older"
@@ -148,11 +171,6 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             f"{info.purpose.value:<10} {info.version:>4} {state:<8} {sensitive:<10} "
             f"{extractable:<12} {','.join(info.capabilities)}"
         )
-    unsafe = [info for info in infos if not info.safe]
-    if unsafe:
-        print(f"WARNING: {len(unsafe)} key(s) could have left the HSM in clear", file=sys.stderr)
-        return EXIT_FAILURE
-    return 0
 
 
 def _latest(infos: Sequence[KeyInfo], purpose: Purpose) -> int:
@@ -162,7 +180,9 @@ def _latest(infos: Sequence[KeyInfo], purpose: Purpose) -> int:
 def cmd_keys_public(args: argparse.Namespace) -> int:
     purpose = Purpose(args.purpose)
     with open_hsm(args) as hsm:
-        version = args.version or max(hsm.versions(purpose), default=0)
+        version = args.version
+        if version is None:
+            version = max(hsm.versions(purpose), default=0)
         if not version:
             raise UsageError(f"the token has no {purpose.label} key; run 'xbgw keys init'")
         pem = hsm.public_key(purpose, version).public_bytes(
@@ -182,16 +202,21 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
 def cmd_passport_issue(args: argparse.Namespace) -> int:
     from gateway.passport import PassportClaims, XbgwClaims, issue
 
-    kid = KeyRef.parse(args.kid)
+    kid = _key_ref(args.kid, "--kid")
+    if kid.purpose is not Purpose.SIGNING:
+        raise UsageError(f"--kid: {kid} is not a signing key (ISSUER/signing/VERSION)")
     now = int(time.time())
     sub = args.sub
     if args.file:
-        sub = _sha256_file(Path(args.file))
+        try:
+            sub = _sha256_file(Path(args.file))
+        except OSError as exc:
+            raise UsageError(f"--file: cannot read {args.file}: {exc.strerror}") from None
     claims = PassportClaims(
         iss=kid.owner,
         jti=args.jti or uuid.uuid4().hex,
         iat=now,
-        nbf=now - 5,
+        nbf=now,  # exp - nbf is exactly --ttl; verifiers allow for clock skew (leeway)
         exp=now + args.ttl,
         aud=args.to,
         sub=sub,
@@ -229,7 +254,10 @@ def _read_token(value: str) -> str:
     if value == "-":
         return sys.stdin.read().strip()
     if os.path.isfile(value):
-        return Path(value).read_text(encoding="ascii").strip()
+        try:
+            return Path(value).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read a passport from {value}: {exc}") from None
     return value.strip()
 
 
@@ -259,13 +287,21 @@ def cmd_passport_verify(args: argparse.Namespace) -> int:
         kid, _, pem_path = item.partition("=")
         if not pem_path:
             raise UsageError(f"--issuer takes KID=PEMFILE, got {item!r}")
-        KeyRef.parse(kid)
-        trusted[kid] = load_public_key_pem(Path(pem_path).read_bytes())
+        _key_ref(kid, "--issuer")
+        try:
+            trusted[kid] = load_public_key_pem(Path(pem_path).read_bytes())
+        except OSError as exc:
+            raise UsageError(f"--issuer {kid}: cannot read {pem_path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise UsageError(f"--issuer {kid}: {pem_path}: {exc}") from None
     if not trusted:
         raise UsageError("no trusted issuer: give --issuer KID=PEMFILE or --config")
     if not audience:
         raise UsageError("give --audience (this gateway's id) or --config")
-    verifier = PassportVerifier(trusted, audience=audience, leeway_seconds=leeway)
+    try:
+        verifier = PassportVerifier(trusted, audience=audience, leeway_seconds=leeway)
+    except ValueError as exc:  # a non-signing issuer key id, an invalid audience
+        raise UsageError(str(exc)) from None
     verified = verifier.verify(_read_token(args.token))
     claims = verified.claims
     terms = claims.xbgw
@@ -301,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     public = keys.add_parser("public", help="print a transport or signing public key (PEM)")
     _add_hsm_arguments(public)
     public.add_argument("--purpose", choices=["transport", "signing"], default="signing")
-    public.add_argument("--version", type=int, help="key version (default: newest)")
+    public.add_argument("--version", type=_positive_int, help="key version (default: newest)")
     public.add_argument("-o", "--output", help="write the PEM to this file")
     public.set_defaults(func=cmd_keys_public)
 

@@ -1,0 +1,235 @@
+"""The ``xbgw`` command line's pure parts: size and duration arguments, and parser errors.
+
+Nothing here opens an HSM or a socket: parser errors are argparse's exit 2 with a message on
+stderr, and the usage errors :func:`gateway.cli.main` raises before it would open a token
+(no token named, no PIN source, no trusted issuer) are exit 2 as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from gateway.cli import EXIT_USAGE, build_parser, main, parse_duration, parse_size
+
+MIB = 2**20
+
+# The arguments `passport issue` cannot do without; tests add or replace one at a time.
+ISSUE = [
+    "passport",
+    "issue",
+    "--token",
+    "t",
+    "--pin-env",
+    "PIN",
+    "--kid",
+    "dpo/signing/1",
+    "--to",
+    "frankfurt",
+    "--sender",
+    "lingang",
+    "--src",
+    "CN-SH",
+    "--dst",
+    "EU-DE",
+    "--purpose",
+    "research",
+    "--legal-basis",
+    "CAC-SC-2026-0042",
+    "--byte-limit",
+    "64MiB",
+]
+
+
+# --- parse_size -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("1", 1),
+        ("4096", 4096),
+        ("7B", 7),
+        ("1K", 2**10),
+        ("1KB", 2**10),
+        ("1KiB", 2**10),
+        ("64MiB", 64 * MIB),
+        ("64M", 64 * MIB),
+        ("64MB", 64 * MIB),  # binary multiples throughout, as documented
+        ("1G", 2**30),
+        ("1GiB", 2**30),
+        ("3T", 3 * 2**40),
+        ("1tib", 2**40),  # units are case-insensitive
+        ("64 MiB", 64 * MIB),
+        ("  64MiB\n", 64 * MIB),
+        ("1125899906842624", 2**50),
+    ],
+)
+def test_parse_size_accepts(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "MiB",
+        "-1",
+        "+1",
+        "1.5G",
+        "1e6",
+        "0x10",
+        "12X",
+        "1PiB",
+        "1 G B",
+        "1GiBB",
+        "1iB",
+        "1Bi",
+        "64 MiB extra",
+        "1_000",
+        "½",
+    ],
+)
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        parse_size(text)
+
+
+# --- parse_duration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0s", 0),
+        ("90s", 90),
+        ("15m", 900),
+        ("2h", 7200),
+        ("7d", 7 * 86400),
+        ("5 s", 5),
+        (" 2h\n", 7200),
+    ],
+)
+def test_parse_duration_accepts(text: str, expected: int) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "90", "h", "1.5h", "-5s", "+5s", "2w", "2H", "2hours", "1h30m", "1e3s", "0x10s"]
+)
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
+        parse_duration(text)
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def test_issue_arguments_are_converted_and_defaulted() -> None:
+    args = build_parser().parse_args([*ISSUE, "--ttl", "2h"])
+    assert args.byte_limit == 64 * MIB
+    assert args.ttl == 7200
+    assert (args.pi, args.subjects, args.classification) == ("none", 0, "general")
+    assert (args.sub, args.file, args.output, args.jti) == (None, None, None, None)
+    assert args.pin_env == "PIN"
+    assert (args.pin_file, args.pin_credential) == (None, None)
+    assert build_parser().parse_args(ISSUE).ttl == 3600
+
+
+def test_keys_list_arguments() -> None:
+    args = build_parser().parse_args(
+        ["keys", "list", "--module", "/m.so", "--token", "t", "--pin-credential", "c", "--json"]
+    )
+    assert (args.module, args.token, args.pin_credential, args.json) == ("/m.so", "t", "c", True)
+    assert args.config is None
+
+
+def test_keys_public_defaults_to_the_newest_signing_key() -> None:
+    args = build_parser().parse_args(["keys", "public", "--token", "t", "--pin-file", "p"])
+    assert (args.purpose, args.version, args.output) == ("signing", None, None)
+
+
+def _parser_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: xbgw"), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["keys"], "required: ACTION"),
+        (["keys", "rotate"], "invalid choice: 'rotate'"),
+        (["passport"], "required: ACTION"),
+        (
+            ["keys", "init", "--token", "t", "--pin-file", "p", "--pin-env", "PIN"],
+            "argument --pin-env: not allowed with argument --pin-file",
+        ),
+        (
+            ["keys", "list", "--pin-env", "PIN", "--pin-credential", "c"],
+            "argument --pin-credential: not allowed with argument --pin-env",
+        ),
+        (["keys", "public", "--purpose", "storage"], "argument --purpose: invalid choice"),
+        (["keys", "public", "--version", "one"], "argument --version: "),
+        (["keys", "init", "--bogus"], "unrecognized arguments: --bogus"),
+        (ISSUE[:-2], "the following arguments are required: --byte-limit"),
+        ([*ISSUE[:6], *ISSUE[8:]], "the following arguments are required: --kid"),
+        ([*ISSUE[:-1], "12X"], "argument --byte-limit: not a size: '12X'"),
+        ([*ISSUE, "--ttl", "1.5h"], "argument --ttl: not a duration: '1.5h'"),
+        ([*ISSUE, "--pi", "secret"], "argument --pi: invalid choice: 'secret'"),
+        ([*ISSUE, "--subjects", "many"], "argument --subjects: invalid int value"),
+        (
+            [*ISSUE, "--sub", "ab" * 32, "--file", "data.bin"],
+            "argument --file: not allowed with argument --sub",
+        ),
+        (["passport", "inspect"], "the following arguments are required: token"),
+        (["passport", "verify"], "the following arguments are required: token"),
+    ],
+)
+def test_parser_errors_exit_2_with_the_reason(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _parser_error(argv, capsys)
+    assert message in err, err
+
+
+# --- usage errors found before any HSM or file is touched ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["keys", "list", "--pin-env", "PIN"], "name the HSM token with --token or --config"),
+        (
+            ["keys", "init", "--token", "t"],
+            "give the PIN source with --pin-file, --pin-env or --pin-credential",
+        ),
+        (
+            ["passport", "verify", "tok", "--audience", "frankfurt"],
+            "no trusted issuer: give --issuer KID=PEMFILE or --config",
+        ),
+        (
+            ["passport", "verify", "tok", "--issuer", "dpo/signing/1", "--audience", "frankfurt"],
+            "--issuer takes KID=PEMFILE, got 'dpo/signing/1'",
+        ),
+    ],
+)
+def test_usage_errors_exit_2_before_opening_anything(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRPC_VERBOSITY", "ERROR")  # main() sets it by default otherwise
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"xbgw: {message}\n"
