@@ -892,7 +892,5 @@ def test_keys_public_with_a_negative_version(prov: Provisioned) -> None:
         ("audience-invalid", "'Frankfurt'"),
     ],
 )
-def test_bad_input_is_one_line_not_a_traceback(
-    offline: Results, case: str, needle: str
-) -> None:
+def test_bad_input_is_one_line_not_a_traceback(offline: Results, case: str, needle: str) -> None:
     assert_no_traceback(offline[case], needle)
