@@ -35,7 +35,7 @@ from gateway.hsm import Hsm
 from gateway.keys import CurrentKeys, KeyRef, Purpose
 from gateway.ledger import Ledger, Outbound
 from gateway.passport import PassportVerifier
-from gateway.policy import BaselinePolicy, Direction, Policy, TransferFacts
+from gateway.policy import BaselinePolicy, Direction, Policy, facts
 from gateway.signed import Signed, sign, verify
 from gateway.tls import channel_credentials
 
@@ -399,19 +399,11 @@ class Sender:
                 f"gateway ({self.me})"
             )
         decision = self._policy.decide(
-            TransferFacts(
-                direction=Direction.EGRESS,
-                sender=self.me,
-                receiver=partner.id,
-                sender_jurisdiction=config.gateway.jurisdiction,
-                receiver_jurisdiction=partner.jurisdiction,
-                passport_src=claims.xbgw.src,
-                passport_dst=claims.xbgw.dst,
-                classification=claims.xbgw.classification,
-                pi=claims.xbgw.pi,
-                subjects=claims.xbgw.subjects,
-                legal_basis=claims.xbgw.legal_basis,
-                byte_limit=claims.xbgw.byte_limit,
+            facts(
+                Direction.EGRESS,
+                claims.xbgw,
+                sender=(self.me, config.gateway.jurisdiction),
+                receiver=(partner.id, partner.jurisdiction),
             )
         )
         if not decision.allow:

@@ -17,6 +17,25 @@ class Direction(StrEnum):
     INGRESS = "ingress"
 
 
+class PassportTerms(Protocol):
+    """The passport claims a policy reads (``passport.XbgwClaims`` satisfies it)."""
+
+    @property
+    def src(self) -> str: ...
+    @property
+    def dst(self) -> str: ...
+    @property
+    def classification(self) -> str: ...
+    @property
+    def pi(self) -> str: ...
+    @property
+    def subjects(self) -> int: ...
+    @property
+    def legal_basis(self) -> str: ...
+    @property
+    def byte_limit(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class TransferFacts:
     """What the policy sees: the verified passport claims and the gateways involved."""
@@ -33,6 +52,29 @@ class TransferFacts:
     subjects: int
     legal_basis: str
     byte_limit: int
+
+
+def facts(
+    direction: Direction,
+    terms: PassportTerms,
+    sender: tuple[str, str],
+    receiver: tuple[str, str],
+) -> TransferFacts:
+    """The facts of one transfer: passport terms plus ``(gateway id, jurisdiction)`` pairs."""
+    return TransferFacts(
+        direction=direction,
+        sender=sender[0],
+        receiver=receiver[0],
+        sender_jurisdiction=sender[1],
+        receiver_jurisdiction=receiver[1],
+        passport_src=terms.src,
+        passport_dst=terms.dst,
+        classification=terms.classification,
+        pi=terms.pi,
+        subjects=terms.subjects,
+        legal_basis=terms.legal_basis,
+        byte_limit=terms.byte_limit,
+    )
 
 
 @dataclass(frozen=True)

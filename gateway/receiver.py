@@ -50,7 +50,7 @@ from gateway.intake import Intake, SegmentIn
 from gateway.keys import CurrentKeys, KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.passport import PassportVerifier, VerifiedPassport, inspect
-from gateway.policy import BaselinePolicy, Direction, Policy, TransferFacts
+from gateway.policy import BaselinePolicy, Direction, Policy, facts
 from gateway.signed import Signed, sign, verify
 from gateway.spool import Spool, check_transfer_id
 
@@ -229,21 +229,12 @@ class Receiver:
             raise OfferMismatchError("; ".join(problems))
 
     def _check_policy(self, passport: VerifiedPassport, peer: PartnerConfig) -> None:
-        xbgw = passport.claims.xbgw
         decision = self._policy.decide(
-            TransferFacts(
-                direction=Direction.INGRESS,
-                sender=peer.id,
-                receiver=self.me,
-                sender_jurisdiction=peer.jurisdiction,
-                receiver_jurisdiction=self._config.gateway.jurisdiction,
-                passport_src=xbgw.src,
-                passport_dst=xbgw.dst,
-                classification=xbgw.classification,
-                pi=xbgw.pi,
-                subjects=xbgw.subjects,
-                legal_basis=xbgw.legal_basis,
-                byte_limit=xbgw.byte_limit,
+            facts(
+                Direction.INGRESS,
+                passport.claims.xbgw,
+                sender=(peer.id, peer.jurisdiction),
+                receiver=(self.me, self._config.gateway.jurisdiction),
             )
         )
         if not decision.allow:
