@@ -137,15 +137,28 @@ class Ledger:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``durable=False`` skips the fsync at commit.
+
+        In WAL mode a commit without fsync survives a process crash but perhaps not a power
+        loss -- until the next durable commit, which fsyncs the log with everything before
+        it. Only writes whose loss is harmless use it: a resume point that goes back is safe
+        (the spool is cut back to it); a lost offer is simply made again.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def _one(self, sql: str, args: tuple[object, ...]) -> sqlite3.Row | None:
         with self._lock:
@@ -171,8 +184,12 @@ class Ledger:
         classification: str,
         source_jurisdiction: str,
     ) -> Inbound:
-        """Record a new inbound transfer; this spends the passport."""
-        with self._tx() as db:
+        """Record a new inbound transfer; this spends the passport.
+
+        Not fsynced: lost on power failure, the offer is made again; the commit that ends
+        the transfer is durable and carries this row with it.
+        """
+        with self._tx(durable=False) as db:
             db.execute(
                 "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
                 "offered_header_digest, stored_header, byte_limit, classification, "
@@ -197,8 +214,11 @@ class Ledger:
     def record_progress(
         self, transfer_id: str, next_segment: int, received_bytes: int, final_received: bool
     ) -> None:
-        """Move the durable resume point (call only after the spool bytes are on disk)."""
-        with self._tx() as db:
+        """Move the resume point (only after the spool bytes are on disk).
+
+        Not fsynced: if a power loss takes it back, the spool is cut back to the older point.
+        """
+        with self._tx(durable=False) as db:
             db.execute(
                 "UPDATE inbound SET next_segment = ?, received_bytes = ?, final_received = ? "
                 "WHERE transfer_id = ? AND state = 'receiving'",
@@ -305,7 +325,8 @@ class Ledger:
         plaintext_sha256: bytes,
         receipt: Receipt,
     ) -> None:
-        with self._tx() as db:
+        # Not fsynced: if lost, a resend finds the transfer committed and gets the receipt.
+        with self._tx(durable=False) as db:
             db.execute(
                 "UPDATE outbound SET state = 'delivered', plaintext_size = ?, "
                 "plaintext_sha256 = ?, delivered_at = ?, receipt_body = ?, "

@@ -126,6 +126,7 @@ class Receiver:
         # Data keys unwrapped at the offer, handed to the upload that follows (saves an HSM
         # unwrap per transfer); bounded, and dropped on first use.
         self._offered_keys: dict[str, bytes] = {}
+        self._held_transport: set[int] | None = None
         self._offered_lock = threading.Lock()
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
@@ -244,8 +245,11 @@ class Receiver:
         ours = [w for w in header.wrapped_keys if w.key_ref.owner == self.me]
         if not ours:
             raise NoUsableWrappedKeyError(f"no wrapped key in the header is addressed to {self.me}")
-        held = set(self._hsm.versions(Purpose.TRANSPORT))
+        held = self._transport_versions()
         usable = [w for w in ours if w.key_ref.purpose is Purpose.TRANSPORT]
+        if not any(w.key_ref.version in held for w in usable):
+            self._held_transport = None  # a key made since (rotation) would be found now
+            held = self._transport_versions()
         if not any(w.key_ref.version in held for w in usable):
             versions = ", ".join(str(w.key_ref) for w in ours)
             raise NoUsableWrappedKeyError(
@@ -256,6 +260,12 @@ class Receiver:
             return envelope.open_header(header, self.me, self._hsm)
         except KeyNotFoundError as exc:
             raise NoUsableWrappedKeyError(str(exc)) from None
+
+    def _transport_versions(self) -> set[int]:
+        """Transport versions on the token; cached, re-read when a header names another."""
+        if self._held_transport is None:
+            self._held_transport = set(self._hsm.versions(Purpose.TRANSPORT))
+        return self._held_transport
 
     def _resume(self, row: Inbound, peer: PartnerConfig, offered_digest: bytes) -> OfferResult:
         same_offer = row.sender == peer.id and row.offered_header_digest == offered_digest

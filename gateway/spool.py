@@ -83,7 +83,8 @@ class Spool:
             created: BinaryIO = os.fdopen(fd, "wb")
             created.write(header)
             partial = PartialFile(path, created)
-            partial.sync()
+            # The name must survive a crash before the ledger points past the header; the
+            # header bytes themselves are synced with the first segments.
             _fsync_dir(self.incoming)
             if durable_length != len(header):
                 partial.close()
@@ -91,6 +92,11 @@ class Spool:
             return partial
         handle: BinaryIO = path.open("r+b")
         size = os.fstat(handle.fileno()).st_size
+        if durable_length == len(header):
+            # No segment was durable yet: rewrite the header (a crash may have torn it).
+            handle.truncate(0)
+            handle.write(header)
+            return PartialFile(path, handle)
         if size < durable_length:
             handle.close()
             raise ValueError(
@@ -111,8 +117,7 @@ class Spool:
         with source.open("rb") as handle:
             os.fsync(handle.fileno())
         os.replace(source, target)
-        _fsync_dir(self.inbox)
-        _fsync_dir(self.incoming)
+        _fsync_dir(self.inbox)  # the new name is durable; the old one may linger, harmlessly
         return target
 
     def discard(self, transfer_id: str) -> None:

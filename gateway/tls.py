@@ -8,6 +8,7 @@ mint a certificate naming partner B.
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 
@@ -91,13 +92,12 @@ def peer_partner(config: GatewayConfig, context: grpc.ServicerContext) -> Partne
     pems = [bytes(pem) for pem in auth.get("x509_pem_cert", [])]
     if not pems:
         raise PeerNotAuthorizedError("no client certificate was presented")
-    certificate = x509.load_pem_x509_certificate(bytes(pems[0]))
-    names = _identities(certificate)
+    names = _identities(pems[0])
     for name in names:
         partner = config.partner_by_identity(name)
         if partner is None:
             continue
-        if not _issued_by(certificate, partner.ca_pem):
+        if not _issued_by(pems[0], partner.ca_pem):
             raise PeerNotAuthorizedError(
                 f"certificate naming {name!r} was not issued by partner {partner.id}'s CA"
             )
@@ -108,17 +108,21 @@ def peer_partner(config: GatewayConfig, context: grpc.ServicerContext) -> Partne
     )
 
 
-def _identities(certificate: x509.Certificate) -> list[str]:
+# Every RPC of a connection presents the same certificate: parse and check it once.
+@functools.lru_cache(maxsize=256)
+def _identities(pem: bytes) -> tuple[str, ...]:
+    certificate = x509.load_pem_x509_certificate(pem)
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return []
-    return [str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)] + [
-        str(v) for v in san.get_values_for_type(x509.DNSName)
-    ]
+        return ()
+    uris = [str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    return (*uris, *(str(v) for v in san.get_values_for_type(x509.DNSName)))
 
 
-def _issued_by(certificate: x509.Certificate, ca_pem: bytes) -> bool:
+@functools.lru_cache(maxsize=256)
+def _issued_by(pem: bytes, ca_pem: bytes) -> bool:
+    certificate = x509.load_pem_x509_certificate(pem)
     for ca in x509.load_pem_x509_certificates(ca_pem):
         try:
             certificate.verify_directly_issued_by(ca)
