@@ -217,6 +217,12 @@ class UnknownTransferError(TransferError):
     grpc_status = "NOT_FOUND"
 
 
+class PartialLostError(TransferError):
+    """The spool lost bytes its resume point promised; the transfer restarts from zero."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
 class ByteLimitError(TransferError):
     """The stream grew past the passport's byte limit."""
 

@@ -38,6 +38,7 @@ from gateway.errors import (
     ManifestError,
     NoUsableWrappedKeyError,
     OfferMismatchError,
+    PartialLostError,
     PassportReplayError,
     PeerNotAuthorizedError,
     PolicyDeniedError,
@@ -346,13 +347,20 @@ class Receiver:
         if data_key is None:
             data_key = envelope.open_header(header, self.me, self._hsm)
         decryptor = envelope.StreamDecryptor(header, data_key, start_index=row.next_segment)
+        segment_len = header.segment_size + TAG_LEN
+        try:
+            partial = self._spool.open_partial(
+                transfer_id,
+                row.stored_header,
+                len(row.stored_header) + row.next_segment * segment_len,
+            )
+        except PartialLostError:
+            self._ledger.record_progress(transfer_id, 0, 0, False)
+            self._hashers.drop(transfer_id)
+            raise
         hasher = self._hashers.take(transfer_id, row.next_segment)
         if hasher is None:
             hasher = self._rehash(row, header, data_key)
-        segment_len = header.segment_size + TAG_LEN
-        partial = self._spool.open_partial(
-            transfer_id, row.stored_header, len(row.stored_header) + row.next_segment * segment_len
-        )
         intake = Intake(
             self._ledger,
             transfer_id,

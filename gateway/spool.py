@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway.errors import PartialLostError
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -79,29 +81,31 @@ class Spool:
         if durable_length < len(header):
             raise ValueError("durable length is shorter than the header")
         if not path.exists():
+            # Not fsyncing the directory here is deliberate: if a crash loses the new name,
+            # the next upload finds it missing and the transfer restarts from segment 0.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             created: BinaryIO = os.fdopen(fd, "wb")
             created.write(header)
-            partial = PartialFile(path, created)
-            # The name must survive a crash before the ledger points past the header; the
-            # header bytes themselves are synced with the first segments.
-            _fsync_dir(self.incoming)
             if durable_length != len(header):
-                partial.close()
-                raise ValueError(f"partial file for {transfer_id} is missing its earlier segments")
-            return partial
+                created.close()
+                raise PartialLostError(
+                    f"the partial data of transfer {transfer_id} was lost (crash?); "
+                    "offer it again to restart from segment 0"
+                )
+            return PartialFile(path, created)
         handle: BinaryIO = path.open("r+b")
         size = os.fstat(handle.fileno()).st_size
-        if durable_length == len(header):
-            # No segment was durable yet: rewrite the header (a crash may have torn it).
+        if durable_length == len(header) or size < durable_length:
+            # Nothing durable yet (a crash may have torn the header), or fewer bytes than the
+            # ledger says are durable: start the file again from its header.
             handle.truncate(0)
             handle.write(header)
-            return PartialFile(path, handle)
-        if size < durable_length:
+            if durable_length == len(header):
+                return PartialFile(path, handle)
             handle.close()
-            raise ValueError(
-                f"partial file for {transfer_id} holds {size} bytes, fewer than the durable "
-                f"{durable_length}"
+            raise PartialLostError(
+                f"the partial data of transfer {transfer_id} holds {size} bytes, fewer than "
+                f"the {durable_length} recorded; offer it again to restart from segment 0"
             )
         handle.truncate(durable_length)
         handle.seek(durable_length)
