@@ -111,6 +111,9 @@ class Intake:
         self.received = received
         self._byte_limit = byte_limit
         self._durable = (decryptor.next_index, received)
+        # The point of the bytes appended to the spool file. The decryptor advances before
+        # the byte-limit check and the append, so it can be one segment ahead of the file.
+        self._appended = (decryptor.next_index, received, decryptor.done)
         self._unsynced = 0
         self._syncer = _Syncer(partial, ledger, transfer_id)
         self.failure: BaseException | None = None
@@ -167,29 +170,39 @@ class Intake:
                 f"transfer {self.transfer_id} exceeds its limit of {self._byte_limit} bytes "
                 "(passport byte_limit or partner limit)"
             )
-        self.received += len(plaintext)
         self._partial.append(segment.ciphertext)
+        self.received += len(plaintext)
         self.hasher.update(plaintext)
+        self._appended = (self.decryptor.next_index, self.received, self.decryptor.done)
         self._unsynced += 1
         if self._unsynced >= SYNC_EVERY_SEGMENTS:
-            self._syncer.request((self.decryptor.next_index, self.received, self.decryptor.done))
+            self._syncer.request(self._appended)
             self._unsynced = 0
+
+    @property
+    def next_index(self) -> int:
+        """The index after the last segment appended to the spool (the resume point)."""
+        return self._appended[0]
+
+    @property
+    def done(self) -> bool:
+        """True once the final segment is appended to the spool."""
+        return self._appended[2]
 
     def save_point(self) -> None:
         """Wait for background syncs, then fsync the rest and move the resume point to it."""
         self._syncer.close()
         if self._syncer.failure is not None:
             raise self._syncer.failure
-        point = (self.decryptor.next_index, self.received)
+        next_index, received, done = self._appended
+        point = (next_index, received)
         durable = self._syncer.durable
         if durable is not None:
             self._durable = (durable[0], durable[1])
-        if point == self._durable and not self.decryptor.done:
+        if point == self._durable and not done:
             return
         self._partial.sync()
-        self._ledger.record_progress(
-            self.transfer_id, self.decryptor.next_index, self.received, self.decryptor.done
-        )
+        self._ledger.record_progress(self.transfer_id, next_index, received, done)
         self._durable = point
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Transfer state in SQLite: progress, resume points, spent passports, receipts.
 
-One database file in the state directory, WAL mode, ``synchronous=FULL``: a resume point the
-ledger reports must survive a crash, because a sender will skip everything before it.
+One database file in the state directory, WAL mode, ``synchronous=FULL`` by default. Writes
+whose loss on power failure is harmless skip the fsync (see ``Ledger._tx``): a resume point
+that goes back is safe because the spool is cut back to it, and a lost offer is made again.
 Commits happen per batch of segments, never per chunk, to keep the data path fast.
 
 A passport is spent as soon as an inbound row with its ``jti`` (= transfer id) exists: a

@@ -34,7 +34,7 @@ def notify(*fields: str) -> bool:
             "sd_notify to %s failed (%s): %s",
             os.environ["NOTIFY_SOCKET"],
             exc.strerror or type(exc).__name__,
-            fields[0],
+            fields[0] if fields else "",
         )
         return False
     return True
@@ -51,6 +51,7 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and pid != str(os.getpid())):
         return None
     try:
-        return int(usec) / 2_000_000
+        value = int(usec)
     except ValueError:
         return None
+    return value / 2_000_000 if value > 0 else None  # 0 means "watchdog off"

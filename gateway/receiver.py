@@ -379,11 +379,11 @@ class Receiver:
         except BaseException:
             # Keep what verified: make it durable so a resumed stream continues from here.
             intake.close()
-            self._hashers.put(transfer_id, decryptor.next_index, intake.hasher)
+            self._hashers.put(transfer_id, intake.next_index, intake.hasher)
             raise
         intake.close()
-        self._hashers.put(transfer_id, decryptor.next_index, intake.hasher)
-        return UploadResult(decryptor.next_index, intake.received, decryptor.done)
+        self._hashers.put(transfer_id, intake.next_index, intake.hasher)
+        return UploadResult(intake.next_index, intake.received, intake.done)
 
     def _rehash(self, row: Inbound, header: envelope.Header, data_key: bytes) -> hashlib._Hash:
         """Recompute the plaintext hash of the segments already held (after a restart)."""

@@ -1,0 +1,341 @@
+"""The SQLite ledger: transfer rows, resume points, spent passports, segment tags, status."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sqlite3
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import gateway.ledger as ledger_module
+from gateway.ledger import SCHEMA_VERSION, Ledger
+from gateway.signed import Signed as Receipt
+
+RECEIPT = Receipt(b'{"receipt":1}', bytes(range(64)), "gw-b/signing/1")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "ledger.db"
+
+
+@pytest.fixture
+def ledger(path: Path) -> Iterator[Ledger]:
+    opened = Ledger(path)
+    yield opened
+    opened.close()
+
+
+def _create_in(ledger: Ledger, transfer_id: str = "t-1", sender: str = "gw-a") -> None:
+    ledger.create_inbound(
+        transfer_id=transfer_id,
+        sender=sender,
+        passport=f"passport-of-{transfer_id}",
+        passport_digest=hashlib.sha256(transfer_id.encode()).digest(),
+        offered_header_digest=b"\x01" * 32,
+        stored_header=b"HEADER" + transfer_id.encode(),
+        byte_limit=1000,
+        classification="internal",
+        source_jurisdiction="CN-SH",
+    )
+
+
+def _create_out(ledger: Ledger, transfer_id: str = "o-1", partner: str = "gw-b") -> None:
+    ledger.create_outbound(
+        transfer_id=transfer_id,
+        partner=partner,
+        passport_digest=b"\x02" * 32,
+        sent_header=b"SENT",
+        stored_header=b"STORED",
+    )
+
+
+# --- durability settings ----------------------------------------------------------------------
+
+
+def test_wal_and_synchronous_full_are_in_force(ledger: Ledger, path: Path) -> None:
+    db = ledger._db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # 2 = FULL
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    # WAL and user_version are properties of the file: another connection sees them.
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert other.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        other.close()
+
+
+def test_relaxed_writes_do_not_leave_synchronous_relaxed(ledger: Ledger) -> None:
+    """Offers and resume points may skip the fsync; nothing after them may."""
+
+    def synchronous() -> int:
+        value: int = ledger._db.execute("PRAGMA synchronous").fetchone()[0]
+        return value
+
+    _create_in(ledger)
+    assert synchronous() == 2
+    ledger.record_progress("t-1", 1, 10, False)
+    assert synchronous() == 2
+    with pytest.raises(sqlite3.IntegrityError):
+        _create_in(ledger)  # a failed relaxed write restores FULL as well
+    assert synchronous() == 2
+    ledger.commit_inbound("t-1", b"\x00" * 32, RECEIPT, committed_at=1)
+    assert synchronous() == 2
+
+
+def test_opening_creates_the_state_directory(path: Path) -> None:
+    assert not path.parent.exists()
+    Ledger(path).close()
+    assert path.is_file()
+
+
+# --- inbound lifecycle ------------------------------------------------------------------------
+
+
+def test_create_inbound_returns_the_stored_row(ledger: Ledger) -> None:
+    created = ledger.create_inbound(
+        transfer_id="t-1",
+        sender="gw-a",
+        passport="tok.en.sig",
+        passport_digest=b"\x07" * 32,
+        offered_header_digest=b"\x08" * 32,
+        stored_header=b"\x00header\xff",
+        byte_limit=12345,
+        classification="confidential",
+        source_jurisdiction="CN-SH",
+    )
+    assert created == ledger.inbound("t-1")
+    assert (created.transfer_id, created.sender, created.passport) == ("t-1", "gw-a", "tok.en.sig")
+    assert created.passport_digest == b"\x07" * 32
+    assert created.offered_header_digest == b"\x08" * 32
+    assert created.stored_header == b"\x00header\xff"
+    assert (created.byte_limit, created.classification) == (12345, "confidential")
+    assert created.source_jurisdiction == "CN-SH"
+    assert created.state == "receiving"
+    assert (created.next_segment, created.received_bytes, created.final_received) == (0, 0, False)
+    assert created.plaintext_sha256 is None
+    assert created.committed_at is None
+    assert created.refusal is None
+    assert created.receipt is None
+    assert created.created_at > 1_600_000_000
+
+
+def test_unknown_transfer_is_none(ledger: Ledger) -> None:
+    assert ledger.inbound("nope") is None
+    assert ledger.outbound("nope") is None
+
+
+def test_progress_moves_the_resume_point(ledger: Ledger) -> None:
+    _create_in(ledger)
+    ledger.record_progress("t-1", 3, 300, False)
+    row = ledger.inbound("t-1")
+    assert row is not None
+    assert (row.next_segment, row.received_bytes, row.final_received) == (3, 300, False)
+    ledger.record_progress("t-1", 5, 420, True)
+    row = ledger.inbound("t-1")
+    assert row is not None
+    assert (row.next_segment, row.received_bytes, row.final_received) == (5, 420, True)
+    assert [r.transfer_id for r in ledger.inbound_in_progress()] == ["t-1"]
+
+
+def test_resume_point_survives_reopening(path: Path) -> None:
+    first = Ledger(path)
+    _create_in(first)
+    first.record_progress("t-1", 7, 700, False)
+    first.close()
+    second = Ledger(path)  # the schema script is idempotent
+    try:
+        row = second.inbound("t-1")
+        assert row is not None
+        assert (row.state, row.next_segment, row.received_bytes) == ("receiving", 7, 700)
+        assert [r.transfer_id for r in second.inbound_in_progress()] == ["t-1"]
+    finally:
+        second.close()
+
+
+def test_commit_records_hash_and_receipt(ledger: Ledger) -> None:
+    _create_in(ledger)
+    ledger.record_progress("t-1", 2, 150, True)
+    digest = hashlib.sha256(b"plaintext").digest()
+    ledger.commit_inbound("t-1", digest, RECEIPT, committed_at=1_700_000_000)
+    row = ledger.inbound("t-1")
+    assert row is not None
+    assert row.state == "committed"
+    assert row.plaintext_sha256 == digest
+    assert row.committed_at == 1_700_000_000
+    assert row.receipt == RECEIPT
+    assert ledger.inbound_in_progress() == []
+    assert [r.transfer_id for r in ledger.committed_inbound()] == ["t-1"]
+
+
+def test_committed_transfer_no_longer_moves(ledger: Ledger) -> None:
+    _create_in(ledger)
+    ledger.record_progress("t-1", 2, 150, True)
+    ledger.commit_inbound("t-1", b"\x03" * 32, RECEIPT, committed_at=1)
+    ledger.record_progress("t-1", 9, 999, False)
+    ledger.refuse_inbound("t-1", "too late")
+    row = ledger.inbound("t-1")
+    assert row is not None
+    assert (row.state, row.next_segment, row.received_bytes, row.refusal) == (
+        "committed",
+        2,
+        150,
+        None,
+    )
+
+
+def test_refusal_is_final(ledger: Ledger) -> None:
+    _create_in(ledger)
+    ledger.refuse_inbound("t-1", "byte limit exceeded")
+    ledger.record_progress("t-1", 4, 400, False)
+    ledger.commit_inbound("t-1", b"\x03" * 32, RECEIPT, committed_at=1)
+    row = ledger.inbound("t-1")
+    assert row is not None
+    assert (row.state, row.refusal, row.next_segment) == ("refused", "byte limit exceeded", 0)
+    assert row.receipt is None
+    assert ledger.inbound_in_progress() == []
+    assert ledger.committed_inbound() == []
+
+
+def test_committed_inbound_is_ordered_by_commit_time(ledger: Ledger) -> None:
+    for name in ("a", "b", "c"):
+        _create_in(ledger, name)
+    ledger.commit_inbound("c", b"\x00" * 32, RECEIPT, committed_at=10)
+    ledger.commit_inbound("a", b"\x00" * 32, RECEIPT, committed_at=30)
+    ledger.commit_inbound("b", b"\x00" * 32, RECEIPT, committed_at=20)
+    assert [r.transfer_id for r in ledger.committed_inbound()] == ["c", "b", "a"]
+
+
+# --- spent passports --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["receiving", "committed", "refused"])
+def test_a_transfer_id_is_spent_once_recorded(ledger: Ledger, state: str) -> None:
+    _create_in(ledger)
+    if state == "committed":
+        ledger.commit_inbound("t-1", b"\x00" * 32, RECEIPT, committed_at=1)
+    elif state == "refused":
+        ledger.refuse_inbound("t-1", "no")
+    # The receiver tells a replay from other failures by this message.
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        _create_in(ledger, "t-1", sender="gw-other")
+    row = ledger.inbound("t-1")
+    assert row is not None
+    assert (row.sender, row.state) == ("gw-a", state)
+
+
+def test_ledger_stays_usable_after_a_refused_insert(ledger: Ledger) -> None:
+    _create_in(ledger)
+    with pytest.raises(sqlite3.IntegrityError):
+        _create_in(ledger)
+    # The failed transaction was rolled back: the next one can begin.
+    _create_in(ledger, "t-2")
+    ledger.record_progress("t-2", 1, 10, False)
+    row = ledger.inbound("t-2")
+    assert row is not None
+    assert row.next_segment == 1
+    assert not ledger._db.in_transaction
+
+
+# --- outbound and segment tags ----------------------------------------------------------------
+
+
+def test_outbound_lifecycle(ledger: Ledger) -> None:
+    _create_out(ledger)
+    row = ledger.outbound("o-1")
+    assert row is not None
+    assert (row.partner, row.state, row.sent_header, row.stored_header) == (
+        "gw-b",
+        "sending",
+        b"SENT",
+        b"STORED",
+    )
+    assert (row.plaintext_size, row.plaintext_sha256, row.delivered_at, row.receipt) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        _create_out(ledger)
+    ledger.deliver_outbound("o-1", 4096, b"\x05" * 32, RECEIPT)
+    row = ledger.outbound("o-1")
+    assert row is not None
+    assert (row.state, row.plaintext_size, row.plaintext_sha256) == (
+        "delivered",
+        4096,
+        b"\x05" * 32,
+    )
+    assert row.receipt == RECEIPT
+    assert row.delivered_at is not None
+
+
+def test_segment_tags_range_and_first_write_wins(ledger: Ledger) -> None:
+    _create_out(ledger)
+    ledger.record_segment_tags("o-1", [(i, bytes([i]) * 16) for i in range(5)])
+    ledger.record_segment_tags("o-1", [])  # a no-op, not an error
+    assert ledger.segment_tags("o-1", 1, 4) == {i: bytes([i]) * 16 for i in (1, 2, 3)}
+    assert ledger.segment_tags("o-1", 5, 10) == {}
+    assert ledger.segment_tags("other", 0, 5) == {}
+    # A tag once recorded is never replaced: it is the nonce-reuse guard.
+    ledger.record_segment_tags("o-1", [(2, b"\xff" * 16), (5, b"\x55" * 16)])
+    assert ledger.segment_tags("o-1", 2, 6) == {
+        2: b"\x02" * 16,
+        3: b"\x03" * 16,
+        4: b"\x04" * 16,
+        5: b"\x55" * 16,
+    }
+
+
+def test_segment_tags_survive_reopening_and_go_on_delivery(path: Path) -> None:
+    first = Ledger(path)
+    _create_out(first)
+    _create_out(first, "o-2")
+    first.record_segment_tags("o-1", [(0, b"a" * 16), (1, b"b" * 16)])
+    first.record_segment_tags("o-2", [(0, b"z" * 16)])
+    first.close()
+    second = Ledger(path)
+    try:
+        assert second.segment_tags("o-1", 0, 2) == {0: b"a" * 16, 1: b"b" * 16}
+        second.deliver_outbound("o-1", 32, b"\x00" * 32, RECEIPT)
+        assert second.segment_tags("o-1", 0, 2) == {}
+        assert second.segment_tags("o-2", 0, 2) == {0: b"z" * 16}
+    finally:
+        second.close()
+
+
+# --- recent() ---------------------------------------------------------------------------------
+
+
+def test_recent_lists_both_directions_newest_first(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = itertools.count(1_700_000_000)
+    monkeypatch.setattr(ledger_module, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    _create_in(ledger, "in-old", sender="gw-a")
+    _create_out(ledger, "out-mid", partner="gw-c")
+    _create_in(ledger, "in-new", sender="gw-d")
+    ledger.record_progress("in-new", 2, 128, False)
+    ledger.record_progress("in-old", 1, 64, True)
+    ledger.commit_inbound("in-old", b"\x00" * 32, RECEIPT, committed_at=1)
+    assert ledger.recent() == [
+        ("in-new", "in", "gw-d", "receiving", 128),
+        ("out-mid", "out", "gw-c", "sending", 0),
+        ("in-old", "in", "gw-a", "committed", 64),
+    ]
+    ledger.deliver_outbound("out-mid", 5000, b"\x00" * 32, RECEIPT)
+    assert ledger.recent(limit=2) == [
+        ("in-new", "in", "gw-d", "receiving", 128),
+        ("out-mid", "out", "gw-c", "delivered", 5000),
+    ]
+
+
+def test_recent_of_an_empty_ledger(ledger: Ledger) -> None:
+    assert ledger.recent() == []
