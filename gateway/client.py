@@ -10,6 +10,7 @@ was encrypted before. The data key survives crashes re-wrapped to our own storag
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import queue
 import threading
@@ -79,7 +80,8 @@ def partner_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code is grpc.StatusCode.UNAVAILABLE:
         hint = ""
-        if "socket closed" in (details or "").lower():
+        handshake_stage = what in ("the key-set request", "the offer")
+        if handshake_stage and "socket closed" in (details or "").lower():
             hint = (
                 " (the partner may have refused this gateway's TLS client certificate: check "
                 "tls.certificate against the CA the partner trusts)"
@@ -450,12 +452,18 @@ class Sender:
             for _ in pipeline.messages():
                 pass
         else:
-            try:
-                stub.Upload(pipeline.messages(), timeout=None)
-            except grpc.RpcError as exc:
-                pipeline.abandon()
-                pipeline.raise_failure()
-                raise partner_error(exc, partner.id, "the upload") from None
+            messages = pipeline.messages()
+            # The partner may hold every segment already (the stream or the manifest broke
+            # after the final one): then there is nothing to upload -- an empty Upload is
+            # refused -- and the manifest alone finishes the transfer.
+            first = next(messages, None)
+            if first is not None:
+                try:
+                    stub.Upload(itertools.chain([first], messages), timeout=None)
+                except grpc.RpcError as exc:
+                    pipeline.abandon()
+                    pipeline.raise_failure()
+                    raise partner_error(exc, partner.id, "the upload") from None
         pipeline.raise_failure()
         hasher, counters = pipeline.hasher, {"bytes": pipeline.bytes, "segments": pipeline.segments}
         if claims.sub is not None and claims.sub != hasher.hexdigest():

@@ -143,9 +143,17 @@ class Daemon:
             # gRPC's own limit is only a backstop: a message it drops ends the request stream
             # as if the peer had half-closed, so the servicer could neither log the refusal
             # nor tell it from a clean end. PartnerServicer enforces max_message_bytes itself.
-            options=self._options(
-                config, receive_limit=PARTNER_RECEIVE_BACKSTOP * config.limits.max_message_bytes
-            ),
+            options=[
+                *self._options(
+                    config,
+                    receive_limit=PARTNER_RECEIVE_BACKSTOP * config.limits.max_message_bytes,
+                ),
+                # Find peers that vanished without closing (a dead sender would otherwise hold
+                # its upload slot for gRPC's default two hours and block its own resume).
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ],
             maximum_concurrent_rpcs=config.limits.max_concurrent_transfers * 2,
         )
         self.partner_servicer = PartnerServicer(

@@ -79,10 +79,22 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         events: queue.Queue[local_pb2.SendEvent | BaseException | None] = queue.Queue(maxsize=64)
 
         def chunks() -> Iterator[bytes]:
+            # The end of the request stream is no proof that the data ended: gRPC ends it
+            # the same way when the client dies or a message is dropped. Never let a short
+            # stream become the final segment: hold it to the declared size.
+            received = 0
             for message in request_iterator:
                 if message.WhichOneof("kind") != "data":
                     raise ValueError("only 'data' messages may follow 'start'")
+                received += len(message.data)
+                if start.size and received > start.size:
+                    raise ValueError(f"the data runs past the declared size of {start.size} bytes")
                 yield message.data
+            if not context.is_active() or (start.size and received != start.size):
+                raise ValueError(
+                    f"the local stream ended after {received} of {start.size} bytes; nothing "
+                    "was delivered: send the same data with the same passport to resume"
+                )
 
         def on_progress(progress: Progress) -> None:
             if progress.kind == "accepted":

@@ -1,0 +1,615 @@
+"""Resume against real daemons: breaks, crashes and replays lose nothing and duplicate nothing.
+
+Two real gateways (SoftHSM, mutual TLS on loopback). Lingang's partner endpoint for
+Frankfurt points at a :class:`~tests.system.faults.FaultProxy`, so a test can cut the partner
+connection after a given number of bytes, or hold it mid-stream while a daemon is killed.
+TLS still verifies end to end: the proxy only forwards bytes, and the sender checks the
+certificate name against the partner id, not the address.
+
+A transfer that may end at all must end with the plaintext fetched on Frankfurt
+byte-identical to what was sent and listed once in the inbox; after a break, the second
+``xbgw send`` with the same passport must continue from the receiver's durable resume point,
+shown three ways: the ``resuming ...: partner holds N bytes`` line of the CLI, the
+receiver's ledger, and the bytes the proxy forwarded for the second attempt.
+
+Nothing here waits on time: faults fire on byte counts, and the tests wait (with deadlines)
+on the ledger, the spool, and each daemon's ``xbgw_active_streams`` gauge -- an upload is
+over when the gauge says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.envelope import TAG_LEN
+from gateway.intake import SYNC_EVERY_SEGMENTS
+from gateway.provision import GatewaySpec, provision
+from tests.system.faults import FaultProxy, wait_until
+from tests.system.harness import FRANKFURT, LINGANG, Gateway, Pair, free_port
+
+SEGMENT = 4096  # small segments: many of them, so faults land mid-stream
+SIZE = 4 << 20  # 1024 segments
+DEADLINE = 30.0
+XBGW = [sys.executable, "-m", "gateway.cli"]
+RESUMING = re.compile(r"resuming (\S+): partner holds (\d+) bytes")
+
+
+# -- the rig ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    pair: Pair
+    proxy: FaultProxy
+    metrics: dict[str, str]  # gateway id -> URL of its Prometheus endpoint
+
+    @property
+    def lingang(self) -> Gateway:
+        return self.pair.lingang
+
+    @property
+    def frankfurt(self) -> Gateway:
+        return self.pair.frankfurt
+
+    def logs(self) -> str:
+        return (
+            f"\n--- lingang log ---\n{self.lingang.log_text()[-4000:]}"
+            f"\n--- frankfurt log ---\n{self.frankfurt.log_text()[-4000:]}"
+        )
+
+
+def _edit(config: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+    """Load a gateway's YAML configuration, change it, write it back."""
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    edit(data)
+    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def _set_partner(config: Path, partner_id: str, **changes: str) -> None:
+    _edit(config, lambda d: next(p for p in d["partners"] if p["id"] == partner_id).update(changes))
+
+
+def _serve_metrics(config: Path) -> str:
+    """Give the gateway a Prometheus endpoint on a free port; return its URL."""
+    address = f"127.0.0.1:{free_port()}"
+    _edit(config, lambda d: d["listen"].update(metrics=address))
+    return f"http://{address}/metrics"
+
+
+@pytest.fixture(scope="module")
+def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    root = tmp_path_factory.mktemp("resume")
+    specs = [GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port())]
+    # provision() writes max_message_bytes = 1 MiB for small segments; `xbgw send` writes
+    # 1 MiB blocks plus framing to the local socket, which must not be bound by it.
+    made, issuer = provision(root, specs, segment_size=SEGMENT)
+    metrics: dict[str, str] = {}
+    with FaultProxy(("127.0.0.1", specs[1].port)) as proxy:
+        _set_partner(made["lingang"].config, "frankfurt", endpoint=proxy.endpoint)
+        for gateway in made.values():
+            metrics[gateway.id] = _serve_metrics(gateway.config)
+        pair = Pair(
+            root, Gateway(specs[0], made["lingang"]), Gateway(specs[1], made["frankfurt"]), issuer
+        )
+        try:
+            pair.frankfurt.start()
+            pair.lingang.start()
+            yield Rig(pair, proxy, metrics)
+        finally:
+            pair.stop()
+
+
+@pytest.fixture
+def rig(module_rig: Rig) -> Iterator[Rig]:
+    """The module's pair, both daemons running (a test that killed one may have failed)."""
+    module_rig.proxy.release()
+    for gateway in (module_rig.frankfurt, module_rig.lingang):
+        if gateway.process is None or gateway.process.poll() is not None:
+            gateway.start()
+    yield module_rig
+    module_rig.proxy.release()
+
+
+# -- observing the gateways ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboundRow:
+    state: str
+    next_segment: int
+    received_bytes: int
+    final_received: bool
+    header_len: int
+
+
+def _ledger(gateway: Gateway) -> contextlib.closing[sqlite3.Connection]:
+    """The gateway's ledger, read-only (never checkpoints or repairs the daemon's WAL)."""
+    path = gateway.paths.state_dir / "ledger.sqlite3"
+    return contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5))
+
+
+def inbound(gateway: Gateway, transfer_id: str) -> InboundRow | None:
+    with _ledger(gateway) as db:
+        row = db.execute(
+            "SELECT state, next_segment, received_bytes, final_received, length(stored_header) "
+            "FROM inbound WHERE transfer_id = ?",
+            (transfer_id,),
+        ).fetchone()
+    return None if row is None else InboundRow(row[0], row[1], row[2], bool(row[3]), row[4])
+
+
+def encrypted_segments(gateway: Gateway, transfer_id: str) -> set[int]:
+    """Indices of the segments the sender has encrypted (and recorded a guard for)."""
+    with _ledger(gateway) as db:
+        rows = db.execute(
+            "SELECT idx FROM outbound_segments WHERE transfer_id = ?", (transfer_id,)
+        ).fetchall()
+    return {int(idx) for (idx,) in rows}
+
+
+def partial_file(gateway: Gateway, transfer_id: str) -> Path:
+    return gateway.paths.state_dir / "spool" / "incoming" / f"{transfer_id}.part"
+
+
+def active_streams(rig: Rig, gateway: Gateway, direction: str) -> int | None:
+    """The daemon's ``xbgw_active_streams{direction}`` gauge; None if it does not answer."""
+    try:
+        with urllib.request.urlopen(rig.metrics[gateway.id], timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    prefix = f'xbgw_active_streams{{direction="{direction}"}} '
+    return next((int(float(line[len(prefix) :])) for line in text.splitlines()
+                 if line.startswith(prefix)), 0)  # fmt: skip
+
+
+def quiet(rig: Rig, *gateways: Gateway) -> None:
+    """Wait until no upload is in flight: Lingang's send attempt and Frankfurt's stream ended."""
+    wanted = [(g, "out" if g is rig.lingang else "in") for g in gateways]
+    wait_until(
+        lambda: all(active_streams(rig, g, d) == 0 for g, d in wanted),
+        DEADLINE,
+        "the upload to end (xbgw_active_streams back to 0)",
+    )
+
+
+def durable_mid_stream(rig: Rig, transfer_id: str) -> None:
+    """Wait until Frankfurt has made a durable resume point, with the transfer unfinished."""
+    found: list[InboundRow] = []
+
+    def ready() -> bool:
+        row = inbound(rig.frankfurt, transfer_id)
+        found.extend([row] if row is not None else [])
+        return row is not None and row.next_segment >= SYNC_EVERY_SEGMENTS
+
+    wait_until(ready, DEADLINE, f"a durable resume point for {transfer_id} on frankfurt")
+    assert not found[-1].final_received, "the transfer finished before the fault was injected"
+
+
+def saved_point(rig: Rig, transfer_id: str, size: int = SIZE) -> InboundRow:
+    """After a broken stream: Frankfurt holds, durably, exactly the whole segments it verified."""
+    row = inbound(rig.frankfurt, transfer_id)
+    assert row is not None and row.state == "receiving", row
+    assert 0 < row.received_bytes < size and not row.final_received, row
+    assert row.received_bytes == row.next_segment * SEGMENT, row
+    spooled = partial_file(rig.frankfurt, transfer_id).stat().st_size
+    assert spooled == row.header_len + row.next_segment * (SEGMENT + TAG_LEN), (spooled, row)
+    return row
+
+
+def inbox_count(rig: Rig, transfer_id: str) -> int:
+    listed = rig.frankfurt.cli("inbox")
+    assert listed.returncode == 0, listed.stderr
+    return sum(1 for line in listed.stdout.splitlines() if line.split()[:1] == [transfer_id])
+
+
+def assert_delivered(rig: Rig, transfer_id: str, digest: str, size: int, tmp_path: Path) -> None:
+    """Listed once, committed with every byte, no partial left, fetched byte-identical."""
+    assert inbox_count(rig, transfer_id) == 1
+    row = inbound(rig.frankfurt, transfer_id)
+    assert row is not None
+    assert (row.state, row.received_bytes, row.final_received) == ("committed", size, True)
+    assert not partial_file(rig.frankfurt, transfer_id).exists()
+    target = tmp_path / f"{transfer_id}.fetched"
+    fetched = rig.frankfurt.cli("fetch", transfer_id, "-o", str(target))
+    assert fetched.returncode == 0, fetched.stderr
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+
+def resumed_from(stderr: str, transfer_id: str) -> int | None:
+    match = RESUMING.search(stderr)
+    if match is None:
+        return None
+    assert match.group(1) == transfer_id
+    return int(match.group(2))
+
+
+def assert_resumed(
+    rig: Rig,
+    second: subprocess.CompletedProcess[str],
+    transfer_id: str,
+    held: int,
+    sent: int,
+    size: int = SIZE,
+) -> None:
+    """The second send continued from ``held`` bytes: the CLI and the wire agree.
+
+    ``sent`` is the proxy's upstream counter just before the second send. Sending the rest
+    costs at least ``size - held`` bytes (ciphertext is longer than plaintext); starting over
+    would have cost more than ``size``.
+    """
+    assert second.returncode == 0, second.stderr + rig.logs()
+    assert resumed_from(second.stderr, transfer_id) == held, second.stderr
+    on_wire = rig.proxy.upstream_bytes - sent
+    assert size - held <= on_wire < size - held // 2, (on_wire, held)
+
+
+# -- driving the sender ----------------------------------------------------------------------
+
+
+def dataset(path: Path, size: int = SIZE) -> str:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def new_transfer(rig: Rig, label: str) -> tuple[str, str]:
+    """A fresh transfer id and a passport for it."""
+    transfer_id = f"resume-{label}-{uuid.uuid4().hex[:12]}"
+    return transfer_id, rig.pair.passport(byte_limit=4 * SIZE, jti=transfer_id)
+
+
+def send(rig: Rig, source: Path, token: str) -> subprocess.CompletedProcess[str]:
+    return rig.lingang.cli(
+        "send", str(source), "--to", "frankfurt", "--passport", token, timeout=60
+    )
+
+
+@contextlib.contextmanager
+def sending(rig: Rig, source: Path, token: str) -> Iterator[subprocess.Popen[str]]:
+    """``xbgw send`` in the background; waited for, or killed by its PID, on the way out."""
+    process = subprocess.Popen(
+        [*XBGW, "send", str(source), "--to", "frankfurt", "--passport", token],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "XBGW_SOCKET": str(rig.lingang.paths.socket),
+            "GRPC_VERBOSITY": "ERROR",
+        },
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+
+
+def read_position(pid: int, path: Path) -> int | None:
+    """How far process ``pid`` has read ``path`` (its file offset); None if it is not open."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if fd.readlink() == path:
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+                return int(next(ln.split()[1] for ln in info.splitlines() if ln.startswith("pos:")))
+    return None
+
+
+def finished(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """Wait (with a deadline) for a background send to end: exit code and stderr."""
+    _out, err = process.communicate(timeout=DEADLINE)
+    return process.returncode, err
+
+
+# -- breaks and crashes ----------------------------------------------------------------------
+
+
+def test_reset_connection_resumes_from_the_partners_point(rig: Rig, tmp_path: Path) -> None:
+    """The partner link is reset mid-upload; the same passport continues where Frankfurt stopped.
+
+    The proxy stalls the upload, then resets both sides of the connection (TCP RST, as a
+    firewall that drops its state does). The failed send must name the partner, not blame
+    the local daemon. (test_resume_with_different_data_is_refused cuts with a clean close.)
+    """
+    source = tmp_path / "data.bin"
+    digest = dataset(source)
+    transfer_id, token = new_transfer(rig, "reset")
+
+    rig.proxy.hold_after(SIZE // 4)
+    with sending(rig, source, token) as cli:
+        rig.proxy.wait_tripped(DEADLINE)
+        durable_mid_stream(rig, transfer_id)
+        rig.proxy.cut_all(reset=True)
+        code, err = finished(cli)
+    rig.proxy.release()
+    assert code != 0, err
+    assert "partner frankfurt is unreachable" in err, err
+    quiet(rig, rig.lingang, rig.frankfurt)
+    held = saved_point(rig, transfer_id).received_bytes
+    assert inbox_count(rig, transfer_id) == 0
+
+    sent = rig.proxy.upstream_bytes
+    second = send(rig, source, token)
+    assert_resumed(rig, second, transfer_id, held, sent)
+    assert_delivered(rig, transfer_id, digest, SIZE, tmp_path)
+
+
+def test_sender_daemon_killed_mid_stream_resumes_after_restart(rig: Rig, tmp_path: Path) -> None:
+    """SIGKILL of the sending daemon mid-upload; after a restart the same passport continues."""
+    source = tmp_path / "data.bin"
+    digest = dataset(source)
+    transfer_id, token = new_transfer(rig, "sender-kill")
+
+    rig.proxy.hold_after(SIZE // 4)
+    with sending(rig, source, token) as cli:
+        rig.proxy.wait_tripped(DEADLINE)
+        durable_mid_stream(rig, transfer_id)
+        rig.lingang.kill()
+        code, err = finished(cli)
+    assert code != 0, err
+    quiet(rig, rig.frankfurt)
+    held = saved_point(rig, transfer_id).received_bytes  # every segment the stream brought
+
+    rig.lingang.start()
+    rig.proxy.release()
+    sent = rig.proxy.upstream_bytes
+    second = send(rig, source, token)
+    assert_resumed(rig, second, transfer_id, held, sent)
+    assert_delivered(rig, transfer_id, digest, SIZE, tmp_path)
+
+
+def test_receiver_daemon_killed_mid_stream_resumes_from_its_last_sync(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """SIGKILL of the receiving daemon mid-upload; it resumes from its last durable sync.
+
+    Killed, not broken: there is no save at the end of the stream, so the resume point is
+    the last periodic sync, and whatever the spool file holds beyond it is cut off.
+    """
+    source = tmp_path / "data.bin"
+    digest = dataset(source)
+    transfer_id, token = new_transfer(rig, "receiver-kill")
+
+    rig.proxy.hold_after(SIZE // 4)
+    with sending(rig, source, token) as cli:
+        rig.proxy.wait_tripped(DEADLINE)
+        durable_mid_stream(rig, transfer_id)
+        rig.frankfurt.kill()
+        code, err = finished(cli)
+    assert code != 0, err
+    spooled = partial_file(rig.frankfurt, transfer_id).stat().st_size
+
+    durable = inbound(rig.frankfurt, transfer_id)
+    assert durable is not None and durable.state == "receiving", durable
+    held = durable.received_bytes
+    assert durable.next_segment % SYNC_EVERY_SEGMENTS == 0, durable
+    assert 0 < held < SIZE and held == durable.next_segment * SEGMENT, durable
+    assert spooled >= durable.header_len + durable.next_segment * (SEGMENT + TAG_LEN)
+
+    rig.frankfurt.start()
+    rig.proxy.release()
+    sent = rig.proxy.upstream_bytes
+    second = send(rig, source, token)
+    assert_resumed(rig, second, transfer_id, held, sent)
+    assert_delivered(rig, transfer_id, digest, SIZE, tmp_path)
+
+
+def test_local_client_killed_mid_send_delivers_nothing_partial(rig: Rig, tmp_path: Path) -> None:
+    """``xbgw send`` itself is killed mid-upload: nothing short is delivered; a resend continues.
+
+    The sending daemon sees its local stream end without the rest of the file. It must not
+    take that for the end of the data (that would commit a truncated file under a valid
+    receipt); it must stop, leaving Frankfurt a resumable partial transfer.
+    """
+    source = tmp_path / "data.bin"
+    digest = dataset(source)
+    transfer_id, token = new_transfer(rig, "client-kill")
+
+    rig.proxy.hold_after(SIZE // 4)
+    with sending(rig, source, token) as cli:
+        rig.proxy.wait_tripped(DEADLINE)
+        durable_mid_stream(rig, transfer_id)
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(DEADLINE)
+    rig.proxy.release()  # let the daemon's attempt run to whatever end it comes to
+    quiet(rig, rig.lingang, rig.frankfurt)
+
+    row = inbound(rig.frankfurt, transfer_id)
+    assert row is not None and row.state == "receiving", (
+        f"the send whose client died ended {row} (of {SIZE} bytes)" + rig.logs()
+    )
+    assert inbox_count(rig, transfer_id) == 0
+    held = saved_point(rig, transfer_id).received_bytes
+    # The stream ended after everything that was encrypted for it: nothing in between lost.
+    assert row.next_segment == len(encrypted_segments(rig.lingang, transfer_id))
+
+    sent = rig.proxy.upstream_bytes
+    second = send(rig, source, token)
+    assert_resumed(rig, second, transfer_id, held, sent)
+    assert_delivered(rig, transfer_id, digest, SIZE, tmp_path)
+
+
+def test_source_shrinking_mid_send_is_not_delivered_short(rig: Rig, tmp_path: Path) -> None:
+    """The file is truncated while ``xbgw send`` reads it: no short file may be committed.
+
+    ``xbgw send`` declared the file's size up front, then hits end-of-file early and ends its
+    stream cleanly. The gateway must not deliver the prefix as the data set (with a receipt
+    and exit status 0); the transfer stays resumable, and once the file is back the same
+    passport delivers all of it. (The file is larger than the others: ``xbgw send`` runs
+    about 6 MiB ahead of a stalled upload, in gRPC buffers.)
+    """
+    size = 3 * SIZE
+    source = tmp_path / "data.bin"
+    original = os.urandom(size)
+    source.write_bytes(original)
+    digest = hashlib.sha256(original).hexdigest()
+    transfer_id, token = new_transfer(rig, "shrunk")
+
+    rig.proxy.hold_after(SIZE // 16)  # the upload stalls, and behind it the CLI's reads
+    with sending(rig, source, token) as cli:
+        rig.proxy.wait_tripped(DEADLINE)  # past the offer: upload bytes are flowing
+        os.truncate(source, 0)
+        position = read_position(cli.pid, source)
+        assert position is not None and position < size, "precondition: the CLI was not done"
+        rig.proxy.release()
+        code, err = finished(cli)
+    quiet(rig, rig.lingang, rig.frankfurt)
+    row = inbound(rig.frankfurt, transfer_id)
+    assert row is not None and row.state != "committed", (
+        f"Frankfurt committed {row.received_bytes if row else 0} of {size} bytes from a file "
+        f"that shrank mid-send (xbgw send exit {code}: {err.strip()[-200:]!r})"
+    )
+    assert code != 0, err
+    assert inbox_count(rig, transfer_id) == 0
+    held = saved_point(rig, transfer_id, size).received_bytes
+
+    source.write_bytes(original)
+    sent = rig.proxy.upstream_bytes
+    second = send(rig, source, token)
+    assert_resumed(rig, second, transfer_id, held, sent, size)
+    assert_delivered(rig, transfer_id, digest, size, tmp_path)
+
+
+def test_break_after_final_segment_resumes_to_the_receipt(rig: Rig, tmp_path: Path) -> None:
+    """Every segment arrived but the manifest did not go through; a resend must finish.
+
+    Made deterministic by running Frankfurt with the wrong pinned key for Lingang, so its
+    Finish refuses the manifest (UNAUTHENTICATED, not a refusal for good) after the upload
+    is complete: the state a crash or a dropped link between the last segment and the
+    receipt leaves behind. With the right key back, the same passport must be delivered
+    without any segment going again.
+    """
+    size = 100_003
+    source = tmp_path / "data.bin"
+    digest = dataset(source, size)
+    transfer_id, token = new_transfer(rig, "final")
+    config = rig.frankfurt.paths.config
+    good = config.read_text(encoding="utf-8")
+    try:
+        rig.frankfurt.stop()
+        _set_partner(config, "lingang", signing_key=str(rig.pair.issuer.public_key))
+        rig.frankfurt.start()
+        first = send(rig, source, token)
+        assert first.returncode != 0, first.stdout
+        assert "UNAUTHENTICATED" in first.stderr, first.stderr
+    finally:
+        rig.frankfurt.stop()
+        config.write_text(good, encoding="utf-8")
+        rig.frankfurt.start()
+    row = inbound(rig.frankfurt, transfer_id)
+    assert row is not None, rig.logs()
+    assert (row.state, row.received_bytes, row.final_received) == ("receiving", size, True)
+
+    sent = rig.proxy.upstream_bytes
+    second = send(rig, source, token)
+    assert second.returncode == 0, second.stderr + rig.logs()
+    assert resumed_from(second.stderr, transfer_id) == size, second.stderr
+    assert rig.proxy.upstream_bytes - sent < size  # no segment went again
+    assert_delivered(rig, transfer_id, digest, size, tmp_path)
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def test_resume_with_different_data_is_refused(rig: Rig, tmp_path: Path) -> None:
+    """Same passport, other bytes after a break: refused (nonce reuse), nothing delivered.
+
+    The source changes in a segment Frankfurt already holds, then in a segment Lingang
+    encrypted and put on the wire but Frankfurt never stored (resending there would encrypt
+    new plaintext under a nonce already used). Both are refused with FAILED_PRECONDITION
+    and leave Frankfurt's partial transfer as it was; the original data then still resumes.
+    """
+    source = tmp_path / "data.bin"
+    original = os.urandom(SIZE)
+    source.write_bytes(original)
+    digest = hashlib.sha256(original).hexdigest()
+    transfer_id, token = new_transfer(rig, "changed")
+
+    rig.proxy.cut_after(SIZE * 2 // 5)
+    first = send(rig, source, token)
+    assert rig.proxy.tripped and first.returncode != 0, first.stderr
+    quiet(rig, rig.lingang, rig.frankfurt)
+    held_row = saved_point(rig, transfer_id)
+    held = held_row.received_bytes
+    beyond = held_row.next_segment  # the first segment Frankfurt lacks
+    assert beyond in encrypted_segments(rig.lingang, transfer_id), "precondition: it went out"
+
+    for where, index in (("held by the receiver", 0), ("sent but not stored", beyond)):
+        changed = bytearray(original)
+        changed[index * SEGMENT + 7] ^= 0x01
+        other = tmp_path / f"changed-{index}.bin"
+        other.write_bytes(changed)
+        refused = send(rig, other, token)
+        assert refused.returncode != 0, f"{where}: {refused.stdout}"
+        assert "differs from what was sent before" in refused.stderr, (
+            f"{where}: {refused.stderr}" + rig.logs()
+        )
+        assert "FAILED_PRECONDITION" in refused.stderr, f"{where}: {refused.stderr}"
+        quiet(rig, rig.lingang, rig.frankfurt)
+        assert inbox_count(rig, transfer_id) == 0
+        assert saved_point(rig, transfer_id) == held_row, where
+
+    sent = rig.proxy.upstream_bytes
+    third = send(rig, source, token)
+    assert_resumed(rig, third, transfer_id, held, sent)
+    assert_delivered(rig, transfer_id, digest, SIZE, tmp_path)
+
+
+def test_delivered_passport_is_refused_by_the_sender(rig: Rig, tmp_path: Path) -> None:
+    """A second send of a delivered passport fails with ALREADY_EXISTS; the inbox is unchanged."""
+    size = 100_003
+    source = tmp_path / "data.bin"
+    digest = dataset(source, size)
+    transfer_id, token = new_transfer(rig, "replay")
+    first = send(rig, source, token)
+    assert first.returncode == 0, first.stderr + rig.logs()
+    assert resumed_from(first.stderr, transfer_id) is None  # a fresh transfer starts at 0
+
+    again = send(rig, source, token)
+    assert again.returncode != 0, again.stdout
+    # "already delivered" is Lingang's own refusal (Frankfurt would say "already used").
+    assert "already delivered" in again.stderr and "ALREADY_EXISTS" in again.stderr, again.stderr
+    assert_delivered(rig, transfer_id, digest, size, tmp_path)
+
+
+def test_spent_passport_is_refused_by_the_receiver(rig: Rig, tmp_path: Path) -> None:
+    """A sender that lost its record of a delivered transfer still cannot replay the passport.
+
+    Lingang's outbound row is deleted (as after restoring an old backup), so it offers the
+    passport again under a fresh envelope header; Frankfurt refuses it as spent.
+    """
+    size = 100_003
+    source = tmp_path / "data.bin"
+    digest = dataset(source, size)
+    transfer_id, token = new_transfer(rig, "forgot")
+    first = send(rig, source, token)
+    assert first.returncode == 0, first.stderr + rig.logs()
+
+    ledger = rig.lingang.paths.state_dir / "ledger.sqlite3"
+    with contextlib.closing(sqlite3.connect(ledger, timeout=5)) as db, db:
+        deleted = db.execute("DELETE FROM outbound WHERE transfer_id = ?", (transfer_id,))
+        assert deleted.rowcount == 1
+
+    again = send(rig, source, token)
+    assert again.returncode != 0, again.stdout
+    assert "already used" in again.stderr and "ALREADY_EXISTS" in again.stderr, again.stderr
+    assert not partial_file(rig.frankfurt, transfer_id).exists()
+    assert_delivered(rig, transfer_id, digest, size, tmp_path)
