@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
@@ -57,6 +58,15 @@ class ReceiptSummary:
     committed_at: int
     signed_by: str
     receipt: Signed
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What the pipeline read from the source: the manifest's facts."""
+
+    sha256: bytes
+    size: int
+    segments: int
 
 
 @dataclass(frozen=True)
@@ -465,21 +475,19 @@ class Sender:
                     pipeline.raise_failure()
                     raise partner_error(exc, partner.id, "the upload") from None
         pipeline.raise_failure()
-        hasher, counters = pipeline.hasher, {"bytes": pipeline.bytes, "segments": pipeline.segments}
-        if claims.sub is not None and claims.sub != hasher.hexdigest():
+        sent = _Sent(pipeline.hasher.digest(), pipeline.bytes, pipeline.segments)
+        if claims.sub is not None and claims.sub != sent.sha256.hex():
             raise ManifestError(
                 f"the data sent is not the data set passport {transfer_id} names (sub "
-                f"{claims.sub[:16]}..., sent {hasher.hexdigest()[:16]}...); nothing was committed"
+                f"{claims.sub[:16]}..., sent {sent.sha256.hex()[:16]}...); nothing was committed"
             )
-        return self._finish(partner, transfer_id, sent_header, passport.digest, hasher, counters)
+        return self._finish(partner, transfer_id, sent_header, passport.digest, sent)
 
     def _prepare(
         self, partner: PartnerConfig, transfer_id: str, passport_digest: bytes
     ) -> tuple[Outbound, bytes]:
         key_set = self._channels.key_set(partner)
         current = next(k for k in key_set.keys if k.version == key_set.current_version)
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), current.public_point)
         context = envelope.StreamContext(transfer_id, self.me, partner.id, passport_digest)
         header, data_key = envelope.seal_header(
@@ -506,10 +514,9 @@ class Sender:
         transfer_id: str,
         header: envelope.Header,
         passport_digest: bytes,
-        hasher: hashlib._Hash,
-        counters: dict[str, int],
+        sent: _Sent,
     ) -> ReceiptSummary:
-        plaintext_sha256 = hasher.digest()
+        plaintext_sha256 = sent.sha256
         manifest = sign(
             self._hsm,
             KeyRef(self.me, Purpose.SIGNING, self._keys.signing),
@@ -520,8 +527,8 @@ class Sender:
                 header_core_digest=header.core_digest(),
                 passport_digest=passport_digest,
                 plaintext_sha256=plaintext_sha256,
-                plaintext_size=counters["bytes"],
-                segment_count=counters["segments"],
+                plaintext_size=sent.size,
+                segment_count=sent.segments,
             ).SerializeToString(deterministic=True),
         )
         try:
@@ -538,27 +545,27 @@ class Sender:
             body.transfer_id != transfer_id
             or body.manifest_digest != manifest.digest
             or body.plaintext_sha256 != plaintext_sha256
-            or body.plaintext_size != counters["bytes"]
+            or body.plaintext_size != sent.size
             or body.passport_digest != passport_digest
             or body.receiver != partner.id
             or body.sender != self.me
         ):
             raise ManifestError(f"receipt from {partner.id} does not match what was sent")
-        self._ledger.deliver_outbound(transfer_id, counters["bytes"], plaintext_sha256, receipt)
+        self._ledger.deliver_outbound(transfer_id, sent.size, plaintext_sha256, receipt)
         log.info(
             "transfer delivered",
             extra={
                 "transfer_id": transfer_id,
                 "partner": partner.id,
                 "outcome": "delivered",
-                "bytes": counters["bytes"],
+                "bytes": sent.size,
             },
         )
         return ReceiptSummary(
             transfer_id=transfer_id,
             partner=partner.id,
             plaintext_sha256=plaintext_sha256,
-            plaintext_size=counters["bytes"],
+            plaintext_size=sent.size,
             committed_at=body.committed_at,
             signed_by=str(kid),
             receipt=receipt,
