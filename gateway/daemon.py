@@ -17,6 +17,8 @@ before that is one clear line on stderr and a non-zero exit, so ``systemctl stat
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -57,6 +59,7 @@ HSM_CHECK_SECONDS = 5.0
 # 1 MiB chunks whatever the partner segment size: its limit must not follow limits.*.
 LOCAL_MAX_MESSAGE_BYTES = 16 << 20
 IDLE_WAIT_SECONDS = 10.0
+M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
 class Daemon:
@@ -326,7 +329,24 @@ def _check_bindable(address: Address) -> None:
             raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
+def _flat_memory() -> None:
+    """Keep RSS flat in transfer size by capping glibc's malloc arenas at two.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core); 1 MiB segment
+    buffers passed between the gRPC, encrypt and intake threads then fragment many arenas,
+    and peak RSS grew by a fifth from a 1 GiB to a 2 GiB transfer (bench). Two arenas keep
+    it flat at no cost in throughput; forcing mmap for such buffers also kept it flat but
+    cost half the throughput in page faults.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def serve(config_path: Path) -> int:
     """Entry point of ``xbgw serve``: exits non-zero with one line when start-up fails."""
+    _flat_memory()
     daemon = Daemon(config_path)
     return daemon.run()
