@@ -40,6 +40,7 @@ from gateway.passport import PassportVerifier
 from gateway.policy import BaselinePolicy, Direction, Policy, facts
 from gateway.signed import Signed, sign, verify
 from gateway.tls import channel_credentials
+from gateway.wire import from_blob, to_blob
 
 log = logging.getLogger("xbgw.sender")
 
@@ -75,14 +76,6 @@ class Progress:
     transfer_id: str
     done_bytes: int
     total_bytes: int
-
-
-def to_blob(signed: Signed) -> common_pb2.SignedBlob:
-    return common_pb2.SignedBlob(body=signed.body, signature=signed.signature, kid=signed.kid)
-
-
-def from_blob(blob: common_pb2.SignedBlob) -> Signed:
-    return Signed(bytes(blob.body), bytes(blob.signature), blob.kid)
 
 
 def partner_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:

@@ -19,13 +19,14 @@ import grpc
 import gateway
 from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
-from gateway.client import Progress, ReceiptSummary, Sender, to_blob
+from gateway.client import Progress, ReceiptSummary, Sender
 from gateway.config import GatewayConfig
 from gateway.errors import UnknownTransferError, XbgwError, grpc_status_name
 from gateway.hsm import Hsm
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.spool import Spool
+from gateway.wire import to_blob
 
 log = logging.getLogger("xbgw.local")
 FETCH_CHUNK = 1 << 20

@@ -15,13 +15,13 @@ from typing import TypeVar
 import grpc
 
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
-from gateway.client import from_blob, to_blob
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import DrainingError, MessageTooLargeError, XbgwError, grpc_status_name
 from gateway.intake import SegmentIn
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
 from gateway.tls import peer_partner
+from gateway.wire import from_blob, to_blob
 
 log = logging.getLogger("xbgw.partner")
 T = TypeVar("T")
