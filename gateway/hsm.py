@@ -541,11 +541,22 @@ class Hsm:
                 carrier.destroy()
 
     def ping(self) -> bool:
-        """True if the token still answers (used by health checks)."""
+        """True if the token still answers and still holds a signing key (health checks).
+
+        A real search, not the handle cache: a token that was removed, reset or emptied
+        must turn the gateway NOT_SERVING rather than fail transfers one by one.
+        """
         try:
             with self._call("ping"):
-                self._session.get_objects({Attribute.LABEL: Purpose.SIGNING.label})
-                return True
+                found = list(
+                    self._session.get_objects(
+                        {
+                            Attribute.LABEL: Purpose.SIGNING.label,
+                            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                        }
+                    )
+                )
+                return bool(found)
         except HsmError:
             return False
 

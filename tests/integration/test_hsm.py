@@ -255,3 +255,8 @@ def test_eight_threads_of_mixed_operations_get_correct_results(token_hsm: Hsm) -
         thread.join(timeout=120)
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
+
+
+def test_ping_finds_the_signing_key(token_hsm: Hsm) -> None:
+    assert token_hsm.ping() is True
+

@@ -1,0 +1,62 @@
+"""Health follows the HSM: a token that disappears turns both listeners NOT_SERVING.
+
+(SoftHSM's file store does not pick a token up again once its directory came back, so the
+way back to SERVING is not observable with it; a real HSM reconnecting is.)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.demo import FRANKFURT, LINGANG
+from gateway.provision import DaemonProcess, GatewaySpec, Provisioned, free_port, provision
+
+DEADLINE = 20.0
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[DaemonProcess, Provisioned]]:
+    specs = [GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port())]
+    made, _issuer = provision(tmp_path, specs)
+    # A 2 s watchdog makes the daemon check its HSM every second.
+    daemon = DaemonProcess(made["frankfurt"], env={"WATCHDOG_USEC": "2000000"})
+    daemon.start()
+    try:
+        yield daemon, made["frankfurt"]
+    finally:
+        daemon.stop()
+
+
+def _status(socket: Path) -> int:
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        return int(reply.status)
+
+
+def _wait_for(socket: Path, status: int) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while _status(socket) != status:
+        assert time.monotonic() < deadline, f"health did not become {status} in {DEADLINE}s"
+        time.sleep(0.1)  # polling a condition with a deadline, not winning a race
+
+
+def test_health_is_not_serving_while_the_token_is_gone(
+    gateway: tuple[DaemonProcess, Provisioned],
+) -> None:
+    daemon, paths = gateway
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    assert _status(paths.socket) == serving
+    tokens = paths.softhsm_conf.parent / "tokens"
+    shutil.move(tokens, tokens.with_name("tokens-away"))
+    _wait_for(paths.socket, not_serving)
+    assert "HSM does not answer; health is NOT_SERVING" in daemon.log_path.read_text()
