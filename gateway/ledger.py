@@ -184,17 +184,14 @@ class Ledger:
         byte_limit: int,
         classification: str,
         source_jurisdiction: str,
-    ) -> Inbound:
-        """Record a new inbound transfer; this spends the passport.
+    ) -> Inbound | None:
+        """Record a new inbound transfer, spending the passport; None if the id is taken.
 
         Not fsynced: lost on power failure, the offer is made again; the commit that ends
         the transfer is durable and carries this row with it.
         """
-        with self._tx(durable=False) as db:
-            db.execute(
-                "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
-                "offered_header_digest, stored_header, byte_limit, classification, "
-                "source_jurisdiction, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,'receiving',?)",
+        try:
+            self._insert_inbound(
                 (
                     transfer_id,
                     sender,
@@ -206,11 +203,20 @@ class Ledger:
                     classification,
                     source_jurisdiction,
                     int(time.time()),
-                ),
+                )
             )
-        created = self.inbound(transfer_id)
-        assert created is not None
-        return created
+        except sqlite3.IntegrityError:
+            return None  # a transfer id is a passport jti: single use
+        return self.inbound(transfer_id)
+
+    def _insert_inbound(self, values: tuple[object, ...]) -> None:
+        with self._tx(durable=False) as db:
+            db.execute(
+                "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
+                "offered_header_digest, stored_header, byte_limit, classification, "
+                "source_jurisdiction, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,'receiving',?)",
+                values,
+            )
 
     def record_progress(
         self, transfer_id: str, next_segment: int, received_bytes: int, final_received: bool

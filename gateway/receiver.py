@@ -182,21 +182,18 @@ class Receiver:
         byte_limit = claims.xbgw.byte_limit
         if peer.max_transfer_bytes is not None:
             byte_limit = min(byte_limit, peer.max_transfer_bytes)
-        try:
-            self._ledger.create_inbound(
-                transfer_id=transfer_id,
-                sender=peer.id,
-                passport=passport.token,
-                passport_digest=passport.digest,
-                offered_header_digest=offered_digest,
-                stored_header=stored_bytes,
-                byte_limit=byte_limit,
-                classification=claims.xbgw.classification,
-                source_jurisdiction=claims.xbgw.src,
-            )
-        except Exception as exc:  # sqlite3.IntegrityError: a concurrent offer won the race
-            if "UNIQUE" not in str(exc):
-                raise
+        created = self._ledger.create_inbound(
+            transfer_id=transfer_id,
+            sender=peer.id,
+            passport=passport.token,
+            passport_digest=passport.digest,
+            offered_header_digest=offered_digest,
+            stored_header=stored_bytes,
+            byte_limit=byte_limit,
+            classification=claims.xbgw.classification,
+            source_jurisdiction=claims.xbgw.src,
+        )
+        if created is None:  # a concurrent offer of the same passport won the race
             raced = self._ledger.inbound(transfer_id)
             assert raced is not None
             return self._resume(raced, peer, offered_digest)

@@ -259,4 +259,3 @@ def test_eight_threads_of_mixed_operations_get_correct_results(token_hsm: Hsm) -
 
 def test_ping_finds_the_signing_key(token_hsm: Hsm) -> None:
     assert token_hsm.ping() is True
-
