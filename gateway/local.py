@@ -87,10 +87,11 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             for message in request_iterator:
                 if message.WhichOneof("kind") != "data":
                     raise ValueError("only 'data' messages may follow 'start'")
-                received += len(message.data)
+                data = message.data  # each access copies the bytes out of the message
+                received += len(data)
                 if start.size and received > start.size:
                     raise ValueError(f"the data runs past the declared size of {start.size} bytes")
-                yield message.data
+                yield data
             if not context.is_active() or (start.size and received != start.size):
                 raise ValueError(
                     f"the local stream ended after {received} of {start.size} bytes; nothing "
