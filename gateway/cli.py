@@ -15,7 +15,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -25,6 +25,7 @@ from gateway.hsm import Hsm, KeyInfo, PinSource
 from gateway.keys import KeyRef, Purpose
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+DEFAULT_SOCKET = "/run/xbgw/local.sock"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # sysexits EX_CONFIG: the configuration or the PIN is wrong; systemd must not retry
@@ -376,10 +377,53 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--audience", help="this gateway's id")
     verify.set_defaults(func=cmd_passport_verify)
 
-    from gateway import cli_daemon
-
-    cli_daemon.register(verbs)
+    _add_daemon_verbs(verbs)
     return parser
+
+
+def _daemon_verb(name: str) -> Callable[[argparse.Namespace], int]:
+    """A verb from ``cli_daemon``, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gateway import cli_daemon
+
+        command: Callable[[argparse.Namespace], int] = getattr(cli_daemon, name)
+        return command(args)
+
+    return run
+
+
+def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = verbs.add_parser("serve", help="run the gateway daemon")
+    serve.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    serve.set_defaults(func=_daemon_verb("cmd_serve"))
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help_text)
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", help="gateway YAML (for its socket path)")
+        where.add_argument(
+            "--socket", help=f"local socket (default $XBGW_SOCKET or {DEFAULT_SOCKET})"
+        )
+        return parser
+
+    send = client("send", "send a file to a partner gateway")
+    send.add_argument("file")
+    send.add_argument("--to", required=True, help="partner gateway id")
+    send.add_argument("--passport", required=True, help="the passport token or a file holding it")
+    send.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    send.set_defaults(func=_daemon_verb("cmd_send"))
+
+    inbox = client("inbox", "list committed inbound transfers")
+    inbox.set_defaults(func=_daemon_verb("cmd_inbox"))
+
+    fetch = client("fetch", "write a received transfer's plaintext to a file")
+    fetch.add_argument("transfer_id")
+    fetch.add_argument("-o", "--output", required=True)
+    fetch.set_defaults(func=_daemon_verb("cmd_fetch"))
+
+    status = client("status", "gateway identity and recent transfers")
+    status.set_defaults(func=_daemon_verb("cmd_status"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,8 @@
-"""``xbgw serve`` and the verbs that talk to a running daemon over its local socket."""
+"""``xbgw serve`` and the verbs that talk to a running daemon over its local socket.
+
+Imported only when one of these verbs runs (see ``cli._daemon_verb``): grpc and the stubs
+cost a tenth of a second at start-up that ``xbgw keys`` and ``xbgw passport`` need not pay.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ from typing import IO
 import grpc
 
 from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
+from gateway.cli import DEFAULT_SOCKET
 from gateway.errors import DaemonUnavailableError, PartnerError, XbgwError
 
-DEFAULT_SOCKET = "/run/xbgw/local.sock"
 READ_CHUNK = 1 << 20
 MAX_MESSAGE = 16 << 20
 
@@ -218,36 +222,3 @@ def cmd_status(args: argparse.Namespace) -> int:
         arrow = "<-" if t.direction == "in" else "->"
         print(f"  {t.transfer_id:<34} {arrow} {t.partner:<12} {state:<10} {t.bytes} bytes")
     return 0
-
-
-def register(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = verbs.add_parser("serve", help="run the gateway daemon")
-    serve.add_argument("-c", "--config", required=True, help="gateway YAML file")
-    serve.set_defaults(func=cmd_serve)
-
-    def client(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser = verbs.add_parser(name, help=help_text)
-        where = parser.add_mutually_exclusive_group()
-        where.add_argument("-c", "--config", help="gateway YAML (for its socket path)")
-        where.add_argument(
-            "--socket", help=f"local socket (default $XBGW_SOCKET or {DEFAULT_SOCKET})"
-        )
-        return parser
-
-    send = client("send", "send a file to a partner gateway")
-    send.add_argument("file")
-    send.add_argument("--to", required=True, help="partner gateway id")
-    send.add_argument("--passport", required=True, help="the passport token or a file holding it")
-    send.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    send.set_defaults(func=cmd_send)
-
-    inbox = client("inbox", "list committed inbound transfers")
-    inbox.set_defaults(func=cmd_inbox)
-
-    fetch = client("fetch", "write a received transfer's plaintext to a file")
-    fetch.add_argument("transfer_id")
-    fetch.add_argument("-o", "--output", required=True)
-    fetch.set_defaults(func=cmd_fetch)
-
-    status = client("status", "gateway identity and recent transfers")
-    status.set_defaults(func=cmd_status)
