@@ -94,21 +94,25 @@ def partner_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:
 
 
 class PartnerChannels:
-    """One mutual-TLS channel per partner, rebuilt when the configuration changes."""
+    """One mutual-TLS channel per partner, rebuilt when the configuration changes.
+
+    A reload must not cut sends in flight: the old channels are retired, not closed -- new
+    transfers use new channels (new certificate, CA, endpoint) while running streams finish
+    on the old ones, which are closed at shutdown.
+    """
 
     def __init__(self, config: GatewayConfig, key_pem: bytes) -> None:
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        self._retired: list[grpc.Channel] = []
         self._key_sets: dict[str, tuple[float, partner_pb2.KeySet]] = {}
         self.reconfigure(config, key_pem)
 
     def reconfigure(self, config: GatewayConfig, key_pem: bytes) -> None:
         with self._lock:
-            old = self._channels
+            self._retired.extend(self._channels.values())
             self._config, self._key_pem = config, key_pem
             self._channels, self._key_sets = {}, {}
-        for channel in old.values():
-            channel.close()
 
     def stub(self, partner: PartnerConfig) -> partner_pb2_grpc.PartnerGatewayStub:
         with self._lock:
@@ -157,8 +161,9 @@ class PartnerChannels:
 
     def close(self) -> None:
         with self._lock:
-            channels, self._channels = self._channels, {}
-        for channel in channels.values():
+            channels = [*self._channels.values(), *self._retired]
+            self._channels, self._retired = {}, []
+        for channel in channels:
             channel.close()
 
 

@@ -361,11 +361,15 @@ class DaemonProcess:
             )
         self.wait_for("READY=1", timeout)
 
-    def wait_for(self, line: str, timeout: float) -> None:
-        """Block until a notification carries ``line`` (e.g. ``READY=1``), or fail."""
+    def wait_for(self, line: str, timeout: float, since: int = 0) -> None:
+        """Block until a notification from ``messages[since:]`` carries ``line``, or fail.
+
+        ``since`` lets a caller wait for the ``READY=1`` that follows its own SIGHUP:
+        remember ``len(messages)`` before the signal.
+        """
         assert self._sock is not None and self.process is not None
         deadline = time.monotonic() + timeout
-        while not any(line in message.split("\n") for message in self.messages):
+        while not any(line in message.split("\n") for message in self.messages[since:]):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{self.paths.id}: no {line} within {timeout}s")
