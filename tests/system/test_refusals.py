@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2
 from gateway.config import load_config
+from gateway.envelope import header as envelope_header
 from gateway.keys import KeyRef, Purpose
 from gateway.provision import DemoCa, GatewaySpec, issue_passport
 from tests.fakes import SoftwareHsm
@@ -255,7 +256,7 @@ def assert_resumable(bench: Bench, transfer_id: str, kept: list[partner_pb2.Segm
     assert status.received_bytes == sum(len(s.ciphertext) - TAG_LEN for s in kept)
     assert not status.HasField("receipt")
     held = bench.partial_file(transfer_id).read_bytes()
-    header_len = envelope.header_length(held[: envelope.PREFIX_LEN])
+    header_len = envelope.header_length(held[: envelope_header.PREFIX_LEN])
     assert held[header_len:] == b"".join(s.ciphertext for s in kept)
     assert not bench.committed_file(transfer_id).exists()
     assert transfer_id not in bench.inbox()

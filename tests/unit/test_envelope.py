@@ -29,6 +29,7 @@ from gateway.envelope import (
     read_stream,
     rewrap_for_storage,
     seal_header,
+    wrapping,
     write_stream,
 )
 from gateway.errors import (
@@ -141,7 +142,7 @@ def test_header_stays_well_under_the_limit_at_its_largest() -> None:
     ]  # four kind-1 entries, the biggest kind
     header, key = seal_header(context, keys[0], other.public_key(Purpose.TRANSPORT, 1))
     entries = [
-        envelope._wrap_ecdh_es(
+        wrapping._wrap_ecdh_es(
             key,
             ref,
             other.public_key(Purpose.TRANSPORT, 1),
@@ -356,7 +357,7 @@ def test_open_refuses_a_version_we_do_not_hold_or_accept() -> None:
 
 def test_open_skips_a_missing_version_and_uses_the_next_key_for_us() -> None:
     stranger = SoftwareHsm()
-    missing = envelope._wrap_ecdh_es(
+    missing = wrapping._wrap_ecdh_es(
         _KEY,
         KeyRef(ME, Purpose.TRANSPORT, 2),
         stranger.public_key(Purpose.TRANSPORT, 1),
@@ -467,7 +468,7 @@ def test_the_storage_wrap_is_bound_to_its_header_and_key_reference() -> None:
     holder.generate(Purpose.STORAGE)  # v2
     core_digest = _HEADER.core_digest()
     # Wrapped under v1 but bound to v2: claiming it is v1 must fail the binding check.
-    blob = _KEY + envelope._storage_binding(KeyRef(ME, Purpose.STORAGE, 2), core_digest)
+    blob = _KEY + wrapping._storage_binding(KeyRef(ME, Purpose.STORAGE, 2), core_digest)
     entry = WrappedKey(WrapKind.STORAGE_A256KWP, STORAGE_V1, None, holder.wrap(1, blob))
     with pytest.raises(KeyUnwrapError, match="bound to another header or key reference"):
         open_header(_HEADER.with_wrapped_keys([entry]), ME, holder)

@@ -25,13 +25,12 @@ from gateway.envelope import (
     Header,
     StreamContext,
     StreamDecryptor,
-    _derive,
-    _seal_header,
     open_header,
     read_stream,
     rewrap_for_storage,
     write_stream,
 )
+from gateway.envelope.wrapping import _derive, _seal_header
 from gateway.errors import KeyNotFoundError, UnwrapError, XbgwError
 from gateway.keys import KeyRef, Purpose
 

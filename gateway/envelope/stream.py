@@ -1,0 +1,260 @@
+"""XBGW-STREAM-1 segments: the streaming encryptor and decryptor, and whole stream files.
+
+See the package docstring (``gateway.envelope``) for the nonce and length rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.envelope.header import (
+    MAX_SEGMENTS,
+    TAG_LEN,
+    ByteReader,
+    ByteWriter,
+    Header,
+    _read_exact,
+    read_header,
+)
+from gateway.envelope.wrapping import (
+    KeyHolder,
+    _payload_key,
+    open_header,
+)
+from gateway.errors import (
+    SegmentAuthenticationError,
+    SegmentLengthError,
+    SegmentOrderError,
+    TrailingDataError,
+    TruncatedStreamError,
+)
+
+
+class StreamEncryptor:
+    """Encrypts the segments of one header's stream.
+
+    Stateless per segment: segment ``i`` always gets the same nonce, so calling
+    :meth:`encrypt_segment` twice for one index with different plaintext reuses a GCM nonce.
+    Only resend what was sent before (see the module docstring).
+    """
+
+    def __init__(self, header: Header, data_key: bytes) -> None:
+        self.header = header
+        self._aead = AESGCM(_payload_key(header, data_key))
+        self._aad = header.core_digest()
+
+    def encrypt_segment(self, index: int, plaintext: bytes, final: bool) -> bytes:
+        """Segment ``index``; ``ValueError`` if its length is impossible at that position."""
+        size = self.header.segment_size
+        if not 0 <= index < MAX_SEGMENTS:
+            raise ValueError(f"segment index must be between 0 and {MAX_SEGMENTS - 1}, got {index}")
+        if final:
+            if len(plaintext) > size:
+                raise ValueError(
+                    f"a final segment holds at most {size} bytes, got {len(plaintext)}"
+                )
+            if not plaintext and index != 0:
+                raise ValueError("only segment 0 (an empty stream) may be empty")
+        else:
+            if index == MAX_SEGMENTS - 1:
+                raise ValueError(
+                    f"segment {index} must be final: a stream has at most {MAX_SEGMENTS} segments"
+                )
+            if len(plaintext) != size:
+                raise ValueError(
+                    f"a non-final segment holds exactly {size} bytes, got {len(plaintext)}"
+                )
+        return self._aead.encrypt(
+            _nonce(self.header.nonce_prefix, index, final), plaintext, self._aad
+        )
+
+    def iter_segments(
+        self, reader: ByteReader, *, start_index: int = 0
+    ) -> Iterator[tuple[int, bool, bytes]]:
+        """Yield ``(index, final, ciphertext)`` for the plaintext in ``reader``.
+
+        One segment is read at a time, plus one byte of lookahead to learn whether it is the
+        last, so memory stays at about two segments (plus the ciphertext the caller still
+        holds) whatever the size. To resume at segment ``n``, position ``reader`` at
+        ``n * segment_size`` and pass ``start_index=n``.
+        """
+        size = self.header.segment_size
+        index = start_index
+        current = _read_exact(reader, size)
+        while True:
+            lookahead = _read_exact(reader, 1) if len(current) == size else b""
+            final = not lookahead
+            ciphertext = self.encrypt_segment(index, current, final)
+            current = b""
+            yield index, final, ciphertext
+            if final:
+                return
+            ciphertext = b""
+            index += 1
+            current = lookahead + _read_exact(reader, size - 1)
+
+
+class StreamDecryptor:
+    """Decrypts and verifies one header's segments strictly in order.
+
+    A segment that fails any check leaves the state as it was, so the same index may be
+    retried (a resumed upload). Plaintext returned before :meth:`finish` succeeded is not
+    yet known to be complete.
+    """
+
+    def __init__(self, header: Header, data_key: bytes, start_index: int = 0) -> None:
+        if not 0 <= start_index < MAX_SEGMENTS:
+            raise ValueError(
+                f"start index must be between 0 and {MAX_SEGMENTS - 1}, got {start_index}"
+            )
+        self.header = header
+        self._aead = AESGCM(_payload_key(header, data_key))
+        self._aad = header.core_digest()
+        self._next = start_index
+        self._done = False
+
+    @property
+    def next_index(self) -> int:
+        """The index the next segment must have (the resume point)."""
+        return self._next
+
+    @property
+    def done(self) -> bool:
+        """True once the final segment has been verified."""
+        return self._done
+
+    def decrypt_segment(self, index: int, ciphertext: bytes, final: bool) -> bytes:
+        """Verify and decrypt segment ``index``; see the class docstring for the rules."""
+        if self._done:
+            raise TrailingDataError(
+                f"segment {index} arrived after the final segment {self._next - 1}"
+            )
+        if index != self._next:
+            what = (
+                "a repeat or a replay"
+                if index < self._next
+                else "an earlier segment is missing or out of order"
+            )
+            raise SegmentOrderError(f"expected segment {self._next}, got {index} ({what})")
+        if not final and index == MAX_SEGMENTS - 1:
+            raise SegmentOrderError(
+                f"segment {index} is not final, but a stream has at most {MAX_SEGMENTS} segments"
+            )
+        self._check_length(index, len(ciphertext), final)
+        try:
+            plaintext = self._open(index, ciphertext, final)
+        except InvalidTag:
+            raise SegmentAuthenticationError(
+                f"segment {index}{' (final)' if final else ''} failed authentication"
+            ) from None
+        self._next = index + 1
+        self._done = final
+        return plaintext
+
+    def finish(self) -> None:
+        """Raise ``TruncatedStreamError`` unless the final segment has been verified."""
+        if not self._done:
+            raise TruncatedStreamError(
+                f"the stream ended before its final segment (next expected: {self._next})"
+            )
+
+    def _check_length(self, index: int, length: int, final: bool) -> None:
+        size = self.header.segment_size
+        if final:
+            low = TAG_LEN if index == 0 else TAG_LEN + 1
+            if not low <= length <= size + TAG_LEN:
+                raise SegmentLengthError(
+                    f"final segment {index} has {length} bytes; it must have {low}-{size + TAG_LEN}"
+                )
+        elif length != size + TAG_LEN:
+            raise SegmentLengthError(
+                f"segment {index} has {length} bytes; a non-final segment has {size + TAG_LEN}"
+            )
+
+    def _open(self, index: int, ciphertext: bytes, final: bool) -> bytes:
+        return self._aead.decrypt(
+            _nonce(self.header.nonce_prefix, index, final), ciphertext, self._aad
+        )
+
+    def _authenticates_as(self, index: int, ciphertext: bytes, final: bool) -> bool:
+        """Would this segment verify with this final flag? (diagnosis only; no state change)"""
+        try:
+            self._check_length(index, len(ciphertext), final)
+            self._open(index, ciphertext, final)
+        except (SegmentLengthError, InvalidTag):
+            return False
+        return True
+
+
+def write_stream(header: Header, data_key: bytes, src: ByteReader, dst: ByteWriter) -> int:
+    """Write ``header || segments`` of the plaintext in ``src``; return the bytes written."""
+    encryptor = StreamEncryptor(header, data_key)
+    encoded = header.encode()
+    dst.write(encoded)
+    written = len(encoded)
+    for _, _, ciphertext in encryptor.iter_segments(src):
+        dst.write(ciphertext)
+        written += len(ciphertext)
+    return written
+
+
+def read_stream(
+    src: ByteReader,
+    dst: ByteWriter,
+    me: str,
+    holder: KeyHolder,
+    *,
+    transport_versions: Collection[int] | None = None,
+    storage_versions: Collection[int] | None = None,
+) -> int:
+    """Verify and decrypt a stream file to ``dst``; return the plaintext bytes written.
+
+    Plaintext is written segment by segment as it verifies: ``dst`` holds a complete
+    transfer only if this returns. The final segment is the one that ends at EOF; a full
+    segment that only verifies as final with bytes after it raises ``TrailingDataError``, a
+    last segment that only verifies as non-final raises ``TruncatedStreamError``. (Bytes after
+    a *short* final segment cannot be told from corruption: ``SegmentAuthenticationError``.)
+    """
+    header = read_header(src)
+    data_key = open_header(
+        header,
+        me,
+        holder,
+        transport_versions=transport_versions,
+        storage_versions=storage_versions,
+    )
+    decryptor = StreamDecryptor(header, data_key)
+    chunk_len = header.segment_size + TAG_LEN
+    written = 0
+    chunk = _read_exact(src, chunk_len)
+    if not chunk:
+        raise TruncatedStreamError("the stream has a header but no segments")
+    while True:
+        index = decryptor.next_index
+        lookahead = _read_exact(src, 1) if len(chunk) == chunk_len else b""
+        final = not lookahead
+        try:
+            plaintext = decryptor.decrypt_segment(index, chunk, final)
+        except SegmentAuthenticationError:
+            if decryptor._authenticates_as(index, chunk, not final):
+                if final:
+                    raise TruncatedStreamError(
+                        f"the stream ends with segment {index}, which is not its final segment"
+                    ) from None
+                raise TrailingDataError(f"data follows the final segment {index}") from None
+            raise
+        chunk = b""
+        dst.write(plaintext)
+        written += len(plaintext)
+        plaintext = b""
+        if final:
+            decryptor.finish()
+            return written
+        chunk = lookahead + _read_exact(src, chunk_len - 1)
+
+
+def _nonce(prefix: bytes, index: int, final: bool) -> bytes:
+    return prefix + index.to_bytes(4, "big") + (b"\x01" if final else b"\x00")
