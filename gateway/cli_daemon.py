@@ -61,10 +61,11 @@ def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, local_pb2_grpc.LocalG
 
 def _rpc_error(exc: grpc.RpcError, socket: str) -> XbgwError:
     code = exc.code()
-    # Only a failure to reach the socket means the daemon is down. The daemon's own
-    # UNAVAILABLE ("partner X is unreachable ...: Connection reset by peer") must reach the
-    # operator as it is, not as "is it running?".
-    if code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower():
+    # Only gRPC's own failure to reach the socket means the daemon is down. The daemon's
+    # UNAVAILABLE ("partner X is unreachable ...: failed to connect to all addresses") must
+    # reach the operator as it is, not as "is it running?": gRPC's message *starts* so.
+    details = (exc.details() or "").lower()
+    if code is grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
         return DaemonUnavailableError(f"the gateway at {socket} does not answer: is it running?")
     return PartnerError(f"{exc.details()} [{code.name}]", code.name)
 

@@ -1,0 +1,91 @@
+"""The daemon verbs fail with one clear line and a non-zero exit: no daemon, no partner."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.system.harness import Pair, running_pair
+
+
+def _xbgw(*args: str, sock: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "XBGW_SOCKET": str(sock), "GRPC_VERBOSITY": "ERROR"},
+    )
+
+
+def _one_line_failure(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("verb", [["status"], ["inbox"], ["fetch", "t-1", "-o", "out.bin"]])
+def test_no_socket_says_the_daemon_is_not_running(tmp_path: Path, verb: list[str]) -> None:
+    done = _xbgw(*verb, sock=tmp_path / "missing.sock")
+    _one_line_failure(done, "no gateway socket at", "is the daemon running?")
+
+
+def test_a_stale_socket_says_the_daemon_does_not_answer(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(stale))  # bound, never listening: connections are refused
+    done = _xbgw("status", sock=stale)
+    _one_line_failure(done, "does not answer", "is it running?")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with running_pair(tmp_path_factory.mktemp("pair")) as running:
+        yield running
+
+
+def test_send_to_a_partner_that_is_down_names_the_partner(pair: Pair, tmp_path: Path) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(10_000))
+    token = pair.passport(byte_limit=10_000)
+    assert pair.frankfurt.stop() == 0
+    try:
+        done = _xbgw(
+            "send",
+            str(source),
+            "--to",
+            "frankfurt",
+            "--passport",
+            token,
+            "-q",
+            sock=pair.lingang.paths.socket,
+        )
+    finally:
+        pair.frankfurt.start()
+    _one_line_failure(done, "partner frankfurt is unreachable")
+
+
+def test_send_to_an_unknown_partner_names_the_configured_ones(pair: Pair, tmp_path: Path) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"x" * 100)
+    done = _xbgw(
+        "send",
+        str(source),
+        "--to",
+        "paris",
+        "--passport",
+        pair.passport(byte_limit=100),
+        "-q",
+        sock=pair.lingang.paths.socket,
+    )
+    _one_line_failure(done, "no partner 'paris'", "frankfurt")
