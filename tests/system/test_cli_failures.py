@@ -89,3 +89,31 @@ def test_send_to_an_unknown_partner_names_the_configured_ones(pair: Pair, tmp_pa
         sock=pair.lingang.paths.socket,
     )
     _one_line_failure(done, "no partner 'paris'", "frankfurt")
+
+
+def test_fetch_of_an_unknown_transfer_writes_nothing(pair: Pair, tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    done = _xbgw("fetch", "no-such-transfer", "-o", str(target), sock=pair.frankfurt.paths.socket)
+    _one_line_failure(done, "no committed transfer 'no-such-transfer'", "NOT_FOUND")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its partial
+
+
+def test_send_with_a_tampered_passport_is_refused_by_the_sender(pair: Pair, tmp_path: Path) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"y" * 100)
+    header, payload, signature = pair.passport(byte_limit=100).split(".")
+    forged = ".".join(
+        [header, payload, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BA")]
+    )
+    done = _xbgw(
+        "send",
+        str(source),
+        "--to",
+        "frankfurt",
+        "--passport",
+        forged,
+        "-q",
+        sock=pair.lingang.paths.socket,
+    )
+    _one_line_failure(done, "PERMISSION_DENIED")
+    assert "signature" in done.stderr
