@@ -25,6 +25,7 @@ from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import (
+    ByteLimitError,
     ManifestError,
     PartnerError,
     PassportReplayError,
@@ -419,6 +420,12 @@ class Sender:
         if not decision.allow:
             raise PolicyDeniedError("; ".join(decision.reasons))
         transfer_id = claims.jti
+        if total_size > claims.xbgw.byte_limit:
+            # Refuse before the offer: streaming up to the limit would only burn the passport.
+            raise ByteLimitError(
+                f"the data is {total_size} bytes; passport {transfer_id} allows "
+                f"{claims.xbgw.byte_limit}"
+            )
         row = self._ledger.outbound(transfer_id)
         if row is not None and row.state == "delivered":
             raise PassportReplayError(

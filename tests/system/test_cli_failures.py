@@ -117,3 +117,58 @@ def test_send_with_a_tampered_passport_is_refused_by_the_sender(pair: Pair, tmp_
     )
     _one_line_failure(done, "PERMISSION_DENIED")
     assert "signature" in done.stderr
+
+
+def test_data_larger_than_the_passport_allows_is_refused_before_the_offer(
+    pair: Pair, tmp_path: Path
+) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"z" * 2_000)
+    token = pair.passport(byte_limit=1_000)
+    done = _xbgw(
+        "send",
+        str(source),
+        "--to",
+        "frankfurt",
+        "--passport",
+        token,
+        "-q",
+        sock=pair.lingang.paths.socket,
+    )
+    _one_line_failure(done, "the data is 2000 bytes", "allows 1000", "RESOURCE_EXHAUSTED")
+    # Nothing reached the partner, so the passport is not spent: a right-sized send works.
+    source.write_bytes(b"z" * 1_000)
+    again = _xbgw(
+        "send",
+        str(source),
+        "--to",
+        "frankfurt",
+        "--passport",
+        token,
+        "-q",
+        sock=pair.lingang.paths.socket,
+    )
+    assert again.returncode == 0, again.stderr
+
+
+def test_an_empty_file_is_a_transfer_too(pair: Pair, tmp_path: Path) -> None:
+    source = tmp_path / "empty.bin"
+    source.write_bytes(b"")
+    done = _xbgw(
+        "send",
+        str(source),
+        "--to",
+        "frankfurt",
+        "--passport",
+        pair.passport(byte_limit=1),
+        "-q",
+        sock=pair.lingang.paths.socket,
+    )
+    assert done.returncode == 0, done.stderr
+    empty_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert empty_sha256 in done.stdout
+    transfer_id = done.stdout.split()[1]
+    target = tmp_path / "fetched.bin"
+    fetched = _xbgw("fetch", transfer_id, "-o", str(target), sock=pair.frankfurt.paths.socket)
+    assert fetched.returncode == 0, fetched.stderr
+    assert target.read_bytes() == b""
