@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -33,11 +34,12 @@ from gateway.errors import (
     PolicyDeniedError,
     SignatureError,
     SourceChangedError,
+    TransferConflictError,
 )
 from gateway.hsm import Hsm
 from gateway.keys import CurrentKeys, KeyRef, Purpose
 from gateway.ledger import Ledger, Outbound
-from gateway.passport import PassportVerifier
+from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.policy import BaselinePolicy, Direction, Policy, facts
 from gateway.signed import Signed, sign, verify
 from gateway.tls import channel_credentials
@@ -377,6 +379,8 @@ class Sender:
         self._ledger = ledger
         self._channels = channels
         self._policy: Policy = policy or BaselinePolicy()
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
         self.reconfigure(config)
 
     def reconfigure(self, config: GatewayConfig) -> None:
@@ -419,6 +423,36 @@ class Sender:
         )
         if not decision.allow:
             raise PolicyDeniedError("; ".join(decision.reasons))
+        transfer_id = claims.jti
+        with self._sending(transfer_id):
+            return self._send(partner, token, passport, chunks, total_size, on_progress)
+
+    @contextmanager
+    def _sending(self, transfer_id: str) -> Iterator[None]:
+        """One send per transfer at a time: a second would race the first's nonces and rows."""
+        with self._active_lock:
+            if transfer_id in self._active:
+                raise TransferConflictError(
+                    f"transfer {transfer_id} is already being sent by this gateway; wait for "
+                    "that send to finish or fail, then resend to resume"
+                )
+            self._active.add(transfer_id)
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active.discard(transfer_id)
+
+    def _send(
+        self,
+        partner: PartnerConfig,
+        token: str,
+        passport: VerifiedPassport,
+        chunks: Iterable[bytes],
+        total_size: int,
+        on_progress: Callable[[Progress], None],
+    ) -> ReceiptSummary:
+        claims = passport.claims
         transfer_id = claims.jti
         if total_size > claims.xbgw.byte_limit:
             # Refuse before the offer: streaming up to the limit would only burn the passport.

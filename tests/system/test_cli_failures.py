@@ -172,3 +172,33 @@ def test_an_empty_file_is_a_transfer_too(pair: Pair, tmp_path: Path) -> None:
     fetched = _xbgw("fetch", transfer_id, "-o", str(target), sock=pair.frankfurt.paths.socket)
     assert fetched.returncode == 0, fetched.stderr
     assert target.read_bytes() == b""
+
+
+def test_two_sends_of_one_passport_at_once_deliver_once(pair: Pair, tmp_path: Path) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(16 << 20))
+    token = pair.passport(byte_limit=16 << 20)
+    command = [sys.executable, "-m", "gateway.cli", "send", str(source), "--to", "frankfurt",
+               "--passport", token, "-q"]  # fmt: skip
+    env = {**os.environ, "XBGW_SOCKET": str(pair.lingang.paths.socket), "GRPC_VERBOSITY": "ERROR"}
+    sends = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        results = [(send.wait(timeout=120), *send.communicate()) for send in sends]
+    finally:
+        for send in sends:
+            if send.poll() is None:
+                send.kill()
+                send.wait()
+    codes = sorted(code for code, _out, _err in results)
+    assert codes == [0, 1], results
+    failed = next(err for code, _out, err in results if code == 1)
+    assert "already being sent" in failed or "already delivered" in failed, failed
+    assert "Traceback" not in failed and "INTERNAL" not in failed
+    inbox = _xbgw("inbox", sock=pair.frankfurt.paths.socket).stdout
+    delivered = next(out for code, out, _err in results if code == 0).split()[1]
+    assert inbox.count(delivered) == 1
