@@ -20,12 +20,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.errors import ConfigError, HsmPinError, XbgwError
+from gateway import DEFAULT_SOCKET
+from gateway.errors import ConfigError, HsmPinError, UsageError, XbgwError
 from gateway.hsm import Hsm, KeyInfo, PinSource
 from gateway.keys import KeyRef, Purpose
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-DEFAULT_SOCKET = "/run/xbgw/local.sock"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # sysexits EX_CONFIG: the configuration or the PIN is wrong; systemd must not retry
@@ -34,10 +34,6 @@ EXIT_CONFIG = 78
 
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
-
-
-class UsageError(XbgwError):
-    """The command line itself is wrong."""
 
 
 # --- argument helpers -----------------------------------------------------------------------
@@ -441,6 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except XbgwError as exc:
         print(f"xbgw: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # a file named on the command line: say which and why
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"xbgw:{where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("xbgw: interrupted", file=sys.stderr)

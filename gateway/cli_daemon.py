@@ -13,13 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 import grpc
 
+from gateway import DEFAULT_SOCKET
 from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
-from gateway.cli import DEFAULT_SOCKET
-from gateway.errors import DaemonUnavailableError, PartnerError, XbgwError
+from gateway.errors import DaemonUnavailableError, PartnerError, UsageError, XbgwError
 
 READ_CHUNK = 1 << 20
 MAX_MESSAGE = 16 << 20
@@ -112,22 +112,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    if not path.is_file():
-        raise DaemonUnavailableError(f"{path} is not a readable file")
+    try:
+        # Opened here, not in the request stream: a file we cannot read is a usage error,
+        # not a transfer cancelled halfway.
+        src = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with src:
+        return _send(args, src, os.fstat(src.fileno()).st_size)
+
+
+def _send(args: argparse.Namespace, src: BinaryIO, size: int) -> int:
     token = (
         Path(args.passport).read_text("ascii").strip()
         if os.path.isfile(args.passport)
         else args.passport.strip()
     )
-    size = path.stat().st_size
 
     def requests() -> Iterator[local_pb2.SendRequest]:
         yield local_pb2.SendRequest(
             start=local_pb2.SendStart(partner=args.to, passport=token, size=size)
         )
-        with path.open("rb") as src:
-            while block := src.read(READ_CHUNK):
-                yield local_pb2.SendRequest(data=block)
+        while block := src.read(READ_CHUNK):
+            yield local_pb2.SendRequest(data=block)
 
     channel, stub = _stub(args)
     bar = ProgressBar(size, sys.stderr) if not args.quiet else None

@@ -19,6 +19,12 @@ class XbgwError(Exception):
     grpc_status: str = "INTERNAL"
 
 
+class UsageError(XbgwError):
+    """The command line itself is wrong (exit 2)."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
 # --- configuration -------------------------------------------------------------------------
 
 

@@ -202,3 +202,18 @@ def test_two_sends_of_one_passport_at_once_deliver_once(pair: Pair, tmp_path: Pa
     inbox = _xbgw("inbox", sock=pair.frankfurt.paths.socket).stdout
     delivered = next(out for code, out, _err in results if code == 0).split()[1]
     assert inbox.count(delivered) == 1
+
+
+def test_unreadable_source_and_target_are_one_line(pair: Pair, tmp_path: Path) -> None:
+    token = pair.passport(byte_limit=100)
+    missing = _xbgw(
+        "send", str(tmp_path / "nope.bin"), "--to", "frankfurt", "--passport", token,
+        sock=pair.lingang.paths.socket,
+    )  # fmt: skip
+    assert missing.returncode == 2, missing
+    assert missing.stderr.strip().splitlines() == [
+        f"xbgw: cannot read {tmp_path / 'nope.bin'}: No such file or directory"
+    ]
+    target = tmp_path / "no-such-dir" / "out.bin"
+    fetch = _xbgw("fetch", "anything", "-o", str(target), sock=pair.frankfurt.paths.socket)
+    _one_line_failure(fetch, "No such file or directory")
