@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
 
 from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
@@ -149,7 +150,10 @@ class PartnerChannels:
             raise partner_error(exc, partner.id, "the key-set request") from None
         blob = from_blob(response.key_set)
         verify(blob, partner.signing_public_key, partner.id, f"key set of {partner.id}")
-        key_set = partner_pb2.KeySet.FromString(blob.body)
+        try:
+            key_set = partner_pb2.KeySet.FromString(blob.body)
+        except DecodeError:
+            raise SignatureError(f"the key set of {partner.id} is not a KeySet message") from None
         if key_set.gateway_id != partner.id:
             raise SignatureError(f"key set names {key_set.gateway_id!r}, expected {partner.id!r}")
         if not any(k.version == key_set.current_version for k in key_set.keys):
@@ -579,7 +583,10 @@ class Sender:
             raise partner_error(exc, partner.id, "the manifest") from None
         receipt = from_blob(response.receipt)
         kid = verify(receipt, partner.signing_public_key, partner.id, "receipt")
-        body = partner_pb2.ReceiptBody.FromString(receipt.body)
+        try:
+            body = partner_pb2.ReceiptBody.FromString(receipt.body)
+        except DecodeError:
+            raise ManifestError(f"the receipt from {partner.id} is not a ReceiptBody") from None
         if (
             body.transfer_id != transfer_id
             or body.manifest_digest != manifest.digest

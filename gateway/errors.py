@@ -291,3 +291,24 @@ class DrainingError(XbgwError):
     """The daemon is stopping and takes no new transfers."""
 
     grpc_status = "UNAVAILABLE"
+
+
+class StorageError(XbgwError):
+    """The spool or the ledger failed (disk full, I/O error); the transfer can be resumed."""
+
+    grpc_status = "UNAVAILABLE"
+
+    def __init__(self, message: str, status: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.grpc_status = status
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> StorageError:
+        """Wrap an ``OSError`` or ``sqlite3.Error`` with a reason an operator can act on."""
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        full = getattr(exc, "errno", None) == 28  # ENOSPC
+        return cls(
+            f"this gateway cannot store the transfer right now ({reason}); its data so far "
+            "is kept: resume later",
+            "RESOURCE_EXHAUSTED" if full else "UNAVAILABLE",
+        )

@@ -8,6 +8,7 @@ a person can act on, and a log line.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -16,7 +17,13 @@ import grpc
 
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.errors import DrainingError, MessageTooLargeError, XbgwError, grpc_status_name
+from gateway.errors import (
+    DrainingError,
+    MessageTooLargeError,
+    StorageError,
+    XbgwError,
+    grpc_status_name,
+)
 from gateway.intake import SegmentIn
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
@@ -79,7 +86,11 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             partner_id = peer.id
             if rpc == "Offer" and not self._accepting():
                 raise DrainingError("the gateway is shutting down; offer again shortly")
-            return action(peer)
+            try:
+                return action(peer)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("storage failure during %s", rpc, exc_info=exc)
+                raise StorageError.from_exception(exc) from None
         except XbgwError as error:
             self._metrics.refusals.labels(type(error).__name__, partner_id or "unknown").inc()
             if rpc == "Finish":

@@ -25,8 +25,11 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
 
 from gateway import envelope
 from gateway._proto.xbgw.v1 import partner_pb2
@@ -174,6 +177,19 @@ class Receiver:
         existing = self._ledger.inbound(transfer_id)
         if existing is not None:
             return self._resume(existing, peer, offered_digest)
+        with self._busy(transfer_id, "offer"):
+            return self._create(peer, passport, header, offered_digest)
+
+    def _create(
+        self,
+        peer: PartnerConfig,
+        passport: VerifiedPassport,
+        header: envelope.Header,
+        offered_digest: bytes,
+    ) -> OfferResult:
+        """A new inbound transfer: ledger row and partial file, made under the busy guard."""
+        claims = passport.claims
+        transfer_id = claims.jti
         data_key = self._open_offered(header)
         stored = envelope.rewrap_for_storage(
             header, data_key, KeyRef(self.me, Purpose.STORAGE, self._keys.storage), self._hsm
@@ -255,7 +271,8 @@ class Receiver:
                 f"(transport versions held: {sorted(held)}); fetch a fresh key set"
             )
         try:
-            return envelope.open_header(header, self.me, self._hsm)
+            # A partner's header may only use our transport keys, never our storage key.
+            return envelope.open_header(header, self.me, self._hsm, storage_versions=())
         except KeyNotFoundError as exc:
             raise NoUsableWrappedKeyError(str(exc)) from None
 
@@ -300,6 +317,25 @@ class Receiver:
 
     # -- upload ----------------------------------------------------------------------------
 
+    @contextmanager
+    def _busy(self, transfer_id: str, doing: str) -> Iterator[None]:
+        """One writer per transfer: creating it, uploading to it, or committing it.
+
+        Never waits: a second writer is refused at once (the sender retries), so a stale
+        stream cannot block a gRPC thread, and no step sees a row another step is changing.
+        """
+        with self._active_lock:
+            if transfer_id in self._active:
+                raise TransferConflictError(
+                    f"transfer {transfer_id} is busy on another stream; {doing} again shortly"
+                )
+            self._active.add(transfer_id)
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active.discard(transfer_id)
+
     def upload(self, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
         iterator = iter(segments)
         first = next(iterator, None)
@@ -309,18 +345,9 @@ class Receiver:
                 "than the transport limit)"
             )
         transfer_id = first.transfer_id
-        row = self._receiving(peer, transfer_id)
-        with self._active_lock:
-            if transfer_id in self._active:
-                raise TransferConflictError(
-                    f"transfer {transfer_id} is already being uploaded on another stream"
-                )
-            self._active.add(transfer_id)
-        try:
+        with self._busy(transfer_id, "upload"):
+            row = self._receiving(peer, transfer_id)  # read under the guard: it is current
             return self._upload(row, first, iterator)
-        finally:
-            with self._active_lock:
-                self._active.discard(transfer_id)
 
     def _receiving(self, peer: PartnerConfig, transfer_id: str) -> Inbound:
         row = self._ledger.inbound(transfer_id)
@@ -357,7 +384,19 @@ class Receiver:
             raise
         hasher = self._hashers.take(transfer_id, row.next_segment)
         if hasher is None:
-            hasher = self._rehash(row, header, data_key)
+            try:
+                hasher = self._rehash(row, header, data_key)
+            except EnvelopeError:
+                # What we hold no longer verifies (disk corruption): start again from zero.
+                partial.close()
+                self._ledger.record_progress(transfer_id, 0, 0, False)
+                raise PartialLostError(
+                    f"the data held for transfer {transfer_id} failed verification; offer it "
+                    "again to restart from segment 0"
+                ) from None
+            except BaseException:
+                partial.close()
+                raise
         intake = Intake(
             self._ledger,
             transfer_id,
@@ -389,7 +428,12 @@ class Receiver:
             return hasher
         segment_len = header.segment_size + TAG_LEN
         decryptor = envelope.StreamDecryptor(header, data_key)
-        with self._spool.read_partial(row.transfer_id) as src:
+        partial = self._spool.partial_path(row.transfer_id)
+        committed = self._spool.committed_path(row.transfer_id)
+        # A crash between the rename into the inbox and the ledger commit leaves only the
+        # committed file: the retried Finish hashes that one.
+        source = partial if partial.exists() or not committed.exists() else committed
+        with source.open("rb") as src:
             src.seek(len(row.stored_header))
             for index in range(row.next_segment):
                 chunk = src.read(segment_len)
@@ -408,11 +452,18 @@ class Receiver:
     # -- finish ----------------------------------------------------------------------------
 
     def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
+        with self._busy(transfer_id, "finish"):
+            return self._finish(peer, transfer_id, manifest)
+
+    def _finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
         row = self._ledger.inbound(transfer_id)
         if row is None or row.sender != peer.id:
             raise UnknownTransferError(f"no transfer {transfer_id!r} from {peer.id}")
         verify(manifest, peer.signing_public_key, peer.id, "manifest")
-        body = partner_pb2.Manifest.FromString(manifest.body)
+        try:
+            body = partner_pb2.Manifest.FromString(manifest.body)
+        except DecodeError:
+            raise ManifestError("the signed manifest is not a Manifest message") from None
         if row.state == "committed" and row.receipt is not None:
             receipt_body = partner_pb2.ReceiptBody.FromString(row.receipt.body)
             if receipt_body.manifest_digest != manifest.digest:

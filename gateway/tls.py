@@ -111,10 +111,13 @@ def peer_partner(config: GatewayConfig, context: grpc.ServicerContext) -> Partne
 # Every RPC of a connection presents the same certificate: parse and check it once.
 @functools.lru_cache(maxsize=256)
 def _identities(pem: bytes) -> tuple[str, ...]:
-    certificate = x509.load_pem_x509_certificate(pem)
     try:
+        certificate = x509.load_pem_x509_certificate(pem)
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
+        return ()
+    except ValueError:
+        # The TLS stack accepted it, but it is malformed (duplicate extensions...): no identity.
         return ()
     uris = [str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)]
     return (*uris, *(str(v) for v in san.get_values_for_type(x509.DNSName)))
