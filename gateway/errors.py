@@ -312,3 +312,9 @@ class StorageError(XbgwError):
             "is kept: resume later",
             "RESOURCE_EXHAUSTED" if full else "UNAVAILABLE",
         )
+
+
+class PartnerBusyError(TransferError):
+    """A partner has as many requests in flight as it may have."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"

@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import grpc
@@ -20,6 +21,7 @@ from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import (
     DrainingError,
     MessageTooLargeError,
+    PartnerBusyError,
     StorageError,
     XbgwError,
     grpc_status_name,
@@ -64,7 +66,26 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         self._metrics = metrics
         self._accepting = accepting
         self._in_flight = 0
+        self._by_partner: dict[str, int] = {}
         self._in_flight_lock = threading.Condition()
+
+    @contextmanager
+    def _per_partner(self, partner_id: str) -> Iterator[None]:
+        """At most ``max_concurrent_transfers`` requests per partner: half the server's slots,
+        so one partner holding streams open cannot lock the others out."""
+        cap = self._config().limits.max_concurrent_transfers
+        with self._in_flight_lock:
+            if self._by_partner.get(partner_id, 0) >= cap:
+                raise PartnerBusyError(
+                    f"partner {partner_id} already has {cap} requests in flight, its limit "
+                    "(limits.max_concurrent_transfers); retry when one has finished"
+                )
+            self._by_partner[partner_id] = self._by_partner.get(partner_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._by_partner[partner_id] -= 1
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no handler runs (after the server stopped); False on timeout."""
@@ -86,11 +107,12 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             partner_id = peer.id
             if rpc == "Offer" and not self._accepting():
                 raise DrainingError("the gateway is shutting down; offer again shortly")
-            try:
-                return action(peer)
-            except (OSError, sqlite3.Error) as exc:
-                log.error("storage failure during %s", rpc, exc_info=exc)
-                raise StorageError.from_exception(exc) from None
+            with self._per_partner(peer.id):
+                try:
+                    return action(peer)
+                except (OSError, sqlite3.Error) as exc:
+                    log.error("storage failure during %s", rpc, exc_info=exc)
+                    raise StorageError.from_exception(exc) from None
         except XbgwError as error:
             self._metrics.refusals.labels(type(error).__name__, partner_id or "unknown").inc()
             if rpc == "Finish":

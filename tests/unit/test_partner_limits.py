@@ -1,0 +1,33 @@
+"""One partner cannot take every request slot of the partner listener."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from gateway.errors import PartnerBusyError
+from gateway.metrics import Metrics
+from gateway.partner import PartnerServicer
+
+
+def _servicer(cap: int) -> PartnerServicer:
+    config: Any = SimpleNamespace(limits=SimpleNamespace(max_concurrent_transfers=cap))
+    return PartnerServicer(lambda: config, cast(Any, None), Metrics(), lambda: True)
+
+
+def test_a_partner_at_its_limit_is_refused_and_others_are_not() -> None:
+    servicer = _servicer(2)
+    with servicer._per_partner("lingang"), servicer._per_partner("lingang"):
+        third = servicer._per_partner("lingang")
+        with pytest.raises(PartnerBusyError, match="lingang already has 2 requests in flight"):
+            third.__enter__()
+        with servicer._per_partner("paris"):
+            pass
+    with servicer._per_partner("lingang"):  # the slots came back
+        pass
+
+
+def test_the_limit_maps_to_resource_exhausted() -> None:
+    assert PartnerBusyError("x").grpc_status == "RESOURCE_EXHAUSTED"
