@@ -6,7 +6,8 @@ before that is one clear line on stderr and a non-zero exit, so ``systemctl stat
 
 * **Watchdog**: a thread pings ``WATCHDOG=1`` at half of ``WATCHDOG_USEC`` only after a real
   round trip -- a ``grpc.health.v1`` check through the local socket (the server's own thread
-  pool) and an HSM ping. A wedged server or HSM stops the pings and systemd restarts us.
+  pool). A wedged server stops the pings and systemd restarts us. The HSM is pinged on the
+  same beat; an HSM that does not answer turns health NOT_SERVING (a restart would not help).
 * **SIGHUP**: ``RELOADING=1`` + ``MONOTONIC_USEC``; config, partners, issuers and TLS files are
   re-read; new handshakes get the new certificate, streams in flight keep theirs. A config
   with errors is refused and reported; the running one stays. Then ``READY=1``.
@@ -17,10 +18,12 @@ before that is one clear line on stderr and a non-zero exit, so ``systemctl stat
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+import select
 import signal
 import socket
 import threading
@@ -37,11 +40,11 @@ from gateway import logs
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
 from gateway.client import PartnerChannels, Sender
 from gateway.config import Address, GatewayConfig, load_config
-from gateway.errors import ConfigError, XbgwError
+from gateway.errors import ConfigError, ListenError, XbgwError
 from gateway.hsm import Hsm
 from gateway.keys import CurrentKeys
 from gateway.ledger import Ledger
-from gateway.local import LocalServicer
+from gateway.local import LOCAL_WORKERS, LocalServicer
 from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
 from gateway.partner import PartnerServicer
@@ -71,9 +74,9 @@ class Daemon:
         logs.setup(self.config.log.level, self.config.log.format)
         self.metrics = Metrics()
         self._accepting = False
-        self._stop = threading.Event()
-        self._reload = threading.Event()
-        self._wake = threading.Event()
+        self._stop = threading.Event()  # tells the watchdog thread to end
+        self._stop_requested = False  # set by signal handlers only
+        self._reload_requested = False
         self._healthy = True
         self.partner_address = ""
         self.metrics_port: int | None = None
@@ -174,7 +177,7 @@ class Daemon:
         except RuntimeError:
             port = 0
         if port == 0:
-            raise ConfigError(f"cannot listen on {address}: address in use or not local")
+            raise ListenError(f"cannot listen on {address}: address in use or not local")
         self.partner_address = f"{config.listen.partner.host}:{port}"
         self.partner_server.start()
         (config.state_dir / "partner.addr").write_text(self.partner_address + "\n")
@@ -185,7 +188,7 @@ class Daemon:
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()
         self.local_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="xbgw-local"),
+            futures.ThreadPoolExecutor(max_workers=LOCAL_WORKERS, thread_name_prefix="xbgw-local"),
             options=[
                 ("grpc.max_send_message_length", LOCAL_MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", LOCAL_MAX_MESSAGE_BYTES),
@@ -225,27 +228,37 @@ class Daemon:
     # -- running ---------------------------------------------------------------------------
 
     def run(self) -> int:
+        # Signal handlers only set flags: taking a lock in a handler (Event.set) can deadlock
+        # with the main thread that holds it. The wakeup fd makes the select below return.
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         self.start()
         threading.Thread(target=self._watch, name="xbgw-watchdog", daemon=True).start()
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._reload.is_set() and not self._stop.is_set():
-                self._reload.clear()
+        while not self._stop_requested:
+            select.select([wake_r], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                while wake_r.recv(512):
+                    pass
+            if self._reload_requested and not self._stop_requested:
+                self._reload_requested = False
                 self.reload()
+        self._stop.set()  # from the main loop, never from a handler
         self.shutdown()
+        signal.set_wakeup_fd(-1)
+        wake_r.close()
+        wake_w.close()
         return 0
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._stop_requested = True
 
     def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._reload.set()
-        self._wake.set()
+        self._reload_requested = True
 
     def _watch(self) -> None:
         """HSM health and the systemd watchdog, proven by real round trips."""
@@ -270,8 +283,9 @@ class Daemon:
             except grpc.RpcError:
                 log.error("local server did not answer its health check; withholding WATCHDOG=1")
                 continue
-            if hsm_ok:
-                notify("WATCHDOG=1")
+            # The HSM's state drives health (NOT_SERVING), not the watchdog: restarting the
+            # daemon cannot bring a network HSM back, and restarts would hit the start limit.
+            notify("WATCHDOG=1")
         channel.close()
 
     def reload(self) -> None:
@@ -280,10 +294,11 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             key_pem = self._tls_key(config)
-            if config.id != self.config.id or config.state_dir != self.config.state_dir:
+            fixed = _fixed_until_restart(self.config, config)
+            if fixed:
                 raise ConfigError(
-                    f"{self.config_path}: gateway.id and state_dir cannot change on reload; "
-                    "restart the service"
+                    f"{self.config_path}: {', '.join(fixed)} cannot change on reload; "
+                    "restart the service (systemctl restart xbgw)"
                 )
             self.server_credentials.update(config, key_pem)
         except XbgwError as exc:
@@ -292,6 +307,7 @@ class Daemon:
             notify("READY=1", f"STATUS=reload refused: {first}")
             return
         self.config = config
+        logging.getLogger().setLevel(config.log.level.upper())
         self.receiver.reconfigure(config)
         self.sender.reconfigure(config)
         self.channels.reconfigure(config, key_pem)
@@ -318,6 +334,26 @@ class Daemon:
         log.info("stopped after %.1fs", time.monotonic() - started)
 
 
+def _fixed_until_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Settings a reload cannot apply: say so rather than pretend (sockets, HSM, limits)."""
+    fields = {
+        "gateway.id": (old.id, new.id),
+        "state_dir": (old.state_dir, new.state_dir),
+        "listen": (old.listen, new.listen),
+        "hsm": (old.hsm, new.hsm),
+        "limits.max_message_bytes": (
+            old.limits.max_message_bytes,
+            new.limits.max_message_bytes,
+        ),
+        "limits.max_concurrent_transfers": (
+            old.limits.max_concurrent_transfers,
+            new.limits.max_concurrent_transfers,
+        ),
+        "log.format": (old.log.format, new.log.format),
+    }
+    return [name for name, (before, after) in fields.items() if before != after]
+
+
 def _check_bindable(address: Address) -> None:
     """Fail with one line before gRPC core logs its own multi-field error on stderr."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -326,7 +362,8 @@ def _check_bindable(address: Address) -> None:
         try:
             probe.bind((address.host, address.port))
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+            # Not EX_CONFIG: a port still in use or an address not up yet may clear on retry.
+            raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 def _flat_memory() -> None:

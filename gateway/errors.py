@@ -318,3 +318,9 @@ class PartnerBusyError(TransferError):
     """A partner has as many requests in flight as it may have."""
 
     grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class ListenError(XbgwError):
+    """A listener could not bind (port in use, address not up yet): worth a restart."""
+
+    grpc_status = "UNAVAILABLE"

@@ -30,6 +30,9 @@ from gateway.wire import to_blob
 
 log = logging.getLogger("xbgw.local")
 FETCH_CHUNK = 1 << 20
+#: Concurrent local sends + fetches; the local server has LOCAL_WORKERS threads.
+STREAM_SLOTS = 24
+LOCAL_WORKERS = 32
 
 _STATES = {
     "receiving": common_pb2.TRANSFER_STATE_RECEIVING,
@@ -65,8 +68,38 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         self._hsm = hsm
         self._accepting = accepting
         self._started = int(time.time())
+        self._streams = 0
+        self._slots_lock = threading.Lock()
+
+    def _stream_slot(self, context: grpc.ServicerContext) -> None:
+        """Take one of ``STREAM_SLOTS``; refuse at once when all are taken.
+
+        Sends and fetches hold a server thread for their whole length; capping them below
+        the pool keeps threads free for health checks (the systemd watchdog rides on them),
+        status and inbox, whatever local clients do.
+        """
+        with self._slots_lock:
+            if self._streams >= STREAM_SLOTS:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{STREAM_SLOTS} local sends and fetches are running; retry when one ends",
+                )
+            self._streams += 1
+
+    def _release_slot(self) -> None:
+        with self._slots_lock:
+            self._streams -= 1
 
     def Send(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[local_pb2.SendRequest], context: grpc.ServicerContext
+    ) -> Iterator[local_pb2.SendEvent]:
+        self._stream_slot(context)
+        try:
+            yield from self._send(request_iterator, context)
+        finally:
+            self._release_slot()
+
+    def _send(
         self, request_iterator: Iterator[local_pb2.SendRequest], context: grpc.ServicerContext
     ) -> Iterator[local_pb2.SendEvent]:
         first = next(request_iterator, None)
@@ -167,6 +200,15 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         )
 
     def Fetch(  # noqa: N802
+        self, request: local_pb2.FetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[local_pb2.FetchChunk]:
+        self._stream_slot(context)
+        try:
+            yield from self._fetch(request, context)
+        finally:
+            self._release_slot()
+
+    def _fetch(
         self, request: local_pb2.FetchRequest, context: grpc.ServicerContext
     ) -> Iterator[local_pb2.FetchChunk]:
         try:
