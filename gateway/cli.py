@@ -247,7 +247,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_token(value: str) -> str:
+def read_token(value: str) -> str:
     if value == "-":
         return sys.stdin.read().strip()
     if os.path.isfile(value):
@@ -261,7 +261,7 @@ def _read_token(value: str) -> str:
 def cmd_passport_inspect(args: argparse.Namespace) -> int:
     from gateway.passport import inspect
 
-    header, payload = inspect(_read_token(args.token))
+    header, payload = inspect(read_token(args.token))
     print("# UNVERIFIED: the signature was not checked; use 'xbgw passport verify'")
     print(json.dumps({"header": header, "claims": payload}, indent=2, sort_keys=True))
     return 0
@@ -299,7 +299,7 @@ def cmd_passport_verify(args: argparse.Namespace) -> int:
         verifier = PassportVerifier(trusted, audience=audience, leeway_seconds=leeway)
     except ValueError as exc:  # a non-signing issuer key id, an invalid audience
         raise UsageError(str(exc)) from None
-    verified = verifier.verify(_read_token(args.token))
+    verified = verifier.verify(read_token(args.token))
     claims = verified.claims
     terms = claims.xbgw
     expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(claims.exp))

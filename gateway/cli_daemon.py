@@ -19,6 +19,7 @@ import grpc
 
 from gateway import DEFAULT_SOCKET
 from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
+from gateway.cli import read_token
 from gateway.errors import DaemonUnavailableError, PartnerError, UsageError, XbgwError
 
 READ_CHUNK = 1 << 20
@@ -45,10 +46,16 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, local_pb2_grpc.LocalGatewayStub]:
     path = _socket_path(args)
-    if not os.path.exists(path):
+    try:
+        os.stat(path)
+    except PermissionError:
+        raise DaemonUnavailableError(
+            f"permission denied on {path}: add yourself to group xbgw (and log in again)"
+        ) from None
+    except OSError:
         raise DaemonUnavailableError(
             f"no gateway socket at {path}: is the daemon running? (systemctl status xbgw)"
-        )
+        ) from None
     channel = grpc.insecure_channel(
         f"unix:{path}",
         options=[
@@ -66,6 +73,10 @@ def _rpc_error(exc: grpc.RpcError, socket: str) -> XbgwError:
     # reach the operator as it is, not as "is it running?": gRPC's message *starts* so.
     details = (exc.details() or "").lower()
     if code is grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
+        if "permission denied" in details:
+            return DaemonUnavailableError(
+                f"permission denied on {socket}: add yourself to group xbgw (and log in again)"
+            )
         return DaemonUnavailableError(f"the gateway at {socket} does not answer: is it running?")
     return PartnerError(f"{exc.details()} [{code.name}]", code.name)
 
@@ -123,11 +134,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace, src: BinaryIO, size: int) -> int:
-    token = (
-        Path(args.passport).read_text("ascii").strip()
-        if os.path.isfile(args.passport)
-        else args.passport.strip()
-    )
+    token = read_token(args.passport)
 
     def requests() -> Iterator[local_pb2.SendRequest]:
         yield local_pb2.SendRequest(
@@ -194,6 +201,8 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     target = Path(args.output)
+    if target.is_dir():
+        raise UsageError(f"-o {target} is a directory; name the file to write")
     partial = target.with_name(f".{target.name}.xbgw-partial")
     channel, stub = _stub(args)
     written = 0

@@ -217,3 +217,20 @@ def test_unreadable_source_and_target_are_one_line(pair: Pair, tmp_path: Path) -
     target = tmp_path / "no-such-dir" / "out.bin"
     fetch = _xbgw("fetch", "anything", "-o", str(target), sock=pair.frankfurt.paths.socket)
     _one_line_failure(fetch, "No such file or directory")
+
+
+def test_a_passport_file_that_is_not_text_and_a_directory_target(
+    pair: Pair, tmp_path: Path
+) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"x")
+    binary = tmp_path / "passport.bin"
+    binary.write_bytes(b"\xff\xfe\x00not a token")
+    done = _xbgw(
+        "send", str(source), "--to", "frankfurt", "--passport", str(binary),
+        sock=pair.lingang.paths.socket,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done
+    assert "cannot read a passport" in done.stderr
+    fetch = _xbgw("fetch", "t", "-o", str(tmp_path), sock=pair.frankfurt.paths.socket)
+    assert fetch.returncode == 2 and "is a directory" in fetch.stderr, fetch
