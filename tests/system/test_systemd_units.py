@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.config import load_config
+from gateway.daemon import IDLE_WAIT_SECONDS
 from gateway.hsm import PinSource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,7 +316,7 @@ def test_example_config_loads_and_matches_the_unit(tmp_path: Path) -> None:
     assert config.listen.metrics.host == "127.0.0.1"
     # systemd must not kill the daemon while it drains.
     stop = seconds(one(unit, "Service", "TimeoutStopSec"))
-    assert config.limits.drain_grace_seconds + 5 <= stop
+    assert config.limits.drain_grace_seconds + IDLE_WAIT_SECONDS + 5 <= stop
     assert config.limits == type(config.limits)(), "the example's limits are the defaults"
 
 
