@@ -43,10 +43,27 @@ _STATES = {
 }
 
 
-def _abort(context: grpc.ServicerContext, error: XbgwError, rpc: str) -> None:
+def _abort(context: grpc.ServicerContext, error: XbgwError, rpc: str, **fields: str) -> None:
     status = grpc_status_name(error)
-    log.warning("local %s failed: %s", rpc, error, extra={"outcome": "failed", "status": status})
+    log.warning(
+        "local %s failed: %s",
+        rpc,
+        error,
+        extra={
+            **fields,
+            "outcome": _outcome(error),
+            "status": status,
+            "reason": type(error).__name__,
+        },
+    )
     context.abort(getattr(grpc.StatusCode, status), str(error))
+
+
+def _outcome(error: BaseException) -> str:
+    """``refused`` when a check said no; ``failed`` when something broke or was unreachable."""
+    if isinstance(error, XbgwError) and error.grpc_status not in ("UNAVAILABLE", "INTERNAL"):
+        return "refused"
+    return "failed"
 
 
 class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
@@ -148,7 +165,9 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 events.put_nowait(event)  # progress is advisory: never stall on a slow reader
 
         def work() -> None:
-            partner = start.partner or "unknown"
+            # A label only for configured partners: a client's typo must not mint a series.
+            known = {p.id for p in self._config().partners}
+            partner = start.partner if start.partner in known else "unknown"
             try:
                 with self._metrics.stream("out"):
                     summary = self._sender.send(
@@ -158,7 +177,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)
                 events.put(local_pb2.SendEvent(done=_summary(summary)))
             except BaseException as exc:
-                self._metrics.transfers.labels("out", partner, "failed").inc()
+                self._metrics.transfers.labels("out", partner, _outcome(exc)).inc()
                 self._metrics.refusals.labels(type(exc).__name__, partner).inc()
                 events.put(exc)
             finally:
@@ -171,7 +190,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             if item is None:
                 break
             if isinstance(item, XbgwError):
-                _abort(context, item, "Send")
+                _abort(context, item, "Send", partner=start.partner)
             elif isinstance(item, ValueError):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
             elif isinstance(item, BaseException):
@@ -222,7 +241,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     for offset in range(0, len(plaintext), FETCH_CHUNK):
                         yield local_pb2.FetchChunk(data=plaintext[offset : offset + FETCH_CHUNK])
         except XbgwError as error:
-            _abort(context, error, "Fetch")
+            _abort(context, error, "Fetch", transfer_id=request.transfer_id)
 
     def Status(  # noqa: N802
         self, request: local_pb2.StatusRequest, context: grpc.ServicerContext

@@ -410,7 +410,7 @@ class Receiver:
             intake.run(itertools.chain([first], rest))
         except ByteLimitError as exc:
             intake.discard()
-            self._refuse(transfer_id, str(exc))
+            self._refuse(transfer_id, row.sender, str(exc))
             raise
         except BaseException:
             # Keep what verified: make it durable so a resumed stream continues from here.
@@ -441,12 +441,14 @@ class Receiver:
                 hasher.update(decryptor.decrypt_segment(index, chunk, final))
         return hasher
 
-    def _refuse(self, transfer_id: str, reason: str) -> None:
+    def _refuse(self, transfer_id: str, partner: str, reason: str) -> None:
         self._ledger.refuse_inbound(transfer_id, reason)
         self._spool.discard(transfer_id)
         self._hashers.drop(transfer_id)
         log.warning(
-            "transfer refused", extra={"transfer_id": transfer_id, "outcome": "refused: " + reason}
+            "transfer refused for good: %s",
+            reason,
+            extra={"transfer_id": transfer_id, "partner": partner, "outcome": "discarded"},
         )
 
     # -- finish ----------------------------------------------------------------------------
@@ -483,7 +485,7 @@ class Receiver:
         problems = _manifest_problems(body, row, header, self.me, hasher.digest())
         if problems:
             reason = "manifest disagrees with what arrived: " + "; ".join(problems)
-            self._refuse(transfer_id, reason)
+            self._refuse(transfer_id, peer.id, reason)
             raise ManifestError(reason)
         committed_at = int(self._clock())
         receipt = sign(
