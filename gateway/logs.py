@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from types import TracebackType
 
 FIELDS = ("transfer_id", "partner", "outcome", "status", "reason", "bytes", "rpc", "peer")
 
@@ -40,6 +42,8 @@ class TextFormatter(logging.Formatter):
             if getattr(record, name, None) not in (None, "")
         )
         line = f"{record.levelname.lower():<7} {record.getMessage()}"
+        if record.exc_info and record.exc_info[0] is not None:
+            line += f" ({record.exc_info[0].__name__}: {record.exc_info[1]})"
         return f"{line}  {fields}" if fields else line
 
 
@@ -50,3 +54,23 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # An exception nobody caught is still one line in the journal, not a multi-line traceback.
+    threading.excepthook = _thread_exception
+    sys.excepthook = _uncaught
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("xbgw").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )
+
+
+def _uncaught(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    logging.getLogger("xbgw").error("uncaught exception", exc_info=(kind, value, traceback))

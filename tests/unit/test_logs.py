@@ -188,3 +188,32 @@ def test_setup_picks_the_formatter(
     assert "kept" in out
     assert "t-1" in out
     assert SECRET not in out
+
+
+def test_an_exception_nobody_caught_in_a_thread_is_one_json_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+    import sys
+    import threading
+
+    from gateway import logs
+
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    logs.setup("info", "json")
+
+    def boom() -> None:
+        raise RuntimeError("wedged")
+
+    thread = threading.Thread(target=boom, name="worker-7")
+    thread.start()
+    thread.join()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 1, lines
+    entry = json.loads(lines[0])
+    assert entry["msg"] == "uncaught exception in thread worker-7"
+    assert entry["error"] == "RuntimeError: wedged"
