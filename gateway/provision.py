@@ -75,34 +75,36 @@ def _write_private(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-def _softhsm(root: Path, label: str) -> tuple[Path, Path]:
-    """A token directory, config and PIN file under ``root``; the token initialised."""
-    tokens = root / "tokens"
+def write_softhsm_conf(directory: Path) -> Path:
+    """A SoftHSM token directory and config under ``directory``; return the config."""
+    tokens = directory / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
-    conf = root / "softhsm2.conf"
+    conf = directory / "softhsm2.conf"
     conf.write_text(
         f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n",
         encoding="utf-8",
     )
-    pin = secrets.token_hex(8)
-    pin_file = root / "pin"
-    _write_private(pin_file, (pin + "\n").encode())
+    return conf
+
+
+def init_softhsm_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
+    """Initialise a token in the free slot with ``softhsm2-util`` (about 12 ms)."""
     subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--so-pin",
-            secrets.token_hex(8),
-            "--pin",
-            pin,
-        ],
+        ["softhsm2-util", "--init-token", "--free", "--label", label,
+         "--so-pin", so_pin, "--pin", pin],
         check=True,
         capture_output=True,
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-    )
+    )  # fmt: skip
+
+
+def _softhsm(root: Path, label: str) -> tuple[Path, Path]:
+    """A token directory, config and PIN file under ``root``; the token initialised."""
+    conf = write_softhsm_conf(root)
+    pin = secrets.token_hex(8)
+    pin_file = root / "pin"
+    _write_private(pin_file, (pin + "\n").encode())
+    init_softhsm_token(conf, label, pin, secrets.token_hex(8))
     return conf, pin_file
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.softhsm import TokenSpec, init_token, write_conf
+from gateway.provision import write_softhsm_conf
+from tests.softhsm import TokenSpec, init_token
 
 POOL_SIZE = 12
 _counter = itertools.count()
@@ -19,7 +20,7 @@ _counter = itertools.count()
 def softhsm_pool(tmp_path_factory: pytest.TempPathFactory) -> list[TokenSpec]:
     """Tokens ``pool-00`` .. for in-process tests; SOFTHSM2_CONF set for this process."""
     directory = tmp_path_factory.mktemp("softhsm")
-    conf = write_conf(directory)
+    conf = write_softhsm_conf(directory)
     os.environ["SOFTHSM2_CONF"] = str(conf)
     return [init_token(conf, f"pool-{i:02d}") for i in range(POOL_SIZE)]
 

@@ -8,12 +8,13 @@ their own token directory and pass ``SOFTHSM2_CONF`` to the child process.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+from gateway.provision import SOFTHSM_MODULE, init_softhsm_token
+
+__all__ = ["SOFTHSM_MODULE", "SO_PIN", "USER_PIN", "TokenSpec", "init_token"]
+
 SO_PIN = "so-pin-12345678"
 USER_PIN = "user-pin-1234"
 
@@ -28,35 +29,7 @@ class TokenSpec:
     conf: Path
 
 
-def write_conf(directory: Path) -> Path:
-    """Make a SoftHSM token directory and config under ``directory``; return the config."""
-    tokens = directory / "tokens"
-    tokens.mkdir(parents=True, exist_ok=True)
-    conf = directory / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n",
-        encoding="utf-8",
-    )
-    return conf
-
-
 def init_token(conf: Path, label: str, pin: str = USER_PIN) -> TokenSpec:
     """Initialise a token with ``softhsm2-util`` (about 12 ms)."""
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--so-pin",
-            SO_PIN,
-            "--pin",
-            pin,
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
+    init_softhsm_token(conf, label, pin, SO_PIN)
     return TokenSpec(SOFTHSM_MODULE, label, pin, conf)

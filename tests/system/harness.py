@@ -54,14 +54,32 @@ class Gateway(DaemonProcess):
     def cli(
         self, *args: str, check: bool = False, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
+        """``xbgw ARGS`` against this gateway's socket, run to completion."""
         return subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args],
+            self._cli_command(args),
             capture_output=True,
             text=True,
             timeout=timeout,
             check=check,
-            env={**os.environ, "XBGW_SOCKET": str(self.paths.socket), "GRPC_VERBOSITY": "ERROR"},
+            env=self._cli_env(),
         )
+
+    def cli_background(self, *args: str) -> subprocess.Popen[str]:
+        """``xbgw ARGS`` started and left running; the caller waits for it or kills it."""
+        return subprocess.Popen(
+            self._cli_command(args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._cli_env(),
+        )
+
+    @staticmethod
+    def _cli_command(args: tuple[str, ...]) -> list[str]:
+        return [sys.executable, "-m", "gateway.cli", *args]
+
+    def _cli_env(self) -> dict[str, str]:
+        return {**os.environ, "XBGW_SOCKET": str(self.paths.socket), "GRPC_VERBOSITY": "ERROR"}
 
 
 @dataclass

@@ -60,16 +60,7 @@ def test_send_to_a_partner_that_is_down_names_the_partner(pair: Pair, tmp_path: 
     token = pair.passport(byte_limit=10_000)
     assert pair.frankfurt.stop() == 0
     try:
-        done = _xbgw(
-            "send",
-            str(source),
-            "--to",
-            "frankfurt",
-            "--passport",
-            token,
-            "-q",
-            sock=pair.lingang.paths.socket,
-        )
+        done = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", token, "-q")
     finally:
         pair.frankfurt.start()
     _one_line_failure(done, "partner frankfurt is unreachable")
@@ -78,22 +69,15 @@ def test_send_to_a_partner_that_is_down_names_the_partner(pair: Pair, tmp_path: 
 def test_send_to_an_unknown_partner_names_the_configured_ones(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "data.bin"
     source.write_bytes(b"x" * 100)
-    done = _xbgw(
-        "send",
-        str(source),
-        "--to",
-        "paris",
-        "--passport",
-        pair.passport(byte_limit=100),
-        "-q",
-        sock=pair.lingang.paths.socket,
+    done = pair.lingang.cli(
+        "send", str(source), "--to", "paris", "--passport", pair.passport(byte_limit=100), "-q"
     )
     _one_line_failure(done, "no partner 'paris'", "frankfurt")
 
 
 def test_fetch_of_an_unknown_transfer_writes_nothing(pair: Pair, tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
-    done = _xbgw("fetch", "no-such-transfer", "-o", str(target), sock=pair.frankfurt.paths.socket)
+    done = pair.frankfurt.cli("fetch", "no-such-transfer", "-o", str(target))
     _one_line_failure(done, "no committed transfer 'no-such-transfer'", "NOT_FOUND")
     assert list(tmp_path.iterdir()) == []  # neither the file nor its partial
 
@@ -105,16 +89,7 @@ def test_send_with_a_tampered_passport_is_refused_by_the_sender(pair: Pair, tmp_
     forged = ".".join(
         [header, payload, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BA")]
     )
-    done = _xbgw(
-        "send",
-        str(source),
-        "--to",
-        "frankfurt",
-        "--passport",
-        forged,
-        "-q",
-        sock=pair.lingang.paths.socket,
-    )
+    done = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", forged, "-q")
     _one_line_failure(done, "PERMISSION_DENIED")
     assert "signature" in done.stderr
 
@@ -125,51 +100,26 @@ def test_data_larger_than_the_passport_allows_is_refused_before_the_offer(
     source = tmp_path / "data.bin"
     source.write_bytes(b"z" * 2_000)
     token = pair.passport(byte_limit=1_000)
-    done = _xbgw(
-        "send",
-        str(source),
-        "--to",
-        "frankfurt",
-        "--passport",
-        token,
-        "-q",
-        sock=pair.lingang.paths.socket,
-    )
+    done = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", token, "-q")
     _one_line_failure(done, "the data is 2000 bytes", "allows 1000", "RESOURCE_EXHAUSTED")
     # Nothing reached the partner, so the passport is not spent: a right-sized send works.
     source.write_bytes(b"z" * 1_000)
-    again = _xbgw(
-        "send",
-        str(source),
-        "--to",
-        "frankfurt",
-        "--passport",
-        token,
-        "-q",
-        sock=pair.lingang.paths.socket,
-    )
+    again = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", token, "-q")
     assert again.returncode == 0, again.stderr
 
 
 def test_an_empty_file_is_a_transfer_too(pair: Pair, tmp_path: Path) -> None:
     source = tmp_path / "empty.bin"
     source.write_bytes(b"")
-    done = _xbgw(
-        "send",
-        str(source),
-        "--to",
-        "frankfurt",
-        "--passport",
-        pair.passport(byte_limit=1),
-        "-q",
-        sock=pair.lingang.paths.socket,
+    done = pair.lingang.cli(
+        "send", str(source), "--to", "frankfurt", "--passport", pair.passport(byte_limit=1), "-q"
     )
     assert done.returncode == 0, done.stderr
     empty_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert empty_sha256 in done.stdout
     transfer_id = done.stdout.split()[1]
     target = tmp_path / "fetched.bin"
-    fetched = _xbgw("fetch", transfer_id, "-o", str(target), sock=pair.frankfurt.paths.socket)
+    fetched = pair.frankfurt.cli("fetch", transfer_id, "-o", str(target))
     assert fetched.returncode == 0, fetched.stderr
     assert target.read_bytes() == b""
 
@@ -178,12 +128,9 @@ def test_two_sends_of_one_passport_at_once_deliver_once(pair: Pair, tmp_path: Pa
     source = tmp_path / "data.bin"
     source.write_bytes(os.urandom(16 << 20))
     token = pair.passport(byte_limit=16 << 20)
-    command = [sys.executable, "-m", "gateway.cli", "send", str(source), "--to", "frankfurt",
-               "--passport", token, "-q"]  # fmt: skip
-    env = {**os.environ, "XBGW_SOCKET": str(pair.lingang.paths.socket), "GRPC_VERBOSITY": "ERROR"}
     sends = [
-        subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        pair.lingang.cli_background(
+            "send", str(source), "--to", "frankfurt", "--passport", token, "-q"
         )
         for _ in range(2)
     ]
@@ -199,23 +146,21 @@ def test_two_sends_of_one_passport_at_once_deliver_once(pair: Pair, tmp_path: Pa
     failed = next(err for code, _out, err in results if code == 1)
     assert "already being sent" in failed or "already delivered" in failed, failed
     assert "Traceback" not in failed and "INTERNAL" not in failed
-    inbox = _xbgw("inbox", sock=pair.frankfurt.paths.socket).stdout
+    inbox = pair.frankfurt.cli("inbox").stdout
     delivered = next(out for code, out, _err in results if code == 0).split()[1]
     assert inbox.count(delivered) == 1
 
 
 def test_unreadable_source_and_target_are_one_line(pair: Pair, tmp_path: Path) -> None:
     token = pair.passport(byte_limit=100)
-    missing = _xbgw(
-        "send", str(tmp_path / "nope.bin"), "--to", "frankfurt", "--passport", token,
-        sock=pair.lingang.paths.socket,
-    )  # fmt: skip
+    missing = pair.lingang.cli(
+        "send", str(tmp_path / "nope.bin"), "--to", "frankfurt", "--passport", token)  # fmt: skip
     assert missing.returncode == 2, missing
     assert missing.stderr.strip().splitlines() == [
         f"xbgw: cannot read {tmp_path / 'nope.bin'}: No such file or directory"
     ]
     target = tmp_path / "no-such-dir" / "out.bin"
-    fetch = _xbgw("fetch", "anything", "-o", str(target), sock=pair.frankfurt.paths.socket)
+    fetch = pair.frankfurt.cli("fetch", "anything", "-o", str(target))
     _one_line_failure(fetch, "No such file or directory")
 
 
@@ -226,11 +171,9 @@ def test_a_passport_file_that_is_not_text_and_a_directory_target(
     source.write_bytes(b"x")
     binary = tmp_path / "passport.bin"
     binary.write_bytes(b"\xff\xfe\x00not a token")
-    done = _xbgw(
-        "send", str(source), "--to", "frankfurt", "--passport", str(binary),
-        sock=pair.lingang.paths.socket,
-    )  # fmt: skip
+    done = pair.lingang.cli(
+        "send", str(source), "--to", "frankfurt", "--passport", str(binary))  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, done
     assert "cannot read a passport" in done.stderr
-    fetch = _xbgw("fetch", "t", "-o", str(tmp_path), sock=pair.frankfurt.paths.socket)
+    fetch = pair.frankfurt.cli("fetch", "t", "-o", str(tmp_path))
     assert fetch.returncode == 2 and "is a directory" in fetch.stderr, fetch

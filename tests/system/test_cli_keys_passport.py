@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from tests.softhsm import SO_PIN, SOFTHSM_MODULE, USER_PIN, write_conf
+from gateway.provision import write_softhsm_conf
+from tests.softhsm import SO_PIN, SOFTHSM_MODULE, USER_PIN
 
 TIMEOUT = 60.0
 _CONSOLE_SCRIPT = Path(sys.executable).with_name("xbgw")
@@ -145,7 +146,7 @@ class Token:
 
     @classmethod
     def make(cls, root: Path, label: str, pin: str = USER_PIN) -> Token:
-        conf = write_conf(root)
+        conf = write_softhsm_conf(root)
         init_token(conf, label, pin)
         return cls(root, conf, label, pin, write_private(root / "pin", pin + "\n"))
 

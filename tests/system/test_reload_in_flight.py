@@ -6,8 +6,6 @@ import hashlib
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,23 +38,8 @@ def test_reload_of_both_gateways_does_not_cut_a_transfer(tmp_path: Path) -> None
     source.write_bytes(data)
     with running_pair(tmp_path / "pair", segment_size=16 << 10) as pair:
         token = pair.passport(byte_limit=len(data))
-        send = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "send",
-                str(source),
-                "--to",
-                "frankfurt",
-                "--passport",
-                token,
-                "-q",
-            ],
-            env={**os.environ, "XBGW_SOCKET": str(pair.lingang.paths.socket)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        send = pair.lingang.cli_background(
+            "send", str(source), "--to", "frankfurt", "--passport", token, "-q"
         )
         try:
             deadline = time.monotonic() + DEADLINE
