@@ -22,8 +22,6 @@ import contextlib
 import socket
 import struct
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _PASS, _CUT, _HOLD = "pass", "cut", "hold"
@@ -240,16 +238,3 @@ class FaultProxy:
             self.cut_all()
             return False
         return True
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.01
-) -> None:
-    """Poll ``condition()`` until it is true; ``TimeoutError`` naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,32 @@ from gateway.provision import (
     provision,
 )
 
-__all__ = ["FRANKFURT", "LINGANG", "Gateway", "Pair", "free_port", "running_pair"]
+__all__ = [
+    "FRANKFURT",
+    "LINGANG",
+    "Gateway",
+    "Pair",
+    "free_port",
+    "running_pair",
+    "wait_until",
+]
 
 READY_TIMEOUT = 30.0
+POLL_INTERVAL = 0.02
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition()`` until it holds; ``TimeoutError`` naming ``what`` after ``timeout``.
+
+    Waiting on a condition with a deadline, never a sleep that hopes to win a race.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
 STOP_TIMEOUT = 30.0
 
 

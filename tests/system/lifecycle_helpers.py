@@ -228,15 +228,6 @@ def wait_count(process: DaemonProcess, line: str, count: int, timeout: float) ->
         _read_one(process, deadline, f"{count} x {line}")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout``. Not a race-winning sleep."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
-
-
 # -- CLI -------------------------------------------------------------------------------------
 
 

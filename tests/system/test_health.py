@@ -7,7 +7,6 @@ way back to SERVING is not observable with it; a real HSM reconnecting is.)
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.demo import FRANKFURT, LINGANG
 from gateway.provision import DaemonProcess, GatewaySpec, Provisioned, free_port, provision
+from tests.system.harness import wait_until
 
 DEADLINE = 20.0
 
@@ -43,10 +43,7 @@ def _status(socket: Path) -> int:
 
 
 def _wait_for(socket: Path, status: int) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while _status(socket) != status:
-        assert time.monotonic() < deadline, f"health did not become {status} in {DEADLINE}s"
-        time.sleep(0.1)  # polling a condition with a deadline, not winning a race
+    wait_until(lambda: _status(socket) == status, DEADLINE, f"health status {status}")
 
 
 def test_health_is_not_serving_while_the_token_is_gone(

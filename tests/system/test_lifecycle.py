@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from gateway.provision import DaemonProcess
+from tests.system.harness import wait_until
 from tests.system.lifecycle_helpers import (
     CLI_ENV,
     World,
@@ -63,7 +64,6 @@ from tests.system.lifecycle_helpers import (
     stop_quietly,
     wait_after,
     wait_count,
-    wait_until,
     write_standalone,
 )
 

@@ -6,10 +6,9 @@ import hashlib
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
-from tests.system.harness import Gateway, running_pair
+from tests.system.harness import Gateway, running_pair, wait_until
 
 DEADLINE = 60.0
 
@@ -42,11 +41,12 @@ def test_reload_of_both_gateways_does_not_cut_a_transfer(tmp_path: Path) -> None
             "send", str(source), "--to", "frankfurt", "--passport", token, "-q"
         )
         try:
-            deadline = time.monotonic() + DEADLINE
-            while _received(pair.frankfurt) == 0:
-                assert send.poll() is None, "the transfer ended before the reloads"
-                assert time.monotonic() < deadline, "no progress on frankfurt"
-                time.sleep(0.05)  # polling the ledger with a deadline
+            wait_until(
+                lambda: _received(pair.frankfurt) > 0 or send.poll() is not None,
+                DEADLINE,
+                "progress on frankfurt",
+            )
+            assert send.poll() is None, "the transfer ended before the reloads"
             _reload(pair.lingang)
             _reload(pair.frankfurt)
             assert send.poll() is None, "the transfer ended before both reloads were done"

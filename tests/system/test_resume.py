@@ -40,8 +40,8 @@ import yaml
 from gateway.envelope import TAG_LEN
 from gateway.intake import SYNC_EVERY_SEGMENTS
 from gateway.provision import GatewaySpec, provision
-from tests.system.faults import FaultProxy, wait_until
-from tests.system.harness import FRANKFURT, LINGANG, Gateway, Pair, free_port
+from tests.system.faults import FaultProxy
+from tests.system.harness import FRANKFURT, LINGANG, Gateway, Pair, free_port, wait_until
 
 SEGMENT = 4096  # small segments: many of them, so faults land mid-stream
 SIZE = 4 << 20  # 1024 segments
