@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests bench
-	$(VENV)/bin/ruff format --check gateway tests bench
+	$(VENV)/bin/ruff check gateway devtools tests bench
+	$(VENV)/bin/ruff format --check gateway devtools tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -31,7 +31,7 @@ proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
 
 demo: $(STAMP)
-	$(PY) -m gateway.demo
+	$(PY) -m devtools.demo
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -1,13 +1,13 @@
 """The xbgw benchmark harness: ``python -m bench`` (``make bench``).
 
-Two real gateway daemons (provisioned as the demo does: SoftHSM, mutual TLS on loopback,
-SQLite) measured against a control in the same run:
+Two real gateway daemons (the demo pair of ``devtools.pair``: SoftHSM, mutual TLS on
+loopback, SQLite) measured against a control in the same run:
 
 * ``bench.runner``    -- orchestration, the table and ``bench/results.json``;
 * ``bench.control``   -- the control: a byte-counting gRPC server (its own process) and the
   client-streaming upload that feeds it with the gateway's certificates and limits;
 * ``bench.localapi``  -- the harness's client of the daemon's local Unix-socket API;
-* ``bench.daemons``   -- the daemon pair: start, stop by PID, peak RSS, CPU time, and HSM
+* ``bench.daemons``   -- what /proc says about the daemons (peak RSS, CPU time), and HSM
   operation counts scraped from the daemon's metrics endpoint;
 * ``bench.passports`` -- issues passports in bulk in one child process (issuer's token);
 * ``bench.hsmbench``  -- HSM operation rates, in a child process against a gateway token;

@@ -1,9 +1,10 @@
-"""The two gateway daemons of a benchmark run, and what /proc says about a process.
+"""What /proc says about the benchmark's daemons, and what their metrics endpoints say.
 
-Daemons are :class:`gateway.provision.DaemonProcess` -- ``python -m gateway.cli serve``
-started as the demo starts them, ready on ``READY=1`` from the notify socket, stopped by PID
-(SIGTERM, then SIGKILL). HSM operation counts come from the daemon's own Prometheus
-endpoint (``listen.metrics``), scraped by :func:`hsm_metrics`.
+The daemons themselves are the demo pair of :mod:`devtools.pair` -- ``python -m gateway.cli
+serve`` started as the demo starts them, ready on ``READY=1`` from the notify socket, stopped
+by PID (SIGTERM, then SIGKILL); ``Pair.pids()`` names them for the functions here. HSM
+operation counts come from the daemon's own Prometheus endpoint (``listen.metrics``),
+scraped by :func:`hsm_metrics`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ import re
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-
-from gateway.provision import DaemonProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -52,6 +50,18 @@ def self_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def each_peak_rss_kib(pids: dict[str, int]) -> dict[str, int]:
+    return {name: peak_rss_kib(pid) for name, pid in pids.items()}
+
+
+def each_rss_kib(pids: dict[str, int]) -> dict[str, int]:
+    return {name: rss_kib(pid) for name, pid in pids.items()}
+
+
+def each_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 # --- daemons -------------------------------------------------------------------------------
 
 
@@ -79,40 +89,6 @@ def hsm_metrics(port: int, timeout: float = 10.0) -> dict[str, dict[str, float]]
     return {"counts": counts, "seconds": seconds}
 
 
-@dataclass
-class Pair:
-    """lingang (sender) and frankfurt (receiver); the receiver starts first, both stop."""
-
-    lingang: DaemonProcess
-    frankfurt: DaemonProcess
-
-    def start(self) -> None:
-        self.frankfurt.start()
-        self.lingang.start()
-
-    def stop(self) -> None:
-        errors = []
-        for daemon in (self.lingang, self.frankfurt):
-            try:
-                daemon.stop()
-            except Exception as exc:  # stop the other one whatever happens
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-    def pids(self) -> dict[str, int]:
-        return {"lingang": self.lingang.pid, "frankfurt": self.frankfurt.pid}
-
-    def peak_rss_kib(self) -> dict[str, int]:
-        return {name: peak_rss_kib(pid) for name, pid in self.pids().items()}
-
-    def rss_kib(self) -> dict[str, int]:
-        return {name: rss_kib(pid) for name, pid in self.pids().items()}
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) for name, pid in self.pids().items()}
-
-
 class RssSampler:
     """Samples ``VmRSS`` of some processes every ``interval`` seconds in a thread.
 
@@ -130,7 +106,7 @@ class RssSampler:
 
     def _sample(self) -> None:
         try:
-            values = {name: rss_kib(pid) for name, pid in self.pids.items()}
+            values = each_rss_kib(self.pids)
         except (OSError, RuntimeError):
             return  # a process just exited; the caller will notice
         self.samples["t"].append(round(time.monotonic() - self._started, 3))

@@ -2,7 +2,7 @@
 
 ``xbgw passport issue`` costs a process start (Python, gRPC and PKCS#11 imports, a login) per
 passport; a thousand of those would dominate the harness. The claims are the ones
-:func:`gateway.provision.issue_passport` makes through the CLI. The child runs with
+:func:`devtools.provision.issue_passport` makes through the CLI. The child runs with
 ``SOFTHSM2_CONF`` pointing at the issuer's token directory (set before PKCS#11 loads) and
 prints one token per line.
 """
@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 
 from bench import child_env
-from gateway.provision import SOFTHSM_MODULE, GatewaySpec, Issuer
+from devtools.provision import SOFTHSM_MODULE, GatewaySpec, Issuer
 
 PURPOSE = "benchmark transfer"
 LEGAL_BASIS = "CAC-SC-2026-0042"
@@ -93,9 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "SOFTHSM2_CONF" not in os.environ:
         parser.error("SOFTHSM2_CONF must name the issuer's SoftHSM config")
 
-    from gateway.hsm import Hsm, PinSource
+    from gateway.hsm import Hsm
     from gateway.keys import KeyRef
     from gateway.passport import PassportClaims, XbgwClaims, issue
+    from gateway.secrets import PinSource
 
     kid = KeyRef.parse(args.kid)
     pin = PinSource("file", args.pin_file).read()

@@ -1,8 +1,8 @@
 """``python -m bench`` (``make bench``): the gateway measured against a control, same run.
 
-Provisions lingang (CN-SH) and frankfurt (EU-DE) exactly as the demo does -- one SoftHSM token
-each plus the passport issuer's, a throw-away CA, mutual TLS on loopback, SQLite ledgers --
-into a temporary directory (or ``--dir``), then:
+Provisions lingang (CN-SH) and frankfurt (EU-DE) exactly as the demo does
+(:mod:`devtools.pair`) -- one SoftHSM token each plus the passport issuer's, a throw-away CA,
+mutual TLS on loopback, SQLite ledgers -- into a temporary directory (or ``--dir``), then:
 
 1. **HSM rates** (no daemon running): each HSM operation of the transfer path, N times, in
    a child process against lingang's token (:mod:`bench.hsmbench`).
@@ -17,7 +17,7 @@ into a temporary directory (or ``--dir``), then:
    and latency percentiles (nearest rank) from submit to verified receipt.
 4. **Memory** (unless ``--skip-memory``): a fresh daemon pair per transfer, one of
    ``--bulk-size`` and one of ``--mem-large``; each daemon's ``VmHWM`` (peak RSS) afterwards.
-5. **HSM counts**: the daemons once more, with their Prometheus endpoint enabled; the
+5. **HSM counts**: the daemons once more, their Prometheus endpoint now enabled; the
    ``xbgw_hsm_operation_seconds`` histogram scraped around a one-segment and a
    multi-segment transfer gives the calls of each operation per transfer.
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -44,34 +43,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import grpc
-import yaml
 
 from bench import REPO, hsmbench
 from bench.control import ControlClient, ControlServer, TlsFiles
-from bench.daemons import Pair, RssSampler, cpu_seconds, hsm_metrics, self_cpu_seconds
+from bench.daemons import (
+    RssSampler,
+    cpu_seconds,
+    each_cpu_seconds,
+    each_peak_rss_kib,
+    each_rss_kib,
+    hsm_metrics,
+    self_cpu_seconds,
+)
 from bench.localapi import LocalClient, file_chunks
 from bench.passports import issue_many
+from devtools.pair import Pair, provision_pair
 from gateway.cli import parse_size
 from gateway.config import load_config
-from gateway.provision import (
-    DaemonProcess,
-    GatewaySpec,
-    Issuer,
-    Provisioned,
-    free_port,
-    provision,
-)
 
-LINGANG = ("lingang", "CN-SH", "Lingang Special Area, Shanghai")
-FRANKFURT = ("frankfurt", "EU-DE", "Frankfurt am Main")
 MARKER = ".xbgw-bench"
 DEFAULT_JSON = REPO / "bench" / "results.json"
 MIB = 1 << 20
@@ -262,23 +258,14 @@ def _work_dir(requested: Path | None) -> tuple[Path, bool]:
     return root, False
 
 
-def _log_tails(made: dict[str, Provisioned], lines: int = 15) -> None:
-    for gateway_id, paths in made.items():
-        log = paths.root / "daemon.log"
+def _log_tails(pair: Pair | None, lines: int = 15) -> None:
+    for gateway in pair.gateways if pair is not None else ():
+        log = gateway.log_path
         if log.exists():
             tail = log.read_text(errors="replace").splitlines()[-lines:]
-            print(f"--- last lines of {gateway_id}'s daemon.log ({log})", file=sys.stderr)
+            print(f"--- last lines of {gateway.id}'s daemon.log ({log})", file=sys.stderr)
             for line in tail:
                 print(f"    {line}", file=sys.stderr)
-
-
-@contextmanager
-def running(pair: Pair) -> Iterator[Pair]:
-    try:
-        pair.start()
-        yield pair
-    finally:
-        pair.stop()
 
 
 # --- the measurements -----------------------------------------------------------------------
@@ -286,34 +273,31 @@ def running(pair: Pair) -> Iterator[Pair]:
 
 @dataclass
 class Setup:
-    root: Path
-    specs: dict[str, GatewaySpec]
-    made: dict[str, Provisioned]
-    issuer: Issuer
+    pair: Pair  # provisioned once; every phase starts it (fresh processes) and stops it
     segment_size: int
     max_message_bytes: int
     data: Path
     digests: dict[int, bytes]
 
+    @property
+    def root(self) -> Path:
+        return self.pair.root
+
     def passports(self, count: int, byte_limit: int) -> list[str]:
-        return issue_many(
-            self.issuer, self.specs["lingang"], self.specs["frankfurt"], count, byte_limit
-        )
+        pair = self.pair
+        return issue_many(pair.issuer, pair.lingang.spec, pair.frankfurt.spec, count, byte_limit)
 
     def local(self) -> LocalClient:
-        return LocalClient(self.made["lingang"].socket, self.max_message_bytes)
+        return LocalClient(self.pair.lingang.paths.socket, self.max_message_bytes)
 
     def send_file(self, client: LocalClient, token: str, size: int) -> float:
         chunks = file_chunks(self.data, size, self.segment_size)
         return client.send("frankfurt", token, chunks, size, self.digests[size]).seconds
 
-    def plain_pair(self) -> Pair:
-        return Pair(DaemonProcess(self.made["lingang"]), DaemonProcess(self.made["frankfurt"]))
-
 
 def _timed(run: Callable[[], float], pids: dict[str, int]) -> dict[str, Any]:
     """Run one timed transfer; its seconds and the CPU seconds each process spent meanwhile."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = each_cpu_seconds(pids)
     harness_before = self_cpu_seconds()
     seconds = run()
     cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
@@ -324,16 +308,16 @@ def _timed(run: Callable[[], float], pids: dict[str, int]) -> dict[str, Any]:
 def bench_bulk(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
     size = opts.bulk_size
     tokens = setup.passports(opts.pairs + 1, size)
-    made = setup.made
+    lingang, frankfurt = pair.lingang.paths, pair.frankfurt.paths
     client_tls = TlsFiles(
-        made["lingang"].root / "tls" / "gateway.crt",
-        made["lingang"].root / "tls" / "gateway.key",
-        setup.root / "ca" / "ca.crt",
+        lingang.root / "tls" / "gateway.crt",
+        lingang.root / "tls" / "gateway.key",
+        pair.ca_path(),
     )
     server_tls = TlsFiles(
-        made["frankfurt"].root / "tls" / "gateway.crt",
-        made["frankfurt"].root / "tls" / "gateway.key",
-        setup.root / "ca" / "ca.crt",
+        frankfurt.root / "tls" / "gateway.crt",
+        frankfurt.root / "tls" / "gateway.key",
+        pair.ca_path(),
     )
     control = ControlServer(server_tls, setup.max_message_bytes)
     local = setup.local()
@@ -394,7 +378,7 @@ def bench_small(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
             return local.send_bytes("frankfurt", tokens[index + 1], payloads[index + 1]).seconds
 
         pids = pair.pids()
-        before = pair.cpu_seconds()
+        before = each_cpu_seconds(pids)
         harness_before = self_cpu_seconds()
         pool = concurrent.futures.ThreadPoolExecutor(opts.small_concurrency, "bench-small")
         try:
@@ -431,16 +415,15 @@ def bench_memory(setup: Setup, opts: Options) -> dict[str, Any]:
     tokens = {label: setup.passports(1, size)[0] for label, size in sizes}
     runs: dict[str, Any] = {}
     for label, size in sizes:
-        pair = setup.plain_pair()
-        with running(pair):
-            idle = pair.rss_kib()
+        with setup.pair.running() as pair:  # fresh daemon processes for each transfer
+            idle = each_rss_kib(pair.pids())
             local = setup.local()
             try:
                 with RssSampler(pair.pids()) as sampler:
                     seconds = setup.send_file(local, tokens[label], size)
             finally:
                 local.close()
-            peak = pair.peak_rss_kib()
+            peak = each_peak_rss_kib(pair.pids())
         runs[label] = {
             "size_bytes": size,
             "seconds": seconds,
@@ -477,26 +460,13 @@ def count_sizes(segment_size: int, opts: Options) -> tuple[int, int]:
     return one, multi
 
 
-def _with_metrics(paths: Provisioned, port: int) -> Provisioned:
-    """A copy of the gateway's config with its Prometheus endpoint on ``port``."""
-    config = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
-    config["listen"]["metrics"] = f"127.0.0.1:{port}"
-    target = paths.root / "gateway-metrics.yaml"
-    target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return dataclasses.replace(paths, config=target)
-
-
 def bench_hsm_counts(setup: Setup, opts: Options) -> dict[str, Any]:
     """Counts of each HSM operation per transfer, from the daemons' own metrics."""
     one, multi = count_sizes(setup.segment_size, opts)
     tokens = setup.passports(3, multi)
-    ports = {name: free_port() for name in ("lingang", "frankfurt")}
-    pair = Pair(
-        DaemonProcess(_with_metrics(setup.made["lingang"], ports["lingang"])),
-        DaemonProcess(_with_metrics(setup.made["frankfurt"], ports["frankfurt"])),
-    )
+    ports = setup.pair.enable_metrics()  # the last phase: no earlier daemon had the endpoint
     transfers = []
-    with running(pair):
+    with setup.pair.running():
         local = setup.local()
         try:
             setup.send_file(local, tokens[0], one)  # warm-up: key set, caches
@@ -516,7 +486,7 @@ def bench_hsm_counts(setup: Setup, opts: Options) -> dict[str, Any]:
     return {
         "source": (
             "measured: each daemon's Prometheus endpoint (listen.metrics, enabled for this "
-            "pair only), xbgw_hsm_operation_seconds_count/_sum by operation, scraped before "
+            "phase only), xbgw_hsm_operation_seconds_count/_sum by operation, scraped before "
             "and after each transfer, after one untimed warm-up transfer"
         ),
         "transfers": transfers,
@@ -654,22 +624,18 @@ def run(opts: Options) -> dict[str, Any]:
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
     }
     root, temporary = _work_dir(opts.dir)
-    made: dict[str, Provisioned] = {}
+    pair: Pair | None = None
     try:
         say(f"==> provisioning lingang and frankfurt in {root}")
-        specs = {
-            spec.id: spec
-            for spec in (GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port()))
-        }
-        made, issuer = provision(root, list(specs.values()))
-        limits = load_config(made["lingang"].config).limits
+        pair = provision_pair(root)
+        limits = load_config(pair.lingang.paths.config).limits
         results["gateway_limits"] = {
             "segment_size": limits.segment_size,
             "max_message_bytes": limits.max_message_bytes,
         }
 
         say(f"==> HSM operation rates ({opts.hsm_iterations} calls each, lingang's token)")
-        rates = hsmbench.measure(made["lingang"].config, opts.hsm_iterations)
+        rates = hsmbench.measure(pair.lingang.paths.config, opts.hsm_iterations)
         for op, r in rates.items():
             say(f"    {op:<7} {r['ops_per_s']:>10,.0f}/s")
 
@@ -680,19 +646,9 @@ def run(opts: Options) -> dict[str, Any]:
         data = root / "data.bin"
         say(f"==> generating {human(max(sizes))} of random data")
         digests = make_dataset(data, sizes)
-        setup = Setup(
-            root,
-            specs,
-            made,
-            issuer,
-            limits.segment_size,
-            limits.max_message_bytes,
-            data,
-            digests,
-        )
+        setup = Setup(pair, limits.segment_size, limits.max_message_bytes, data, digests)
 
-        pair = setup.plain_pair()
-        with running(pair):
+        with pair.running():
             say(f"==> bulk: {opts.pairs} pair(s) of {human(opts.bulk_size)}, gateway and control")
             results["bulk"] = bench_bulk(setup, pair, opts)
             say(
@@ -716,7 +672,7 @@ def run(opts: Options) -> dict[str, Any]:
         say("==> HSM operations per transfer (from the daemons' metrics endpoints)")
         results["hsm"] = {"rates": rates, "counts": bench_hsm_counts(setup, opts)}
     except Exception:
-        _log_tails(made)
+        _log_tails(pair)
         raise
     finally:
         if temporary:

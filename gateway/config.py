@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.errors import ConfigError
-from gateway.hsm import PinSource
 from gateway.keys import MAX_VERSION, KeyRef, Purpose, check_gateway_id
+from gateway.secrets import PinSource
 
 KIB, MIB = 1024, 1024 * 1024
 FRAME_OVERHEAD = 64 * KIB  # room for gRPC framing and message fields around one segment

@@ -38,7 +38,6 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import logs
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
-from gateway.client import PartnerChannels, Sender
 from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, ListenError, XbgwError
 from gateway.hsm import Hsm
@@ -48,7 +47,9 @@ from gateway.local import LOCAL_WORKERS, LocalServicer
 from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
 from gateway.partner import PartnerServicer
+from gateway.partner_link import GrpcPartnerLink
 from gateway.receiver import Receiver
+from gateway.sender import Sender
 from gateway.spool import Spool
 from gateway.tls import ReloadableServerCredentials, load_private_key_pem
 
@@ -58,8 +59,8 @@ PARTNER_RECEIVE_BACKSTOP = 2  # x max_message_bytes; see _start_partner_server
 PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["PartnerGateway"].full_name
 LOCAL_SERVICE = local_pb2.DESCRIPTOR.services_by_name["LocalGateway"].full_name
 HSM_CHECK_SECONDS = 5.0
-# The local socket carries the CLI's 1 MiB data messages (cli_daemon.READ_CHUNK) and Fetch's
-# 1 MiB chunks whatever the partner segment size: its limit must not follow limits.*.
+# The local socket carries the CLI's 1 MiB data messages (gateway.cli.daemon.READ_CHUNK) and
+# Fetch's 1 MiB chunks whatever the partner segment size: its limit must not follow limits.*.
 LOCAL_MAX_MESSAGE_BYTES = 16 << 20
 IDLE_WAIT_SECONDS = 10.0
 M_ARENA_MAX = -8  # glibc mallopt parameter
@@ -103,10 +104,10 @@ class Daemon:
         self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
         self.spool = Spool(config.state_dir / "spool")
         key_pem = self._tls_key(config)
-        self.channels = PartnerChannels(config, key_pem)
+        self.link = GrpcPartnerLink(config, key_pem)
         self.receiver = Receiver(config, self.hsm, self.keys, self.ledger, self.spool)
         self.receiver.on_commit = self.metrics.committed_in
-        self.sender = Sender(config, self.hsm, self.keys, self.ledger, self.channels)
+        self.sender = Sender(config, self.hsm, self.keys, self.ledger, self.link)
         self.health = health.HealthServicer()
         notify("STATUS=starting listeners")
         self._start_partner_server(config, key_pem)
@@ -310,7 +311,7 @@ class Daemon:
         logging.getLogger().setLevel(config.log.level.upper())
         self.receiver.reconfigure(config)
         self.sender.reconfigure(config)
-        self.channels.reconfigure(config, key_pem)
+        self.link.reconfigure(config, key_pem)
         log.info("configuration reloaded")
         notify("READY=1", f"STATUS=serving as {config.id} on {self.partner_address}")
 
@@ -328,7 +329,7 @@ class Daemon:
         # Cut streams save their resume point in their handler threads; let them finish.
         if not self.partner_servicer.wait_idle(IDLE_WAIT_SECONDS):
             log.warning("some partner handlers did not finish; their last durable point stands")
-        self.channels.close()
+        self.link.close()
         self.ledger.close()
         self.hsm.close()
         log.info("stopped after %.1fs", time.monotonic() - started)

@@ -27,8 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pkcs11
 import pkcs11.exceptions as p11e
@@ -42,7 +41,6 @@ from gateway.errors import (
     HsmError,
     HsmPinError,
     KeyNotFoundError,
-    PinSourceError,
     UnwrapError,
 )
 from gateway.keys import MAX_VERSION, Purpose, version_id
@@ -52,59 +50,6 @@ DIGEST_LEN = 32
 MAX_WRAPPED_LEN = 1024
 MIN_SECRET_LEN = 16
 MAX_SECRET_LEN = 512
-
-
-# --- PIN sources ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PinSource:
-    """Where the user PIN comes from. Never the YAML file itself.
-
-    ``file``: a path whose content (one line) is the PIN; ``env``: an environment variable;
-    ``credential``: a systemd credential name, read from ``$CREDENTIALS_DIRECTORY/<name>``.
-    """
-
-    kind: Literal["file", "env", "credential"]
-    name: str
-
-    def read(self) -> str:
-        """Return the PIN, or raise ``PinSourceError`` saying where it was looked for."""
-        if self.kind == "env":
-            value = os.environ.get(self.name)
-            if value is None:
-                raise PinSourceError(f"HSM PIN: environment variable {self.name} is not set")
-            return _one_line(value, f"environment variable {self.name}")
-        if self.kind == "credential":
-            directory = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                raise PinSourceError(
-                    f"HSM PIN: systemd credential {self.name!r} requested but "
-                    "$CREDENTIALS_DIRECTORY is not set (add LoadCredential= to the unit)"
-                )
-            return self._read_file(Path(directory) / self.name)
-        if self.kind == "file":
-            return self._read_file(Path(self.name))
-        raise PinSourceError(f"HSM PIN: unknown source kind {self.kind!r}")
-
-    @staticmethod
-    def _read_file(path: Path) -> str:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PinSourceError(f"HSM PIN: file {path} does not exist") from None
-        except PermissionError:
-            raise PinSourceError(f"HSM PIN: file {path} is not readable by this user") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PinSourceError(f"HSM PIN: cannot read {path}: {type(exc).__name__}") from None
-        return _one_line(text, f"file {path}")
-
-
-def _one_line(value: str, where: str) -> str:
-    pin = value.rstrip("\r\n")
-    if not pin or "\n" in pin:
-        raise PinSourceError(f"HSM PIN: {where} must hold exactly one non-empty line")
-    return pin
 
 
 # --- key information ------------------------------------------------------------------------

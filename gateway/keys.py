@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from gateway.errors import HeaderFormatError, KeyNotFoundError
+from gateway.errors import KeyNotFoundError
 
 MAX_VERSION = 2**32 - 1
 _GATEWAY_ID = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -38,10 +38,11 @@ class Purpose(StrEnum):
 
     @classmethod
     def from_code(cls, code: int) -> Purpose:
+        """The purpose with this one-byte code; raises ``ValueError`` for an unknown code."""
         for purpose, value in _PURPOSE_CODES.items():
             if value == code:
                 return purpose
-        raise HeaderFormatError(f"unknown key purpose code {code}")
+        raise ValueError(f"unknown key purpose code {code}")
 
 
 _PURPOSE_CODES = {Purpose.TRANSPORT: 1, Purpose.SIGNING: 2, Purpose.STORAGE: 3}

@@ -11,6 +11,10 @@ and the same envelope header.
 
 One connection shared under a lock: SQLite serialises writers anyway, and the gateway makes
 a few writes per second per transfer.
+
+Failures of the database itself (disk full, I/O error, a locked or corrupt file) leave this
+module as :class:`~gateway.errors.StorageError`, whatever called it; a constraint violation
+is the caller's logic and is turned into the domain answer where it happens.
 """
 
 from __future__ import annotations
@@ -23,9 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.errors import StorageError, TransferConflictError
+from gateway.passport import inspect
 from gateway.signed import Signed as Receipt
+from gateway.transfer import TransferState
 
-SCHEMA_VERSION = 1
+#: 1: the first schema. 2: inbound.dataset_sha256 (the passport's ``sub``, kept at the offer
+#: so that finish need not parse the stored passport again).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbound (
@@ -38,6 +47,7 @@ CREATE TABLE IF NOT EXISTS inbound (
     byte_limit INTEGER NOT NULL,
     classification TEXT NOT NULL,
     source_jurisdiction TEXT NOT NULL,
+    dataset_sha256 TEXT,
     state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
     next_segment INTEGER NOT NULL DEFAULT 0,
     received_bytes INTEGER NOT NULL DEFAULT 0,
@@ -85,7 +95,8 @@ class Inbound:
     byte_limit: int
     classification: str
     source_jurisdiction: str
-    state: str
+    dataset_sha256: str | None  # the passport's ``sub``: the data set's SHA-256, if named
+    state: TransferState
     next_segment: int
     received_bytes: int
     final_received: bool
@@ -103,7 +114,7 @@ class Outbound:
     passport_digest: bytes
     sent_header: bytes
     stored_header: bytes
-    state: str
+    state: TransferState
     plaintext_size: int | None
     plaintext_sha256: bytes | None
     created_at: int
@@ -121,14 +132,45 @@ class Ledger:
     """The SQLite ledger of one gateway."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._lock = threading.Lock()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError.from_exception(exc) from None
+
+    def _migrate(self, path: Path) -> None:
+        """Create the schema, or bring a ledger of an older version up to this one."""
+        found = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise StorageError(
+                f"the ledger {path} has schema version {found}, newer than this xbgw's "
+                f"({SCHEMA_VERSION}): run the newer xbgw, or restore a matching backup",
+                "FAILED_PRECONDITION",
+            )
+        tables = {
+            row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if found == 1 or (found == 0 and "inbound" in tables):
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ALTER TABLE inbound ADD COLUMN dataset_sha256 TEXT")
+            rows = self._db.execute(
+                "SELECT transfer_id, passport FROM inbound WHERE state = 'receiving'"
+            ).fetchall()
+            for row in rows:  # the passports were verified at their offer
+                sub = inspect(row["passport"])[1].get("sub")
+                self._db.execute(
+                    "UPDATE inbound SET dataset_sha256 = ? WHERE transfer_id = ?",
+                    (sub if isinstance(sub, str) else None, row["transfer_id"]),
+                )
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
         # executescript commits on its own; CREATE ... IF NOT EXISTS makes it idempotent.
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -146,7 +188,7 @@ class Ledger:
         it. Only writes whose loss is harmless use it: a resume point that goes back is safe
         (the spool is cut back to it); a lost offer is simply made again.
         """
-        with self._lock:
+        with self._lock, _storage():
             if not durable:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -162,9 +204,13 @@ class Ledger:
                     self._db.execute("PRAGMA synchronous=FULL")
 
     def _one(self, sql: str, args: tuple[object, ...]) -> sqlite3.Row | None:
-        with self._lock:
+        with self._lock, _storage():
             row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
             return row
+
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock, _storage():
+            return list(self._db.execute(sql, args).fetchall())
 
     # -- inbound ---------------------------------------------------------------------------
 
@@ -184,6 +230,7 @@ class Ledger:
         byte_limit: int,
         classification: str,
         source_jurisdiction: str,
+        dataset_sha256: str | None,
     ) -> Inbound | None:
         """Record a new inbound transfer, spending the passport; None if the id is taken.
 
@@ -202,6 +249,7 @@ class Ledger:
                     byte_limit,
                     classification,
                     source_jurisdiction,
+                    dataset_sha256,
                     int(time.time()),
                 )
             )
@@ -214,7 +262,8 @@ class Ledger:
             db.execute(
                 "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
                 "offered_header_digest, stored_header, byte_limit, classification, "
-                "source_jurisdiction, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,'receiving',?)",
+                "source_jurisdiction, dataset_sha256, state, created_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,'receiving',?)",
                 values,
             )
 
@@ -260,17 +309,13 @@ class Ledger:
             )
 
     def committed_inbound(self) -> list[Inbound]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM inbound WHERE state = 'committed' ORDER BY committed_at, transfer_id"
-            ).fetchall()
+        rows = self._all(
+            "SELECT * FROM inbound WHERE state = 'committed' ORDER BY committed_at, transfer_id"
+        )
         return [_inbound(row) for row in rows]
 
     def inbound_in_progress(self) -> list[Inbound]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM inbound WHERE state = 'receiving' ORDER BY created_at"
-            ).fetchall()
+        rows = self._all("SELECT * FROM inbound WHERE state = 'receiving' ORDER BY created_at")
         return [_inbound(row) for row in rows]
 
     # -- outbound --------------------------------------------------------------------------
@@ -288,31 +333,34 @@ class Ledger:
         sent_header: bytes,
         stored_header: bytes,
     ) -> Outbound:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO outbound (transfer_id, partner, passport_digest, sent_header, "
-                "stored_header, state, created_at) VALUES (?,?,?,?,?,'sending',?)",
-                (
-                    transfer_id,
-                    partner,
-                    passport_digest,
-                    sent_header,
-                    stored_header,
-                    int(time.time()),
-                ),
-            )
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO outbound (transfer_id, partner, passport_digest, sent_header, "
+                    "stored_header, state, created_at) VALUES (?,?,?,?,?,'sending',?)",
+                    (
+                        transfer_id,
+                        partner,
+                        passport_digest,
+                        sent_header,
+                        stored_header,
+                        int(time.time()),
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise TransferConflictError(
+                f"transfer {transfer_id} already has an outbound record"
+            ) from None
         created = self.outbound(transfer_id)
         assert created is not None
         return created
 
     def segment_tags(self, transfer_id: str, start: int, stop: int) -> dict[int, bytes]:
         """Recorded GCM tags of segments ``start <= idx < stop`` (see client._Pipeline)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT idx, tag FROM outbound_segments "
-                "WHERE transfer_id = ? AND idx >= ? AND idx < ?",
-                (transfer_id, start, stop),
-            ).fetchall()
+        rows = self._all(
+            "SELECT idx, tag FROM outbound_segments WHERE transfer_id = ? AND idx >= ? AND idx < ?",
+            (transfer_id, start, stop),
+        )
         return {int(row["idx"]): bytes(row["tag"]) for row in rows}
 
     def record_segment_tags(self, transfer_id: str, tags: list[tuple[int, bytes]]) -> None:
@@ -350,19 +398,24 @@ class Ledger:
             )
             db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
 
-    def recent(self, limit: int = 20) -> list[tuple[str, str, str, str, int]]:
+    def recent(self, limit: int = 20) -> list[tuple[str, str, str, TransferState, int]]:
         """(transfer_id, direction, partner, state, bytes) for ``xbgw status``."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT transfer_id, 'in' AS direction, sender AS partner, state, "
-                "received_bytes AS bytes, created_at FROM inbound "
-                "UNION ALL SELECT transfer_id, 'out', partner, state, "
-                "COALESCE(plaintext_size, 0), created_at FROM outbound "
-                "ORDER BY created_at DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self._all(
+            "SELECT transfer_id, 'in' AS direction, sender AS partner, state, "
+            "received_bytes AS bytes, created_at FROM inbound "
+            "UNION ALL SELECT transfer_id, 'out', partner, state, "
+            "COALESCE(plaintext_size, 0), created_at FROM outbound "
+            "ORDER BY created_at DESC LIMIT ?",
+            (limit,),
+        )
         return [
-            (r["transfer_id"], r["direction"], r["partner"], r["state"], int(r["bytes"]))
+            (
+                r["transfer_id"],
+                r["direction"],
+                r["partner"],
+                TransferState(r["state"]),
+                int(r["bytes"]),
+            )
             for r in rows
         ]
 
@@ -378,7 +431,8 @@ def _inbound(row: sqlite3.Row) -> Inbound:
         byte_limit=int(row["byte_limit"]),
         classification=row["classification"],
         source_jurisdiction=row["source_jurisdiction"],
-        state=row["state"],
+        dataset_sha256=row["dataset_sha256"],
+        state=TransferState(row["state"]),
         next_segment=int(row["next_segment"]),
         received_bytes=int(row["received_bytes"]),
         final_received=bool(row["final_received"]),
@@ -399,7 +453,7 @@ def _outbound(row: sqlite3.Row) -> Outbound:
         passport_digest=bytes(row["passport_digest"]),
         sent_header=bytes(row["sent_header"]),
         stored_header=bytes(row["stored_header"]),
-        state=row["state"],
+        state=TransferState(row["state"]),
         plaintext_size=None if row["plaintext_size"] is None else int(row["plaintext_size"]),
         plaintext_sha256=None
         if row["plaintext_sha256"] is None
@@ -410,5 +464,12 @@ def _outbound(row: sqlite3.Row) -> Outbound:
     )
 
 
-def _optional_bytes(value: bytes | None) -> bytes | None:
-    return None if value is None else bytes(value)
+@contextmanager
+def _storage() -> Iterator[None]:
+    """The database failed (not a constraint): a StorageError the servicers map once."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.Error as exc:
+        raise StorageError.from_exception(exc) from None

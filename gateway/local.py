@@ -18,15 +18,17 @@ import grpc
 
 import gateway
 from gateway import envelope
-from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
-from gateway.client import Progress, ReceiptSummary, Sender
+from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
 from gateway.config import GatewayConfig
-from gateway.errors import UnknownTransferError, XbgwError, grpc_status_name
-from gateway.hsm import Hsm
+from gateway.envelope import KeyHolder
+from gateway.errors import UnknownTransferError, XbgwError
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
+from gateway.sender import Progress, ReceiptSummary, Sender
 from gateway.spool import Spool
-from gateway.wire import to_blob
+from gateway.status import abort_with, outcome
+from gateway.transfer import TransferState
+from gateway.wire import state_to_wire, to_blob
 
 log = logging.getLogger("xbgw.local")
 FETCH_CHUNK = 1 << 20
@@ -34,36 +36,9 @@ FETCH_CHUNK = 1 << 20
 STREAM_SLOTS = 24
 LOCAL_WORKERS = 32
 
-_STATES = {
-    "receiving": common_pb2.TRANSFER_STATE_RECEIVING,
-    "committed": common_pb2.TRANSFER_STATE_COMMITTED,
-    "refused": common_pb2.TRANSFER_STATE_UNSPECIFIED,
-    "sending": common_pb2.TRANSFER_STATE_SENDING,
-    "delivered": common_pb2.TRANSFER_STATE_DELIVERED,
-}
-
 
 def _abort(context: grpc.ServicerContext, error: XbgwError, rpc: str, **fields: str) -> None:
-    status = grpc_status_name(error)
-    log.warning(
-        "local %s failed: %s",
-        rpc,
-        error,
-        extra={
-            **fields,
-            "outcome": _outcome(error),
-            "status": status,
-            "reason": type(error).__name__,
-        },
-    )
-    context.abort(getattr(grpc.StatusCode, status), str(error))
-
-
-def _outcome(error: BaseException) -> str:
-    """``refused`` when a check said no; ``failed`` when something broke or was unreachable."""
-    if isinstance(error, XbgwError) and error.grpc_status not in ("UNAVAILABLE", "INTERNAL"):
-        return "refused"
-    return "failed"
+    abort_with(context, error, log, f"local {rpc} failed", rpc=rpc, **fields)
 
 
 class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
@@ -73,7 +48,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         sender: Sender,
         ledger: Ledger,
         spool: Spool,
-        hsm: Hsm,
+        keys: KeyHolder,
         accepting: Callable[[], bool],
         metrics: Metrics,
     ) -> None:
@@ -82,7 +57,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         self._sender = sender
         self._ledger = ledger
         self._spool = spool
-        self._hsm = hsm
+        self._keys = keys
         self._accepting = accepting
         self._started = int(time.time())
         self._streams = 0
@@ -177,7 +152,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)
                 events.put(local_pb2.SendEvent(done=_summary(summary)))
             except BaseException as exc:
-                self._metrics.transfers.labels("out", partner, _outcome(exc)).inc()
+                self._metrics.transfers.labels("out", partner, outcome(exc)).inc()
                 self._metrics.refusals.labels(type(exc).__name__, partner).inc()
                 events.put(exc)
             finally:
@@ -232,12 +207,12 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
     ) -> Iterator[local_pb2.FetchChunk]:
         try:
             row = self._ledger.inbound(request.transfer_id)
-            if row is None or row.state != "committed":
+            if row is None or row.state is not TransferState.COMMITTED:
                 raise UnknownTransferError(
                     f"no committed transfer {request.transfer_id!r} in the inbox"
                 )
             with self._spool.open_committed(row.transfer_id) as src:
-                for plaintext in _plaintext(src, self._config().id, self._hsm):
+                for plaintext in _plaintext(src, self._config().id, self._keys):
                     for offset in range(0, len(plaintext), FETCH_CHUNK):
                         yield local_pb2.FetchChunk(data=plaintext[offset : offset + FETCH_CHUNK])
         except XbgwError as error:
@@ -258,7 +233,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     transfer_id=tid,
                     direction=direction,
                     partner=partner,
-                    state=_STATES.get(state, common_pb2.TRANSFER_STATE_UNSPECIFIED),
+                    state=state_to_wire(state),
                     bytes=size,
                 )
                 for tid, direction, partner, state, size in self._ledger.recent()
@@ -266,20 +241,11 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         )
 
 
-def _plaintext(src: BinaryIO, me: str, hsm: Hsm) -> Iterator[bytes]:
+def _plaintext(src: BinaryIO, me: str, keys: KeyHolder) -> Iterator[bytes]:
     """Verify and decrypt a committed spool file segment by segment (at-rest tamper check)."""
     header = envelope.read_header(src)
-    decryptor = envelope.StreamDecryptor(header, envelope.open_header(header, me, hsm))
-    segment_len = header.segment_size + envelope.TAG_LEN
-    chunk = src.read(segment_len)
-    while True:
-        following = src.read(segment_len) if len(chunk) == segment_len else b""
-        final = not following
-        yield decryptor.decrypt_segment(decryptor.next_index, chunk, final)
-        if final:
-            decryptor.finish()
-            return
-        chunk = following
+    decryptor = envelope.StreamDecryptor(header, envelope.open_header(header, me, keys))
+    yield from envelope.decrypt_segments(src, decryptor)
 
 
 def _summary(summary: ReceiptSummary) -> local_pb2.ReceiptSummary:

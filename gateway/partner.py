@@ -1,14 +1,12 @@
 """The partner-facing gRPC servicer: authenticate the peer, translate, map errors.
 
-Thin on purpose: every decision is in :mod:`gateway.receiver`. This is the one place where
-an error of the tree becomes a gRPC status (via ``errors.grpc_status_name``), with a reason
-a person can act on, and a log line.
+Thin on purpose: every decision is in :mod:`gateway.receiver`; errors become statuses in
+:mod:`gateway.status`, the same way as on the local socket.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,41 +14,18 @@ from typing import TypeVar
 
 import grpc
 
-from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
+from gateway._proto.xbgw.v1 import partner_pb2, partner_pb2_grpc
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.errors import (
-    DrainingError,
-    MessageTooLargeError,
-    PartnerBusyError,
-    StorageError,
-    XbgwError,
-    grpc_status_name,
-)
-from gateway.intake import SegmentIn
+from gateway.errors import DrainingError, MessageTooLargeError, PartnerBusyError, XbgwError
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
+from gateway.status import abort_with
 from gateway.tls import peer_partner
-from gateway.wire import from_blob, to_blob
+from gateway.transfer import SegmentIn, TransferState
+from gateway.wire import from_blob, state_to_wire, to_blob
 
 log = logging.getLogger("xbgw.partner")
 T = TypeVar("T")
-
-_STATES = {
-    "receiving": common_pb2.TRANSFER_STATE_RECEIVING,
-    "committed": common_pb2.TRANSFER_STATE_COMMITTED,
-    "refused": common_pb2.TRANSFER_STATE_UNSPECIFIED,
-}
-
-
-def abort_with(context: grpc.ServicerContext, error: XbgwError, **fields: str) -> None:
-    """Log a refusal and end the RPC with the error's status and message."""
-    status = grpc_status_name(error)
-    log.warning(
-        "refused: %s",
-        error,
-        extra={**fields, "outcome": "refused", "status": status, "reason": type(error).__name__},
-    )
-    context.abort(getattr(grpc.StatusCode, status), str(error))
 
 
 class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
@@ -108,17 +83,13 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             if rpc == "Offer" and not self._accepting():
                 raise DrainingError("the gateway is shutting down; offer again shortly")
             with self._per_partner(peer.id):
-                try:
-                    return action(peer)
-                except (OSError, sqlite3.Error) as exc:
-                    log.error("storage failure during %s", rpc, exc_info=exc)
-                    raise StorageError.from_exception(exc) from None
+                return action(peer)
         except XbgwError as error:
             self._metrics.refusals.labels(type(error).__name__, partner_id or "unknown").inc()
             if rpc == "Finish":
                 self._metrics.transfers.labels("in", partner_id or "unknown", "refused").inc()
             named = transfer_id() if callable(transfer_id) else transfer_id
-            abort_with(context, error, rpc=rpc, partner=partner_id, transfer_id=named)
+            abort_with(context, error, log, rpc, rpc=rpc, partner=partner_id, transfer_id=named)
             raise AssertionError("unreachable: abort raises") from error
         finally:
             with self._in_flight_lock:
@@ -134,9 +105,9 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
                 transfer_id=result.transfer_id,
                 next_segment=result.next_segment,
                 received_bytes=result.received_bytes,
-                state=common_pb2.TRANSFER_STATE_COMMITTED
-                if result.committed
-                else common_pb2.TRANSFER_STATE_RECEIVING,
+                state=state_to_wire(
+                    TransferState.COMMITTED if result.committed else TransferState.RECEIVING
+                ),
             )
 
         return self._run(context, "Offer", act)
@@ -183,15 +154,15 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         self, request: partner_pb2.GetTransferRequest, context: grpc.ServicerContext
     ) -> partner_pb2.TransferStatus:
         def act(peer: PartnerConfig) -> partner_pb2.TransferStatus:
-            row = self._receiver.status(peer, request.transfer_id)
+            found = self._receiver.status(peer, request.transfer_id)
             status = partner_pb2.TransferStatus(
-                transfer_id=row.transfer_id,
-                state=_STATES[row.state],
-                next_segment=row.next_segment,
-                received_bytes=row.received_bytes,
+                transfer_id=found.transfer_id,
+                state=state_to_wire(found.state),
+                next_segment=found.next_segment,
+                received_bytes=found.received_bytes,
             )
-            if row.receipt is not None:
-                status.receipt.CopyFrom(to_blob(row.receipt))
+            if found.receipt is not None:
+                status.receipt.CopyFrom(to_blob(found.receipt))
             return status
 
         return self._run(context, "GetTransfer", act, request.transfer_id)

@@ -9,16 +9,21 @@ A partial file is never visible in the inbox: commit is fsync + rename + fsync o
 directory. The durable length of a partial file is whatever the ledger's resume point says;
 on resume the file is cut back to it, so bytes written after the last durable point (and
 perhaps torn by a crash) are never trusted.
+
+File-system failures (disk full, I/O error, permissions) leave this module as
+:class:`~gateway.errors.StorageError`; the servicers map it to a status once.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from gateway.errors import PartialLostError
+from gateway.errors import PartialLostError, StorageError
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -31,6 +36,32 @@ def check_transfer_id(transfer_id: str) -> str:
             "starting with a letter or digit"
         )
     return transfer_id
+
+
+@contextmanager
+def _storing() -> Iterator[None]:
+    """An OSError while writing the spool: the transfer's durable data stays; resume later."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError.from_exception(exc) from None
+
+
+@contextmanager
+def _reading(transfer_id: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        raise StorageError(
+            f"the spool file of transfer {transfer_id} is missing: the state directory was "
+            "changed outside xbgw (restore it from a backup)",
+            "DATA_LOSS",
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StorageError(
+            f"cannot read the spool file of transfer {transfer_id} ({reason})"
+        ) from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,15 +80,18 @@ class PartialFile:
         self._handle = handle
 
     def append(self, data: bytes) -> None:
-        self._handle.write(data)
+        with _storing():
+            self._handle.write(data)
 
     def sync(self) -> None:
         """Make everything appended so far durable (before the ledger moves the resume point)."""
-        self._handle.flush()
-        os.fdatasync(self._handle.fileno())
+        with _storing():
+            self._handle.flush()
+            os.fdatasync(self._handle.fileno())
 
     def close(self) -> None:
-        self._handle.close()
+        with _storing():
+            self._handle.close()
 
 
 class Spool:
@@ -66,8 +100,9 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.incoming = root / "incoming"
         self.inbox = root / "inbox"
-        for directory in (root, self.incoming, self.inbox):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _storing():
+            for directory in (root, self.incoming, self.inbox):
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def partial_path(self, transfer_id: str) -> Path:
         return self.incoming / f"{check_transfer_id(transfer_id)}.part"
@@ -77,6 +112,10 @@ class Spool:
 
     def open_partial(self, transfer_id: str, header: bytes, durable_length: int) -> PartialFile:
         """Open for appending at ``durable_length`` (the header's length for a new transfer)."""
+        with _storing():
+            return self._open_partial(transfer_id, header, durable_length)
+
+    def _open_partial(self, transfer_id: str, header: bytes, durable_length: int) -> PartialFile:
         path = self.partial_path(transfer_id)
         if durable_length < len(header):
             raise ValueError("durable length is shorter than the header")
@@ -111,22 +150,38 @@ class Spool:
         handle.seek(durable_length)
         return PartialFile(path, handle)
 
-    def read_partial(self, transfer_id: str) -> BinaryIO:
-        return self.partial_path(transfer_id).open("rb")
+    def read_held(self, transfer_id: str) -> BinaryIO:
+        """What is held of a transfer still being finished: its partial file -- or, after a
+        crash between the rename into the inbox and the ledger commit, the committed one."""
+        partial = self.partial_path(transfer_id)
+        committed = self.committed_path(transfer_id)
+        source = partial if partial.exists() or not committed.exists() else committed
+        with _reading(transfer_id):
+            return source.open("rb")
 
     def commit(self, transfer_id: str) -> Path:
-        """Atomically move a complete partial file into the inbox."""
+        """Atomically move a complete partial file into the inbox.
+
+        Idempotent: after a crash between the rename and the ledger commit, the partial file
+        is gone and the committed one is there, which is success.
+        """
         source = self.partial_path(transfer_id)
         target = self.committed_path(transfer_id)
-        with source.open("rb") as handle:
+        with _storing():
+            if not source.exists() and target.exists():
+                return target
+        with _reading(transfer_id), source.open("rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(source, target)
-        _fsync_dir(self.inbox)  # the new name is durable; the old one may linger, harmlessly
+        with _storing():
+            os.replace(source, target)
+            _fsync_dir(self.inbox)  # the new name is durable; the old one may linger, harmlessly
         return target
 
     def discard(self, transfer_id: str) -> None:
         """Remove a refused transfer's partial data."""
-        self.partial_path(transfer_id).unlink(missing_ok=True)
+        with _storing():
+            self.partial_path(transfer_id).unlink(missing_ok=True)
 
     def open_committed(self, transfer_id: str) -> BinaryIO:
-        return self.committed_path(transfer_id).open("rb")
+        with _reading(transfer_id):
+            return self.committed_path(transfer_id).open("rb")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.provision import write_softhsm_conf
+from devtools.provision import write_softhsm_conf
 from tests.softhsm import TokenSpec, init_token
 
 POOL_SIZE = 12

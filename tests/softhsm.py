@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.provision import SOFTHSM_MODULE, init_softhsm_token
+from devtools.provision import SOFTHSM_MODULE, init_softhsm_token
 
 __all__ = ["SOFTHSM_MODULE", "SO_PIN", "USER_PIN", "TokenSpec", "init_token"]
 

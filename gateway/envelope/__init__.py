@@ -29,8 +29,8 @@ index and whether it is the last), plus the key commitment of the AWS Encryption
 
 Nonce reuse on resume: segment ``i`` of a header always uses the same nonce. A sender that
 resumes must resend the very bytes it encrypted before (or the same plaintext); this module
-encrypts whatever it is given, so the outbox or per-segment digest rule of DESIGN.md belongs
-to the caller.
+encrypts whatever it is given, so the guard belongs to the caller (``gateway.pipeline``
+records each segment's GCM tag before it leaves and refuses a resume whose tags differ).
 
 Byte layout (all integers big-endian)
 -------------------------------------
@@ -121,6 +121,8 @@ from gateway.envelope.header import (
 from gateway.envelope.stream import (
     StreamDecryptor,
     StreamEncryptor,
+    cut_segments,
+    decrypt_segments,
     read_stream,
     write_stream,
 )
@@ -153,6 +155,8 @@ __all__ = [
     "TransportKeyHolder",
     "WrapKind",
     "WrappedKey",
+    "cut_segments",
+    "decrypt_segments",
     "header_length",
     "open_header",
     "read_header",

@@ -411,7 +411,11 @@ def _decode_wrapped_key(cursor: _Cursor, number: int) -> WrappedKey:
     except ValueError:
         raise HeaderFormatError(f"{what} has unknown kind {code}") from None
     owner = cursor.text(f"{what} owner")
-    purpose = Purpose.from_code(cursor.u8(f"{what} purpose"))
+    purpose_code = cursor.u8(f"{what} purpose")
+    try:
+        purpose = Purpose.from_code(purpose_code)
+    except ValueError as exc:
+        raise HeaderFormatError(str(exc)) from None
     version = cursor.u32(f"{what} version")
     point = cursor.take(P256_POINT_LEN, what) if kind is WrapKind.ECDH_ES_A256KW else None
     wrapped = cursor.take(cursor.u8(what), what)

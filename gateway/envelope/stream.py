@@ -5,7 +5,7 @@ See the package docstring (``gateway.envelope``) for the nonce and length rules.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -213,10 +213,7 @@ def read_stream(
     """Verify and decrypt a stream file to ``dst``; return the plaintext bytes written.
 
     Plaintext is written segment by segment as it verifies: ``dst`` holds a complete
-    transfer only if this returns. The final segment is the one that ends at EOF; a full
-    segment that only verifies as final with bytes after it raises ``TrailingDataError``, a
-    last segment that only verifies as non-final raises ``TruncatedStreamError``. (Bytes after
-    a *short* final segment cannot be told from corruption: ``SegmentAuthenticationError``.)
+    transfer only if this returns. See :func:`decrypt_segments` for how the end is found.
     """
     header = read_header(src)
     data_key = open_header(
@@ -226,9 +223,41 @@ def read_stream(
         transport_versions=transport_versions,
         storage_versions=storage_versions,
     )
-    decryptor = StreamDecryptor(header, data_key)
-    chunk_len = header.segment_size + TAG_LEN
     written = 0
+    for plaintext in decrypt_segments(src, StreamDecryptor(header, data_key)):
+        dst.write(plaintext)
+        written += len(plaintext)
+        del plaintext  # not held while the next segment is read and decrypted
+    return written
+
+
+def decrypt_segments(
+    src: ByteReader,
+    decryptor: StreamDecryptor,
+    *,
+    count: int | None = None,
+    last_is_final: bool = True,
+) -> Iterator[bytes]:
+    """Verify and decrypt the segments that follow in ``src``; yield each plaintext in order.
+
+    The one reader of stored ciphertext (fetch, the receiver's re-hash, ``read_stream``).
+    ``src`` is positioned after the header, at segment ``decryptor.next_index``.
+
+    * ``count=None`` -- a whole stream file: read to EOF; the final segment is the one that
+      ends at EOF, and the generator ends only after ``decryptor.finish()`` succeeded. A full
+      segment that only verifies as final with bytes after it raises ``TrailingDataError``,
+      a last segment that only verifies as non-final ``TruncatedStreamError``. (Bytes after a
+      *short* final segment cannot be told from corruption: ``SegmentAuthenticationError``.)
+    * ``count=n`` -- the next ``n`` segments of a stream still being received (a partial
+      spool file); the last of them is final if ``last_is_final``. Nothing after them is
+      read; fewer bytes than ``n - 1`` full segments raise ``TruncatedStreamError``.
+
+    One segment is held at a time, plus one byte of lookahead for a whole file.
+    """
+    chunk_len = decryptor.header.segment_size + TAG_LEN
+    if count is not None:
+        yield from _decrypt_counted(src, decryptor, chunk_len, count, last_is_final)
+        return
     chunk = _read_exact(src, chunk_len)
     if not chunk:
         raise TruncatedStreamError("the stream has a header but no segments")
@@ -247,13 +276,62 @@ def read_stream(
                 raise TrailingDataError(f"data follows the final segment {index}") from None
             raise
         chunk = b""
-        dst.write(plaintext)
-        written += len(plaintext)
+        yield plaintext
         plaintext = b""
         if final:
             decryptor.finish()
-            return written
+            return
         chunk = lookahead + _read_exact(src, chunk_len - 1)
+
+
+def _decrypt_counted(
+    src: ByteReader, decryptor: StreamDecryptor, chunk_len: int, count: int, last_is_final: bool
+) -> Iterator[bytes]:
+    stop = decryptor.next_index + count
+    while decryptor.next_index < stop:
+        index = decryptor.next_index
+        final = last_is_final and index == stop - 1
+        chunk = _read_exact(src, chunk_len)
+        if len(chunk) < chunk_len and not final:
+            raise TruncatedStreamError(
+                f"segment {index} is cut short: {len(chunk)} of {chunk_len} bytes are stored"
+            )
+        yield decryptor.decrypt_segment(index, chunk, final)
+
+
+def cut_segments(chunks: Iterable[bytes], size: int) -> Iterator[tuple[int, bool, bytes]]:
+    """Re-cut plaintext arriving in arbitrary ``chunks`` into ``(index, final, segment)``.
+
+    The segmentation rule of the format: every segment but the last holds exactly ``size``
+    bytes, the last 1..``size`` (or is the one empty segment of an empty stream). One segment
+    of lookahead is held to learn which is last. An aligned chunk is passed on uncopied.
+    """
+    buffer = bytearray()
+    index = 0
+    pending: bytes | None = None
+    for chunk in chunks:
+        if not buffer and len(chunk) == size:
+            if pending is not None:
+                yield index, False, pending
+                index += 1
+            pending = chunk
+            continue
+        buffer += chunk
+        while len(buffer) >= size:
+            if pending is not None:
+                yield index, False, pending
+                index += 1
+            pending = bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        if pending is not None:
+            yield index, False, pending
+            index += 1
+        yield index, True, bytes(buffer)
+    elif pending is not None:
+        yield index, True, pending
+    else:
+        yield 0, True, b""
 
 
 def _nonce(prefix: bytes, index: int, final: bool) -> bytes:

@@ -180,7 +180,7 @@ def rewrap_for_storage(
     The core and the commitment are unchanged, so the segments stay valid byte for byte.
     The new wrap is unwrapped once and compared before it is returned: the data key is
     about to be dropped, and a wrap that does not open would lose the transfer (SoftHSM has
-    been seen to return a wrong key under threads; see FIELD-NOTES.md). A storage version
+    been seen to return a wrong key when called from several threads). A storage version
     the holder lacks raises its ``KeyNotFoundError``.
     """
     if storage_ref.purpose is not Purpose.STORAGE:

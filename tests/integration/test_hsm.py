@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_ds
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.errors import HsmConfigError, KeyNotFoundError, PinSourceError, UnwrapError
-from gateway.hsm import Hsm, PinSource
+from gateway.hsm import Hsm
 from gateway.keys import Purpose
+from gateway.secrets import PinSource
 from tests.softhsm import SOFTHSM_MODULE, TokenSpec
 
 EXPECTED_CAPABILITIES = {

@@ -1,12 +1,14 @@
 """Helpers for the lifecycle system tests: worlds, notify reading, TLS, metrics, ledger.
 
-The daemons run as :class:`gateway.provision.DaemonProcess`. Its ``wait_for`` answers "has
-*any* notification carried this line?", which is not enough to follow a reload or a stop
-(``READY=1`` was seen long ago), so :func:`wait_after` reads further datagrams from the same
-notify socket and only looks at those after a mark. Reading the datagrams also matters for a
-second reason: the kernel queues at most ``net.unix.max_dgram_qlen`` (10) unread datagrams,
-after which the daemon's ``notify()`` blocks -- with watchdog pings every 0.5 s that happens
-within seconds, so every helper that waits also drains.
+A world is the demo pair of :mod:`devtools.pair`, provisioned but not started: the tests
+start their own :class:`devtools.provision.DaemonProcess` on it, with their own environment
+(a watchdog, say). ``DaemonProcess.wait_for`` answers "has *any* notification carried this
+line?", which is not enough to follow a reload or a stop (``READY=1`` was seen long ago), so
+:func:`wait_after` reads further datagrams from the same notify socket and only looks at those
+after a mark. Reading the datagrams also matters for a second reason: the kernel queues at
+most ``net.unix.max_dgram_qlen`` (10) unread datagrams, after which the daemon's ``notify()``
+blocks -- with watchdog pings every 0.5 s that happens within seconds, so every helper that
+waits also drains.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,19 +36,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.provision import (
+from devtools.pair import Pair, provision_pair
+from devtools.provision import (
     DaemonProcess,
     DemoCa,
     GatewaySpec,
     Issuer,
     Provisioned,
     free_port,
-    issue_passport,
-    provision,
 )
 
-LINGANG = ("lingang", "CN-SH", "Lingang Special Area, Shanghai")
-FRANKFURT = ("frankfurt", "EU-DE", "Frankfurt am Main")
 CLI_ENV = {"GRPC_VERBOSITY": "ERROR"}
 
 
@@ -55,42 +54,52 @@ CLI_ENV = {"GRPC_VERBOSITY": "ERROR"}
 
 @dataclass
 class World:
-    """Two provisioned gateways (lingang -> frankfurt) and, optionally, a CA we hold."""
+    """The demo pair (lingang -> frankfurt) seen as paths: ``world.lingang`` is Provisioned."""
 
-    root: Path
-    specs: dict[str, GatewaySpec]
-    made: dict[str, Provisioned]
-    issuer: Issuer
-    ca: DemoCa | None = None
-    metrics_ports: dict[str, int] = field(default_factory=dict)
+    pair: Pair
     payload_prefixes: list[bytes] = field(default_factory=list)
 
     @property
+    def root(self) -> Path:
+        return self.pair.root
+
+    @property
+    def specs(self) -> dict[str, GatewaySpec]:
+        return self.pair.specs
+
+    @property
+    def made(self) -> dict[str, Provisioned]:
+        return self.pair.made
+
+    @property
+    def issuer(self) -> Issuer:
+        return self.pair.issuer
+
+    @property
+    def ca(self) -> DemoCa | None:
+        """The CA we hold (``own_ca``), which can issue new gateway certificates."""
+        return self.pair.ca
+
+    @property
+    def metrics_ports(self) -> dict[str, int]:
+        return self.pair.metrics_ports
+
+    @property
     def lingang(self) -> Provisioned:
-        return self.made["lingang"]
+        return self.pair.lingang.paths
 
     @property
     def frankfurt(self) -> Provisioned:
-        return self.made["frankfurt"]
+        return self.pair.frankfurt.paths
 
     def port(self, gateway_id: str) -> int:
-        return self.specs[gateway_id].port
+        return self.pair.port(gateway_id)
 
     def passport(self, byte_limit: int = 1 << 30, jti: str | None = None) -> str:
-        return issue_passport(
-            self.issuer, self.specs["lingang"], self.specs["frankfurt"], byte_limit, jti=jti
-        )
+        return self.pair.passport(byte_limit, jti=jti)
 
     def ca_path(self) -> Path:
-        if self.ca is not None:
-            return self.ca.path
-        return self.root / "ca" / "ca.crt"
-
-
-def edit_config(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    change(data)
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return self.pair.ca_path()
 
 
 def make_world(
@@ -100,58 +109,16 @@ def make_world(
     own_ca: bool = False,
     metrics: bool = False,
 ) -> World:
-    """Provision lingang and frankfurt; optionally re-issue all TLS from a CA we keep.
-
-    ``provision()`` keeps its CA key only in memory, so to issue a new certificate later the
-    world makes a second CA, issues both gateways' certificates from it and points both
-    configs' partner ``ca`` at it.
-    """
-    specs = {
-        "lingang": GatewaySpec(*LINGANG, free_port()),
-        "frankfurt": GatewaySpec(*FRANKFURT, free_port()),
-    }
-    made, issuer = provision(
-        root, list(specs.values()), segment_size=segment_size, extra_limits=extra_limits
+    """Provision lingang and frankfurt; optionally all TLS from a CA we keep, and metrics."""
+    return World(
+        provision_pair(
+            root,
+            segment_size=segment_size,
+            extra_limits=extra_limits,
+            own_ca=own_ca,
+            metrics=metrics,
+        )
     )
-    world = World(root, specs, made, issuer)
-    if own_ca:
-        ca = DemoCa(root / "ca-held", name="xbgw lifecycle test CA")
-
-        def use_ca(data: dict[str, Any]) -> None:
-            for partner in data["partners"]:
-                partner["ca"] = str(ca.path)
-
-        for paths in made.values():
-            tls = paths.root / "tls"
-            ca.issue(paths.id, tls / "gateway.crt", tls / "gateway.key")
-            edit_config(paths.config, use_ca)
-        world.ca = ca
-    if metrics:
-        for paths in made.values():
-            port = free_port()
-            world.metrics_ports[paths.id] = port
-
-            def listen_metrics(data: dict[str, Any], port: int = port) -> None:
-                data["listen"]["metrics"] = f"127.0.0.1:{port}"
-
-            edit_config(paths.config, listen_metrics)
-    return world
-
-
-def daemon(paths: Provisioned, env: dict[str, str] | None = None) -> DaemonProcess:
-    return DaemonProcess(paths, env=env)
-
-
-@contextmanager
-def running(*processes: DaemonProcess) -> Iterator[None]:
-    """Start in order; stop every started one by PID afterwards, whatever happened."""
-    try:
-        for process in processes:
-            process.start()
-        yield
-    finally:
-        for process in reversed(processes):
-            stop_quietly(process)
 
 
 def stop_quietly(process: DaemonProcess, timeout: float = 20.0) -> int | None:
@@ -173,16 +140,7 @@ def _notify_socket(process: DaemonProcess) -> socket.socket:
 
 def drain(process: DaemonProcess) -> list[str]:
     """Record every datagram already queued, without waiting."""
-    if process._sock is None:
-        return process.messages
-    sock = _notify_socket(process)
-    sock.settimeout(0.0)
-    try:
-        while True:
-            process.messages.append(sock.recv(4096).decode())
-    except (BlockingIOError, TimeoutError):
-        pass
-    return process.messages
+    return process.drain()
 
 
 def _read_one(process: DaemonProcess, deadline: float, what: str) -> None:

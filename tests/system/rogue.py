@@ -323,7 +323,8 @@ class TokenSigner:
 
 
 def _sign_digest_main(args: argparse.Namespace) -> int:
-    from gateway.hsm import Hsm, PinSource
+    from gateway.hsm import Hsm
+    from gateway.secrets import PinSource
 
     digest = bytes.fromhex(args.digest)
     with Hsm.open(args.module, args.token, PinSource("file", args.pin_file).read()) as hsm:

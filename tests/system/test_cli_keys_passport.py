@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from gateway.provision import write_softhsm_conf
+from devtools.provision import write_softhsm_conf
 from tests.softhsm import SO_PIN, SOFTHSM_MODULE, USER_PIN
 
 TIMEOUT = 60.0

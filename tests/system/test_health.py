@@ -14,8 +14,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.demo import FRANKFURT, LINGANG
-from gateway.provision import DaemonProcess, GatewaySpec, Provisioned, free_port, provision
+from devtools.pair import provision_pair
+from devtools.provision import DaemonProcess, Provisioned
 from tests.system.harness import wait_until
 
 DEADLINE = 20.0
@@ -23,15 +23,14 @@ DEADLINE = 20.0
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[DaemonProcess, Provisioned]]:
-    specs = [GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port())]
-    made, _issuer = provision(tmp_path, specs)
     # A 2 s watchdog makes the daemon check its HSM every second.
-    daemon = DaemonProcess(made["frankfurt"], env={"WATCHDOG_USEC": "2000000"})
-    daemon.start()
+    pair = provision_pair(tmp_path, env={"WATCHDOG_USEC": "2000000"})
+    daemon = pair.frankfurt  # frankfurt alone: lingang is never started
     try:
-        yield daemon, made["frankfurt"]
+        daemon.start()
+        yield daemon, daemon.paths
     finally:
-        daemon.stop()
+        pair.stop()
 
 
 def _status(socket: Path) -> int:

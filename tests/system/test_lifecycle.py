@@ -1,6 +1,6 @@
 """The daemon's lifecycle as systemd sees it (issue 4, items 2-4), through real processes.
 
-Every daemon here is ``xbgw serve`` under :class:`gateway.provision.DaemonProcess`, which
+Every daemon here is ``xbgw serve`` under :class:`devtools.provision.DaemonProcess`, which
 binds the ``$NOTIFY_SOCKET`` datagram socket itself and records every notification, so the
 tests read exactly what systemd would: ``STATUS=`` lines, ``READY=1``, ``WATCHDOG=1``,
 ``RELOADING=1`` + ``MONOTONIC_USEC``, ``STOPPING=1``. Signals are sent to the daemon's PID.
@@ -34,7 +34,7 @@ import grpc
 import pytest
 import yaml
 
-from gateway.provision import DaemonProcess
+from devtools.provision import DaemonProcess
 from tests.system.harness import wait_until
 from tests.system.lifecycle_helpers import (
     CLI_ENV,
@@ -55,7 +55,6 @@ from tests.system.lifecycle_helpers import (
     make_world,
     partner_channel,
     read_datagrams_until,
-    running,
     sample,
     scrape,
     send_and_fetch,
@@ -85,9 +84,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     world = make_world(tmp_path_factory.mktemp("served"), SEGMENT, own_ca=True, metrics=True)
-    lingang, frankfurt = DaemonProcess(world.lingang), DaemonProcess(world.frankfurt)
-    with running(frankfurt, lingang):
-        yield Served(world, lingang, frankfurt)
+    with world.pair.running() as pair:
+        yield Served(world, pair.lingang, pair.frankfurt)
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,12 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from devtools.provision import DemoCa, GatewaySpec, issue_passport
 from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2
 from gateway.config import load_config
 from gateway.envelope import header as envelope_header
 from gateway.keys import KeyRef, Purpose
-from gateway.provision import DemoCa, GatewaySpec, issue_passport
 from tests.fakes import SoftwareHsm
 from tests.system import rogue
 from tests.system.harness import Pair, running_pair
@@ -270,7 +270,7 @@ def assert_refused_for_good(bench: Bench, transfer: HandTransfer) -> None:
     assert transfer_id not in bench.inbox()
     with bench.client() as client:
         status = client.transfer(transfer_id)
-        assert status.state == common_pb2.TRANSFER_STATE_UNSPECIFIED  # "refused" on the wire
+        assert status.state == common_pb2.TRANSFER_STATE_REFUSED
         assert not status.HasField("receipt")
         again = bench.seal(transfer.passport, transfer_id)
         assert_status(

@@ -29,19 +29,17 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
+from devtools.pair import edit_config, provision_pair
 from gateway.envelope import TAG_LEN
-from gateway.intake import SYNC_EVERY_SEGMENTS
-from gateway.provision import GatewaySpec, provision
+from gateway.receiver.intake import SYNC_EVERY_SEGMENTS
 from tests.system.faults import FaultProxy
-from tests.system.harness import FRANKFURT, LINGANG, Gateway, Pair, free_port, wait_until
+from tests.system.harness import Gateway, Pair, wait_until
 
 SEGMENT = 4096  # small segments: many of them, so faults land mid-stream
 SIZE = 4 << 20  # 1024 segments
@@ -74,45 +72,23 @@ class Rig:
         )
 
 
-def _edit(config: Path, edit: Callable[[dict[str, Any]], object]) -> None:
-    """Load a gateway's YAML configuration, change it, write it back."""
-    data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    edit(data)
-    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-
-
 def _set_partner(config: Path, partner_id: str, **changes: str) -> None:
-    _edit(config, lambda d: next(p for p in d["partners"] if p["id"] == partner_id).update(changes))
-
-
-def _serve_metrics(config: Path) -> str:
-    """Give the gateway a Prometheus endpoint on a free port; return its URL."""
-    address = f"127.0.0.1:{free_port()}"
-    _edit(config, lambda d: d["listen"].update(metrics=address))
-    return f"http://{address}/metrics"
+    edit_config(
+        config, lambda d: next(p for p in d["partners"] if p["id"] == partner_id).update(changes)
+    )
 
 
 @pytest.fixture(scope="module")
 def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    root = tmp_path_factory.mktemp("resume")
-    specs = [GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port())]
     # provision() writes max_message_bytes = 1 MiB for small segments; `xbgw send` writes
     # 1 MiB blocks plus framing to the local socket, which must not be bound by it.
-    made, issuer = provision(root, specs, segment_size=SEGMENT)
-    metrics: dict[str, str] = {}
-    with FaultProxy(("127.0.0.1", specs[1].port)) as proxy:
-        _set_partner(made["lingang"].config, "frankfurt", endpoint=proxy.endpoint)
-        for gateway in made.values():
-            metrics[gateway.id] = _serve_metrics(gateway.config)
-        pair = Pair(
-            root, Gateway(specs[0], made["lingang"]), Gateway(specs[1], made["frankfurt"]), issuer
-        )
-        try:
-            pair.frankfurt.start()
-            pair.lingang.start()
+    # Each gateway gets a Prometheus endpoint (metrics=True).
+    pair = provision_pair(tmp_path_factory.mktemp("resume"), segment_size=SEGMENT, metrics=True)
+    metrics = {gateway.id: gateway.metrics_url for gateway in pair.gateways}
+    with FaultProxy(("127.0.0.1", pair.port("frankfurt"))) as proxy:
+        _set_partner(pair.lingang.paths.config, "frankfurt", endpoint=proxy.endpoint)
+        with pair.running():
             yield Rig(pair, proxy, metrics)
-        finally:
-            pair.stop()
 
 
 @pytest.fixture

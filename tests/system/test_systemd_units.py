@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config import load_config
 from gateway.daemon import IDLE_WAIT_SECONDS
-from gateway.hsm import PinSource
+from gateway.secrets import PinSource
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
@@ -508,7 +508,7 @@ def test_demo_runs_under_the_units_seccomp_policy(tmp_path: Path) -> None:
     """Two daemons (SoftHSM, mutual TLS, watchdog thread) and a transfer, all filtered."""
     env = {**os.environ, "WATCHDOG_USEC": "4000000", "GRPC_VERBOSITY": "ERROR"}
     env.pop("WATCHDOG_PID", None)
-    command = [sys.executable, "-m", "gateway.demo", "--size", "2MiB", "--dir", str(tmp_path)]
+    command = [sys.executable, "-m", "devtools.demo", "--size", "2MiB", "--dir", str(tmp_path)]
     done = subprocess.run(
         [sys.executable, str(SANDBOX), str(SYSTEMD / SERVICE), *command],
         capture_output=True,

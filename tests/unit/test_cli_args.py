@@ -8,10 +8,16 @@ stderr, and the usage errors :func:`gateway.cli.main` raises before it would ope
 from __future__ import annotations
 
 import argparse
+import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from gateway.cli import EXIT_USAGE, build_parser, main, parse_duration, parse_size
+from gateway.cli.common import read_token
+from gateway.errors import UsageError
 
 MIB = 2**20
 
@@ -233,3 +239,30 @@ def test_usage_errors_exit_2_before_opening_anything(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"xbgw: {message}\n"
+
+
+def test_python_m_gateway_cli_runs_main() -> None:
+    """``python -m gateway.cli`` (how the system tests start daemons) is the ``xbgw`` command."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "keys", "list", "--pin-env", "PIN"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (EXIT_USAGE, "")
+    assert done.stderr == "xbgw: name the HSM token with --token or --config\n"
+
+
+def test_read_token_takes_the_token_a_file_or_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert read_token("  a.b.c\n") == "a.b.c"
+    held = tmp_path / "passport.jwt"
+    held.write_text("d.e.f\n", encoding="ascii")
+    assert read_token(str(held)) == "d.e.f"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("g.h.i\n"))
+    assert read_token("-") == "g.h.i"
+    held.write_bytes(b"\xff")
+    with pytest.raises(UsageError, match="cannot read a passport from"):
+        read_token(str(held))

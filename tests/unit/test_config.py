@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config import Address, GatewayConfig, Identity, Limits, LogConfig, load_config
 from gateway.errors import ConfigError
-from gateway.hsm import PinSource
 from gateway.keys import KeyRef, Purpose
+from gateway.secrets import PinSource
 
 PIN = "836201"  # must never show up in a message
 DELETE = object()

@@ -18,7 +18,6 @@ from typing import Protocol
 import pytest
 
 from gateway import envelope
-from gateway import intake as intake_module
 from gateway import spool as spool_module
 from gateway.envelope import TAG_LEN, StreamContext, StreamDecryptor, StreamEncryptor
 from gateway.errors import (
@@ -28,10 +27,12 @@ from gateway.errors import (
     SegmentOrderError,
     TrailingDataError,
 )
-from gateway.intake import Intake, SegmentIn
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
+from gateway.receiver import intake as intake_module
+from gateway.receiver.intake import Intake
 from gateway.spool import Spool
+from gateway.transfer import SegmentIn
 from tests.fakes import SoftwareHsm
 
 SENDER = "gw-a"
@@ -89,6 +90,7 @@ class Receiver:
             byte_limit=byte_limit,
             classification="internal",
             source_jurisdiction="CN-SH",
+            dataset_sha256=None,
         )
         self.spool.open_partial(TID, stream.header_bytes, len(stream.header_bytes)).close()
         self.hasher = hashlib.sha256()

@@ -6,14 +6,16 @@ import hashlib
 import itertools
 import sqlite3
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 import gateway.ledger as ledger_module
+from gateway.errors import StorageError, TransferConflictError
 from gateway.ledger import SCHEMA_VERSION, Inbound, Ledger
 from gateway.signed import Signed as Receipt
+from gateway.transfer import TransferState
 
 RECEIPT = Receipt(b'{"receipt":1}', bytes(range(64)), "gw-b/signing/1")
 
@@ -41,6 +43,7 @@ def _create_in(ledger: Ledger, transfer_id: str = "t-1", sender: str = "gw-a") -
         byte_limit=1000,
         classification="internal",
         source_jurisdiction="CN-SH",
+        dataset_sha256=None,
     )
 
 
@@ -109,6 +112,7 @@ def test_create_inbound_returns_the_stored_row(ledger: Ledger) -> None:
         byte_limit=12345,
         classification="confidential",
         source_jurisdiction="CN-SH",
+        dataset_sha256=None,
     )
     assert created is not None
     assert created == ledger.inbound("t-1")
@@ -261,7 +265,7 @@ def test_outbound_lifecycle(ledger: Ledger) -> None:
         None,
         None,
     )
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    with pytest.raises(TransferConflictError, match="o-1 already has an outbound record"):
         _create_out(ledger)
     ledger.deliver_outbound("o-1", 4096, b"\x05" * 32, RECEIPT)
     row = ledger.outbound("o-1")
@@ -337,3 +341,80 @@ def test_recent_lists_both_directions_newest_first(
 
 def test_recent_of_an_empty_ledger(ledger: Ledger) -> None:
     assert ledger.recent() == []
+
+
+# --- schema versions and storage failures ------------------------------------------------------
+
+_V1_INBOUND = """
+CREATE TABLE inbound (
+    transfer_id TEXT PRIMARY KEY, sender TEXT NOT NULL, passport TEXT NOT NULL,
+    passport_digest BLOB NOT NULL, offered_header_digest BLOB NOT NULL,
+    stored_header BLOB NOT NULL, byte_limit INTEGER NOT NULL, classification TEXT NOT NULL,
+    source_jurisdiction TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
+    next_segment INTEGER NOT NULL DEFAULT 0, received_bytes INTEGER NOT NULL DEFAULT 0,
+    final_received INTEGER NOT NULL DEFAULT 0, plaintext_sha256 BLOB,
+    created_at INTEGER NOT NULL, committed_at INTEGER, refusal TEXT,
+    receipt_body BLOB, receipt_signature BLOB, receipt_kid TEXT
+);
+PRAGMA user_version=1;
+"""
+
+
+def _token(claims: Mapping[str, object]) -> str:
+    """An unsigned token of the passport's shape (migration reads only its claims)."""
+    import base64
+    import json
+
+    def part(value: object) -> str:
+        raw = json.dumps(value, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    signature = base64.urlsafe_b64encode(b"\0" * 64).rstrip(b"=").decode()
+    return f"{part({'alg': 'ES256'})}.{part(claims)}.{signature}"
+
+
+def test_a_version_1_ledger_gains_the_dataset_digest_from_its_stored_passports(path: Path) -> None:
+    """Schema 2 keeps the passport's ``sub`` in a column; a ledger written by schema 1 gets
+    it filled in from each unfinished transfer's stored passport, once, at open."""
+    sub = "ab" * 32
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.executescript(_V1_INBOUND)
+        for tid, claims in (("with-sub", {"sub": sub}), ("without", {"jti": "without"})):
+            db.execute(
+                "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
+                "offered_header_digest, stored_header, byte_limit, classification, "
+                "source_jurisdiction, state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (tid, "gw-a", _token(claims), b"d", b"o", b"h", 10, "general", "CN-SH",
+                 "receiving", 1),
+            )  # fmt: skip
+    opened = Ledger(path)
+    try:
+        with_sub, without = opened.inbound("with-sub"), opened.inbound("without")
+        assert with_sub is not None and with_sub.dataset_sha256 == sub
+        assert without is not None and without.dataset_sha256 is None
+        assert with_sub.state is TransferState.RECEIVING
+    finally:
+        opened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_a_ledger_from_a_newer_xbgw_is_refused(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="newer than this xbgw") as caught:
+        Ledger(path)
+    assert caught.value.grpc_status == "FAILED_PRECONDITION"
+
+
+def test_a_database_failure_leaves_the_ledger_as_a_storage_error(ledger: Ledger) -> None:
+    """sqlite3 errors never escape: the servicers map StorageError once (UNAVAILABLE)."""
+    ledger._db.execute("DROP TABLE inbound")
+    with pytest.raises(StorageError, match="cannot store the transfer right now") as caught:
+        _create_in(ledger)
+    assert caught.value.grpc_status == "UNAVAILABLE"
+    with pytest.raises(StorageError):
+        ledger.inbound("t-1")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import PartialLostError
+from gateway.errors import PartialLostError, StorageError
 from gateway.spool import Spool, check_transfer_id
 
 HEADER = b"XBGW-header-bytes"
@@ -94,7 +94,7 @@ def test_new_partial_file_starts_with_the_header(spool: Spool) -> None:
     partial.sync()  # the header is made durable with the first segments
     assert partial.path.read_bytes() == HEADER + b"seg0seg1"
     partial.close()
-    with spool.read_partial("t-1") as handle:
+    with spool.read_held("t-1") as handle:
         assert handle.read() == HEADER + b"seg0seg1"
 
 
@@ -193,8 +193,9 @@ def test_commit_moves_the_file_into_the_inbox(spool: Spool) -> None:
 
 
 def test_commit_without_a_partial_file_fails(spool: Spool) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(StorageError, match="spool file of transfer t-1 is missing") as caught:
         spool.commit("t-1")
+    assert caught.value.grpc_status == "DATA_LOSS"
     assert list(spool.inbox.iterdir()) == []
 
 
@@ -206,3 +207,22 @@ def test_discard_removes_the_partial_file(spool: Spool) -> None:
     assert spool.partial_path("t-2").exists()
     spool.discard("t-1")  # already gone: not an error
     spool.discard("never-existed")
+
+
+def test_commit_after_the_rename_is_done_already_succeeds(spool: Spool) -> None:
+    """A crash between the rename into the inbox and the ledger commit: a retried commit
+    finds the committed file in place and the partial gone, which is success."""
+    spool.open_partial("t-1", HEADER, len(HEADER)).close()
+    first = spool.commit("t-1")
+    assert spool.commit("t-1") == first
+    assert first.read_bytes() == HEADER
+
+
+def test_a_full_disk_is_a_storage_error_that_says_so(spool: Spool) -> None:
+    partial = spool.open_partial("t-1", HEADER, len(HEADER))
+    with open("/dev/full", "wb") as full:
+        partial._handle = full
+        with pytest.raises(StorageError, match="No space left on device") as caught:
+            partial.append(b"x" * 8192)
+            partial.sync()
+        assert caught.value.grpc_status == "RESOURCE_EXHAUSTED"

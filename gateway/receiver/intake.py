@@ -17,21 +17,10 @@ from gateway import envelope
 from gateway.errors import ByteLimitError, OfferMismatchError, TrailingDataError
 from gateway.ledger import Ledger
 from gateway.spool import PartialFile
+from gateway.transfer import SegmentIn
 
 SYNC_EVERY_SEGMENTS = 32
 QUEUE_DEPTH = 4
-
-
-class SegmentIn:
-    """One segment as it came off the wire."""
-
-    __slots__ = ("ciphertext", "final", "index", "transfer_id")
-
-    def __init__(self, transfer_id: str, index: int, final: bool, ciphertext: bytes) -> None:
-        self.transfer_id = transfer_id
-        self.index = index
-        self.final = final
-        self.ciphertext = ciphertext
 
 
 class _Syncer:

@@ -4,7 +4,8 @@ Everything a real deployment gets from its PKI and HSM administrators is made he
 a demo CA, one SoftHSM token per gateway (keys created by ``xbgw keys init`` in a child
 process, because SoftHSM binds one token directory per process), a passport issuer with its
 own token, PIN files readable only by the owner, and one YAML config per gateway.
-Not for production: the demo CA key sits on disk.
+Not for production: the demo CA key sits on disk. Development tooling: the daemon never
+imports this module (see :mod:`devtools.pair` for the two demo gateways as one fixture).
 """
 
 from __future__ import annotations
@@ -386,6 +387,23 @@ class DaemonProcess:
             except TimeoutError:
                 continue
 
+    def drain(self) -> list[str]:
+        """Record every notification already queued, without waiting; return them all.
+
+        The kernel queues at most ``net.unix.max_dgram_qlen`` (10) unread datagrams, after
+        which the daemon's ``notify()`` blocks: with watchdog pings that happens within
+        seconds, so :meth:`stop` drains before it signals.
+        """
+        if self._sock is None:
+            return self.messages
+        self._sock.settimeout(0.0)
+        try:
+            while True:
+                self.messages.append(self._sock.recv(4096).decode())
+        except (BlockingIOError, TimeoutError):
+            pass
+        return self.messages
+
     def signal(self, signum: int) -> None:
         assert self.process is not None
         self.process.send_signal(signum)
@@ -395,6 +413,7 @@ class DaemonProcess:
         if self.process is None:
             return 0
         if self.process.poll() is None:
+            self.drain()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)

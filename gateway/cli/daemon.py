@@ -1,7 +1,8 @@
 """``xbgw serve`` and the verbs that talk to a running daemon over its local socket.
 
-Imported only when one of these verbs runs (see ``cli._daemon_verb``): grpc and the stubs
-cost a tenth of a second at start-up that ``xbgw keys`` and ``xbgw passport`` need not pay.
+Imported only when one of these verbs runs (see ``gateway.cli._daemon_verb``): grpc and the
+stubs cost a tenth of a second at start-up that ``xbgw keys`` and ``xbgw passport`` need not
+pay.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import grpc
 
 from gateway import DEFAULT_SOCKET
 from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
-from gateway.cli import read_token
+from gateway.cli.common import read_token
 from gateway.errors import DaemonUnavailableError, PartnerError, UsageError, XbgwError
 
 READ_CHUNK = 1 << 20

@@ -18,11 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.pair import provision_pair
 from gateway.cli import parse_size
-from gateway.provision import DaemonProcess, GatewaySpec, free_port, issue_passport, provision
-
-LINGANG = ("lingang", "CN-SH", "Lingang Special Area, Shanghai")
-FRANKFURT = ("frankfurt", "EU-DE", "Frankfurt am Main")
 
 
 def _step(text: str) -> None:
@@ -76,21 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root)
 
     _step("provisioning lingang (CN-SH) and frankfurt (EU-DE): SoftHSM tokens, keys, demo CA")
-    specs = [GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port())]
-    made, issuer = provision(root, specs)
-    for spec in specs:
+    pair = provision_pair(root)
+    for gateway in pair.gateways:
+        spec = gateway.spec
         print(
             f"    {spec.id:<10} {spec.jurisdiction:<6} 127.0.0.1:{spec.port}  "
-            f"{made[spec.id].config}"
+            f"{gateway.paths.config}"
         )
-    print(f"    passport issuer {issuer.kid}")
+    print(f"    passport issuer {pair.issuer.kid}")
+    lingang, frankfurt = pair.lingang.paths, pair.frankfurt.paths
 
-    daemons = {spec.id: DaemonProcess(made[spec.id]) for spec in specs}
     try:
         _step("starting both daemons (waiting for READY=1 on the notify socket)")
-        for daemon in daemons.values():
-            daemon.start()
-            print(f"    {daemon.paths.id} ready, pid {daemon.pid}")
+        pair.start()
+        for gateway in pair.gateways:
+            print(f"    {gateway.id} ready, pid {gateway.pid}")
 
         _step(f"generating a {args.size / 2**20:.0f} MiB data set")
         data = root / "dataset.bin"
@@ -98,23 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    sha256 {digest}")
 
         _step("issuing a data passport (signed in the issuer's HSM)")
-        token = issue_passport(
-            issuer, specs[0], specs[1], byte_limit=args.size, extra=["--file", str(data)]
-        )
+        token = pair.passport(byte_limit=args.size, extra=["--file", str(data)])
         passport = root / "passport.jwt"
         passport.write_text(token + "\n", encoding="ascii")
-        _xbgw(
-            made["lingang"].socket,
-            "passport",
-            "verify",
-            str(passport),
-            "-c",
-            str(made["frankfurt"].config),
-        )
+        _xbgw(lingang.socket, "passport", "verify", str(passport), "-c", str(frankfurt.config))
 
         _step("lingang -> frankfurt: xbgw send")
         _xbgw(
-            made["lingang"].socket,
+            lingang.socket,
             "send",
             str(data),
             "--to",
@@ -124,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         _step("frankfurt: xbgw inbox")
-        inbox = _xbgw(made["frankfurt"].socket, "inbox")
+        inbox = _xbgw(frankfurt.socket, "inbox")
         transfer_id = next(
             line.split()[0] for line in inbox.stdout.splitlines() if digest[:16] in line
         )
 
         _step(f"frankfurt: xbgw fetch {transfer_id}")
         fetched = root / "fetched.bin"
-        _xbgw(made["frankfurt"].socket, "fetch", transfer_id, "-o", str(fetched))
+        _xbgw(frankfurt.socket, "fetch", transfer_id, "-o", str(fetched))
         received = _sha256(fetched)
         if received != digest:
             print(f"demo: MISMATCH: sent {digest}, fetched {received}", file=sys.stderr)
@@ -139,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    sha256 {received}  matches what lingang sent")
     finally:
         _step("stopping both daemons (SIGTERM)")
-        for daemon in daemons.values():
-            code = daemon.stop()
-            print(f"    {daemon.paths.id} exited with {code}")
+        for gateway_id, code in pair.stop().items():
+            print(f"    {gateway_id} exited with {code}")
     print(f"\ndemo finished in {time.monotonic() - started:.1f}s; state kept in {root}")
     return 0
 

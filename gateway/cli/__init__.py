@@ -1,0 +1,182 @@
+"""The ``xbgw`` command line.
+
+Every verb is a thin client: HSM verbs open the token named on the command line (or in the
+gateway config), daemon verbs talk to the local Unix socket. Errors from the one error tree
+are caught once, in :func:`main`, and printed as one line with a non-zero exit.
+
+Layout (imports point one way: this module -> verb modules -> :mod:`gateway.cli.common`):
+
+* :mod:`gateway.cli.common`: exit codes, argument helpers, passports read from the command
+  line, the HSM arguments and :func:`~gateway.cli.common.open_hsm`;
+* :mod:`gateway.cli.keys`, :mod:`gateway.cli.passport`: the HSM and passport verbs;
+* :mod:`gateway.cli.daemon`: ``serve`` and the verbs that talk to the running daemon; imported
+  only when one of them runs, so ``xbgw keys`` and ``xbgw passport`` do not load grpc;
+* :mod:`gateway.cli.__main__`: ``python -m gateway.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from gateway import DEFAULT_SOCKET
+from gateway.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    add_hsm_arguments,
+    parse_duration,
+    parse_size,
+    positive_int,
+)
+from gateway.cli.keys import cmd_keys_init, cmd_keys_list, cmd_keys_public
+from gateway.cli.passport import cmd_passport_inspect, cmd_passport_issue, cmd_passport_verify
+from gateway.errors import ConfigError, HsmPinError, UsageError, XbgwError
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+    "parse_duration",
+    "parse_size",
+]
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xbgw",
+        description="Cross-border data exchange gateway: keys, passports, transfers.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    keys = verbs.add_parser("keys", help="HSM key versions").add_subparsers(
+        dest="keys_verb", required=True, metavar="ACTION"
+    )
+    init = keys.add_parser("init", help="create version 1 of every key purpose on a token")
+    add_hsm_arguments(init)
+    init.set_defaults(func=cmd_keys_init)
+    listing = keys.add_parser("list", help="key versions with the flags the HSM reports")
+    add_hsm_arguments(listing)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_keys_list)
+    public = keys.add_parser("public", help="print a transport or signing public key (PEM)")
+    add_hsm_arguments(public)
+    public.add_argument("--purpose", choices=["transport", "signing"], default="signing")
+    public.add_argument("--version", type=positive_int, help="key version (default: newest)")
+    public.add_argument("-o", "--output", help="write the PEM to this file")
+    public.set_defaults(func=cmd_keys_public)
+
+    passport = verbs.add_parser("passport", help="data passports").add_subparsers(
+        dest="passport_verb", required=True, metavar="ACTION"
+    )
+    issue = passport.add_parser("issue", help="sign a passport with an issuer key in the HSM")
+    add_hsm_arguments(issue)
+    issue.add_argument("--kid", required=True, help="issuer key: ISSUER/signing/VERSION")
+    issue.add_argument("--to", required=True, help="receiving gateway id (aud)")
+    issue.add_argument("--sender", required=True, help="sending gateway id")
+    issue.add_argument("--src", required=True, help="source jurisdiction, e.g. CN-SH")
+    issue.add_argument("--dst", required=True, help="destination jurisdiction, e.g. EU-DE")
+    issue.add_argument("--classification", default="general")
+    issue.add_argument("--pi", choices=["none", "personal", "sensitive"], default="none")
+    issue.add_argument("--subjects", type=int, default=0, help="number of data subjects")
+    issue.add_argument("--purpose", required=True, help="purpose of the transfer")
+    issue.add_argument("--legal-basis", required=True, help="e.g. CAC filing number, GDPR SCC")
+    issue.add_argument("--byte-limit", type=parse_size, required=True, help="e.g. 64MiB")
+    issue.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime, e.g. 2h")
+    issue.add_argument("--jti", help="transfer id (default: random)")
+    dataset = issue.add_mutually_exclusive_group()
+    dataset.add_argument("--sub", help="dataset SHA-256 (hex)")
+    dataset.add_argument("--file", help="compute the dataset SHA-256 from this file")
+    issue.add_argument("-o", "--output", help="write the token to this file")
+    issue.set_defaults(func=cmd_passport_issue)
+
+    inspect = passport.add_parser("inspect", help="show a passport's header and claims")
+    inspect.add_argument("token", help="the token, a file holding it, or - for stdin")
+    inspect.set_defaults(func=cmd_passport_inspect)
+
+    verify = passport.add_parser("verify", help="verify a passport as a gateway would")
+    verify.add_argument("token", help="the token, a file holding it, or - for stdin")
+    verify.add_argument("-c", "--config", help="gateway YAML: trusted issuers and audience")
+    verify.add_argument("--issuer", action="append", help="trusted issuer KID=PEMFILE")
+    verify.add_argument("--audience", help="this gateway's id")
+    verify.set_defaults(func=cmd_passport_verify)
+
+    _add_daemon_verbs(verbs)
+    return parser
+
+
+def _daemon_verb(name: str) -> Callable[[argparse.Namespace], int]:
+    """A verb from :mod:`gateway.cli.daemon`, imported only when it runs (grpc is not cheap)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gateway.cli import daemon
+
+        command: Callable[[argparse.Namespace], int] = getattr(daemon, name)
+        return command(args)
+
+    return run
+
+
+def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = verbs.add_parser("serve", help="run the gateway daemon")
+    serve.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    serve.set_defaults(func=_daemon_verb("cmd_serve"))
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = verbs.add_parser(name, help=help_text)
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", help="gateway YAML (for its socket path)")
+        where.add_argument(
+            "--socket", help=f"local socket (default $XBGW_SOCKET or {DEFAULT_SOCKET})"
+        )
+        return parser
+
+    send = client("send", "send a file to a partner gateway")
+    send.add_argument("file")
+    send.add_argument("--to", required=True, help="partner gateway id")
+    send.add_argument("--passport", required=True, help="the passport token or a file holding it")
+    send.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    send.set_defaults(func=_daemon_verb("cmd_send"))
+
+    inbox = client("inbox", "list committed inbound transfers")
+    inbox.set_defaults(func=_daemon_verb("cmd_inbox"))
+
+    fetch = client("fetch", "write a received transfer's plaintext to a file")
+    fetch.add_argument("transfer_id")
+    fetch.add_argument("-o", "--output", required=True)
+    fetch.set_defaults(func=_daemon_verb("cmd_fetch"))
+
+    status = client("status", "gateway identity and recent transfers")
+    status.set_defaults(func=_daemon_verb("cmd_status"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except UsageError as exc:
+        print(f"xbgw: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, HsmPinError) as exc:
+        print(f"xbgw: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except XbgwError as exc:
+        print(f"xbgw: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # a file named on the command line: say which and why
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"xbgw:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("xbgw: interrupted", file=sys.stderr)
+        return 130

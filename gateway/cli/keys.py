@@ -1,0 +1,95 @@
+"""``xbgw keys``: create, list and export the key versions on an HSM token."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gateway.cli.common import EXIT_FAILURE, open_hsm
+from gateway.errors import UsageError
+from gateway.hsm import KeyInfo
+from gateway.keys import Purpose
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    with open_hsm(args) as hsm:
+        made = []
+        for purpose in Purpose:
+            if hsm.versions(purpose):
+                print(f"{purpose.label}: already has versions {hsm.versions(purpose)}; kept")
+                continue
+            version = hsm.generate(purpose, 1)
+            made.append(f"{purpose.label} v{version}")
+        print("created " + ", ".join(made) if made else "nothing to create")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with open_hsm(args) as hsm:
+        infos = hsm.list_keys()
+    unsafe = [info for info in infos if not info.safe]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "purpose": i.purpose.value,
+                        "version": i.version,
+                        "state": "current" if i.version == _latest(infos, i.purpose) else "older",
+                        "sensitive": i.sensitive,
+                        "always_sensitive": i.always_sensitive,
+                        "extractable": i.extractable,
+                        "never_extractable": i.never_extractable,
+                        "capabilities": list(i.capabilities),
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+    else:
+        _print_key_table(infos)
+    if unsafe:
+        print(f"WARNING: {len(unsafe)} key(s) could have left the HSM in clear", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _print_key_table(infos: Sequence[KeyInfo]) -> None:
+    print(f"{'PURPOSE':<10} {'VER':>4} {'STATE':<8} {'SENSITIVE':<10} {'EXTRACTABLE':<12} USAGE")
+    for info in infos:
+        state = "current" if info.version == _latest(infos, info.purpose) else "older"
+        sensitive = "always" if info.always_sensitive else ("yes" if info.sensitive else "NO")
+        extractable = "never" if info.never_extractable else ("YES" if info.extractable else "no")
+        print(
+            f"{info.purpose.value:<10} {info.version:>4} {state:<8} {sensitive:<10} "
+            f"{extractable:<12} {','.join(info.capabilities)}"
+        )
+
+
+def _latest(infos: Sequence[KeyInfo], purpose: Purpose) -> int:
+    return max(info.version for info in infos if info.purpose is purpose)
+
+
+def cmd_keys_public(args: argparse.Namespace) -> int:
+    purpose = Purpose(args.purpose)
+    with open_hsm(args) as hsm:
+        version = args.version
+        if version is None:
+            version = max(hsm.versions(purpose), default=0)
+        if not version:
+            raise UsageError(f"the token has no {purpose.label} key; run 'xbgw keys init'")
+        pem = hsm.public_key(purpose, version).public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+    if args.output:
+        Path(args.output).write_bytes(pem)
+        print(f"wrote {purpose.label} v{version} public key to {args.output}")
+    else:
+        sys.stdout.write(pem.decode("ascii"))
+    return 0

@@ -1,0 +1,178 @@
+"""The sender's data path: segment, hash and encrypt, record tags, release to the network.
+
+Three stages in their own threads, so hashing, encryption, the ledger's fsync and the
+network overlap (``hashlib`` and AES-GCM release the GIL): the producer (cut into segments,
+hash, encrypt), the committer (record each segment's GCM tag durably, then release the batch)
+and the caller's upload, which pulls :meth:`Pipeline.segments`.
+
+Why tags are recorded before ciphertext leaves (resume safety): segment ``i`` of a
+transfer always has the same nonce, so it must always carry the same plaintext. Same key and
+nonce give the same GCM tag only for the same plaintext, so a resumed send whose source
+changed is refused (``SourceChangedError``) before a reused nonce can leave the process. The
+tag stands in for a per-segment SHA-256 at no extra cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+from gateway import envelope
+from gateway.errors import SourceChangedError
+from gateway.ledger import Ledger
+from gateway.transfer import SegmentIn
+
+DIGEST_BATCH = 8  # segments whose tags are committed together before they are sent
+PIPELINE_DEPTH = 4  # encrypted segments queued ahead of the network
+
+
+class Pipeline:
+    """One send attempt's stages; see the module docstring."""
+
+    _END = object()
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        transfer_id: str,
+        encryptor: envelope.StreamEncryptor,
+        start: int,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self._ledger = ledger
+        self._transfer_id = transfer_id
+        self._encryptor = encryptor
+        self._start = start
+        self._on_bytes = on_bytes
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._batches: queue.Queue[object] = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._abandoned = threading.Event()
+        self._committer: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.segment_count = 0
+
+    def start(self, segments: Iterator[tuple[int, bool, bytes]]) -> None:
+        self._thread = threading.Thread(
+            target=self._produce, args=(segments,), name="xbgw-encrypt", daemon=True
+        )
+        self._committer = threading.Thread(target=self._commit, name="xbgw-tags", daemon=True)
+        self._thread.start()
+        self._committer.start()
+
+    def _put(self, target: queue.Queue[object], item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                target.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _produce(self, segments: Iterator[tuple[int, bool, bytes]]) -> None:
+        """Hash and encrypt; hand batches to the committer (which may be waiting on fsync)."""
+        try:
+            batch: list[tuple[int, bool, bytes]] = []
+            for index, final, plaintext in segments:
+                if self._stop.is_set():
+                    return
+                self.hasher.update(plaintext)
+                self.size += len(plaintext)
+                self.segment_count = index + 1
+                batch.append(
+                    (index, final, self._encryptor.encrypt_segment(index, plaintext, final))
+                )
+                if len(batch) >= DIGEST_BATCH or final:
+                    self._put(self._batches, (batch, self.size))
+                    batch = []
+        except BaseException as exc:
+            self._failure = exc
+        finally:
+            self._put(self._batches, self._END)
+
+    def _commit(self) -> None:
+        """Record tags durably, then release the batch's ciphertext to the network."""
+        try:
+            while True:
+                item = self._get(self._batches)
+                if item is self._END or self._failure is not None:
+                    return
+                assert isinstance(item, tuple)
+                batch, done_bytes = item
+                self._check_tags(batch)
+                for segment in batch:
+                    if segment[0] >= self._start:
+                        self._put(self._queue, segment)
+                self._on_bytes(done_bytes)
+        except BaseException as exc:
+            self._failure = exc
+            self._stop.set()
+        finally:
+            self._end_queue()
+
+    def _get(self, source: queue.Queue[object]) -> object:
+        """Next item, or the end marker once the pipeline is stopped."""
+        while not self._stop.is_set():
+            try:
+                return source.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return self._END
+
+    def _end_queue(self) -> None:
+        while True:
+            try:
+                self._queue.put(self._END, timeout=0.5)
+                return
+            except queue.Full:
+                if self._abandoned.is_set():
+                    return
+
+    def _check_tags(self, batch: list[tuple[int, bool, bytes]]) -> None:
+        first, last = batch[0][0], batch[-1][0] + 1
+        recorded = self._ledger.segment_tags(self._transfer_id, first, last)
+        for index, _final, ciphertext in batch:
+            known = recorded.get(index)
+            if known is not None and known != ciphertext[-envelope.TAG_LEN :]:
+                raise SourceChangedError(
+                    f"segment {index} of transfer {self._transfer_id} differs from what was "
+                    "sent before; resend the original data or use a new passport"
+                )
+        self._ledger.record_segment_tags(
+            self._transfer_id,
+            [(i, c[-envelope.TAG_LEN :]) for i, _f, c in batch if i not in recorded],
+        )
+
+    def segments(self) -> Iterator[SegmentIn]:
+        """The ciphertext released to the network, from the resume point, in order."""
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            assert isinstance(item, tuple)
+            index, final, ciphertext = item
+            yield SegmentIn(self._transfer_id, index, final, ciphertext)
+
+    def abandon(self) -> None:
+        """The upload failed: tell both threads to stop; never wait on the local client.
+
+        The producer may be blocked reading the local stream; it ends when that stream does
+        (the caller's error ends it), so only the committer is joined.
+        """
+        self._stop.set()
+        self._abandoned.set()
+        if self._committer is not None:
+            self._committer.join(timeout=10)
+
+    def raise_failure(self) -> None:
+        """Raise the producer's or committer's error, if any (after the stream completed)."""
+        if not self._abandoned.is_set():
+            for thread in (self._thread, self._committer):
+                if thread is not None:
+                    thread.join()
+        if self._failure is not None:
+            raise self._failure

@@ -1,0 +1,167 @@
+"""What the receiver's steps share: their parts, the one-writer guard, and the working set.
+
+The durable truth of a transfer is its ledger row and spool file; the *working set* holds
+what one step hands the next in memory -- the decoded header, the data key unwrapped at the
+offer, the running plaintext hash -- so that nothing is decoded, unwrapped or re-hashed on
+every call. It is bounded and may forget anything: after a restart each value is derived
+again from the row and the spool (``data_key`` and ``upload.rehash``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gateway import envelope
+from gateway.config import GatewayConfig, PartnerConfig
+from gateway.errors import TransferConflictError, UnknownTransferError
+from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.ledger import Inbound, Ledger
+from gateway.spool import Spool
+from gateway.transfer import GatewayKeys
+
+log = logging.getLogger("xbgw.receiver")
+
+WORKING_SET_MAX = 256
+
+
+@dataclass
+class _Held:
+    header: envelope.Header
+    data_key: bytes | None = None  # unwrapped at the offer; taken by the first upload
+    hashed: tuple[int, hashlib._Hash] | None = None  # plaintext hash valid up to a segment
+
+
+class WorkingSet:
+    """Per-transfer values in memory, least recently used first out."""
+
+    def __init__(self, limit: int = WORKING_SET_MAX) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._by_id: OrderedDict[str, _Held] = OrderedDict()
+
+    def _entry(self, row: Inbound) -> _Held:
+        held = self._by_id.get(row.transfer_id)
+        if held is None:
+            held = _Held(envelope.Header.decode(row.stored_header))
+            self._by_id[row.transfer_id] = held
+            while len(self._by_id) > self._limit:
+                self._by_id.popitem(last=False)
+        self._by_id.move_to_end(row.transfer_id)
+        return held
+
+    def header(self, row: Inbound) -> envelope.Header:
+        """The stored header of ``row``, decoded once."""
+        with self._lock:
+            return self._entry(row).header
+
+    def offered(self, transfer_id: str, header: envelope.Header, data_key: bytes) -> None:
+        with self._lock:
+            self._by_id[transfer_id] = _Held(header, data_key)
+            self._by_id.move_to_end(transfer_id)
+            while len(self._by_id) > self._limit:
+                self._by_id.popitem(last=False)
+
+    def take_data_key(self, row: Inbound) -> bytes | None:
+        with self._lock:
+            held = self._entry(row)
+            data_key, held.data_key = held.data_key, None
+            return data_key
+
+    def take_hasher(self, row: Inbound) -> hashlib._Hash | None:
+        """The running hash, if it covers exactly the segments the row says are held."""
+        with self._lock:
+            held = self._entry(row)
+            hashed, held.hashed = held.hashed, None
+        if hashed is not None and hashed[0] == row.next_segment:
+            return hashed[1]
+        return None
+
+    def put_hasher(self, row: Inbound, next_segment: int, hasher: hashlib._Hash) -> None:
+        with self._lock:
+            self._entry(row).hashed = (next_segment, hasher)
+
+    def drop(self, transfer_id: str) -> None:
+        with self._lock:
+            self._by_id.pop(transfer_id, None)
+
+
+class Context:
+    """The parts every step uses; one per receiver."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        keys: GatewayKeys,
+        current: CurrentKeys,
+        ledger: Ledger,
+        spool: Spool,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.current = current
+        self.ledger = ledger
+        self.spool = spool
+        self.clock = clock
+        self.working = WorkingSet()
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
+
+    @property
+    def me(self) -> str:
+        return self.config.id
+
+    def owned(self, peer: PartnerConfig, transfer_id: str, doing: str) -> Inbound:
+        """The row of ``peer``'s transfer; the same NOT_FOUND for another partner's transfer
+        as for none at all, so no partner learns what others send."""
+        row = self.ledger.inbound(transfer_id)
+        if row is None or row.sender != peer.id:
+            hint = "; offer it first" if doing == "upload" else ""
+            raise UnknownTransferError(f"no transfer {transfer_id!r} from {peer.id}{hint}")
+        return row
+
+    @contextmanager
+    def busy(self, transfer_id: str, doing: str) -> Iterator[None]:
+        """One writer per transfer: creating it, uploading to it, or committing it.
+
+        Never waits: a second writer is refused at once (the sender retries), so a stale
+        stream cannot block a gRPC thread, and no step sees a row another step is changing.
+        """
+        with self._active_lock:
+            if transfer_id in self._active:
+                raise TransferConflictError(
+                    f"transfer {transfer_id} is busy on another stream; {doing} again shortly"
+                )
+            self._active.add(transfer_id)
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active.discard(transfer_id)
+
+    def data_key(self, row: Inbound) -> bytes:
+        """The data key: handed over by the offer, else unwrapped with our storage key."""
+        data_key = self.working.take_data_key(row)
+        if data_key is None:
+            data_key = envelope.open_header(self.working.header(row), self.me, self.keys)
+        return data_key
+
+    def refuse(self, transfer_id: str, partner: str, reason: str) -> None:
+        """Refuse a transfer for good: the passport stays spent, the partial data goes."""
+        self.ledger.refuse_inbound(transfer_id, reason)
+        self.spool.discard(transfer_id)
+        self.working.drop(transfer_id)
+        log.warning(
+            "transfer refused for good: %s",
+            reason,
+            extra={"transfer_id": transfer_id, "partner": partner, "outcome": "discarded"},
+        )
+
+    def signing_key(self) -> KeyRef:
+        return KeyRef(self.me, Purpose.SIGNING, self.current.signing)

@@ -1,0 +1,98 @@
+"""The finish: check the sender's manifest against what arrived, commit, sign a receipt.
+
+The manifest is verified under the sender's pinned key before it is read, then compared
+field by field with what this gateway received (and with the passport's data set digest, kept
+at the offer). A disagreement refuses the transfer for good. Otherwise the spool file moves
+into the inbox atomically, the ledger commits, and the receipt -- signed in the HSM -- goes
+back. A repeated Finish with the same manifest gets the same receipt (the sender lost it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from gateway.config import PartnerConfig
+from gateway.documents import Manifest, Receipt, open_manifest, read_own_receipt, sign_receipt
+from gateway.errors import ManifestError, TransferConflictError
+from gateway.receiver.context import Context
+from gateway.receiver.upload import rehash
+from gateway.signed import Signed
+from gateway.transfer import TransferState
+
+log = logging.getLogger("xbgw.receiver")
+
+
+def finish(
+    ctx: Context,
+    peer: PartnerConfig,
+    transfer_id: str,
+    signed_manifest: Signed,
+    on_commit: Callable[[str, int], None] | None,
+) -> Signed:
+    ctx.owned(peer, transfer_id, "finish")  # before the guard: no oracle for others' ids
+    with ctx.busy(transfer_id, "finish"):
+        row = ctx.owned(peer, transfer_id, "finish")
+        manifest = open_manifest(signed_manifest, peer.signing_public_key, peer.id)
+        if row.state is TransferState.COMMITTED and row.receipt is not None:
+            if read_own_receipt(row.receipt, ctx.me).manifest_digest != signed_manifest.digest:
+                raise ManifestError(f"transfer {transfer_id} was committed with another manifest")
+            return row.receipt
+        if row.state is not TransferState.RECEIVING:
+            raise TransferConflictError(f"transfer {transfer_id} is {row.state}")
+        if not row.final_received:
+            raise TransferConflictError(
+                f"transfer {transfer_id} is incomplete: next segment is {row.next_segment}; "
+                "resume the upload before sending the manifest"
+            )
+        header = ctx.working.header(row)
+        hasher = ctx.working.take_hasher(row)
+        if hasher is None:
+            hasher = rehash(ctx, row, header, ctx.data_key(row))
+        arrived = Manifest(
+            transfer_id=row.transfer_id,
+            sender=row.sender,
+            receiver=ctx.me,
+            header_core_digest=header.core_digest(),
+            passport_digest=row.passport_digest,
+            plaintext_sha256=hasher.digest(),
+            plaintext_size=row.received_bytes,
+            segment_count=row.next_segment,
+        )
+        problems = manifest.differences(arrived)
+        if row.dataset_sha256 is not None and row.dataset_sha256 != arrived.plaintext_sha256.hex():
+            problems.append("data set SHA-256 is not the passport's sub")
+        if problems:
+            reason = "manifest disagrees with what arrived: " + "; ".join(problems)
+            ctx.refuse(transfer_id, peer.id, reason)
+            raise ManifestError(reason)
+        committed_at = int(ctx.clock())
+        receipt = sign_receipt(
+            ctx.keys,
+            ctx.signing_key(),
+            Receipt(
+                transfer_id=transfer_id,
+                sender=peer.id,
+                receiver=ctx.me,
+                manifest_digest=signed_manifest.digest,
+                plaintext_sha256=arrived.plaintext_sha256,
+                plaintext_size=arrived.plaintext_size,
+                passport_digest=row.passport_digest,
+                committed_at=committed_at,
+            ),
+        )
+        ctx.spool.commit(transfer_id)
+        ctx.ledger.commit_inbound(transfer_id, arrived.plaintext_sha256, receipt, committed_at)
+        ctx.working.drop(transfer_id)
+    if on_commit is not None:
+        on_commit(peer.id, row.received_bytes)
+    log.info(
+        "transfer committed",
+        extra={
+            "transfer_id": transfer_id,
+            "partner": peer.id,
+            "outcome": "committed",
+            "bytes": row.received_bytes,
+        },
+    )
+    return receipt

@@ -1,0 +1,126 @@
+"""The upload: segments strictly in order from the durable resume point, into the spool.
+
+Each segment is decrypted and authenticated before its ciphertext is appended to the spool;
+the passport's byte limit is enforced while streaming; the resume point moves only after an
+fsync (see ``intake``). A broken stream keeps what verified. A byte-limit breach refuses the
+transfer for good. Held data that no longer verifies (disk corruption) or that the spool lost
+restarts the transfer from segment 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable
+
+from gateway import envelope
+from gateway.config import PartnerConfig
+from gateway.errors import (
+    ByteLimitError,
+    EnvelopeError,
+    OfferMismatchError,
+    PartialLostError,
+    TrailingDataError,
+    TransferConflictError,
+)
+from gateway.ledger import Inbound
+from gateway.receiver.context import Context
+from gateway.receiver.intake import Intake
+from gateway.transfer import SegmentIn, TransferState, UploadResult
+
+
+def upload(ctx: Context, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
+    iterator = iter(segments)
+    first = next(iterator, None)
+    if first is None:
+        raise OfferMismatchError(
+            "an upload must carry at least one segment (or its first message was larger "
+            "than the transport limit)"
+        )
+    transfer_id = first.transfer_id
+    ctx.owned(peer, transfer_id, "upload")  # before the guard: no oracle for others' ids
+    with ctx.busy(transfer_id, "upload"):
+        row = ctx.owned(peer, transfer_id, "upload")  # read under the guard: it is current
+        if row.state is not TransferState.RECEIVING:
+            raise TransferConflictError(f"transfer {transfer_id} is {row.state}, not receiving")
+        return _upload(ctx, row, itertools.chain([first], iterator))
+
+
+def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> UploadResult:
+    transfer_id = row.transfer_id
+    if row.final_received:
+        raise TrailingDataError(
+            f"transfer {transfer_id} already received its final segment; send the manifest"
+        )
+    header = ctx.working.header(row)
+    data_key = ctx.data_key(row)
+    decryptor = envelope.StreamDecryptor(header, data_key, start_index=row.next_segment)
+    segment_len = header.segment_size + envelope.TAG_LEN
+    try:
+        partial = ctx.spool.open_partial(
+            transfer_id,
+            row.stored_header,
+            len(row.stored_header) + row.next_segment * segment_len,
+        )
+    except PartialLostError:
+        ctx.ledger.record_progress(transfer_id, 0, 0, False)
+        ctx.working.drop(transfer_id)
+        raise
+    hasher = ctx.working.take_hasher(row)
+    if hasher is None:
+        try:
+            hasher = rehash(ctx, row, header, data_key)
+        except EnvelopeError:
+            # What we hold no longer verifies (disk corruption): start again from zero.
+            partial.close()
+            ctx.ledger.record_progress(transfer_id, 0, 0, False)
+            ctx.working.drop(transfer_id)
+            raise PartialLostError(
+                f"the data held for transfer {transfer_id} failed verification; offer it "
+                "again to restart from segment 0"
+            ) from None
+        except BaseException:
+            partial.close()
+            raise
+    intake = Intake(
+        ctx.ledger,
+        transfer_id,
+        decryptor,
+        hasher,
+        partial,
+        row.received_bytes,
+        row.byte_limit,
+    )
+    try:
+        intake.run(segments)
+    except ByteLimitError as exc:
+        intake.discard()
+        ctx.refuse(transfer_id, row.sender, str(exc))
+        raise
+    except BaseException:
+        # Keep what verified: make it durable so a resumed stream continues from here.
+        intake.close()
+        ctx.working.put_hasher(row, intake.next_index, intake.hasher)
+        raise
+    intake.close()
+    ctx.working.put_hasher(row, intake.next_index, intake.hasher)
+    return UploadResult(intake.next_index, intake.received, intake.done)
+
+
+def rehash(ctx: Context, row: Inbound, header: envelope.Header, data_key: bytes) -> hashlib._Hash:
+    """Recompute the plaintext hash of the segments already held (after a restart).
+
+    A crash between the rename into the inbox and the ledger commit leaves only the
+    committed file: the retried Finish hashes that one (``Spool.read_held``).
+    """
+    hasher = hashlib.sha256()
+    if row.next_segment == 0:
+        return hasher
+    decryptor = envelope.StreamDecryptor(header, data_key)
+    with ctx.spool.read_held(row.transfer_id) as src:
+        src.seek(len(row.stored_header))
+        for plaintext in envelope.decrypt_segments(
+            src, decryptor, count=row.next_segment, last_is_final=row.final_received
+        ):
+            hasher.update(plaintext)
+    return hasher

@@ -1,0 +1,311 @@
+"""The sending side of a transfer: passport, offer, stream from the resume point, receipt.
+
+The sender talks to a partner only through a :class:`~gateway.transfer.PartnerLink` (the
+gRPC one is in ``partner_link.py``; the tests' loopback calls a receiver in-process) and to
+the HSM only through the small key protocols, so every protocol case can run without
+processes, sockets or a token.
+
+* **Before the offer** the passport is verified as the receiver will verify it (issuer,
+  signature, time, audience = the partner), its sender must be this gateway, the egress rules
+  must allow it, and the data must fit its byte limit: a refusal here spends nothing.
+* **Resume**: the data key survives crashes re-wrapped to our own storage key (the outbound
+  record); segment ``i`` must carry the same plaintext on every attempt -- see ``pipeline``.
+* **After the upload** the manifest is signed in the HSM and the receipt verified under the
+  partner's pinned key and compared with the manifest before the transfer counts as
+  delivered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gateway import envelope
+from gateway.config import GatewayConfig, PartnerConfig
+from gateway.documents import KeySet, Manifest, open_key_set, open_receipt, sign_manifest
+from gateway.errors import (
+    ByteLimitError,
+    ManifestError,
+    PassportReplayError,
+    PeerNotAuthorizedError,
+    PolicyDeniedError,
+    TransferConflictError,
+)
+from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.ledger import Ledger, Outbound
+from gateway.passport import PassportVerifier, VerifiedPassport
+from gateway.pipeline import Pipeline
+from gateway.policy import BaselinePolicy, Direction, Policy, facts
+from gateway.signed import Signed
+from gateway.transfer import GatewayKeys, PartnerLink, TransferState
+
+log = logging.getLogger("xbgw.sender")
+
+KEY_SET_TTL_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class ReceiptSummary:
+    transfer_id: str
+    partner: str
+    plaintext_sha256: bytes
+    plaintext_size: int
+    committed_at: int
+    signed_by: str
+    receipt: Signed
+
+
+@dataclass(frozen=True)
+class Progress:
+    kind: str  # "accepted" | "progress"
+    transfer_id: str
+    done_bytes: int
+    total_bytes: int
+
+
+class Sender:
+    """Sending-side domain logic of one gateway."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        keys: GatewayKeys,
+        current: CurrentKeys,
+        ledger: Ledger,
+        link: PartnerLink,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._current = current
+        self._ledger = ledger
+        self._link = link
+        self._policy: Policy = policy or BaselinePolicy()
+        self._clock = clock
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
+        self._key_sets: dict[str, tuple[float, KeySet]] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """Adopt a new configuration; a partner's pinned key may have changed: re-fetch."""
+        with self._active_lock:
+            self._config = config
+            self._key_sets = {}
+
+    @property
+    def me(self) -> str:
+        return self._config.id
+
+    def send(
+        self,
+        partner_id: str,
+        token: str,
+        chunks: Iterable[bytes],
+        total_size: int,
+        on_progress: Callable[[Progress], None] = lambda _: None,
+    ) -> ReceiptSummary:
+        config = self._config
+        partner = config.partner(partner_id)
+        passport = self._check_passport(config, partner, token)
+        with self._sending(passport.claims.jti):
+            return self._send(partner, passport, chunks, total_size, on_progress)
+
+    def _check_passport(
+        self, config: GatewayConfig, partner: PartnerConfig, token: str
+    ) -> VerifiedPassport:
+        """What the receiver will check, checked first: a refusal here spends nothing."""
+        verifier = PassportVerifier(
+            config.trusted_issuer_keys(),
+            audience=partner.id,
+            leeway_seconds=config.limits.passport_leeway_seconds,
+            max_token_bytes=config.limits.max_passport_bytes,
+            clock=self._clock,
+        )
+        passport = verifier.verify(token)
+        claims = passport.claims
+        if claims.xbgw.sender != self.me:
+            raise PeerNotAuthorizedError(
+                f"passport {claims.jti} is for sender {claims.xbgw.sender!r}, not this "
+                f"gateway ({self.me})"
+            )
+        decision = self._policy.decide(
+            facts(
+                Direction.EGRESS,
+                claims.xbgw,
+                sender=(self.me, config.gateway.jurisdiction),
+                receiver=(partner.id, partner.jurisdiction),
+            )
+        )
+        if not decision.allow:
+            raise PolicyDeniedError("; ".join(decision.reasons))
+        return passport
+
+    @contextmanager
+    def _sending(self, transfer_id: str) -> Iterator[None]:
+        """One send per transfer at a time: a second would race the first's nonces and rows."""
+        with self._active_lock:
+            if transfer_id in self._active:
+                raise TransferConflictError(
+                    f"transfer {transfer_id} is already being sent by this gateway; wait for "
+                    "that send to finish or fail, then resend to resume"
+                )
+            self._active.add(transfer_id)
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                self._active.discard(transfer_id)
+
+    def _send(
+        self,
+        partner: PartnerConfig,
+        passport: VerifiedPassport,
+        chunks: Iterable[bytes],
+        total_size: int,
+        on_progress: Callable[[Progress], None],
+    ) -> ReceiptSummary:
+        claims = passport.claims
+        transfer_id = claims.jti
+        if total_size > claims.xbgw.byte_limit:
+            # Refuse before the offer: streaming up to the limit would only burn the passport.
+            raise ByteLimitError(
+                f"the data is {total_size} bytes; passport {transfer_id} allows "
+                f"{claims.xbgw.byte_limit}"
+            )
+        row = self._ledger.outbound(transfer_id)
+        if row is not None and row.state is TransferState.DELIVERED:
+            raise PassportReplayError(
+                f"transfer {transfer_id} was already delivered to {row.partner}"
+            )
+        if row is not None and row.partner != partner.id:
+            raise PassportReplayError(f"transfer {transfer_id} is in use for {row.partner}")
+        if row is None:
+            row, data_key = self._prepare(partner, transfer_id, passport.digest)
+        else:  # resuming: the data key survives only re-wrapped to our storage key
+            data_key = envelope.open_header(
+                envelope.Header.decode(row.stored_header), self.me, self._keys
+            )
+        sent_header = envelope.Header.decode(row.sent_header)
+        offer = self._link.offer(partner, passport.token, row.sent_header)
+        on_progress(Progress("accepted", transfer_id, offer.received_bytes, total_size))
+        log.info(
+            "transfer accepted",
+            extra={
+                "transfer_id": transfer_id,
+                "partner": partner.id,
+                "outcome": f"from {offer.next_segment}",
+            },
+        )
+        pipeline = Pipeline(
+            self._ledger,
+            transfer_id,
+            envelope.StreamEncryptor(sent_header, data_key),
+            offer.next_segment,
+            lambda done: on_progress(Progress("progress", transfer_id, done, total_size)),
+        )
+        pipeline.start(envelope.cut_segments(chunks, sent_header.segment_size))
+        segments = pipeline.segments()
+        if offer.committed:
+            # Delivered before, receipt lost: re-read the source for the manifest only.
+            for _ in segments:
+                pass
+        else:
+            # The partner may hold every segment already (the stream or the manifest broke
+            # after the final one): then there is nothing to upload -- an empty upload is
+            # refused -- and the manifest alone finishes the transfer.
+            first = next(segments, None)
+            if first is not None:
+                try:
+                    self._link.upload(partner, itertools.chain([first], segments))
+                except BaseException:
+                    pipeline.abandon()
+                    pipeline.raise_failure()  # the source's failure explains more, if any
+                    raise
+        pipeline.raise_failure()
+        manifest = Manifest(
+            transfer_id=transfer_id,
+            sender=self.me,
+            receiver=partner.id,
+            header_core_digest=sent_header.core_digest(),
+            passport_digest=passport.digest,
+            plaintext_sha256=pipeline.hasher.digest(),
+            plaintext_size=pipeline.size,
+            segment_count=pipeline.segment_count,
+        )
+        if claims.sub is not None and claims.sub != manifest.plaintext_sha256.hex():
+            raise ManifestError(
+                f"the data sent is not the data set passport {transfer_id} names (sub "
+                f"{claims.sub[:16]}..., sent {manifest.plaintext_sha256.hex()[:16]}...); "
+                "nothing was committed"
+            )
+        return self._finish(partner, manifest)
+
+    def _prepare(
+        self, partner: PartnerConfig, transfer_id: str, passport_digest: bytes
+    ) -> tuple[Outbound, bytes]:
+        key_set = self._key_set(partner)
+        context = envelope.StreamContext(transfer_id, self.me, partner.id, passport_digest)
+        header, data_key = envelope.seal_header(
+            context,
+            KeyRef(partner.id, Purpose.TRANSPORT, key_set.current_version),
+            key_set.current,
+            segment_size=self._config.limits.segment_size,
+        )
+        stored = envelope.rewrap_for_storage(
+            header, data_key, KeyRef(self.me, Purpose.STORAGE, self._current.storage), self._keys
+        )
+        row = self._ledger.create_outbound(
+            transfer_id=transfer_id,
+            partner=partner.id,
+            passport_digest=passport_digest,
+            sent_header=header.encode(),
+            stored_header=stored.encode(),
+        )
+        return row, data_key
+
+    def _key_set(self, partner: PartnerConfig) -> KeySet:
+        """The partner's transport keys, verified under its pinned signing key (cached)."""
+        with self._active_lock:
+            cached = self._key_sets.get(partner.id)
+        if cached is not None and time.monotonic() - cached[0] < KEY_SET_TTL_SECONDS:
+            return cached[1]
+        key_set = open_key_set(self._link.key_set(partner), partner.signing_public_key, partner.id)
+        with self._active_lock:
+            self._key_sets[partner.id] = (time.monotonic(), key_set)
+        return key_set
+
+    def _finish(self, partner: PartnerConfig, manifest: Manifest) -> ReceiptSummary:
+        signed = sign_manifest(
+            self._keys, KeyRef(self.me, Purpose.SIGNING, self._current.signing), manifest
+        )
+        receipt_blob = self._link.finish(partner, manifest.transfer_id, signed)
+        receipt, kid = open_receipt(receipt_blob, partner.signing_public_key, partner.id)
+        if not receipt.confirms(manifest, signed.digest):
+            raise ManifestError(f"receipt from {partner.id} does not match what was sent")
+        self._ledger.deliver_outbound(
+            manifest.transfer_id, manifest.plaintext_size, manifest.plaintext_sha256, receipt_blob
+        )
+        log.info(
+            "transfer delivered",
+            extra={
+                "transfer_id": manifest.transfer_id,
+                "partner": partner.id,
+                "outcome": "delivered",
+                "bytes": manifest.plaintext_size,
+            },
+        )
+        return ReceiptSummary(
+            transfer_id=manifest.transfer_id,
+            partner=partner.id,
+            plaintext_sha256=manifest.plaintext_sha256,
+            plaintext_size=manifest.plaintext_size,
+            committed_at=receipt.committed_at,
+            signed_by=str(kid),
+            receipt=receipt_blob,
+        )

@@ -1,0 +1,120 @@
+"""The vocabulary the two sides of a transfer share, free of gRPC and of the HSM.
+
+Why a module of its own: the sender, the receiver, the ledger, both servicers and the CLI all
+speak of transfer states, segments and resume points. Defined here once, each of them maps
+to its own representation (a SQLite column, a protobuf enum, a table on a terminal) in one
+place, and the sender can talk to "a partner" through :class:`PartnerLink` whether that is a
+mutual-TLS gRPC channel (``partner_link.py``) or a receiver in the same process (the tests'
+loopback).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from gateway.config import PartnerConfig
+from gateway.envelope import KeyHolder
+from gateway.errors import PartnerError
+from gateway.keys import HasVersions
+from gateway.signed import DigestSigner, Signed
+
+
+class GatewayKeys(KeyHolder, DigestSigner, HasVersions, Protocol):
+    """What the sender and the receiver need of the HSM: ECDH with our transport keys, wrap
+    and unwrap under our storage keys, signing, and which versions exist. ``hsm.Hsm`` is one;
+    the tests' ``SoftwareHsm`` another."""
+
+
+class TransferState(StrEnum):
+    """Where a transfer stands, on either side; the value is what the ledger stores."""
+
+    RECEIVING = "receiving"  # receiver: offered and accepted; segments arriving or resumable
+    COMMITTED = "committed"  # receiver: manifest checked, data committed, receipt signed
+    REFUSED = "refused"  # receiver: refused for good (byte limit, manifest); passport spent
+    SENDING = "sending"  # sender: in progress or resumable
+    DELIVERED = "delivered"  # sender: the partner's receipt verified and recorded
+
+
+class SegmentIn:
+    """One encrypted segment as it travels: ``ciphertext`` is segment ``index`` of a stream."""
+
+    __slots__ = ("ciphertext", "final", "index", "transfer_id")
+
+    def __init__(self, transfer_id: str, index: int, final: bool, ciphertext: bytes) -> None:
+        self.transfer_id = transfer_id
+        self.index = index
+        self.final = final
+        self.ciphertext = ciphertext
+
+
+@dataclass(frozen=True)
+class OfferResult:
+    """The receiver's answer to an offer: where the sender must resume."""
+
+    transfer_id: str
+    next_segment: int
+    received_bytes: int
+    resumed: bool
+    committed: bool = False  # delivered before and the receipt was lost: only Finish remains
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    next_segment: int
+    received_bytes: int
+    final_received: bool
+
+
+@dataclass(frozen=True)
+class TransferStatus:
+    """What a partner will say about one of our transfers (``GetTransfer``)."""
+
+    transfer_id: str
+    state: TransferState
+    next_segment: int
+    received_bytes: int
+    receipt: Signed | None
+
+
+class PartnerLink(Protocol):
+    """The sender's view of a partner gateway: the five partner calls, in domain types.
+
+    Implementations raise :class:`gateway.errors.PartnerError` (see :func:`refused_by`) for
+    anything the partner refused or that did not reach it, so the sender handles one error
+    type whatever carries the calls.
+    """
+
+    def key_set(self, partner: PartnerConfig) -> Signed: ...
+
+    def offer(self, partner: PartnerConfig, passport: str, header: bytes) -> OfferResult: ...
+
+    def upload(self, partner: PartnerConfig, segments: Iterator[SegmentIn]) -> UploadResult: ...
+
+    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed: ...
+
+    def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus: ...
+
+
+# What each call is called in messages to the operator ("partner X refused the offer ...").
+CALL_NAMES = {
+    "key_set": "the key-set request",
+    "offer": "the offer",
+    "upload": "the upload",
+    "finish": "the manifest",
+    "status": "the status request",
+}
+
+
+def refused_by(partner: str, call: str, status: str, details: str) -> PartnerError:
+    """The one wording of "the partner said no" for every link (status: a gRPC code name)."""
+    return PartnerError(
+        f"partner {partner} refused {CALL_NAMES[call]} ({status}): {details}", status
+    )
+
+
+def unreachable(partner: str, call: str, details: str) -> PartnerError:
+    """The one wording of "the partner could not be reached" for every link."""
+    return PartnerError(f"partner {partner} is unreachable during {CALL_NAMES[call]}: {details}")

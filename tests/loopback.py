@@ -1,0 +1,303 @@
+"""Two gateways in one process: a real Sender wired to a real Receiver, no sockets, no token.
+
+What is real: ``Sender``, ``Receiver``, the ledger (SQLite in a temp directory), the spool,
+the envelope, passports, manifests and receipts. What stands in: the HSM (``SoftwareHsm``,
+the same operations in ``cryptography``) and the network (:class:`LoopbackLink`, which calls
+the partner's receiver directly and turns its refusals into the ``PartnerError`` the gRPC
+link would give). The link can also misbehave on purpose -- reorder, drop, duplicate,
+flip or cut segments, or lose a reply after the partner acted -- so every protocol case of
+the data path runs in milliseconds; what needs processes (signals, TLS, systemd, kill -9)
+stays in ``tests/system``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import (
+    Address,
+    GatewayConfig,
+    HsmConfig,
+    Identity,
+    IssuerConfig,
+    Limits,
+    Listen,
+    PartnerConfig,
+    TlsConfig,
+)
+from gateway.errors import XbgwError
+from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.ledger import Ledger
+from gateway.passport import PassportClaims, XbgwClaims, issue
+from gateway.receiver import Receiver
+from gateway.secrets import PinSource
+from gateway.sender import ReceiptSummary, Sender
+from gateway.signed import Signed
+from gateway.spool import Spool
+from gateway.transfer import (
+    OfferResult,
+    SegmentIn,
+    TransferStatus,
+    UploadResult,
+    refused_by,
+    unreachable,
+)
+from tests.fakes import SoftwareHsm
+
+LINGANG = ("lingang", "CN-SH")
+FRANKFURT = ("frankfurt", "EU-DE")
+ISSUER = "dpo"
+SEGMENT = 64  # small segments: many boundaries in a few hundred bytes
+
+
+class LinkCut(Exception):
+    """The network dropped the stream (what a reset connection is to a gRPC handler)."""
+
+
+Segments = Iterator[SegmentIn]
+
+
+@dataclass
+class LoopbackLink:
+    """A :class:`~gateway.transfer.PartnerLink` to receivers in this process.
+
+    ``tamper`` rewrites the next upload's segment stream (once); ``lose_reply`` names calls
+    whose reply is lost *after* the partner acted (the partner committed, the sender never
+    heard); ``calls`` records what the sender asked, in order.
+    """
+
+    receivers: dict[str, tuple[Receiver, PartnerConfig]] = field(default_factory=dict)
+    tamper: Callable[[Segments], Segments] | None = None
+    lose_reply: set[str] = field(default_factory=set)
+    calls: list[str] = field(default_factory=list)
+
+    def _call(
+        self, partner: PartnerConfig, call: str, act: Callable[[Receiver, PartnerConfig], object]
+    ) -> object:
+        self.calls.append(call)
+        receiver, peer = self.receivers[partner.id]
+        try:
+            result = act(receiver, peer)
+        except XbgwError as error:
+            raise refused_by(partner.id, call, error.grpc_status, str(error)) from None
+        except LinkCut as cut:
+            raise unreachable(partner.id, call, f"connection reset ({cut})") from None
+        if call in self.lose_reply:
+            self.lose_reply.discard(call)
+            raise unreachable(partner.id, call, "connection reset before the reply")
+        return result
+
+    def key_set(self, partner: PartnerConfig) -> Signed:
+        result = self._call(partner, "key_set", lambda r, _p: r.key_set())
+        assert isinstance(result, Signed)
+        return result
+
+    def offer(self, partner: PartnerConfig, passport: str, header: bytes) -> OfferResult:
+        result = self._call(partner, "offer", lambda r, p: r.offer(p, passport, header))
+        assert isinstance(result, OfferResult)
+        return result
+
+    def upload(self, partner: PartnerConfig, segments: Segments) -> UploadResult:
+        tamper, self.tamper = self.tamper, None
+        stream = tamper(segments) if tamper is not None else segments
+        result = self._call(partner, "upload", lambda r, p: r.upload(p, stream))
+        assert isinstance(result, UploadResult)
+        return result
+
+    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
+        result = self._call(partner, "finish", lambda r, p: r.finish(p, transfer_id, manifest))
+        assert isinstance(result, Signed)
+        return result
+
+    def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:
+        result = self._call(partner, "status", lambda r, p: r.status(p, transfer_id))
+        assert isinstance(result, TransferStatus)
+        return result
+
+
+@dataclass
+class Side:
+    """One gateway: its configuration, keys, ledger, spool and both roles."""
+
+    config: GatewayConfig
+    keys: SoftwareHsm
+    ledger: Ledger
+    spool: Spool
+    sender: Sender
+    receiver: Receiver
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+
+@dataclass
+class Loopback:
+    lingang: Side
+    frankfurt: Side
+    link: LoopbackLink
+    issuer: SoftwareHsm
+    now: list[float]  # the clock both sides read; tests move it
+
+    def passport(
+        self,
+        jti: str,
+        *,
+        byte_limit: int = 1 << 20,
+        sub: str | None = None,
+        sender: str = "lingang",
+        to: str = "frankfurt",
+        ttl: int = 3600,
+    ) -> str:
+        now = int(self.now[0])
+        claims = PassportClaims(
+            iss=ISSUER,
+            jti=jti,
+            iat=now,
+            nbf=now,
+            exp=now + ttl,
+            aud=to,
+            sub=sub,
+            xbgw=XbgwClaims(
+                sender=sender,
+                src=LINGANG[1],
+                dst=FRANKFURT[1],
+                classification="general",
+                pi="none",
+                subjects=0,
+                purpose="loopback test",
+                legal_basis="test",
+                byte_limit=byte_limit,
+            ),
+        )
+        return issue(claims, self.issuer, KeyRef(ISSUER, Purpose.SIGNING, 1))
+
+    def send(self, jti: str, data: bytes, *, chunk: int = 50, **passport: object) -> ReceiptSummary:
+        """Send ``data`` from lingang to frankfurt under a new passport ``jti``."""
+        token = self.passport(jti, **passport)  # type: ignore[arg-type]
+        return self.resend(token, data, chunk=chunk)
+
+    def resend(self, token: str, data: bytes, *, chunk: int = 50) -> ReceiptSummary:
+        chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+        return self.lingang.sender.send("frankfurt", token, iter(chunks), len(data))
+
+    def fetch(self, transfer_id: str) -> bytes:
+        """The committed plaintext at frankfurt, verified and decrypted from its spool."""
+        import io
+
+        from gateway.envelope import read_stream
+
+        out = io.BytesIO()
+        with self.frankfurt.spool.open_committed(transfer_id) as src:
+            read_stream(src, out, self.frankfurt.id, self.frankfurt.keys)
+        return out.getvalue()
+
+    def close(self) -> None:
+        for side in (self.lingang, self.frankfurt):
+            side.ledger.close()
+
+
+def _config(
+    root: Path,
+    me: tuple[str, str],
+    peer: tuple[str, str],
+    peer_keys: SoftwareHsm,
+    issuer: SoftwareHsm,
+    limits: Limits,
+) -> GatewayConfig:
+    unused = root / "unused"  # paths the in-process parts never open
+    return GatewayConfig(
+        path=root / "gateway.yaml",
+        gateway=Identity(me[0], me[1]),
+        listen=Listen(Address("127.0.0.1", 0), root / "local.sock"),
+        tls=TlsConfig(unused, unused),
+        hsm=HsmConfig(unused, "loopback", PinSource("env", "XBGW_LOOPBACK_PIN")),
+        state_dir=root,
+        partners=(
+            PartnerConfig(
+                id=peer[0],
+                endpoint=Address("127.0.0.1", 1),
+                jurisdiction=peer[1],
+                ca=unused,
+                ca_pem=b"",
+                identity=f"{peer[0]}.example",
+                signing_key=unused,
+                signing_public_key=peer_keys.public_key(Purpose.SIGNING, 1),
+            ),
+        ),
+        issuers=(
+            IssuerConfig(
+                kid=KeyRef(ISSUER, Purpose.SIGNING, 1),
+                public_key_path=unused,
+                public_key=issuer.public_key(Purpose.SIGNING, 1),
+            ),
+        ),
+        limits=limits,
+    )
+
+
+def make_loopback(root: Path, limits: Limits | None = None) -> Loopback:
+    """lingang (CN-SH) and frankfurt (EU-DE), each sending to and receiving from the other."""
+    limits = limits or Limits(segment_size=SEGMENT)
+    now = [float(int(time.time()))]
+    clock = lambda: now[0]  # noqa: E731 - one shared, movable clock
+    issuer = SoftwareHsm()
+    link = LoopbackLink()
+    keys = {LINGANG[0]: SoftwareHsm(), FRANKFURT[0]: SoftwareHsm()}
+    sides: dict[str, Side] = {}
+    for me, peer in ((LINGANG, FRANKFURT), (FRANKFURT, LINGANG)):
+        state = root / me[0]
+        config = _config(state, me, peer, keys[peer[0]], issuer, limits)
+        mine = keys[me[0]]
+        current = CurrentKeys.resolve(mine, None)
+        ledger = Ledger(state / "ledger.sqlite3")
+        spool = Spool(state / "spool")
+        sides[me[0]] = Side(
+            config=config,
+            keys=mine,
+            ledger=ledger,
+            spool=spool,
+            sender=Sender(config, mine, current, ledger, link, clock=clock),
+            receiver=Receiver(config, mine, current, ledger, spool, clock=clock),
+        )
+    for me, peer in ((LINGANG, FRANKFURT), (FRANKFURT, LINGANG)):
+        receiver_side = sides[peer[0]]
+        link.receivers[peer[0]] = (receiver_side.receiver, receiver_side.config.partner(me[0]))
+    return Loopback(sides[LINGANG[0]], sides[FRANKFURT[0]], link, issuer, now)
+
+
+# --- segment stream faults (for LoopbackLink.tamper) -----------------------------------------
+
+
+def cut_after(n: int) -> Callable[[Segments], Segments]:
+    """The connection drops after ``n`` segments went out."""
+
+    def tamper(segments: Segments) -> Segments:
+        yield from itertools.islice(segments, n)
+        raise LinkCut(f"after {n} segments")
+
+    return tamper
+
+
+def rewrite(change: Callable[[list[SegmentIn]], list[SegmentIn]]) -> Callable[[Segments], Segments]:
+    """Collect the whole upload, let ``change`` reorder/drop/duplicate/flip, send the result."""
+
+    def tamper(segments: Segments) -> Segments:
+        yield from change(list(segments))
+
+    return tamper
+
+
+def flip(segment: SegmentIn, bit: int = 0) -> SegmentIn:
+    data = bytearray(segment.ciphertext)
+    data[bit // 8 % len(data)] ^= 1 << (bit % 8)
+    return SegmentIn(segment.transfer_id, segment.index, segment.final, bytes(data))
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
