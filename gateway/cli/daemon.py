@@ -19,20 +19,14 @@ from typing import IO, BinaryIO
 import grpc
 
 from gateway import DEFAULT_SOCKET
-from gateway._proto.xbgw.v1 import common_pb2, local_pb2, local_pb2_grpc
+from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
 from gateway.cli.common import read_token
 from gateway.errors import DaemonUnavailableError, PartnerError, UsageError, XbgwError
+from gateway.wire import state_from_wire
 
 READ_CHUNK = 1 << 20
 MAX_MESSAGE = 16 << 20
 
-_STATE_NAMES = {
-    common_pb2.TRANSFER_STATE_RECEIVING: "receiving",
-    common_pb2.TRANSFER_STATE_COMMITTED: "committed",
-    common_pb2.TRANSFER_STATE_SENDING: "sending",
-    common_pb2.TRANSFER_STATE_DELIVERED: "delivered",
-    common_pb2.TRANSFER_STATE_UNSPECIFIED: "refused",
-}
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -236,7 +230,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"gateway   {status.gateway_id} ({status.jurisdiction}), xbgw {status.version}, up {up}s")
     print(f"partners  {', '.join(status.partners) or 'none'}")
     for t in status.transfers:
-        state = _STATE_NAMES.get(t.state, "?")
+        known = state_from_wire(t.state)
+        state = known.value if known is not None else "?"
         arrow = "<-" if t.direction == "in" else "->"
         print(f"  {t.transfer_id:<34} {arrow} {t.partner:<12} {state:<10} {t.bytes} bytes")
     return 0
