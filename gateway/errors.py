@@ -275,6 +275,12 @@ class SourceChangedError(TransferError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+class SourceSizeError(TransferError):
+    """The data to send ended before, or ran past, the size declared for it."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
 class DaemonUnavailableError(XbgwError):
     """The local daemon socket does not answer."""
 

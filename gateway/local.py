@@ -106,21 +106,16 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
 
         def chunks() -> Iterator[bytes]:
             # The end of the request stream is no proof that the data ended: gRPC ends it
-            # the same way when the client dies or a message is dropped. Never let a short
-            # stream become the final segment: hold it to the declared size.
-            received = 0
+            # the same way when the client dies. The sender holds the data to a declared
+            # size; without one, a stream that ended with the client gone is not the end.
             for message in request_iterator:
                 if message.WhichOneof("kind") != "data":
                     raise ValueError("only 'data' messages may follow 'start'")
-                data = message.data  # each access copies the bytes out of the message
-                received += len(data)
-                if start.size and received > start.size:
-                    raise ValueError(f"the data runs past the declared size of {start.size} bytes")
-                yield data
-            if not context.is_active() or (start.size and received != start.size):
+                yield message.data  # each access copies the bytes out of the message
+            if not context.is_active():
                 raise ValueError(
-                    f"the local stream ended after {received} of {start.size} bytes; nothing "
-                    "was delivered: send the same data with the same passport to resume"
+                    "the local client went away before the end of its data; nothing was "
+                    "delivered: send the same data with the same passport to resume"
                 )
 
         def on_progress(progress: Progress) -> None:
@@ -146,7 +141,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             try:
                 with self._metrics.stream("out"):
                     summary = self._sender.send(
-                        start.partner, start.passport, chunks(), start.size, on_progress
+                        start.partner, start.passport, chunks(), start.size or None, on_progress
                     )
                 self._metrics.transfers.labels("out", partner, "delivered").inc()
                 self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)

@@ -111,6 +111,7 @@ class Pipeline:
         except BaseException as exc:
             self._failure = exc
             self._stop.set()
+            _drain(self._batches)  # a producer blocked on a full queue sees the stop now
         finally:
             self._end_queue()
 
@@ -165,6 +166,7 @@ class Pipeline:
         """
         self._stop.set()
         self._abandoned.set()
+        _drain(self._queue)  # a committer blocked on the full queue sees the stop now
         if self._committer is not None:
             self._committer.join(timeout=10)
 
@@ -176,3 +178,12 @@ class Pipeline:
                     thread.join()
         if self._failure is not None:
             raise self._failure
+
+
+def _drain(target: queue.Queue[object]) -> None:
+    """Empty ``target`` so that a thread blocked putting into it wakes at once."""
+    while True:
+        try:
+            target.get_nowait()
+        except queue.Empty:
+            return

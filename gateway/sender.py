@@ -34,6 +34,7 @@ from gateway.errors import (
     PassportReplayError,
     PeerNotAuthorizedError,
     PolicyDeniedError,
+    SourceSizeError,
     TransferConflictError,
 )
 from gateway.keys import CurrentKeys, KeyRef, Purpose
@@ -107,9 +108,13 @@ class Sender:
         partner_id: str,
         token: str,
         chunks: Iterable[bytes],
-        total_size: int,
+        total_size: int | None,
         on_progress: Callable[[Progress], None] = lambda _: None,
     ) -> ReceiptSummary:
+        """Send ``chunks`` to ``partner_id`` under passport ``token``; return the receipt.
+
+        ``total_size`` binds: the data must be exactly that long (None: not known ahead).
+        """
         config = self._config
         partner = config.partner(partner_id)
         passport = self._check_passport(config, partner, token)
@@ -167,12 +172,12 @@ class Sender:
         partner: PartnerConfig,
         passport: VerifiedPassport,
         chunks: Iterable[bytes],
-        total_size: int,
+        total_size: int | None,
         on_progress: Callable[[Progress], None],
     ) -> ReceiptSummary:
         claims = passport.claims
         transfer_id = claims.jti
-        if total_size > claims.xbgw.byte_limit:
+        if total_size is not None and total_size > claims.xbgw.byte_limit:
             # Refuse before the offer: streaming up to the limit would only burn the passport.
             raise ByteLimitError(
                 f"the data is {total_size} bytes; passport {transfer_id} allows "
@@ -193,7 +198,8 @@ class Sender:
             )
         sent_header = envelope.Header.decode(row.sent_header)
         offer = self._link.offer(partner, passport.token, row.sent_header)
-        on_progress(Progress("accepted", transfer_id, offer.received_bytes, total_size))
+        total = total_size or 0
+        on_progress(Progress("accepted", transfer_id, offer.received_bytes, total))
         log.info(
             "transfer accepted",
             extra={
@@ -207,9 +213,10 @@ class Sender:
             transfer_id,
             envelope.StreamEncryptor(sent_header, data_key),
             offer.next_segment,
-            lambda done: on_progress(Progress("progress", transfer_id, done, total_size)),
+            lambda done: on_progress(Progress("progress", transfer_id, done, total)),
         )
-        pipeline.start(envelope.cut_segments(chunks, sent_header.segment_size))
+        held = chunks if total_size is None else _held_to(chunks, total_size, transfer_id)
+        pipeline.start(envelope.cut_segments(held, sent_header.segment_size))
         segments = pipeline.segments()
         if offer.committed:
             # Delivered before, receipt lost: re-read the source for the manifest only.
@@ -308,4 +315,26 @@ class Sender:
             committed_at=receipt.committed_at,
             signed_by=str(kid),
             receipt=receipt_blob,
+        )
+
+
+def _held_to(chunks: Iterable[bytes], size: int, transfer_id: str) -> Iterator[bytes]:
+    """``chunks``, which must add up to exactly ``size`` bytes.
+
+    The end of a stream is no proof that the data ended (a local client that dies ends its
+    stream the same way): a short stream must never become the final segment. The error is
+    raised before the segmenter can release its last segment, so nothing final is sent.
+    """
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > size:
+            raise SourceSizeError(
+                f"the data runs past the declared size of {size} bytes; nothing was delivered"
+            )
+        yield chunk
+    if received != size:
+        raise SourceSizeError(
+            f"the data ended after {received} of {size} bytes; nothing was delivered: send the "
+            f"same data with the same passport to resume transfer {transfer_id}"
         )

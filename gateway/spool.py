@@ -150,6 +150,24 @@ class Spool:
         handle.seek(durable_length)
         return PartialFile(path, handle)
 
+    def holds(self, transfer_id: str) -> bool:
+        """Whether anything is held of a transfer being finished (see :meth:`read_held`)."""
+        with _storing():
+            return (
+                self.partial_path(transfer_id).exists() or self.committed_path(transfer_id).exists()
+            )
+
+    def fingerprint(self, transfer_id: str) -> tuple[int, int, int] | None:
+        """(inode, size, mtime) of the partial file, None if it is gone: a running hash kept
+        in memory stands for the held bytes only while this is unchanged."""
+        try:
+            st = self.partial_path(transfer_id).stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError.from_exception(exc) from None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
     def read_held(self, transfer_id: str) -> BinaryIO:
         """What is held of a transfer still being finished: its partial file -- or, after a
         crash between the rename into the inbox and the ledger commit, the committed one."""

@@ -28,7 +28,6 @@ READ_CHUNK = 1 << 20
 MAX_MESSAGE = 16 << 20
 
 
-
 def _socket_path(args: argparse.Namespace) -> str:
     if args.socket:
         return str(args.socket)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from gateway import envelope
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.errors import TransferConflictError, UnknownTransferError
+from gateway.errors import PartialLostError, TransferConflictError, UnknownTransferError
 from gateway.keys import CurrentKeys, KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.spool import Spool
@@ -34,7 +34,9 @@ WORKING_SET_MAX = 256
 class _Held:
     header: envelope.Header
     data_key: bytes | None = None  # unwrapped at the offer; taken by the first upload
-    hashed: tuple[int, hashlib._Hash] | None = None  # plaintext hash valid up to a segment
+    # The plaintext hash of the held segments: valid up to a segment, and only while the
+    # partial file is the one it was computed over (its fingerprint, see Spool.fingerprint).
+    hashed: tuple[int, hashlib._Hash, object] | None = None
 
 
 class WorkingSet:
@@ -73,18 +75,21 @@ class WorkingSet:
             data_key, held.data_key = held.data_key, None
             return data_key
 
-    def take_hasher(self, row: Inbound) -> hashlib._Hash | None:
-        """The running hash, if it covers exactly the segments the row says are held."""
+    def take_hasher(self, row: Inbound, fingerprint: object) -> hashlib._Hash | None:
+        """The running hash, if it covers exactly the segments the row says are held, in the
+        file it was computed over (a file changed outside this process is hashed again)."""
         with self._lock:
             held = self._entry(row)
             hashed, held.hashed = held.hashed, None
-        if hashed is not None and hashed[0] == row.next_segment:
+        if hashed is not None and hashed[0] == row.next_segment and hashed[2] == fingerprint:
             return hashed[1]
         return None
 
-    def put_hasher(self, row: Inbound, next_segment: int, hasher: hashlib._Hash) -> None:
+    def put_hasher(
+        self, row: Inbound, next_segment: int, hasher: hashlib._Hash, fingerprint: object
+    ) -> None:
         with self._lock:
-            self._entry(row).hashed = (next_segment, hasher)
+            self._entry(row).hashed = (next_segment, hasher, fingerprint)
 
     def drop(self, transfer_id: str) -> None:
         with self._lock:
@@ -151,6 +156,23 @@ class Context:
         if data_key is None:
             data_key = envelope.open_header(self.working.header(row), self.me, self.keys)
         return data_key
+
+    def restart(self, row: Inbound, why: str) -> PartialLostError:
+        """What is held of a transfer is lost or corrupt: back to segment 0 (the passport stays
+        valid for this transfer); the error to raise tells the sender to offer again."""
+        transfer_id = row.transfer_id
+        self.ledger.record_progress(transfer_id, 0, 0, False)
+        self.working.drop(transfer_id)
+        self.spool.open_partial(transfer_id, row.stored_header, len(row.stored_header)).close()
+        log.warning(
+            "held data of the transfer %s; it restarts from segment 0",
+            why,
+            extra={"transfer_id": transfer_id, "outcome": "restart"},
+        )
+        return PartialLostError(
+            f"the data held for transfer {transfer_id} {why}; offer it again to restart from "
+            "segment 0"
+        )
 
     def refuse(self, transfer_id: str, partner: str, reason: str) -> None:
         """Refuse a transfer for good: the passport stays spent, the partial data goes."""

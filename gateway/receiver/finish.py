@@ -16,7 +16,7 @@ from gateway.config import PartnerConfig
 from gateway.documents import Manifest, Receipt, open_manifest, read_own_receipt, sign_receipt
 from gateway.errors import ManifestError, TransferConflictError
 from gateway.receiver.context import Context
-from gateway.receiver.upload import rehash
+from gateway.receiver.upload import held_hash
 from gateway.signed import Signed
 from gateway.transfer import TransferState
 
@@ -46,9 +46,7 @@ def finish(
                 "resume the upload before sending the manifest"
             )
         header = ctx.working.header(row)
-        hasher = ctx.working.take_hasher(row)
-        if hasher is None:
-            hasher = rehash(ctx, row, header, ctx.data_key(row))
+        hasher = held_hash(ctx, row, header, ctx.data_key(row))
         arrived = Manifest(
             transfer_id=row.transfer_id,
             sender=row.sender,
@@ -81,6 +79,8 @@ def finish(
                 committed_at=committed_at,
             ),
         )
+        if not ctx.spool.holds(transfer_id):
+            raise ctx.restart(row, "is gone")
         ctx.spool.commit(transfer_id)
         ctx.ledger.commit_inbound(transfer_id, arrived.plaintext_sha256, receipt, committed_at)
         ctx.working.drop(transfer_id)

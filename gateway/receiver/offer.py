@@ -184,7 +184,11 @@ class Offers:
 
 
 def _resume(row: Inbound, peer: PartnerConfig, offered_digest: bytes) -> OfferResult:
-    same_offer = row.sender == peer.id and row.offered_header_digest == offered_digest
+    if row.sender != peer.id:
+        # Say no more than that: another partner's transfer, its outcome and its refusal
+        # reason are none of this partner's business.
+        raise PassportReplayError(f"passport {row.transfer_id} was already used")
+    same_offer = row.offered_header_digest == offered_digest
     if row.state is TransferState.COMMITTED and same_offer:
         # The sender lost our receipt (crash before it arrived): let it ask again.
         return OfferResult(
@@ -198,9 +202,7 @@ def _resume(row: Inbound, peer: PartnerConfig, offered_digest: bytes) -> OfferRe
         raise PassportReplayError(
             f"passport {row.transfer_id} was already used: the transfer was refused ({row.refusal})"
         )
-    if row.sender != peer.id:
-        raise PassportReplayError(f"passport {row.transfer_id} was already used")
-    if row.offered_header_digest != offered_digest:
+    if not same_offer:
         raise TransferConflictError(
             f"transfer {row.transfer_id} is in progress with a different envelope header; "
             "a resumed send must offer the same header"

@@ -22,6 +22,7 @@ from gateway.errors import (
     PartialLostError,
     TrailingDataError,
     TransferConflictError,
+    TruncatedStreamError,
 )
 from gateway.ledger import Inbound
 from gateway.receiver.context import Context
@@ -56,6 +57,7 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
     data_key = ctx.data_key(row)
     decryptor = envelope.StreamDecryptor(header, data_key, start_index=row.next_segment)
     segment_len = header.segment_size + envelope.TAG_LEN
+    hasher = held_hash(ctx, row, header, data_key)  # before open_partial cuts the file back
     try:
         partial = ctx.spool.open_partial(
             transfer_id,
@@ -66,22 +68,6 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
         ctx.ledger.record_progress(transfer_id, 0, 0, False)
         ctx.working.drop(transfer_id)
         raise
-    hasher = ctx.working.take_hasher(row)
-    if hasher is None:
-        try:
-            hasher = rehash(ctx, row, header, data_key)
-        except EnvelopeError:
-            # What we hold no longer verifies (disk corruption): start again from zero.
-            partial.close()
-            ctx.ledger.record_progress(transfer_id, 0, 0, False)
-            ctx.working.drop(transfer_id)
-            raise PartialLostError(
-                f"the data held for transfer {transfer_id} failed verification; offer it "
-                "again to restart from segment 0"
-            ) from None
-        except BaseException:
-            partial.close()
-            raise
     intake = Intake(
         ctx.ledger,
         transfer_id,
@@ -100,11 +86,34 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
     except BaseException:
         # Keep what verified: make it durable so a resumed stream continues from here.
         intake.close()
-        ctx.working.put_hasher(row, intake.next_index, intake.hasher)
+        _keep_hash(ctx, row, intake)
         raise
     intake.close()
-    ctx.working.put_hasher(row, intake.next_index, intake.hasher)
+    _keep_hash(ctx, row, intake)
     return UploadResult(intake.next_index, intake.received, intake.done)
+
+
+def _keep_hash(ctx: Context, row: Inbound, intake: Intake) -> None:
+    fingerprint = ctx.spool.fingerprint(row.transfer_id)
+    ctx.working.put_hasher(row, intake.next_index, intake.hasher, fingerprint)
+
+
+def held_hash(
+    ctx: Context, row: Inbound, header: envelope.Header, data_key: bytes
+) -> hashlib._Hash:
+    """The plaintext hash of the segments held: the running one if the file is unchanged,
+    else recomputed; held data that is gone or fails verification restarts the transfer."""
+    hasher = ctx.working.take_hasher(row, ctx.spool.fingerprint(row.transfer_id))
+    if hasher is not None:
+        return hasher
+    if row.next_segment and not ctx.spool.holds(row.transfer_id):
+        raise ctx.restart(row, "is gone")
+    try:
+        return rehash(ctx, row, header, data_key)
+    except TruncatedStreamError:
+        raise ctx.restart(row, "is shorter than its resume point") from None
+    except EnvelopeError:
+        raise ctx.restart(row, "failed verification (changed on disk?)") from None
 
 
 def rehash(ctx: Context, row: Inbound, header: envelope.Header, data_key: bytes) -> hashlib._Hash:
