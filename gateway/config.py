@@ -134,6 +134,38 @@ class Limits:
     max_passport_bytes: int = 8192
 
 
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    """Key lifecycle policy (``keys:``). Durations are seconds.
+
+    ``rotate_every``: the age at which the scheduled ``xbgw keys rotate`` (no purpose given)
+    replaces a purpose's active version. ``grace``: how long a replaced version still opens
+    (transport, storage) or verifies (signing) before ``xbgw keys retire`` may take it out of
+    service -- partners that sealed to the old transport key, or hold receipts under the old
+    signing key, get that long to learn the new one. ``key_set_refresh``: how long a
+    partner's verified key set is used before it is fetched again.
+    """
+
+    rotate_every: dict[Purpose, int] = field(
+        default_factory=lambda: {
+            Purpose.TRANSPORT: 30 * DAY,
+            Purpose.SIGNING: 365 * DAY,
+            Purpose.STORAGE: 365 * DAY,
+        }
+    )
+    grace: dict[Purpose, int] = field(
+        default_factory=lambda: {
+            Purpose.TRANSPORT: 7 * DAY,
+            Purpose.SIGNING: 30 * DAY,
+            Purpose.STORAGE: 0,
+        }
+    )
+    key_set_refresh: int = 300
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -152,6 +184,7 @@ class GatewayConfig:
     issuers: tuple[IssuerConfig, ...] = ()
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
 
     @property
     def id(self) -> str:
@@ -327,6 +360,29 @@ def _int(low: int, high: int | None = None) -> Convert:
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ValueError(f"must be {bounds}, got {value}")
         return value
+
+    return convert
+
+
+_DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": DAY}
+
+
+def _duration(low: int, high: int) -> Convert:
+    """Seconds, as an integer or a string with a unit: ``90``, ``90s``, ``15m``, ``2h``, ``30d``."""
+
+    def convert(value: Any, _ld: _Loader, _path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"expected a duration (30d, 12h, 15m, 90s), got {_kind(value)}")
+        if isinstance(value, int):
+            seconds = value
+        elif match := _DURATION.fullmatch(value.strip()):
+            seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        else:
+            raise ValueError(f"not a duration: {value!r} (examples: 30d, 12h, 15m, 90s)")
+        if not low <= seconds <= high:
+            raise ValueError(f"must be between {low} and {high} seconds, got {seconds}")
+        return seconds
 
     return convert
 
@@ -577,6 +633,23 @@ _LIMITS = {
     "max_concurrent_transfers": _opt(_int(1, 1024)),
     "max_passport_bytes": _opt(_int(1024, 64 * KIB)),
 }
+_PER_PURPOSE_DURATION = {p.value: _opt(_duration(0, 10 * 365 * DAY)) for p in Purpose}
+
+
+def _build_keys(v: dict[str, Any], _ld: _Loader, _path: str) -> KeysConfig:
+    """Purposes not named keep their defaults."""
+    base = KeysConfig()
+    rotate = {**base.rotate_every, **{Purpose(k): n for k, n in v.get("rotate_every", {}).items()}}
+    grace = {**base.grace, **{Purpose(k): n for k, n in v.get("grace", {}).items()}}
+    refresh = v.get("key_set_refresh", base.key_set_refresh)
+    return KeysConfig(rotate_every=rotate, grace=grace, key_set_refresh=refresh)
+
+
+_KEYS = {
+    "rotate_every": _opt(_record(_PER_PURPOSE_DURATION, lambda v, _ld, _p: v)),
+    "grace": _opt(_record(_PER_PURPOSE_DURATION, lambda v, _ld, _p: v)),
+    "key_set_refresh": _opt(_duration(10, DAY)),
+}
 _LOG = {
     "level": _opt(_choice("debug", "info", "warning", "error")),
     "format": _opt(_choice("auto", "json", "text")),
@@ -591,6 +664,7 @@ _TOP = {
     "state_dir": _req(_path),
     "limits": _opt(_record(_LIMITS, _build_limits)),
     "log": _opt(_record(_LOG, LogConfig)),
+    "keys": _opt(_record(_KEYS, _build_keys)),
 }
 
 

@@ -41,7 +41,7 @@ from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partn
 from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, ListenError, XbgwError
 from gateway.hsm import Hsm
-from gateway.keys import CurrentKeys
+from gateway.keyring import KeyRing
 from gateway.ledger import Ledger
 from gateway.local import LOCAL_WORKERS, LocalServicer
 from gateway.metrics import Metrics
@@ -97,17 +97,19 @@ class Daemon:
             os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
         self.hsm = Hsm.open(str(config.hsm.module), config.hsm.token, config.hsm.pin.read())
         self.hsm.observer = self.metrics.observe_hsm
-        self.keys = CurrentKeys.resolve(self.hsm, config.hsm.key_versions)
-        self.hsm.check_versions(self.keys.as_dict())
         notify("STATUS=opening the ledger and spool")
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
         self.spool = Spool(config.state_dir / "spool")
+        self.ring = KeyRing(
+            config.id, self.ledger, self.hsm, config.keys, pinned=config.hsm.key_versions
+        )
+        self.hsm.check_versions(self.ring.current().as_dict())
         key_pem = self._tls_key(config)
         self.link = GrpcPartnerLink(config, key_pem)
-        self.receiver = Receiver(config, self.hsm, self.keys, self.ledger, self.spool)
+        self.receiver = Receiver(config, self.hsm, self.ring, self.ledger, self.spool)
         self.receiver.on_commit = self.metrics.committed_in
-        self.sender = Sender(config, self.hsm, self.keys, self.ledger, self.link)
+        self.sender = Sender(config, self.hsm, self.ring, self.ledger, self.link)
         self.health = health.HealthServicer()
         notify("STATUS=starting listeners")
         self._start_partner_server(config, key_pem)

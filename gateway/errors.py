@@ -65,6 +65,12 @@ class KeyNotFoundError(HsmError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+class KeyLifecycleError(XbgwError):
+    """A key lifecycle step is not allowed now (retire a version in use, destroy an active one)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
 class UnwrapError(HsmError):
     """A wrapped key did not unwrap: wrong key, wrong context, or tampered bytes."""
 

@@ -325,6 +325,24 @@ class Hsm:
                 )
         return version
 
+    def destroy(self, purpose: Purpose, version: int) -> None:
+        """Delete every object of one key version (private/secret and public halves)."""
+        with self._call("destroy"):
+            objects = list(
+                self._session.get_objects(
+                    {Attribute.LABEL: purpose.label, Attribute.ID: version_id(version)}
+                )
+            )
+            if not objects:
+                raise KeyNotFoundError(
+                    f"key {purpose.label} version {version} is not on HSM token "
+                    f"{self.token_label!r}"
+                )
+            for obj in objects:
+                obj.destroy()
+            self._handles.pop((purpose, version), None)
+            self._public_keys.pop((purpose, version), None)
+
     def _handle(self, purpose: Purpose, version: int) -> Any:
         """Cached handle of a private/secret key version; caller holds the lock."""
         key = (purpose, version)

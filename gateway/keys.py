@@ -48,6 +48,33 @@ class Purpose(StrEnum):
 _PURPOSE_CODES = {Purpose.TRANSPORT: 1, Purpose.SIGNING: 2, Purpose.STORAGE: 3}
 
 
+class KeyState(StrEnum):
+    """Where one key version is in its life; the value is what the ledger stores.
+
+    ``pending`` (made, not yet used) -> ``active`` (the one version of its purpose used for
+    new work) -> ``decrypt-only`` (transport, storage) or ``verify-only`` (signing): replaced,
+    still opens or verifies what was made under it -> ``retired`` (out of service; refused)
+    -> ``destroyed`` (the HSM object is gone).
+    """
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    DECRYPT_ONLY = "decrypt-only"
+    VERIFY_ONLY = "verify-only"
+    RETIRED = "retired"
+    DESTROYED = "destroyed"
+
+    @classmethod
+    def replaced(cls, purpose: Purpose) -> KeyState:
+        """The state a version of ``purpose`` takes when a newer one becomes active."""
+        return cls.VERIFY_ONLY if purpose is Purpose.SIGNING else cls.DECRYPT_ONLY
+
+    @property
+    def in_service(self) -> bool:
+        """Active, or replaced but still opening/verifying old work."""
+        return self in (KeyState.ACTIVE, KeyState.DECRYPT_ONLY, KeyState.VERIFY_ONLY)
+
+
 def check_gateway_id(value: str) -> str:
     """Return ``value`` if it is a valid gateway id (lower-case DNS-label-like, <= 63 chars)."""
     if not _GATEWAY_ID.fullmatch(value):
@@ -102,6 +129,20 @@ class KeyRef:
         """Canonical bytes: ``len(owner) u8 || owner || purpose u8 || version u32be``."""
         owner = self.owner.encode("ascii")
         return bytes([len(owner)]) + owner + bytes([self.purpose.code]) + version_id(self.version)
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One key version of this gateway and its life so far (times: seconds since the epoch)."""
+
+    purpose: Purpose
+    version: int
+    state: KeyState
+    created_at: int
+    activated_at: int | None = None
+    deactivated_at: int | None = None  # became decrypt-only / verify-only
+    retired_at: int | None = None
+    destroyed_at: int | None = None
 
 
 class HasVersions(Protocol):

@@ -27,14 +27,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import StorageError, TransferConflictError
+from gateway.envelope import Header, WrapKind
+from gateway.errors import EnvelopeError, StorageError, TransferConflictError
+from gateway.keys import KeyState, KeyVersion, Purpose
 from gateway.passport import inspect
 from gateway.signed import Signed as Receipt
 from gateway.transfer import TransferState
 
 #: 1: the first schema. 2: inbound.dataset_sha256 (the passport's ``sub``, kept at the offer
-#: so that finish need not parse the stored passport again).
-SCHEMA_VERSION = 2
+#: so that finish need not parse the stored passport again). 3: key lifecycle -- the states of
+#: our key versions, what we learnt of partners' keys, and on each transfer the key versions
+#: it depends on (so a version in use is never retired).
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbound (
@@ -48,6 +52,8 @@ CREATE TABLE IF NOT EXISTS inbound (
     classification TEXT NOT NULL,
     source_jurisdiction TEXT NOT NULL,
     dataset_sha256 TEXT,
+    transport_version INTEGER,
+    storage_version INTEGER,
     state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
     next_segment INTEGER NOT NULL DEFAULT 0,
     received_bytes INTEGER NOT NULL DEFAULT 0,
@@ -66,6 +72,7 @@ CREATE TABLE IF NOT EXISTS outbound (
     passport_digest BLOB NOT NULL,
     sent_header BLOB NOT NULL,
     stored_header BLOB NOT NULL,
+    storage_version INTEGER,
     state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
     plaintext_size INTEGER,
     plaintext_sha256 BLOB,
@@ -75,6 +82,37 @@ CREATE TABLE IF NOT EXISTS outbound (
     receipt_signature BLOB,
     receipt_kid TEXT
 );
+CREATE TABLE IF NOT EXISTS key_versions (
+    purpose TEXT NOT NULL CHECK (purpose IN ('transport', 'signing', 'storage')),
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'decrypt-only', 'verify-only',
+                                         'retired', 'destroyed')),
+    created_at INTEGER NOT NULL,
+    activated_at INTEGER,
+    deactivated_at INTEGER,
+    retired_at INTEGER,
+    destroyed_at INTEGER,
+    PRIMARY KEY (purpose, version)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS key_versions_one_active
+    ON key_versions (purpose) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS partner_keys (
+    partner TEXT NOT NULL,
+    purpose TEXT NOT NULL CHECK (purpose IN ('transport', 'signing')),
+    version INTEGER NOT NULL,
+    public_point BLOB NOT NULL,
+    state TEXT NOT NULL,
+    learned_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (partner, purpose, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS partner_key_sets (
+    partner TEXT PRIMARY KEY,
+    issued_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbound_storage_version ON inbound (storage_version);
+CREATE INDEX IF NOT EXISTS outbound_storage_version ON outbound (storage_version);
 CREATE TABLE IF NOT EXISTS outbound_segments (
     transfer_id TEXT NOT NULL,
     idx INTEGER NOT NULL,
@@ -157,20 +195,13 @@ class Ledger:
         tables = {
             row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        if found == 1 or (found == 0 and "inbound" in tables):
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("ALTER TABLE inbound ADD COLUMN dataset_sha256 TEXT")
-            rows = self._db.execute(
-                "SELECT transfer_id, passport FROM inbound WHERE state = 'receiving'"
-            ).fetchall()
-            for row in rows:  # the passports were verified at their offer
-                sub = inspect(row["passport"])[1].get("sub")
-                self._db.execute(
-                    "UPDATE inbound SET dataset_sha256 = ? WHERE transfer_id = ?",
-                    (sub if isinstance(sub, str) else None, row["transfer_id"]),
-                )
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._db.execute("COMMIT")
+        if "inbound" in tables:  # an existing ledger: each step in its own transaction
+            for version, step in ((2, _to_2), (3, _to_3)):
+                if found < version:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    step(self._db)
+                    self._db.execute(f"PRAGMA user_version={version}")
+                    self._db.execute("COMMIT")
         # executescript commits on its own; CREATE ... IF NOT EXISTS makes it idempotent.
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -231,8 +262,12 @@ class Ledger:
         classification: str,
         source_jurisdiction: str,
         dataset_sha256: str | None,
+        transport_version: int | None = None,
     ) -> Inbound | None:
         """Record a new inbound transfer, spending the passport; None if the id is taken.
+
+        ``transport_version``: our transport key the partner wrapped the data key to (kept
+        so that the version is not retired while the transfer is open).
 
         Not fsynced: lost on power failure, the offer is made again; the commit that ends
         the transfer is durable and carries this row with it.
@@ -250,6 +285,8 @@ class Ledger:
                     classification,
                     source_jurisdiction,
                     dataset_sha256,
+                    transport_version,
+                    storage_version_of(stored_header),
                     int(time.time()),
                 )
             )
@@ -262,8 +299,8 @@ class Ledger:
             db.execute(
                 "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
                 "offered_header_digest, stored_header, byte_limit, classification, "
-                "source_jurisdiction, dataset_sha256, state, created_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,'receiving',?)",
+                "source_jurisdiction, dataset_sha256, transport_version, storage_version, "
+                "state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'receiving',?)",
                 values,
             )
 
@@ -337,13 +374,15 @@ class Ledger:
             with self._tx() as db:
                 db.execute(
                     "INSERT INTO outbound (transfer_id, partner, passport_digest, sent_header, "
-                    "stored_header, state, created_at) VALUES (?,?,?,?,?,'sending',?)",
+                    "stored_header, storage_version, state, created_at) "
+                    "VALUES (?,?,?,?,?,?,'sending',?)",
                     (
                         transfer_id,
                         partner,
                         passport_digest,
                         sent_header,
                         stored_header,
+                        storage_version_of(stored_header),
                         int(time.time()),
                     ),
                 )
@@ -419,6 +458,145 @@ class Ledger:
             for r in rows
         ]
 
+    # -- our key versions ------------------------------------------------------------------
+
+    def key_versions(self) -> list[KeyVersion]:
+        rows = self._all("SELECT * FROM key_versions ORDER BY purpose, version")
+        return [_key_version(row) for row in rows]
+
+    def add_key_version(self, purpose: Purpose, version: int, state: KeyState, at: int) -> None:
+        """Record a version (pending, or found on the token); an existing row is kept."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO key_versions (purpose, version, state, created_at, "
+                "activated_at) VALUES (?,?,?,?,?)",
+                (purpose.value, version, state.value, at, at if state is KeyState.ACTIVE else None),
+            )
+
+    def activate_key_version(self, purpose: Purpose, version: int, at: int) -> None:
+        """``version`` becomes the active one; the active one before it is replaced."""
+        replaced = KeyState.replaced(purpose)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE key_versions SET state = ?, deactivated_at = ? "
+                "WHERE purpose = ? AND state = 'active' AND version != ?",
+                (replaced.value, at, purpose.value, version),
+            )
+            db.execute(
+                "UPDATE key_versions SET state = 'active', activated_at = ? "
+                "WHERE purpose = ? AND version = ?",
+                (at, purpose.value, version),
+            )
+
+    def set_key_state(self, purpose: Purpose, version: int, state: KeyState, at: int) -> None:
+        """Retire or destroy a version (the time goes to the state's own column)."""
+        column = {KeyState.RETIRED: "retired_at", KeyState.DESTROYED: "destroyed_at"}[state]
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE key_versions SET state = ?, {column} = ? "  # noqa: S608 - fixed names
+                "WHERE purpose = ? AND version = ?",
+                (state.value, at, purpose.value, version),
+            )
+
+    def storage_version_users(self, version: int) -> int:
+        """Stored data keys still wrapped to storage ``version``: transfers received and not
+        refused, and sends not yet delivered."""
+        row = self._one(
+            "SELECT (SELECT COUNT(*) FROM inbound WHERE storage_version = ? AND state != "
+            "'refused') + (SELECT COUNT(*) FROM outbound WHERE storage_version = ? AND "
+            "state = 'sending') AS n",
+            (version, version),
+        )
+        return int(row["n"]) if row is not None else 0
+
+    def open_offers_to_transport(self, version: int) -> int:
+        """Transfers still being received whose data key came wrapped to transport ``version``."""
+        row = self._one(
+            "SELECT COUNT(*) AS n FROM inbound WHERE transport_version = ? AND state = 'receiving'",
+            (version,),
+        )
+        return int(row["n"]) if row is not None else 0
+
+    def stored_headers_not_under(self, version: int) -> list[tuple[str, str, bytes]]:
+        """(direction, transfer_id, stored_header) of every stored data key that matters and is
+        not wrapped to storage ``version`` (what a rewrap has to do)."""
+        rows = self._all(
+            "SELECT 'in' AS direction, transfer_id, stored_header FROM inbound "
+            "WHERE state != 'refused' AND COALESCE(storage_version, -1) != ? "
+            "UNION ALL SELECT 'out', transfer_id, stored_header FROM outbound "
+            "WHERE state = 'sending' AND COALESCE(storage_version, -1) != ? "
+            "ORDER BY 1, 2",
+            (version, version),
+        )
+        return [(r["direction"], r["transfer_id"], bytes(r["stored_header"])) for r in rows]
+
+    def replace_stored_header(
+        self, direction: str, transfer_id: str, old: bytes, new: bytes
+    ) -> bool:
+        """Swap a stored header for its re-wrapped form if it is still ``old``; False if the
+        row changed meanwhile (the rewrap will see it again)."""
+        table = {"in": "inbound", "out": "outbound"}[direction]
+        with self._tx() as db:
+            done = db.execute(
+                f"UPDATE {table} SET stored_header = ?, storage_version = ? "  # noqa: S608
+                "WHERE transfer_id = ? AND stored_header = ?",
+                (new, storage_version_of(new), transfer_id, old),
+            )
+            return done.rowcount == 1
+
+    # -- what we learnt of partners' keys --------------------------------------------------
+
+    def partner_keys(self, partner: str) -> list[tuple[Purpose, int, bytes, str, int, str]]:
+        """(purpose, version, public point, state, learned_at, source) of ``partner``."""
+        rows = self._all(
+            "SELECT * FROM partner_keys WHERE partner = ? ORDER BY purpose, version", (partner,)
+        )
+        return [
+            (
+                Purpose(r["purpose"]),
+                int(r["version"]),
+                bytes(r["public_point"]),
+                r["state"],
+                int(r["learned_at"]),
+                r["source"],
+            )
+            for r in rows
+        ]
+
+    def learn_partner_key(
+        self,
+        partner: str,
+        purpose: Purpose,
+        version: int,
+        public_point: bytes,
+        state: str,
+        source: str,
+        at: int,
+    ) -> None:
+        """Record (or update the state of) a partner key version; its point never changes."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO partner_keys (partner, purpose, version, public_point, state, "
+                "learned_at, source) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT (partner, purpose, version) DO UPDATE SET state = excluded.state "
+                "WHERE partner_keys.public_point = excluded.public_point",
+                (partner, purpose.value, version, public_point, state, at, source),
+            )
+
+    def partner_key_set_issued(self, partner: str) -> int | None:
+        """``issued_at`` of the newest key set of ``partner`` verified so far."""
+        row = self._one("SELECT issued_at FROM partner_key_sets WHERE partner = ?", (partner,))
+        return None if row is None else int(row["issued_at"])
+
+    def record_partner_key_set(self, partner: str, issued_at: int, at: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO partner_key_sets (partner, issued_at, seen_at) VALUES (?,?,?) "
+                "ON CONFLICT (partner) DO UPDATE SET issued_at = MAX(issued_at, "
+                "excluded.issued_at), seen_at = excluded.seen_at",
+                (partner, issued_at, at),
+            )
+
 
 def _inbound(row: sqlite3.Row) -> Inbound:
     return Inbound(
@@ -461,6 +639,64 @@ def _outbound(row: sqlite3.Row) -> Outbound:
         created_at=int(row["created_at"]),
         delivered_at=None if row["delivered_at"] is None else int(row["delivered_at"]),
         receipt=_receipt(row),
+    )
+
+
+def _to_2(db: sqlite3.Connection) -> None:
+    """Schema 2: the passport's ``sub`` of unfinished transfers, from their stored passport
+    (verified at its offer)."""
+    db.execute("ALTER TABLE inbound ADD COLUMN dataset_sha256 TEXT")
+    rows = db.execute("SELECT transfer_id, passport FROM inbound WHERE state = 'receiving'")
+    for row in rows.fetchall():
+        sub = inspect(row["passport"])[1].get("sub")
+        db.execute(
+            "UPDATE inbound SET dataset_sha256 = ? WHERE transfer_id = ?",
+            (sub if isinstance(sub, str) else None, row["transfer_id"]),
+        )
+
+
+def _to_3(db: sqlite3.Connection) -> None:
+    """Schema 3: the storage version each stored header is wrapped to (read from the header);
+    the transport version of older offers is not known and blocks nothing."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.execute("ALTER TABLE inbound ADD COLUMN transport_version INTEGER")
+    for table in ("inbound", "outbound"):
+        if table not in tables:
+            continue  # made whole by the schema script
+        db.execute(f"ALTER TABLE {table} ADD COLUMN storage_version INTEGER")
+        rows = db.execute(f"SELECT transfer_id, stored_header FROM {table}")  # noqa: S608
+        for row in rows.fetchall():
+            db.execute(
+                f"UPDATE {table} SET storage_version = ? WHERE transfer_id = ?",  # noqa: S608
+                (storage_version_of(bytes(row["stored_header"])), row["transfer_id"]),
+            )
+
+
+def storage_version_of(stored_header: bytes) -> int | None:
+    """The storage key version a stored header's data key is wrapped to (None: none is)."""
+    try:
+        header = Header.decode(stored_header)
+    except EnvelopeError:
+        return None
+    versions = [
+        w.key_ref.version for w in header.wrapped_keys if w.kind is WrapKind.STORAGE_A256KWP
+    ]
+    return versions[0] if versions else None
+
+
+def _key_version(row: sqlite3.Row) -> KeyVersion:
+    def optional(name: str) -> int | None:
+        return None if row[name] is None else int(row[name])
+
+    return KeyVersion(
+        purpose=Purpose(row["purpose"]),
+        version=int(row["version"]),
+        state=KeyState(row["state"]),
+        created_at=int(row["created_at"]),
+        activated_at=optional("activated_at"),
+        deactivated_at=optional("deactivated_at"),
+        retired_at=optional("retired_at"),
+        destroyed_at=optional("destroyed_at"),
     )
 
 

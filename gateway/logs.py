@@ -13,7 +13,17 @@ import threading
 import time
 from types import TracebackType
 
-FIELDS = ("transfer_id", "partner", "outcome", "status", "reason", "bytes", "rpc", "peer")
+FIELDS = (
+    "transfer_id",
+    "partner",
+    "outcome",
+    "status",
+    "reason",
+    "bytes",
+    "rpc",
+    "peer",
+    "key_ref",
+)
 
 
 class JsonFormatter(logging.Formatter):

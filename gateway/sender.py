@@ -37,7 +37,8 @@ from gateway.errors import (
     SourceSizeError,
     TransferConflictError,
 )
-from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.keyring import KeyRing
+from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Ledger, Outbound
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
@@ -76,14 +77,14 @@ class Sender:
         self,
         config: GatewayConfig,
         keys: GatewayKeys,
-        current: CurrentKeys,
+        ring: KeyRing,
         ledger: Ledger,
         link: PartnerLink,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
-        self._current = current
+        self._ring = ring
         self._ledger = ledger
         self._link = link
         self._policy: Policy = policy or BaselinePolicy()
@@ -265,7 +266,7 @@ class Sender:
             segment_size=self._config.limits.segment_size,
         )
         stored = envelope.rewrap_for_storage(
-            header, data_key, KeyRef(self.me, Purpose.STORAGE, self._current.storage), self._keys
+            header, data_key, KeyRef(self.me, Purpose.STORAGE, self._ring.storage), self._keys
         )
         row = self._ledger.create_outbound(
             transfer_id=transfer_id,
@@ -289,7 +290,7 @@ class Sender:
 
     def _finish(self, partner: PartnerConfig, manifest: Manifest) -> ReceiptSummary:
         signed = sign_manifest(
-            self._keys, KeyRef(self.me, Purpose.SIGNING, self._current.signing), manifest
+            self._keys, KeyRef(self.me, Purpose.SIGNING, self._ring.signing), manifest
         )
         receipt_blob = self._link.finish(partner, manifest.transfer_id, signed)
         receipt, kid = open_receipt(receipt_blob, partner.signing_public_key, partner.id)

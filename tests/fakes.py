@@ -40,6 +40,14 @@ class SoftwareHsm:
             self._ec[(purpose, version)] = ec.generate_private_key(ec.SECP256R1())
         return version
 
+    def destroy(self, purpose: Purpose, version: int) -> None:
+        if version not in self.versions(purpose):
+            raise KeyNotFoundError(f"key {purpose.label} version {version} is not here")
+        if purpose is Purpose.STORAGE:
+            del self._aes[version]
+        else:
+            del self._ec[(purpose, version)]
+
     def versions(self, purpose: Purpose) -> list[int]:
         if purpose is Purpose.STORAGE:
             return sorted(self._aes)

@@ -31,7 +31,8 @@ from gateway.config import (
     TlsConfig,
 )
 from gateway.errors import XbgwError
-from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.keyring import KeyRing
+from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Ledger
 from gateway.passport import PassportClaims, XbgwClaims, issue
 from gateway.receiver import Receiver
@@ -130,6 +131,7 @@ class Side:
     spool: Spool
     sender: Sender
     receiver: Receiver
+    ring: KeyRing
 
     @property
     def id(self) -> str:
@@ -254,16 +256,17 @@ def make_loopback(root: Path, limits: Limits | None = None) -> Loopback:
         state = root / me[0]
         config = _config(state, me, peer, keys[peer[0]], issuer, limits)
         mine = keys[me[0]]
-        current = CurrentKeys.resolve(mine, None)
         ledger = Ledger(state / "ledger.sqlite3")
+        ring = KeyRing(me[0], ledger, mine, config.keys, clock=clock)
         spool = Spool(state / "spool")
         sides[me[0]] = Side(
             config=config,
             keys=mine,
             ledger=ledger,
             spool=spool,
-            sender=Sender(config, mine, current, ledger, link, clock=clock),
-            receiver=Receiver(config, mine, current, ledger, spool, clock=clock),
+            sender=Sender(config, mine, ring, ledger, link, clock=clock),
+            receiver=Receiver(config, mine, ring, ledger, spool, clock=clock),
+            ring=ring,
         )
     for me, peer in ((LINGANG, FRANKFURT), (FRANKFURT, LINGANG)):
         receiver_side = sides[peer[0]]

@@ -17,7 +17,6 @@ import pytest
 from gateway.config import PartnerConfig
 from gateway.envelope import TAG_LEN
 from gateway.errors import PartnerError
-from gateway.keys import CurrentKeys
 from gateway.receiver import Receiver
 from gateway.sender import Progress, ReceiptSummary, Sender
 from gateway.transfer import SegmentIn, TransferState, UploadResult
@@ -110,7 +109,7 @@ def restart_receiver(lb: Loopback) -> Receiver:
     receiver = Receiver(
         side.config,
         side.keys,
-        CurrentKeys.resolve(side.keys, None),
+        side.ring,
         side.ledger,
         side.spool,
         clock=lambda: lb.now[0],
@@ -126,7 +125,7 @@ def restart_sender(lb: Loopback) -> Sender:
     sender = Sender(
         side.config,
         side.keys,
-        CurrentKeys.resolve(side.keys, None),
+        side.ring,
         side.ledger,
         lb.link,
         clock=lambda: lb.now[0],

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import KeySet, sign_key_set
-from gateway.keys import CurrentKeys, Purpose
+from gateway.keyring import KeyRing
+from gateway.keys import Purpose
 from gateway.ledger import Ledger
 from gateway.passport import PassportVerifier
 from gateway.policy import BaselinePolicy, Policy
@@ -50,13 +51,13 @@ class Receiver:
         self,
         config: GatewayConfig,
         keys: GatewayKeys,
-        current: CurrentKeys,
+        ring: KeyRing,
         ledger: Ledger,
         spool: Spool,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._ctx = Context(config, keys, current, ledger, spool, clock)
+        self._ctx = Context(config, keys, ring, ledger, spool, clock)
         self._offers = Offers(self._ctx)
         self._policy: Policy = policy or BaselinePolicy()
         #: Called as ``on_commit(partner_id, plaintext_bytes)`` once per newly committed
@@ -109,9 +110,9 @@ class Receiver:
                 gateway_id=ctx.me,
                 keys={
                     version: keys.public_key(Purpose.TRANSPORT, version)
-                    for version in keys.versions(Purpose.TRANSPORT)
+                    for version in ctx.ring.in_service(Purpose.TRANSPORT)
                 },
-                current_version=ctx.current.transport,
+                current_version=ctx.ring.transport,
                 issued_at=int(ctx.clock()),
             ),
         )

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from gateway import envelope
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import PartialLostError, TransferConflictError, UnknownTransferError
-from gateway.keys import CurrentKeys, KeyRef, Purpose
+from gateway.keyring import KeyRing
+from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.spool import Spool
 from gateway.transfer import GatewayKeys
@@ -103,14 +104,14 @@ class Context:
         self,
         config: GatewayConfig,
         keys: GatewayKeys,
-        current: CurrentKeys,
+        ring: KeyRing,
         ledger: Ledger,
         spool: Spool,
         clock: Callable[[], float],
     ) -> None:
         self.config = config
         self.keys = keys
-        self.current = current
+        self.ring = ring
         self.ledger = ledger
         self.spool = spool
         self.clock = clock
@@ -186,4 +187,4 @@ class Context:
         )
 
     def signing_key(self) -> KeyRef:
-        return KeyRef(self.me, Purpose.SIGNING, self.current.signing)
+        return KeyRef(self.me, Purpose.SIGNING, self.ring.signing)

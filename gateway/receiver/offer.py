@@ -42,7 +42,6 @@ class Offers:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._held_transport: set[int] | None = None
 
     def offer(
         self,
@@ -88,9 +87,9 @@ class Offers:
         ctx = self._ctx
         claims = passport.claims
         transfer_id = claims.jti
-        data_key = self._open_offered(header)
+        data_key, transport_version = self._open_offered(header)
         stored = envelope.rewrap_for_storage(
-            header, data_key, KeyRef(ctx.me, Purpose.STORAGE, ctx.current.storage), ctx.keys
+            header, data_key, KeyRef(ctx.me, Purpose.STORAGE, ctx.ring.storage), ctx.keys
         )
         stored_bytes = stored.encode()
         byte_limit = claims.xbgw.byte_limit
@@ -107,6 +106,7 @@ class Offers:
             classification=claims.xbgw.classification,
             source_jurisdiction=claims.xbgw.src,
             dataset_sha256=claims.sub,
+            transport_version=transport_version,
         )
         if created is None:  # a concurrent offer of the same passport won the race
             raced = ctx.ledger.inbound(transfer_id)
@@ -154,33 +154,33 @@ class Offers:
         if not decision.allow:
             raise PolicyDeniedError("; ".join(decision.reasons) or "refused by policy")
 
-    def _open_offered(self, header: envelope.Header) -> bytes:
-        me = self._ctx.me
+    def _open_offered(self, header: envelope.Header) -> tuple[bytes, int]:
+        """The data key, and the transport version that opened it."""
+        me, ring = self._ctx.me, self._ctx.ring
         ours = [w for w in header.wrapped_keys if w.key_ref.owner == me]
         if not ours:
             raise NoUsableWrappedKeyError(f"no wrapped key in the header is addressed to {me}")
-        held = self._transport_versions()
-        usable = [w for w in ours if w.key_ref.purpose is Purpose.TRANSPORT]
-        if not any(w.key_ref.version in held for w in usable):
-            self._held_transport = None  # a key made since (rotation) would be found now
-            held = self._transport_versions()
-        if not any(w.key_ref.version in held for w in usable):
+        usable = [
+            w.key_ref.version
+            for w in ours
+            if w.key_ref.purpose is Purpose.TRANSPORT
+            and ring.opens(Purpose.TRANSPORT, w.key_ref.version)
+        ]
+        if not usable:
             versions = ", ".join(str(w.key_ref) for w in ours)
             raise NoUsableWrappedKeyError(
-                f"the data key is wrapped to {versions}, which this gateway does not hold "
-                f"(transport versions held: {sorted(held)}); fetch a fresh key set"
+                f"the data key is wrapped to {versions}, which this gateway does not accept "
+                f"(transport versions in service: {ring.in_service(Purpose.TRANSPORT)}, "
+                f"active: {ring.transport}); fetch a fresh key set"
             )
         try:
             # A partner's header may only use our transport keys, never our storage key.
-            return envelope.open_header(header, me, self._ctx.keys, storage_versions=())
+            data_key = envelope.open_header(
+                header, me, self._ctx.keys, transport_versions=usable, storage_versions=()
+            )
         except KeyNotFoundError as exc:
             raise NoUsableWrappedKeyError(str(exc)) from None
-
-    def _transport_versions(self) -> set[int]:
-        """Transport versions on the token; cached, re-read when a header names another."""
-        if self._held_transport is None:
-            self._held_transport = set(self._ctx.keys.versions(Purpose.TRANSPORT))
-        return self._held_transport
+        return data_key, usable[0]
 
 
 def _resume(row: Inbound, peer: PartnerConfig, offered_digest: bytes) -> OfferResult:

@@ -71,6 +71,7 @@ def test_json_carries_whitelisted_fields() -> None:
         "bytes": 4096,
         "rpc": "/xbgw.v1.Partner/Upload",
         "peer": "ipv4:10.0.0.2:55555",
+        "key_ref": "lingang/transport/2",
     }
     assert set(extra) == set(FIELDS)
     entry = _json(_record(extra=extra))

@@ -447,7 +447,7 @@ def test_unknown_key_version_spends_nothing(rig: Rig) -> None:
         NoUsableWrappedKeyError,
         "FAILED_PRECONDITION",
         "frankfurt/transport/99",
-        "versions held: [1]",
+        "versions in service: [1]",
         "fetch a fresh key set",
     )
     assert_not_recorded(lb, "key-version")
