@@ -2,9 +2,10 @@
 
 The server only counts bytes. It runs in its own process, started with the ``spawn`` method
 (neither gRPC nor PKCS#11 survives a ``fork()`` after initialisation: FIELD-NOTES.md), just
-as the receiving daemon is its own process. It presents the receiving gateway's certificate
+as the receiving daemon is its own process. It presents the receiving gateway's stand-in
+certificate (same name, same CA and key type: the gateway's own key is wrapped by its HSM)
 and requires a client certificate issued by the demo CA; the client (in the harness process)
-presents the sending gateway's certificate, verifies the server against the demo CA with the
+presents the sending gateway's stand-in, verifies the server against the demo CA with the
 target name overridden to the receiving gateway's id, and uses the gateway's message limits.
 The methods are generic handlers with raw ``bytes`` messages: no protobuf framing at all,
 which is the floor the gateway's ``Segment`` messages are compared against.

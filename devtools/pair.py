@@ -36,6 +36,7 @@ from devtools.provision import (
     Provisioned,
     free_port,
     issue_passport,
+    issue_tls,
     provision,
 )
 
@@ -253,8 +254,7 @@ def provision_pair(
                 partner["ca"] = str(ca.path)
 
         for gateway in pair.gateways:
-            tls = gateway.paths.root / "tls"
-            ca.issue(gateway.id, tls / "gateway.crt", tls / "gateway.key")
+            issue_tls(gateway.paths, ca)  # wrapped again, and the stand-in from this CA too
             edit_config(gateway.paths.config, use_ca)
         pair.ca = ca
     if metrics:

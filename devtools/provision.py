@@ -4,6 +4,13 @@ Everything a real deployment gets from its PKI and HSM administrators is made he
 a demo CA, one SoftHSM token per gateway (keys created by ``xbgw keys init`` in a child
 process, because SoftHSM binds one token directory per process), a passport issuer with its
 own token, PIN files readable only by the owner, and one YAML config per gateway.
+
+Each gateway's TLS private key is wrapped by its own HSM (``xbgw tls import``, the operator's
+path) and the plaintext deleted: ``tls.private_key`` names ``tls/gateway.xbgw-key``. Test
+tools that must *act as* a gateway towards its partner (a rogue client, a handshake probe,
+the benchmark's plain-gRPC control) get a **stand-in**: a second certificate for the same
+name from the same CA, with its own plaintext key under ``stand-in/`` -- never the gateway's
+key, which exists in clear only in the daemon's memory.
 Not for production: the demo CA key sits on disk. Development tooling: the daemon never
 imports this module (see :mod:`devtools.pair` for the two demo gateways as one fixture).
 """
@@ -17,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +59,19 @@ class Provisioned:
     token: str
     pin_file: Path
     signing_public_key: Path
+    tls_certificate: Path
+    tls_key: Path  # what tls.private_key names: the wrapped key
+    #: A certificate + plaintext key for the same name from the same CA, for test tools that
+    #: act as this gateway (None when provisioned without stand-ins, as for the demo).
+    stand_in_certificate: Path | None = None
+    stand_in_key: Path | None = None
+
+    def stand_in(self) -> tuple[Path, Path]:
+        """(certificate, key) of the stand-in identity."""
+        assert self.stand_in_certificate is not None and self.stand_in_key is not None, (
+            f"{self.id} was provisioned without a stand-in identity"
+        )
+        return self.stand_in_certificate, self.stand_in_key
 
 
 @dataclass(frozen=True)
@@ -110,18 +131,55 @@ def _softhsm(root: Path, label: str) -> tuple[Path, Path]:
 
 
 def _xbgw(args: list[str], conf: Path) -> None:
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
     )
+    if done.returncode != 0:  # say why: a bare CalledProcessError hides xbgw's one line
+        raise RuntimeError(f"xbgw {' '.join(args[:2])} failed ({done.returncode}): {done.stderr}")
 
 
 def _keys(conf: Path, token: str, pin_file: Path, public_out: Path) -> None:
     hsm = ["--module", SOFTHSM_MODULE, "--token", token, "--pin-file", str(pin_file)]
     _xbgw(["keys", "init", *hsm], conf)
     _xbgw(["keys", "public", *hsm, "--purpose", "signing", "-o", str(public_out)], conf)
+
+
+def wrap_tls_key(paths: Provisioned, key: Path) -> None:
+    """Wrap the plaintext ``key`` into ``paths.tls_key`` with ``xbgw tls import`` (the
+    gateway's storage key, in a child process like every HSM step here), then delete it."""
+    hsm = ["--module", SOFTHSM_MODULE, "--token", paths.token, "--pin-file", str(paths.pin_file)]
+    wrap = ["--gateway", paths.id, "--key", str(key), "-o", str(paths.tls_key), "--force"]
+    _xbgw(["tls", "import", *hsm, *wrap], paths.softhsm_conf)
+    key.unlink()
+
+
+def issue_tls(paths: Provisioned, ca: DemoCa) -> None:
+    """A certificate from ``ca`` for the gateway, its key wrapped (the plaintext deleted), and
+    the stand-in identity from the same CA if ``paths`` has one. The daemon must be stopped
+    or reloaded afterwards: this replaces the files without asking it."""
+    plain = paths.tls_key.with_name("gateway.key")
+    ca.issue(paths.id, paths.tls_certificate, plain)
+    wrap_tls_key(paths, plain)
+    if paths.stand_in_certificate is not None and paths.stand_in_key is not None:
+        ca.issue(paths.id, paths.stand_in_certificate, paths.stand_in_key)
+
+
+def renew_tls(paths: Provisioned, ca: DemoCa, days: int = 30) -> None:
+    """Renew a (possibly running) gateway's certificate and key from ``ca`` the way an
+    operator does: ``xbgw tls rotate -c CONFIG`` checks the pair, wraps the key and replaces
+    both files; the plaintext key lives only in a temporary directory. The daemon keeps its
+    old certificate until it is reloaded (SIGHUP)."""
+    with tempfile.TemporaryDirectory(prefix="xbgw-renew-") as scratch:
+        cert, key = Path(scratch) / "new.crt", Path(scratch) / "new.key"
+        ca.issue(paths.id, cert, key, days=days)
+        _xbgw(
+            ["tls", "rotate", "-c", str(paths.config), "--key", str(key), "--cert", str(cert)],
+            paths.softhsm_conf,
+        )
 
 
 class DemoCa:
@@ -206,8 +264,13 @@ def provision(
     issuer_id: str = "dpo",
     segment_size: int = 1 << 20,
     extra_limits: dict[str, int] | None = None,
+    stand_ins: bool = True,
 ) -> tuple[dict[str, Provisioned], Issuer]:
-    """Make every gateway in ``gateways`` a partner of every other, all trusting one issuer."""
+    """Make every gateway in ``gateways`` a partner of every other, all trusting one issuer.
+
+    Each TLS key is wrapped by the gateway's HSM; ``stand_ins`` adds the stand-in identity
+    (see the module docstring) that test tools use to act as a gateway.
+    """
     root.mkdir(parents=True, exist_ok=True)
     ca = DemoCa(root / "ca")
     issuer = provision_issuer(root / "issuer", issuer_id)
@@ -217,7 +280,7 @@ def provision(
         conf, pin_file = _softhsm(home / "hsm", spec.id)
         public = home / "signing.pem"
         _keys(conf, spec.id, pin_file, public)
-        ca.issue(spec.id, home / "tls" / "gateway.crt", home / "tls" / "gateway.key")
+        stand_in = home / "stand-in"
         made[spec.id] = Provisioned(
             id=spec.id,
             root=home,
@@ -228,7 +291,12 @@ def provision(
             token=spec.id,
             pin_file=pin_file,
             signing_public_key=public,
+            tls_certificate=home / "tls" / "gateway.crt",
+            tls_key=home / "tls" / "gateway.xbgw-key",
+            stand_in_certificate=stand_in / "tls.crt" if stand_ins else None,
+            stand_in_key=stand_in / "tls.key" if stand_ins else None,
         )
+        issue_tls(made[spec.id], ca)
     for spec in gateways:
         mine = made[spec.id]
         config = {
@@ -241,7 +309,7 @@ def provision(
                 "partner": f"127.0.0.1:{spec.port}",
                 "local_socket": str(mine.socket),
             },
-            "tls": {"certificate": "tls/gateway.crt", "private_key": "tls/gateway.key"},
+            "tls": {"certificate": "tls/gateway.crt", "private_key": "tls/gateway.xbgw-key"},
             "hsm": {
                 "module": SOFTHSM_MODULE,
                 "token": spec.id,

@@ -32,7 +32,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from gateway.errors import ConfigError
+from gateway import tlskey
+from gateway.errors import ConfigError, TlsKeyError
 from gateway.keys import MAX_VERSION, KeyRef, Purpose, check_gateway_id
 from gateway.secrets import PinSource
 
@@ -494,7 +495,15 @@ def _certificates(file: Path, data: bytes) -> bytes:
 
 
 def _private_key(file: Path, data: bytes) -> None:
-    """Only the PEM shape: decrypting may need a passphrase that only the daemon has."""
+    """A key wrapped by ``xbgw tls import`` (known by its magic; only its structure is checked
+    here -- the daemon unwraps it once the HSM is open), or else only the PEM shape:
+    decrypting may need a passphrase that only the daemon has."""
+    if tlskey.looks_wrapped(data):
+        try:
+            tlskey.parse_wrapped_tls_key(data, str(file))
+        except TlsKeyError as exc:
+            raise ValueError(str(exc)) from None
+        return
     if not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", data):
         raise ValueError(f"{file} is not a PEM private key")
 

@@ -41,17 +41,22 @@ from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partn
 from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, ListenError, XbgwError
 from gateway.hsm import Hsm
+from gateway.keyadmin import gateway_key_administration
 from gateway.keyring import KeyRing
+from gateway.keys import Purpose
 from gateway.ledger import Ledger
 from gateway.local import LOCAL_WORKERS, LocalServicer
 from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
 from gateway.partner import PartnerServicer
+from gateway.partner_keys import PartnerKeys
 from gateway.partner_link import GrpcPartnerLink
 from gateway.receiver import Receiver
 from gateway.sender import Sender
 from gateway.spool import Spool
-from gateway.tls import ReloadableServerCredentials, load_private_key_pem
+from gateway.statelock import StateLock
+from gateway.tls import ReloadableServerCredentials
+from gateway.tlskey import load_tls_private_key
 
 log = logging.getLogger("xbgw.daemon")
 PARTNER_RECEIVE_BACKSTOP = 2  # x max_message_bytes; see _start_partner_server
@@ -99,6 +104,9 @@ class Daemon:
         self.hsm.observer = self.metrics.observe_hsm
         notify("STATUS=opening the ledger and spool")
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        # The daemon owns the state directory while it runs: an offline `xbgw keys` verb
+        # refuses rather than change key states behind the daemon's back.
+        self.state_lock = StateLock(config.state_dir, f"xbgw serve ({config.id})").acquire()
         self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
         self.spool = Spool(config.state_dir / "spool")
         self.ring = KeyRing(
@@ -107,9 +115,25 @@ class Daemon:
         self.hsm.check_versions(self.ring.current().as_dict())
         key_pem = self._tls_key(config)
         self.link = GrpcPartnerLink(config, key_pem)
-        self.receiver = Receiver(config, self.hsm, self.ring, self.ledger, self.spool)
+        # One view of the partners' keys for both sides: what the sender learns from a key
+        # set verifies the manifests the receiver gets, and the reverse.
+        self.partner_keys = PartnerKeys(config, self.ledger, self.link.key_set)
+        self.receiver = Receiver(
+            config, self.hsm, self.ring, self.ledger, self.spool, partner_keys=self.partner_keys
+        )
         self.receiver.on_commit = self.metrics.committed_in
-        self.sender = Sender(config, self.hsm, self.ring, self.ledger, self.link)
+        self.sender = Sender(
+            config, self.hsm, self.ring, self.ledger, self.link, partner_keys=self.partner_keys
+        )
+        self.key_admin = gateway_key_administration(
+            config=lambda: self.config,
+            ring=self.ring,
+            keys=self.hsm,
+            ledger=self.ledger,
+            spool=self.spool,
+            hold_inbound=self.receiver.hold,
+            hold_outbound=self.sender.hold,
+        )
         self.health = health.HealthServicer()
         notify("STATUS=starting listeners")
         self._start_partner_server(config, key_pem)
@@ -129,12 +153,18 @@ class Daemon:
         )
         notify("READY=1", f"STATUS=serving as {config.id} on {self.partner_address}")
 
-    @staticmethod
-    def _tls_key(config: GatewayConfig) -> bytes:
-        passphrase = None
-        if config.tls.private_key_passphrase is not None:
-            passphrase = config.tls.private_key_passphrase.read()
-        return load_private_key_pem(config.tls.private_key, passphrase)
+    def _tls_key(self, config: GatewayConfig) -> bytes:
+        """The TLS private key as PEM in memory (grpcio cannot use an HSM key), read at start
+        and on every reload: a wrapped file is unwrapped with a storage version the key ring
+        has in service; a plaintext PEM still works, with a WARNING each time."""
+        return load_tls_private_key(
+            config.tls.private_key,
+            config.tls.certificate,
+            config.id,
+            self.hsm,
+            passphrase=config.tls.private_key_passphrase,
+            opens=lambda version: self.ring.opens(Purpose.STORAGE, version),
+        )
 
     @staticmethod
     def _options(config: GatewayConfig, receive_limit: int | None = None) -> list[tuple[str, int]]:
@@ -206,6 +236,7 @@ class Daemon:
                 self.hsm,
                 self.accepting,
                 self.metrics,
+                self.key_admin,
             ),
             self.local_server,
         )
@@ -313,6 +344,7 @@ class Daemon:
         logging.getLogger().setLevel(config.log.level.upper())
         self.receiver.reconfigure(config)
         self.sender.reconfigure(config)
+        self.ring.policy = config.keys
         self.link.reconfigure(config, key_pem)
         log.info("configuration reloaded")
         notify("READY=1", f"STATUS=serving as {config.id} on {self.partner_address}")
@@ -334,6 +366,7 @@ class Daemon:
         self.link.close()
         self.ledger.close()
         self.hsm.close()
+        self.state_lock.release()
         log.info("stopped after %.1fs", time.monotonic() - started)
 
 

@@ -108,6 +108,19 @@ class NoUsableWrappedKeyError(EnvelopeError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+#: How every refusal of a stale transport key ends, on the wire too: a sender that sees these
+#: words at the end of a FAILED_PRECONDITION refusal of its offer fetches the partner's key set
+#: again and re-seals (``gateway.transfer.stale_transport_key``). Gateways from before key
+#: lifecycle end the same refusal with the same words.
+FETCH_A_FRESH_KEY_SET = "fetch a fresh key set"
+
+
+class TransportKeyNotAcceptedError(NoUsableWrappedKeyError):
+    """The data key is wrapped only to transport versions this gateway does not accept (never
+    made, or retired): the sender sealed to a stale key set. The message ends with
+    :data:`FETCH_A_FRESH_KEY_SET`."""
+
+
 class KeyUnwrapError(EnvelopeError):
     """A wrapped data key addressed to us did not unwrap (wrong key or tampered)."""
 
@@ -326,6 +339,12 @@ class StorageError(XbgwError):
         )
 
 
+class StateLockedError(XbgwError):
+    """The state directory is in use by another process (the daemon, an offline verb)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
 class PartnerBusyError(TransferError):
     """A partner has as many requests in flight as it may have."""
 
@@ -336,3 +355,27 @@ class ListenError(XbgwError):
     """A listener could not bind (port in use, address not up yet): worth a restart."""
 
     grpc_status = "UNAVAILABLE"
+
+
+# --- the wrapped TLS private key (gateway.tlskey) -------------------------------------------
+#
+# ConfigErrors: the daemon exits 78 at start (systemd must not retry -- the file has to be
+# fixed) and refuses a reload. An HSM that does not answer stays an HsmError (worth a retry).
+
+
+class TlsKeyError(ConfigError):
+    """``tls.private_key`` cannot be used; the message names the file and the reason."""
+
+
+class TlsKeyFormatError(TlsKeyError):
+    """Not a wrapped TLS key file, or a malformed, truncated or over-long one."""
+
+
+class TlsKeyMismatchError(TlsKeyError):
+    """Well formed, but not usable here: another gateway's, a storage version this gateway
+    does not have in service, or a key that does not match the certificate."""
+
+
+class TlsKeyAuthenticationError(TlsKeyError):
+    """The wrapped data key or the sealed private key does not authenticate: the file was
+    altered, or it was wrapped by another HSM."""

@@ -437,6 +437,19 @@ class Ledger:
             )
             db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
 
+    def discard_unsent_outbound(self, transfer_id: str) -> bool:
+        """Delete a send that never released a segment (no tag recorded), so that it can be
+        sealed again under a new header -- the partner refused the offer, so nothing of it
+        exists there. False, and nothing deleted, once anything was sent or it was delivered:
+        a segment that left must never be re-encrypted under another header."""
+        with self._tx() as db:
+            done = db.execute(
+                "DELETE FROM outbound WHERE transfer_id = ? AND state = 'sending' AND NOT "
+                "EXISTS (SELECT 1 FROM outbound_segments WHERE transfer_id = ?)",
+                (transfer_id, transfer_id),
+            )
+            return done.rowcount == 1
+
     def recent(self, limit: int = 20) -> list[tuple[str, str, str, TransferState, int]]:
         """(transfer_id, direction, partner, state, bytes) for ``xbgw status``."""
         rows = self._all(
@@ -587,6 +600,14 @@ class Ledger:
         """``issued_at`` of the newest key set of ``partner`` verified so far."""
         row = self._one("SELECT issued_at FROM partner_key_sets WHERE partner = ?", (partner,))
         return None if row is None else int(row["issued_at"])
+
+    def forget_partner_keys(self, partner: str) -> int:
+        """Drop everything learnt of ``partner``'s keys and key sets (a new trust root was
+        configured for it); the number of key versions dropped."""
+        with self._tx() as db:
+            dropped = db.execute("DELETE FROM partner_keys WHERE partner = ?", (partner,))
+            db.execute("DELETE FROM partner_key_sets WHERE partner = ?", (partner,))
+            return dropped.rowcount
 
     def record_partner_key_set(self, partner: str, issued_at: int, at: int) -> None:
         with self._tx() as db:

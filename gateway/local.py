@@ -21,7 +21,9 @@ from gateway import envelope
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
 from gateway.config import GatewayConfig
 from gateway.envelope import KeyHolder
-from gateway.errors import UnknownTransferError, XbgwError
+from gateway.errors import UnknownTransferError, UsageError, XbgwError
+from gateway.keyadmin import KeyAdministration, KeyReport
+from gateway.keys import KeyRef, KeyVersion, Purpose
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.sender import Progress, ReceiptSummary, Sender
@@ -51,7 +53,9 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         keys: KeyHolder,
         accepting: Callable[[], bool],
         metrics: Metrics,
+        key_admin: KeyAdministration | None = None,
     ) -> None:
+        self._key_admin = key_admin
         self._metrics = metrics
         self._config = config
         self._sender = sender
@@ -234,6 +238,139 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 for tid, direction, partner, state, size in self._ledger.recent()
             ],
         )
+
+    # -- key lifecycle -------------------------------------------------------------------
+
+    def _admin(self, context: grpc.ServicerContext) -> KeyAdministration:
+        if self._key_admin is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "key administration is not available")
+        assert self._key_admin is not None
+        return self._key_admin
+
+    def _key_status(
+        self, admin: KeyAdministration, changed: list[KeyVersion]
+    ) -> local_pb2.KeyStatusResponse:
+        return local_pb2.KeyStatusResponse(
+            gateway_id=admin.owner,
+            keys=[_key_info(report) for report in admin.status()],
+            changed=[str(KeyRef(admin.owner, k.purpose, k.version)) for k in changed],
+            due=[purpose.value for purpose in admin.due()],
+        )
+
+    def KeyStatus(  # noqa: N802
+        self, request: local_pb2.KeyStatusRequest, context: grpc.ServicerContext
+    ) -> local_pb2.KeyStatusResponse:
+        admin = self._admin(context)
+        try:
+            return self._key_status(admin, [])
+        except XbgwError as error:
+            _abort(context, error, "KeyStatus")
+            raise
+
+    def RotateKeys(  # noqa: N802
+        self, request: local_pb2.RotateKeysRequest, context: grpc.ServicerContext
+    ) -> local_pb2.KeyStatusResponse:
+        admin = self._admin(context)
+        try:
+            purposes = [_purpose(name) for name in request.purposes] or None
+            return self._key_status(admin, admin.rotate(purposes))
+        except XbgwError as error:
+            _abort(context, error, "RotateKeys")
+            raise
+
+    def RetireKey(  # noqa: N802
+        self, request: local_pb2.KeyVersionRequest, context: grpc.ServicerContext
+    ) -> local_pb2.KeyStatusResponse:
+        admin = self._admin(context)
+        try:
+            done = admin.retire(_purpose(request.purpose), request.version)
+            return self._key_status(admin, [done])
+        except XbgwError as error:
+            _abort(context, error, "RetireKey")
+            raise
+
+    def DestroyKey(  # noqa: N802
+        self, request: local_pb2.KeyVersionRequest, context: grpc.ServicerContext
+    ) -> local_pb2.KeyStatusResponse:
+        admin = self._admin(context)
+        try:
+            done = admin.destroy(_purpose(request.purpose), request.version)
+            return self._key_status(admin, [done])
+        except XbgwError as error:
+            _abort(context, error, "DestroyKey")
+            raise
+
+    def RewrapKeys(  # noqa: N802
+        self, request: local_pb2.RewrapKeysRequest, context: grpc.ServicerContext
+    ) -> Iterator[local_pb2.RewrapEvent]:
+        admin = self._admin(context)
+        events: queue.Queue[local_pb2.RewrapEvent | BaseException | None] = queue.Queue(64)
+
+        def progress(done: int, total: int, transfer_id: str) -> None:
+            with contextlib.suppress(queue.Full):  # advisory: never stall the rewrap
+                events.put_nowait(
+                    local_pb2.RewrapEvent(
+                        progress=local_pb2.RewrapProgress(
+                            done=done, total=total, transfer_id=transfer_id
+                        )
+                    )
+                )
+
+        def work() -> None:
+            try:
+                outcome = admin.rewrap(progress)
+                events.put(
+                    local_pb2.RewrapEvent(
+                        done=local_pb2.RewrapDone(
+                            to_version=outcome.to_version,
+                            rewrapped=outcome.rewrapped,
+                            already=outcome.already,
+                            busy=list(outcome.busy),
+                            failed=list(outcome.failed),
+                            remaining=outcome.remaining,
+                        )
+                    )
+                )
+            except BaseException as exc:
+                events.put(exc)
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name="xbgw-rewrap", daemon=True)
+        worker.start()
+        while (item := events.get()) is not None:
+            if isinstance(item, XbgwError):
+                _abort(context, item, "RewrapKeys")
+            elif isinstance(item, BaseException):
+                log.error("rewrap failed", exc_info=item)
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(item).__name__}")
+            else:
+                yield item
+        worker.join()
+
+
+def _purpose(name: str) -> Purpose:
+    try:
+        return Purpose(name)
+    except ValueError:
+        raise UsageError(
+            f"no key purpose {name!r}; one of {', '.join(p.value for p in Purpose)}"
+        ) from None
+
+
+def _key_info(report: KeyReport) -> local_pb2.KeyVersionInfo:
+    key = report.key
+    return local_pb2.KeyVersionInfo(
+        purpose=key.purpose.value,
+        version=key.version,
+        state=key.state.value,
+        created_at=key.created_at,
+        activated_at=key.activated_at or 0,
+        deactivated_at=key.deactivated_at or 0,
+        retired_at=key.retired_at or 0,
+        destroyed_at=key.destroyed_at or 0,
+        retire_blockers=list(report.blockers),
+    )
 
 
 def _plaintext(src: BinaryIO, me: str, keys: KeyHolder) -> Iterator[bytes]:

@@ -170,8 +170,10 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
     def GetKeySet(  # noqa: N802
         self, request: partner_pb2.GetKeySetRequest, context: grpc.ServicerContext
     ) -> partner_pb2.GetKeySetResponse:
-        return self._run(
-            context,
-            "GetKeySet",
-            lambda _peer: partner_pb2.GetKeySetResponse(key_set=to_blob(self._receiver.key_set())),
-        )
+        def act(_peer: PartnerConfig) -> partner_pb2.GetKeySetResponse:
+            served = self._receiver.key_set()
+            return partner_pb2.GetKeySetResponse(
+                key_set=to_blob(served), endorsements=[to_blob(e) for e in served.endorsements]
+            )
+
+        return self._run(context, "GetKeySet", act)

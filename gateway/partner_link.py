@@ -19,6 +19,7 @@ import grpc
 
 from gateway._proto.xbgw.v1 import partner_pb2, partner_pb2_grpc
 from gateway.config import GatewayConfig, PartnerConfig
+from gateway.documents import EndorsedKeySet
 from gateway.errors import PartnerError
 from gateway.signed import Signed
 from gateway.tls import channel_credentials
@@ -84,14 +85,20 @@ class GrpcPartnerLink:
                 self._channels[partner.id] = channel
             return partner_pb2_grpc.PartnerGatewayStub(channel)
 
-    def key_set(self, partner: PartnerConfig) -> Signed:
+    def key_set(self, partner: PartnerConfig) -> EndorsedKeySet:
         try:
             response = self._stub(partner).GetKeySet(
                 partner_pb2.GetKeySetRequest(), timeout=RPC_TIMEOUT_SECONDS
             )
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "key_set") from None
-        return from_blob(response.key_set)
+        signed = from_blob(response.key_set)
+        return EndorsedKeySet(
+            signed.body,
+            signed.signature,
+            signed.kid,
+            tuple(from_blob(blob) for blob in response.endorsements),
+        )
 
     def offer(self, partner: PartnerConfig, passport: str, header: bytes) -> OfferResult:
         try:

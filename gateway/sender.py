@@ -22,15 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from gateway import envelope
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.documents import KeySet, Manifest, open_key_set, open_receipt, sign_manifest
+from gateway.documents import KeySet, Manifest, read_own_receipt, sign_manifest
 from gateway.errors import (
     ByteLimitError,
     ManifestError,
+    PartnerError,
     PassportReplayError,
     PeerNotAuthorizedError,
     PolicyDeniedError,
@@ -40,15 +41,14 @@ from gateway.errors import (
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Ledger, Outbound
+from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
 from gateway.policy import BaselinePolicy, Direction, Policy, facts
 from gateway.signed import Signed
-from gateway.transfer import GatewayKeys, PartnerLink, TransferState
+from gateway.transfer import GatewayKeys, PartnerLink, TransferState, stale_transport_key
 
 log = logging.getLogger("xbgw.sender")
-
-KEY_SET_TTL_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,13 @@ class Sender:
         link: PartnerLink,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
+        partner_keys: PartnerKeys | None = None,
     ) -> None:
+        """``partner_keys``: the gateway's one view of its partners' keys, shared with its
+        receiver; by default one that fetches key sets through ``link``."""
+        # Late-bound: the link's method is looked up at each fetch (a test may replace it).
+        fetch = lambda partner: link.key_set(partner)  # noqa: E731, PLW0108
+        self._partner_keys = partner_keys or PartnerKeys(config, ledger, fetch, clock)
         self._keys = keys
         self._ring = ring
         self._ledger = ledger
@@ -91,14 +97,14 @@ class Sender:
         self._clock = clock
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
-        self._key_sets: dict[str, tuple[float, KeySet]] = {}
-        self.reconfigure(config)
+        self._config = config
 
     def reconfigure(self, config: GatewayConfig) -> None:
-        """Adopt a new configuration; a partner's pinned key may have changed: re-fetch."""
+        """Adopt a new configuration (a partner whose pinned key changed is re-pinned by
+        ``partner_keys`` at its next use)."""
         with self._active_lock:
             self._config = config
-            self._key_sets = {}
+        self._partner_keys.reconfigure(config)
 
     @property
     def me(self) -> str:
@@ -152,6 +158,11 @@ class Sender:
             raise PolicyDeniedError("; ".join(decision.reasons))
         return passport
 
+    def hold(self, transfer_id: str) -> AbstractContextManager[None]:
+        """Keep a send of ``transfer_id`` from starting while its stored header is rewritten
+        (``gateway.rewrap``); refused at once if one is at work."""
+        return self._sending(transfer_id)
+
     @contextmanager
     def _sending(self, transfer_id: str) -> Iterator[None]:
         """One send per transfer at a time: a second would race the first's nonces and rows."""
@@ -197,8 +208,14 @@ class Sender:
             data_key = envelope.open_header(
                 envelope.Header.decode(row.stored_header), self.me, self._keys
             )
+        try:
+            offer = self._link.offer(partner, passport.token, row.sent_header)
+        except PartnerError as exc:
+            if not self._reseal_allowed(exc, partner, transfer_id):
+                raise
+            row, data_key = self._prepare(partner, transfer_id, passport.digest)
+            offer = self._link.offer(partner, passport.token, row.sent_header)
         sent_header = envelope.Header.decode(row.sent_header)
-        offer = self._link.offer(partner, passport.token, row.sent_header)
         total = total_size or 0
         on_progress(Progress("accepted", transfer_id, offer.received_bytes, total))
         log.info(
@@ -278,22 +295,37 @@ class Sender:
         return row, data_key
 
     def _key_set(self, partner: PartnerConfig) -> KeySet:
-        """The partner's transport keys, verified under its pinned signing key (cached)."""
-        with self._active_lock:
-            cached = self._key_sets.get(partner.id)
-        if cached is not None and time.monotonic() - cached[0] < KEY_SET_TTL_SECONDS:
-            return cached[1]
-        key_set = open_key_set(self._link.key_set(partner), partner.signing_public_key, partner.id)
-        with self._active_lock:
-            self._key_sets[partner.id] = (time.monotonic(), key_set)
-        return key_set
+        """The partner's key set, followed from its pinned signing key (cached for
+        ``keys.key_set_refresh`` seconds)."""
+        return self._partner_keys.key_set(partner)
+
+    def _reseal_allowed(
+        self, error: PartnerError, partner: PartnerConfig, transfer_id: str
+    ) -> bool:
+        """The partner refused the offer as sealed to a transport key it no longer accepts
+        (it rotated, and our cached key set is stale): seal again to its fresh key set -- once,
+        and only if no segment of the send ever left (the refused offer created nothing
+        there, so the passport is not spent)."""
+        if not stale_transport_key(error):
+            return False
+        if not self._ledger.discard_unsent_outbound(transfer_id):
+            return False
+        self._partner_keys.forget(partner.id)
+        log.info(
+            "offer refused as sealed to a stale transport key; sealing again to a fresh key set",
+            extra={"transfer_id": transfer_id, "partner": partner.id, "outcome": "reseal"},
+        )
+        return True
 
     def _finish(self, partner: PartnerConfig, manifest: Manifest) -> ReceiptSummary:
         signed = sign_manifest(
             self._keys, KeyRef(self.me, Purpose.SIGNING, self._ring.signing), manifest
         )
         receipt_blob = self._link.finish(partner, manifest.transfer_id, signed)
-        receipt, kid = open_receipt(receipt_blob, partner.signing_public_key, partner.id)
+        # Under the partner's key history; a version not learnt yet, or a signature that does
+        # not verify, fetches its key set once before the receipt is refused.
+        kid = self._partner_keys.verify(partner, receipt_blob, "receipt", refetch_on_failure=True)
+        receipt = read_own_receipt(receipt_blob, partner.id)
         if not receipt.confirms(manifest, signed.digest):
             raise ManifestError(f"receipt from {partner.id} does not match what was sent")
         self._ledger.deliver_outbound(

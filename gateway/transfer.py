@@ -17,7 +17,7 @@ from typing import Protocol
 
 from gateway.config import PartnerConfig
 from gateway.envelope import KeyHolder
-from gateway.errors import PartnerError
+from gateway.errors import FETCH_A_FRESH_KEY_SET, PartnerError
 from gateway.keys import HasVersions
 from gateway.signed import DigestSigner, Signed
 
@@ -87,7 +87,11 @@ class PartnerLink(Protocol):
     type whatever carries the calls.
     """
 
-    def key_set(self, partner: PartnerConfig) -> Signed: ...
+    def key_set(self, partner: PartnerConfig) -> Signed:
+        """The partner's key set as served: a ``documents.EndorsedKeySet`` (a ``Signed`` with
+        the endorsements of its verify-only signing keys), or a plain ``Signed`` from a link or
+        partner that carries none."""
+        ...
 
     def offer(self, partner: PartnerConfig, passport: str, header: bytes) -> OfferResult: ...
 
@@ -112,6 +116,21 @@ def refused_by(partner: str, call: str, status: str, details: str) -> PartnerErr
     """The one wording of "the partner said no" for every link (status: a gRPC code name)."""
     return PartnerError(
         f"partner {partner} refused {CALL_NAMES[call]} ({status}): {details}", status
+    )
+
+
+def stale_transport_key(error: PartnerError) -> bool:
+    """True if ``error`` is a partner's refusal of an offer sealed to a transport key it does
+    not accept (``TransportKeyNotAcceptedError`` on its side): fetch its key set again.
+
+    The wire carries a status and a message only; both must match -- the status, that it is
+    the offer that was refused, and the words the refusal ends with -- so that no other
+    refusal (a passport, a policy, a conflict) is taken for a stale key."""
+    text = str(error)
+    return (
+        error.grpc_status == "FAILED_PRECONDITION"
+        and f" refused {CALL_NAMES['offer']} (FAILED_PRECONDITION): " in text
+        and text.rstrip().endswith(FETCH_A_FRESH_KEY_SET)
     )
 
 

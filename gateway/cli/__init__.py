@@ -33,7 +33,9 @@ from gateway.cli.common import (
 )
 from gateway.cli.keys import cmd_keys_init, cmd_keys_list, cmd_keys_public
 from gateway.cli.passport import cmd_passport_inspect, cmd_passport_issue, cmd_passport_verify
+from gateway.cli.tls import cmd_tls_import, cmd_tls_rotate, cmd_tls_show
 from gateway.errors import ConfigError, HsmPinError, UsageError, XbgwError
+from gateway.keys import Purpose
 
 __all__ = [
     "EXIT_CONFIG",
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     public.add_argument("--version", type=positive_int, help="key version (default: newest)")
     public.add_argument("-o", "--output", help="write the PEM to this file")
     public.set_defaults(func=cmd_keys_public)
+    _add_lifecycle_verbs(keys)
 
     passport = verbs.add_parser("passport", help="data passports").add_subparsers(
         dest="passport_verb", required=True, metavar="ACTION"
@@ -108,8 +111,44 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--audience", help="this gateway's id")
     verify.set_defaults(func=cmd_passport_verify)
 
+    _add_tls_verbs(verbs)
     _add_daemon_verbs(verbs)
     return parser
+
+
+def _add_tls_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The TLS private key, wrapped by the HSM so it is never plaintext at rest."""
+    tls = verbs.add_parser("tls", help="the TLS key and certificate").add_subparsers(
+        dest="tls_verb", required=True, metavar="ACTION"
+    )
+
+    def key_input(parser: argparse.ArgumentParser, what: str) -> None:
+        parser.add_argument("--key", required=True, metavar="PEM", help=what)
+        secret = parser.add_mutually_exclusive_group()
+        secret.add_argument("--passphrase-file", help="file holding the PEM's passphrase")
+        secret.add_argument("--passphrase-env", help="variable holding the PEM's passphrase")
+
+    wrap = tls.add_parser(
+        "import", help="wrap a PEM private key to the active storage key (writes *.xbgw-key)"
+    )
+    add_hsm_arguments(wrap)
+    key_input(wrap, "the plaintext PEM private key to wrap")
+    wrap.add_argument("-o", "--output", help="wrapped key file (default: KEY with .xbgw-key)")
+    wrap.add_argument("--gateway", metavar="ID", help="the gateway's id (without -c)")
+    wrap.add_argument("--force", action="store_true", help="replace an existing output file")
+    wrap.set_defaults(func=cmd_tls_import)
+
+    rotate = tls.add_parser(
+        "rotate", help="install a renewed key and certificate where the config points"
+    )
+    add_hsm_arguments(rotate)
+    key_input(rotate, "the new plaintext PEM private key")
+    rotate.add_argument("--cert", required=True, metavar="PEM", help="its new certificate")
+    rotate.set_defaults(func=cmd_tls_rotate, gateway=None)
+
+    show = tls.add_parser("show", help="certificate names and dates; is the key wrapped, to what")
+    show.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    show.set_defaults(func=cmd_tls_show)
 
 
 def _daemon_verb(name: str) -> Callable[[argparse.Namespace], int]:
@@ -122,6 +161,63 @@ def _daemon_verb(name: str) -> Callable[[argparse.Namespace], int]:
         return command(args)
 
     return run
+
+
+def _lifecycle_verb(name: str) -> Callable[[argparse.Namespace], int]:
+    """A verb from :mod:`gateway.cli.lifecycle`, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gateway.cli import lifecycle
+
+        command: Callable[[argparse.Namespace], int] = getattr(lifecycle, name)
+        return command(args)
+
+    return run
+
+
+def _purpose(text: str) -> str:
+    if text not in {p.value for p in Purpose}:
+        raise argparse.ArgumentTypeError(
+            f"invalid purpose {text!r} (choose from {', '.join(p.value for p in Purpose)})"
+        )
+    return text
+
+
+def _add_lifecycle_verbs(keys: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The key lifecycle: against the running daemon, or offline with -c when it is stopped."""
+    purposes = [p.value for p in Purpose]
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = keys.add_parser(name, help=help_text)
+        parser.add_argument(
+            "-c", "--config", help="gateway YAML: its socket, or offline when the daemon is stopped"
+        )
+        parser.add_argument(
+            "--socket", help=f"local socket (default $XBGW_SOCKET or {DEFAULT_SOCKET})"
+        )
+        parser.set_defaults(func=_lifecycle_verb(f"cmd_keys_{name}"))
+        return parser
+
+    verb(
+        "status", "every key version, its state and dates, and what blocks retiring it"
+    ).add_argument("--json", action="store_true", help="machine-readable output")
+    rotate = verb(
+        "rotate", "make a new version active (no purpose: those due by keys.rotate_every)"
+    )
+    rotate.add_argument(
+        "purposes", nargs="*", type=_purpose, metavar="PURPOSE", help=", ".join(purposes)
+    )
+    rotate.add_argument("--all", action="store_true", help="rotate every purpose")
+    for name, help_text in (
+        ("retire", "take a replaced version out of service (refused while it is needed)"),
+        ("destroy", "delete a retired version from the HSM (cannot be undone)"),
+    ):
+        parser = verb(name, help_text)
+        parser.add_argument("purpose", choices=purposes)
+        parser.add_argument("version", type=positive_int)
+        if name == "destroy":
+            parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    verb("rewrap", "re-wrap every stored data key to the active storage version")
 
 
 def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -18,61 +18,15 @@ from typing import IO, BinaryIO
 
 import grpc
 
-from gateway import DEFAULT_SOCKET
-from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
+from gateway._proto.xbgw.v1 import local_pb2
 from gateway.cli.common import read_token
-from gateway.errors import DaemonUnavailableError, PartnerError, UsageError, XbgwError
+from gateway.cli.local_socket import rpc_error as _rpc_error
+from gateway.cli.local_socket import socket_path as _socket_path
+from gateway.cli.local_socket import stub as _stub
+from gateway.errors import PartnerError, UsageError
 from gateway.wire import state_from_wire
 
 READ_CHUNK = 1 << 20
-MAX_MESSAGE = 16 << 20
-
-
-def _socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    if args.config:
-        from gateway.config import load_config
-
-        return str(load_config(args.config).listen.local_socket)
-    return os.environ.get("XBGW_SOCKET", DEFAULT_SOCKET)
-
-
-def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, local_pb2_grpc.LocalGatewayStub]:
-    path = _socket_path(args)
-    try:
-        os.stat(path)
-    except PermissionError:
-        raise DaemonUnavailableError(
-            f"permission denied on {path}: add yourself to group xbgw (and log in again)"
-        ) from None
-    except OSError:
-        raise DaemonUnavailableError(
-            f"no gateway socket at {path}: is the daemon running? (systemctl status xbgw)"
-        ) from None
-    channel = grpc.insecure_channel(
-        f"unix:{path}",
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-        ],
-    )
-    return channel, local_pb2_grpc.LocalGatewayStub(channel)
-
-
-def _rpc_error(exc: grpc.RpcError, socket: str) -> XbgwError:
-    code = exc.code()
-    # Only gRPC's own failure to reach the socket means the daemon is down. The daemon's
-    # UNAVAILABLE ("partner X is unreachable ...: failed to connect to all addresses") must
-    # reach the operator as it is, not as "is it running?": gRPC's message *starts* so.
-    details = (exc.details() or "").lower()
-    if code is grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
-        if "permission denied" in details:
-            return DaemonUnavailableError(
-                f"permission denied on {socket}: add yourself to group xbgw (and log in again)"
-            )
-        return DaemonUnavailableError(f"the gateway at {socket} does not answer: is it running?")
-    return PartnerError(f"{exc.details()} [{code.name}]", code.name)
 
 
 class ProgressBar:

@@ -32,6 +32,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     with open_hsm(args) as hsm:
         infos = hsm.list_keys()
+    states = _key_states(args)
     unsafe = [info for info in infos if not info.safe]
     if args.json:
         print(
@@ -40,7 +41,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                     {
                         "purpose": i.purpose.value,
                         "version": i.version,
-                        "state": "current" if i.version == _latest(infos, i.purpose) else "older",
+                        "state": states.get((i.purpose, i.version)),
                         "sensitive": i.sensitive,
                         "always_sensitive": i.always_sensitive,
                         "extractable": i.extractable,
@@ -53,27 +54,41 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             )
         )
     else:
-        _print_key_table(infos)
+        _print_key_table(infos, states)
     if unsafe:
         print(f"WARNING: {len(unsafe)} key(s) could have left the HSM in clear", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 
 
-def _print_key_table(infos: Sequence[KeyInfo]) -> None:
-    print(f"{'PURPOSE':<10} {'VER':>4} {'STATE':<8} {'SENSITIVE':<10} {'EXTRACTABLE':<12} USAGE")
+def _key_states(args: argparse.Namespace) -> dict[tuple[Purpose, int], str]:
+    """The lifecycle state of each version, from the ledger the daemon uses (with -c); the
+    token alone does not know which version is in use."""
+    if not args.config:
+        return {}
+    from gateway.config import load_config
+    from gateway.ledger import Ledger
+
+    path = load_config(args.config).state_dir / "ledger.sqlite3"
+    if not path.exists():
+        return {}
+    ledger = Ledger(path)
+    try:
+        return {(k.purpose, k.version): k.state.value for k in ledger.key_versions()}
+    finally:
+        ledger.close()
+
+
+def _print_key_table(infos: Sequence[KeyInfo], states: dict[tuple[Purpose, int], str]) -> None:
+    print(f"{'PURPOSE':<10} {'VER':>4} {'STATE':<13} {'SENSITIVE':<10} {'EXTRACTABLE':<12} USAGE")
     for info in infos:
-        state = "current" if info.version == _latest(infos, info.purpose) else "older"
+        state = states.get((info.purpose, info.version), "-")
         sensitive = "always" if info.always_sensitive else ("yes" if info.sensitive else "NO")
         extractable = "never" if info.never_extractable else ("YES" if info.extractable else "no")
         print(
-            f"{info.purpose.value:<10} {info.version:>4} {state:<8} {sensitive:<10} "
+            f"{info.purpose.value:<10} {info.version:>4} {state:<13} {sensitive:<10} "
             f"{extractable:<12} {','.join(info.capabilities)}"
         )
-
-
-def _latest(infos: Sequence[KeyInfo], purpose: Purpose) -> int:
-    return max(info.version for info in infos if info.purpose is purpose)
 
 
 def cmd_keys_public(args: argparse.Namespace) -> int:

@@ -18,13 +18,17 @@ refused for good and deletes its partial data; the passport stays spent.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.documents import KeySet, sign_key_set
+from gateway.documents import EndorsedKeySet, KeySet, serve_key_set
 from gateway.keyring import KeyRing
-from gateway.keys import Purpose
+from gateway.keys import KeyState, Purpose
 from gateway.ledger import Ledger
+from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier
 from gateway.policy import BaselinePolicy, Policy
 from gateway.receiver.context import Context
@@ -56,8 +60,13 @@ class Receiver:
         spool: Spool,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
+        partner_keys: PartnerKeys | None = None,
     ) -> None:
-        self._ctx = Context(config, keys, ring, ledger, spool, clock)
+        """``partner_keys``: the gateway's one view of its partners' keys, shared with its
+        sender (the daemon's can fetch key sets); without it, manifests verify under the
+        configured keys and what the ledger learnt only."""
+        partner_keys = partner_keys or PartnerKeys(config, ledger, None, clock)
+        self._ctx = Context(config, keys, ring, ledger, spool, clock, partner_keys)
         self._offers = Offers(self._ctx)
         self._policy: Policy = policy or BaselinePolicy()
         #: Called as ``on_commit(partner_id, plaintext_bytes)`` once per newly committed
@@ -68,6 +77,7 @@ class Receiver:
     def reconfigure(self, config: GatewayConfig) -> None:
         """Adopt a new configuration (partners, issuers, limits); transfers in flight go on."""
         self._ctx.config = config
+        self._ctx.partner_keys.reconfigure(config)
         self._verifier = PassportVerifier(
             config.trusted_issuer_keys(),
             audience=config.id,
@@ -89,6 +99,17 @@ class Receiver:
     def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
         return _finish(self._ctx, peer, transfer_id, manifest, self.on_commit)
 
+    @contextmanager
+    def hold(self, transfer_id: str) -> Iterator[None]:
+        """Keep uploads and finishes away from ``transfer_id`` while its stored header is
+        rewritten (``gateway.rewrap``); refused at once, as a second writer is, if one is at
+        work. What is cached of the transfer is dropped: its header changes."""
+        with self._ctx.busy(transfer_id, "rewrap"):
+            try:
+                yield
+            finally:
+                self._ctx.working.drop(transfer_id)
+
     def status(self, peer: PartnerConfig, transfer_id: str) -> TransferStatus:
         row = self._ctx.owned(peer, transfer_id, "status")
         return TransferStatus(
@@ -99,20 +120,30 @@ class Receiver:
             receipt=row.receipt,
         )
 
-    def key_set(self) -> Signed:
-        """Our transport public keys, signed by our signing key."""
+    def key_set(self) -> EndorsedKeySet:
+        """Our key set (see ``documents``): the transport and signing keys in service with
+        their states, signed by the active signing key and endorsed by each verify-only one,
+        so that a partner that trusts any of our signing keys in service follows the active
+        one. Each purpose is read from one snapshot of the ring: a rotation running meanwhile
+        cannot make it list an active version that is not among its keys."""
         ctx = self._ctx
-        keys = ctx.keys
-        return sign_key_set(
-            keys,
-            ctx.signing_key(),
+        transport, current = self._published(Purpose.TRANSPORT)
+        signing, active = self._published(Purpose.SIGNING)
+        return serve_key_set(
+            ctx.keys,
             KeySet(
                 gateway_id=ctx.me,
-                keys={
-                    version: keys.public_key(Purpose.TRANSPORT, version)
-                    for version in ctx.ring.in_service(Purpose.TRANSPORT)
-                },
-                current_version=ctx.ring.transport,
+                keys=transport,
+                current_version=current,
                 issued_at=int(ctx.clock()),
+                signing_keys=signing,
+                signing_version=active,
             ),
         )
+
+    def _published(self, purpose: Purpose) -> tuple[dict[int, ec.EllipticCurvePublicKey], int]:
+        """The public keys of ``purpose`` in service, and the active version."""
+        versions = [v for v in self._ctx.ring.versions(purpose) if v.state.in_service]
+        active = next(v.version for v in versions if v.state is KeyState.ACTIVE)
+        keys = self._ctx.keys
+        return {v.version: keys.public_key(purpose, v.version) for v in versions}, active

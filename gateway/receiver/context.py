@@ -23,6 +23,7 @@ from gateway.errors import PartialLostError, TransferConflictError, UnknownTrans
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
+from gateway.partner_keys import PartnerKeys
 from gateway.spool import Spool
 from gateway.transfer import GatewayKeys
 
@@ -108,6 +109,7 @@ class Context:
         ledger: Ledger,
         spool: Spool,
         clock: Callable[[], float],
+        partner_keys: PartnerKeys,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -115,6 +117,7 @@ class Context:
         self.ledger = ledger
         self.spool = spool
         self.clock = clock
+        self.partner_keys = partner_keys  # verifies the senders' manifests
         self.working = WorkingSet()
         self._active: set[str] = set()
         self._active_lock = threading.Lock()

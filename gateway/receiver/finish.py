@@ -1,10 +1,11 @@
 """The finish: check the sender's manifest against what arrived, commit, sign a receipt.
 
-The manifest is verified under the sender's pinned key before it is read, then compared
-field by field with what this gateway received (and with the passport's data set digest, kept
-at the offer). A disagreement refuses the transfer for good. Otherwise the spool file moves
-into the inbox atomically, the ledger commits, and the receipt -- signed in the HSM -- goes
-back. A repeated Finish with the same manifest gets the same receipt (the sender lost it).
+The manifest is verified under the sender's key history (``partner_keys``: the pinned key and
+the keys followed from it) before it is read, then compared field by field with what this
+gateway received (and with the passport's data set digest, kept at the offer). A
+disagreement refuses the transfer for good. Otherwise the spool file moves into the inbox
+atomically, the ledger commits, and the receipt -- signed in the HSM -- goes back. A repeated
+Finish with the same manifest gets the same receipt (the sender lost it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from gateway.config import PartnerConfig
-from gateway.documents import Manifest, Receipt, open_manifest, read_own_receipt, sign_receipt
+from gateway.documents import Manifest, Receipt, read_manifest, read_own_receipt, sign_receipt
 from gateway.errors import ManifestError, TransferConflictError
 from gateway.receiver.context import Context
 from gateway.receiver.upload import held_hash
@@ -31,9 +32,12 @@ def finish(
     on_commit: Callable[[str, int], None] | None,
 ) -> Signed:
     ctx.owned(peer, transfer_id, "finish")  # before the guard: no oracle for others' ids
+    # Under the sender's key history; a version not learnt yet fetches its key set -- a network
+    # call, so before the guard.
+    ctx.partner_keys.verify(peer, signed_manifest, "manifest")
+    manifest = read_manifest(signed_manifest)
     with ctx.busy(transfer_id, "finish"):
         row = ctx.owned(peer, transfer_id, "finish")
-        manifest = open_manifest(signed_manifest, peer.signing_public_key, peer.id)
         if row.state is TransferState.COMMITTED and row.receipt is not None:
             if read_own_receipt(row.receipt, ctx.me).manifest_digest != signed_manifest.digest:
                 raise ManifestError(f"transfer {transfer_id} was committed with another manifest")

@@ -16,6 +16,7 @@ import logging
 from gateway import envelope
 from gateway.config import PartnerConfig
 from gateway.errors import (
+    FETCH_A_FRESH_KEY_SET,
     KeyNotFoundError,
     NoUsableWrappedKeyError,
     OfferMismatchError,
@@ -23,6 +24,7 @@ from gateway.errors import (
     PeerNotAuthorizedError,
     PolicyDeniedError,
     TransferConflictError,
+    TransportKeyNotAcceptedError,
 )
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound
@@ -168,10 +170,10 @@ class Offers:
         ]
         if not usable:
             versions = ", ".join(str(w.key_ref) for w in ours)
-            raise NoUsableWrappedKeyError(
+            raise TransportKeyNotAcceptedError(
                 f"the data key is wrapped to {versions}, which this gateway does not accept "
                 f"(transport versions in service: {ring.in_service(Purpose.TRANSPORT)}, "
-                f"active: {ring.transport}); fetch a fresh key set"
+                f"active: {ring.transport}); {FETCH_A_FRESH_KEY_SET}"
             )
         try:
             # A partner's header may only use our transport keys, never our storage key.

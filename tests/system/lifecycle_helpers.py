@@ -237,12 +237,15 @@ def send_and_fetch(world: World, tmp: Path, size: int, name: str) -> tuple[str, 
 def server_certificate(
     port: int, ca: Path, client: Provisioned, server_name: str = "frankfurt"
 ) -> x509.Certificate:
-    """The certificate a brand-new mutual-TLS handshake to ``port`` is shown."""
+    """The certificate a brand-new mutual-TLS handshake to ``port`` is shown.
+
+    The client presents ``client``'s stand-in identity (same name, same CA): the gateway's own
+    key is wrapped by its HSM and in clear only in its daemon's memory.
+    """
+    certificate, key = client.stand_in()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cafile=str(ca))
-    context.load_cert_chain(
-        str(client.root / "tls" / "gateway.crt"), str(client.root / "tls" / "gateway.key")
-    )
+    context.load_cert_chain(str(certificate), str(key))
     context.set_alpn_protocols(["h2"])
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
@@ -253,16 +256,54 @@ def server_certificate(
     return x509.load_der_x509_certificate(der)
 
 
+_UNWRAP = """
+import sys
+from pathlib import Path
+from gateway.config import load_config
+from gateway.hsm import Hsm
+from gateway.tlskey import load_tls_private_key
+config = load_config(Path(sys.argv[1]))
+key = Path(sys.argv[2]) if len(sys.argv) > 2 else config.tls.private_key
+certificate = Path(sys.argv[3]) if len(sys.argv) > 3 else config.tls.certificate
+hsm = Hsm.open(str(config.hsm.module), config.hsm.token, config.hsm.pin.read())
+try:
+    sys.stdout.buffer.write(load_tls_private_key(key, certificate, config.id, hsm))
+finally:
+    hsm.close()
+"""
+
+
+def unwrapped_tls_key(
+    paths: Provisioned, key: Path | None = None, certificate: Path | None = None
+) -> bytes:
+    """The PEM the daemon of ``paths`` would hand to gRPC for ``key`` (default: its
+    ``tls.private_key``), unwrapped with its HSM in a child process (SoftHSM binds one token
+    directory per process). For tests that must know the key, e.g. to look for it in logs."""
+    extra = [str(key)] if key is not None else []
+    extra += [str(certificate)] if certificate is not None else []
+    done = subprocess.run(
+        [sys.executable, "-c", _UNWRAP, str(paths.config), *extra],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **CLI_ENV, "SOFTHSM2_CONF": str(paths.softhsm_conf)},
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
+
+
 def file_serial(path: Path) -> int:
     return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
 
 
 @contextmanager
 def partner_channel(world: World, client: Provisioned, port: int) -> Iterator[grpc.Channel]:
+    """A mutual-TLS channel to ``port`` as ``client`` (its stand-in identity)."""
+    certificate, key = client.stand_in()
     credentials = grpc.ssl_channel_credentials(
         root_certificates=world.ca_path().read_bytes(),
-        private_key=(client.root / "tls" / "gateway.key").read_bytes(),
-        certificate_chain=(client.root / "tls" / "gateway.crt").read_bytes(),
+        private_key=key.read_bytes(),
+        certificate_chain=certificate.read_bytes(),
     )
     channel = grpc.secure_channel(
         f"127.0.0.1:{port}",
@@ -372,10 +413,7 @@ def standalone_config(base: Provisioned, tmp: Path) -> dict[str, Any]:
         "local_socket": str(tmp / "run" / "local.sock"),
     }
     data["state_dir"] = str(tmp / "state")
-    data["tls"] = {
-        "certificate": str(base.root / "tls" / "gateway.crt"),
-        "private_key": str(base.root / "tls" / "gateway.key"),
-    }
+    data["tls"] = {"certificate": str(base.tls_certificate), "private_key": str(base.tls_key)}
     return data
 
 

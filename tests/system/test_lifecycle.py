@@ -35,7 +35,8 @@ import grpc
 import pytest
 import yaml
 
-from devtools.provision import DaemonProcess
+from devtools.provision import DaemonProcess, renew_tls
+from gateway import tlskey
 from tests.system.harness import wait_until
 from tests.system.lifecycle_helpers import (
     CLI_ENV,
@@ -62,6 +63,7 @@ from tests.system.lifecycle_helpers import (
     server_certificate,
     standalone_config,
     stop_quietly,
+    unwrapped_tls_key,
     wait_after,
     wait_count,
     write_standalone,
@@ -135,7 +137,7 @@ def test_notify_sequence_start_watchdog_reload_stop(drain_world: World) -> None:
         frankfurt.start()
         # Right after READY=1 both listeners must answer, with no retry.
         certificate = server_certificate(world.port("frankfurt"), world.ca_path(), world.lingang)
-        assert certificate.serial_number == file_serial(world.frankfurt.root / "tls/gateway.crt")
+        assert certificate.serial_number == file_serial(world.frankfurt.tls_certificate)
         with local_channel(world.frankfurt) as channel:
             assert health_status(channel) == "SERVING"
         messages = frankfurt.messages
@@ -314,13 +316,17 @@ def test_reload_swaps_the_server_certificate(served: Served, tmp_path: Path) -> 
     world, frankfurt = served.world, served.frankfurt
     assert world.ca is not None
     port = world.port("frankfurt")
-    tls = world.frankfurt.root / "tls"
+    certificate, key = world.frankfurt.tls_certificate, world.frankfurt.tls_key
     old = server_certificate(port, world.ca_path(), world.lingang).serial_number
-    assert old == file_serial(tls / "gateway.crt")
+    assert old == file_serial(certificate)
 
-    world.ca.issue("frankfurt", tls / "gateway.crt", tls / "gateway.key")
-    new = file_serial(tls / "gateway.crt")
+    # Renewed as an operator does (`xbgw tls rotate`): the new key is wrapped by the HSM and
+    # no plaintext key is left next to the certificate.
+    renew_tls(world.frankfurt, world.ca)
+    new = file_serial(certificate)
     assert new != old
+    assert tlskey.looks_wrapped(key.read_bytes())
+    assert sorted(p.name for p in certificate.parent.iterdir()) == [certificate.name, key.name]
     # New files alone change nothing: the running daemon serves what it loaded.
     assert server_certificate(port, world.ca_path(), world.lingang).serial_number == old
 
@@ -491,7 +497,8 @@ def test_logs_are_json_lines_without_secrets_or_payload(served: Served, tmp_path
         "issuer PIN": world.issuer.pin_file.read_text().strip(),
     }
     for paths in (world.lingang, world.frankfurt):
-        key_pem = (paths.root / "tls" / "gateway.key").read_text().splitlines()
+        # The key each daemon holds now (frankfurt's is the renewed one after the reload test).
+        key_pem = unwrapped_tls_key(paths).decode().splitlines()
         secrets[f"{paths.id} TLS key"] = next(line for line in key_pem if "-----" not in line)
     for number, prefix in enumerate(world.payload_prefixes):
         secrets[f"payload {number} hex"] = prefix.hex()

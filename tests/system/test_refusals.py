@@ -7,8 +7,9 @@ identity, gRPC's message limits, and one refusal per RPC (Offer, Upload, Finish)
 whole daemon, as a check that the in-process picture holds.
 
 One running pair (lingang -> frankfurt) serves the whole module. A hand-driven client
-(``tests.system.rogue``) talks to frankfurt's partner port with lingang's certificate -- or
-with another one, or none -- and sends exactly the wrong thing. Each test checks:
+(``tests.system.rogue``) talks to frankfurt's partner port as lingang -- with lingang's
+stand-in identity (same name, same CA: lingang's own key is wrapped by its HSM) -- or with
+another certificate, or none, and sends exactly the wrong thing. Each test checks:
 
 (a) the gRPC status code;
 (b) a reason a person can act on (key words of the status details);
@@ -162,7 +163,8 @@ def bench(pair: Pair) -> Bench:
     frankfurt = load_config(pair.frankfurt.paths.config)
     partner = lingang.partner(frankfurt.id)
     endpoint = (pair.frankfurt.paths.state_dir / "partner.addr").read_text().strip()
-    identity = TlsIdentity.load(lingang.tls.certificate, lingang.tls.private_key)
+    # lingang's stand-in identity (same name, same CA): its own key is wrapped by its HSM.
+    identity = TlsIdentity.load(*pair.lingang.paths.stand_in())
     with RogueClient(endpoint, partner.ca_pem, identity, server_name=partner.identity) as client:
         key_set = client.key_set(frankfurt.id, partner.signing_public_key)
     version, public = rogue.transport_key(key_set)
@@ -364,11 +366,10 @@ def test_certificate_from_an_unknown_ca(bench: Bench, tmp_path: Path) -> None:
 def test_certificate_of_no_partner(bench: Bench) -> None:
     """A certificate from a trusted CA that names no partner passes TLS and is then refused.
 
-    Frankfurt's own server certificate is one: issued by the shared demo CA, for "frankfurt",
-    which is not a partner of frankfurt.
+    Frankfurt's own identity is one: issued by the shared demo CA, for "frankfurt", which is
+    not a partner of frankfurt (its stand-in: the same name from the same CA).
     """
-    frankfurt = load_config(bench.pair.frankfurt.paths.config)
-    identity = TlsIdentity.load(frankfurt.tls.certificate, frankfurt.tls.private_key)
+    identity = TlsIdentity.load(*bench.pair.frankfurt.paths.stand_in())
     jti, token = bench.passport()
     transfer = bench.seal(token, jti)
     mark, got = _offer_refused(bench, token, transfer, identity)

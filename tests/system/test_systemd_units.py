@@ -226,7 +226,10 @@ def test_service_contract() -> None:
     assert not values(unit, "Service", "DynamicUser")
     assert one(unit, "Service", "CapabilityBoundingSet") == ""
     rotate = SYSTEMD / ROTATE
-    assert one(rotate, "Service", "ExecStart") == f"{COMMAND} keys rotate -c {CONFIG_PATH}"
+    assert values(rotate, "Service", "ExecStart") == [
+        f"{COMMAND} keys rotate -c {CONFIG_PATH}",
+        f"{COMMAND} keys rewrap -c {CONFIG_PATH}",
+    ]
     # A oneshot with RuntimeDirectory= would delete /run/xbgw (and the socket) when it ends.
     assert not values(rotate, "Service", "RuntimeDirectory")
     for key in ("User", "Group", "LoadCredential", "LoadCredentialEncrypted", "StateDirectory"):
@@ -427,7 +430,10 @@ def test_install_with_another_prefix(tmp_path: Path) -> None:
     assert "exec /usr/local/lib/xbgw/bin/python -m gateway.cli" in wrapper.read_text()
     units = dest / "etc/systemd/system"
     assert one(units / SERVICE, "Service", "ExecStart").startswith("/usr/local/bin/xbgw serve")
-    assert one(units / ROTATE, "Service", "ExecStart").startswith("/usr/local/bin/xbgw keys")
+    assert all(
+        line.startswith("/usr/local/bin/xbgw keys")
+        for line in values(units / ROTATE, "Service", "ExecStart")
+    )
     assert (dest / "etc/sysusers.d/xbgw.conf").is_file()
     assert (dest / "etc/tmpfiles.d/xbgw.conf").is_file()
     assert not (dest / "usr/lib").exists()

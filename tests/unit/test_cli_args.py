@@ -173,7 +173,9 @@ def _parser_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         ([], "required: COMMAND"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["keys"], "required: ACTION"),
-        (["keys", "rotate"], "invalid choice: 'rotate'"),
+        (["keys", "rotate", "colour"], "invalid purpose 'colour'"),
+        (["keys", "retire", "storage"], "required: version"),
+        (["keys", "destroy", "storage", "0"], "not a positive integer: '0'"),
         (["passport"], "required: ACTION"),
         (
             ["keys", "init", "--token", "t", "--pin-file", "p", "--pin-env", "PIN"],

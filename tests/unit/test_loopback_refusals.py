@@ -875,8 +875,12 @@ def test_second_writer_is_refused_while_a_stream_runs(rig: Rig) -> None:
             if segment.index == 2:  # frankfurt is inside this upload, holding the transfer
                 receiver = lb.frankfurt.receiver
                 intrude(lambda: receiver.upload(peer, [segment]))  # noqa: B023
-                unsigned = Signed(b"", b"", "lingang/signing/1")
-                intrude(lambda: receiver.finish(peer, "busy", unsigned))  # noqa: B023
+                # Signed for real: the signature is checked before the guard is taken.
+                early = lingang_signs(
+                    lb,
+                    Manifest("busy", "lingang", "frankfurt", bytes(32), bytes(32), bytes(32), 0, 1),
+                )
+                intrude(lambda: receiver.finish(peer, "busy", early))  # noqa: B023
             yield segment
 
     lb.link.tamper = meddle

@@ -142,3 +142,93 @@ class StatusResponse(_message.Message):
     partners: _containers.RepeatedScalarFieldContainer[str]
     transfers: _containers.RepeatedCompositeFieldContainer[TransferSummary]
     def __init__(self, gateway_id: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[int] = ..., partners: _Optional[_Iterable[str]] = ..., transfers: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ...) -> None: ...
+
+class KeyVersionInfo(_message.Message):
+    __slots__ = ("purpose", "version", "state", "created_at", "activated_at", "deactivated_at", "retired_at", "destroyed_at", "retire_blockers")
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_BLOCKERS_FIELD_NUMBER: _ClassVar[int]
+    purpose: str
+    version: int
+    state: str
+    created_at: int
+    activated_at: int
+    deactivated_at: int
+    retired_at: int
+    destroyed_at: int
+    retire_blockers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, purpose: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., activated_at: _Optional[int] = ..., deactivated_at: _Optional[int] = ..., retired_at: _Optional[int] = ..., destroyed_at: _Optional[int] = ..., retire_blockers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KeyStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KeyStatusResponse(_message.Message):
+    __slots__ = ("gateway_id", "keys", "changed", "due")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    DUE_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    keys: _containers.RepeatedCompositeFieldContainer[KeyVersionInfo]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    due: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gateway_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyVersionInfo, _Mapping]]] = ..., changed: _Optional[_Iterable[str]] = ..., due: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RotateKeysRequest(_message.Message):
+    __slots__ = ("purposes",)
+    PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    purposes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, purposes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KeyVersionRequest(_message.Message):
+    __slots__ = ("purpose", "version")
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    purpose: str
+    version: int
+    def __init__(self, purpose: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RewrapKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RewrapProgress(_message.Message):
+    __slots__ = ("done", "total", "transfer_id")
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    done: int
+    total: int
+    transfer_id: str
+    def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., transfer_id: _Optional[str] = ...) -> None: ...
+
+class RewrapDone(_message.Message):
+    __slots__ = ("to_version", "rewrapped", "already", "busy", "failed", "remaining")
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REWRAPPED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    to_version: int
+    rewrapped: int
+    already: int
+    busy: _containers.RepeatedScalarFieldContainer[str]
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    remaining: int
+    def __init__(self, to_version: _Optional[int] = ..., rewrapped: _Optional[int] = ..., already: _Optional[int] = ..., busy: _Optional[_Iterable[str]] = ..., failed: _Optional[_Iterable[str]] = ..., remaining: _Optional[int] = ...) -> None: ...
+
+class RewrapEvent(_message.Message):
+    __slots__ = ("progress", "done")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    progress: RewrapProgress
+    done: RewrapDone
+    def __init__(self, progress: _Optional[_Union[RewrapProgress, _Mapping]] = ..., done: _Optional[_Union[RewrapDone, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,31 @@ class LocalGatewayStub:
                 request_serializer=xbgw_dot_v1_dot_local__pb2.StatusRequest.SerializeToString,
                 response_deserializer=xbgw_dot_v1_dot_local__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.KeyStatus = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/KeyStatus',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.KeyStatusRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+                _registered_method=True)
+        self.RotateKeys = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/RotateKeys',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.RotateKeysRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+                _registered_method=True)
+        self.RetireKey = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/RetireKey',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.KeyVersionRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+                _registered_method=True)
+        self.DestroyKey = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/DestroyKey',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.KeyVersionRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+                _registered_method=True)
+        self.RewrapKeys = channel.unary_stream(
+                '/xbgw.v1.LocalGateway/RewrapKeys',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.RewrapKeysRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.RewrapEvent.FromString,
+                _registered_method=True)
 
 
 class LocalGatewayServicer:
@@ -87,6 +112,38 @@ class LocalGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeyStatus(self, request, context):
+        """Key lifecycle (xbgw keys status|rotate|retire|destroy|rewrap): the daemon acts in its
+        own HSM session and ledger; transfers keep flowing, nothing restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RewrapKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocalGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +166,31 @@ def add_LocalGatewayServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=xbgw_dot_v1_dot_local__pb2.StatusRequest.FromString,
                     response_serializer=xbgw_dot_v1_dot_local__pb2.StatusResponse.SerializeToString,
+            ),
+            'KeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyStatus,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.KeyStatusRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.SerializeToString,
+            ),
+            'RotateKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKeys,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.RotateKeysRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.SerializeToString,
+            ),
+            'RetireKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireKey,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.KeyVersionRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.SerializeToString,
+            ),
+            'DestroyKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyKey,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.KeyVersionRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.SerializeToString,
+            ),
+            'RewrapKeys': grpc.unary_stream_rpc_method_handler(
+                    servicer.RewrapKeys,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.RewrapKeysRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.RewrapEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +302,141 @@ class LocalGateway:
             '/xbgw.v1.LocalGateway/Status',
             xbgw_dot_v1_dot_local__pb2.StatusRequest.SerializeToString,
             xbgw_dot_v1_dot_local__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/KeyStatus',
+            xbgw_dot_v1_dot_local__pb2.KeyStatusRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/RotateKeys',
+            xbgw_dot_v1_dot_local__pb2.RotateKeysRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/RetireKey',
+            xbgw_dot_v1_dot_local__pb2.KeyVersionRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/DestroyKey',
+            xbgw_dot_v1_dot_local__pb2.KeyVersionRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.KeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewrapKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/RewrapKeys',
+            xbgw_dot_v1_dot_local__pb2.RewrapKeysRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.RewrapEvent.FromString,
             options,
             channel_credentials,
             insecure,

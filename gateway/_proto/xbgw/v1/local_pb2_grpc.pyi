@@ -39,6 +39,14 @@ class LocalGatewayStub:
     Fetch: _grpc.UnaryStreamMultiCallable[_local_pb2.FetchRequest, _local_pb2.FetchChunk]
     """The plaintext of a committed inbound transfer."""
     Status: _grpc.UnaryUnaryMultiCallable[_local_pb2.StatusRequest, _local_pb2.StatusResponse]
+    KeyStatus: _grpc.UnaryUnaryMultiCallable[_local_pb2.KeyStatusRequest, _local_pb2.KeyStatusResponse]
+    """Key lifecycle (xbgw keys status|rotate|retire|destroy|rewrap): the daemon acts in its
+    own HSM session and ledger; transfers keep flowing, nothing restarts.
+    """
+    RotateKeys: _grpc.UnaryUnaryMultiCallable[_local_pb2.RotateKeysRequest, _local_pb2.KeyStatusResponse]
+    RetireKey: _grpc.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]
+    DestroyKey: _grpc.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]
+    RewrapKeys: _grpc.UnaryStreamMultiCallable[_local_pb2.RewrapKeysRequest, _local_pb2.RewrapEvent]
 
 @_typing.type_check_only
 class LocalGatewayAsyncStub(LocalGatewayStub):
@@ -51,6 +59,14 @@ class LocalGatewayAsyncStub(LocalGatewayStub):
     Fetch: _aio.UnaryStreamMultiCallable[_local_pb2.FetchRequest, _local_pb2.FetchChunk]  # type: ignore[assignment]
     """The plaintext of a committed inbound transfer."""
     Status: _aio.UnaryUnaryMultiCallable[_local_pb2.StatusRequest, _local_pb2.StatusResponse]  # type: ignore[assignment]
+    KeyStatus: _aio.UnaryUnaryMultiCallable[_local_pb2.KeyStatusRequest, _local_pb2.KeyStatusResponse]  # type: ignore[assignment]
+    """Key lifecycle (xbgw keys status|rotate|retire|destroy|rewrap): the daemon acts in its
+    own HSM session and ledger; transfers keep flowing, nothing restarts.
+    """
+    RotateKeys: _aio.UnaryUnaryMultiCallable[_local_pb2.RotateKeysRequest, _local_pb2.KeyStatusResponse]  # type: ignore[assignment]
+    RetireKey: _aio.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]  # type: ignore[assignment]
+    DestroyKey: _aio.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]  # type: ignore[assignment]
+    RewrapKeys: _aio.UnaryStreamMultiCallable[_local_pb2.RewrapKeysRequest, _local_pb2.RewrapEvent]  # type: ignore[assignment]
 
 class LocalGatewayServicer(metaclass=_abc_1.ABCMeta):
     """The service local applications (and the xbgw CLI) call, on a Unix socket."""
@@ -84,5 +100,43 @@ class LocalGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _local_pb2.StatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_local_pb2.StatusResponse, _abc.Awaitable[_local_pb2.StatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def KeyStatus(
+        self,
+        request: _local_pb2.KeyStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.KeyStatusResponse, _abc.Awaitable[_local_pb2.KeyStatusResponse]]:
+        """Key lifecycle (xbgw keys status|rotate|retire|destroy|rewrap): the daemon acts in its
+        own HSM session and ledger; transfers keep flowing, nothing restarts.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateKeys(
+        self,
+        request: _local_pb2.RotateKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.KeyStatusResponse, _abc.Awaitable[_local_pb2.KeyStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RetireKey(
+        self,
+        request: _local_pb2.KeyVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.KeyStatusResponse, _abc.Awaitable[_local_pb2.KeyStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DestroyKey(
+        self,
+        request: _local_pb2.KeyVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.KeyStatusResponse, _abc.Awaitable[_local_pb2.KeyStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RewrapKeys(
+        self,
+        request: _local_pb2.RewrapKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_local_pb2.RewrapEvent], _abc.AsyncIterator[_local_pb2.RewrapEvent]]: ...
 
 def add_LocalGatewayServicer_to_server(servicer: LocalGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

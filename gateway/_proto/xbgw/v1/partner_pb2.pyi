@@ -128,27 +128,43 @@ class GetKeySetRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TransportKey(_message.Message):
-    __slots__ = ("version", "public_point")
+    __slots__ = ("version", "public_point", "state")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_POINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     version: int
     public_point: bytes
-    def __init__(self, version: _Optional[int] = ..., public_point: _Optional[bytes] = ...) -> None: ...
+    state: str
+    def __init__(self, version: _Optional[int] = ..., public_point: _Optional[bytes] = ..., state: _Optional[str] = ...) -> None: ...
+
+class SigningKey(_message.Message):
+    __slots__ = ("version", "public_point", "state")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_POINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    public_point: bytes
+    state: str
+    def __init__(self, version: _Optional[int] = ..., public_point: _Optional[bytes] = ..., state: _Optional[str] = ...) -> None: ...
 
 class KeySet(_message.Message):
-    __slots__ = ("gateway_id", "keys", "current_version", "issued_at")
+    __slots__ = ("gateway_id", "keys", "current_version", "issued_at", "signing_keys")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEYS_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     keys: _containers.RepeatedCompositeFieldContainer[TransportKey]
     current_version: int
     issued_at: int
-    def __init__(self, gateway_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[TransportKey, _Mapping]]] = ..., current_version: _Optional[int] = ..., issued_at: _Optional[int] = ...) -> None: ...
+    signing_keys: _containers.RepeatedCompositeFieldContainer[SigningKey]
+    def __init__(self, gateway_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[TransportKey, _Mapping]]] = ..., current_version: _Optional[int] = ..., issued_at: _Optional[int] = ..., signing_keys: _Optional[_Iterable[_Union[SigningKey, _Mapping]]] = ...) -> None: ...
 
 class GetKeySetResponse(_message.Message):
-    __slots__ = ("key_set",)
+    __slots__ = ("key_set", "endorsements")
     KEY_SET_FIELD_NUMBER: _ClassVar[int]
+    ENDORSEMENTS_FIELD_NUMBER: _ClassVar[int]
     key_set: _common_pb2.SignedBlob
-    def __init__(self, key_set: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ...) -> None: ...
+    endorsements: _containers.RepeatedCompositeFieldContainer[_common_pb2.SignedBlob]
+    def __init__(self, key_set: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ..., endorsements: _Optional[_Iterable[_Union[_common_pb2.SignedBlob, _Mapping]]] = ...) -> None: ...

@@ -95,7 +95,8 @@ class PartnerGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetKeySet(self, request, context):
-        """This gateway's transport public keys, signed by its signing key.
+        """This gateway's key set (transport and signing public keys in service, with their states),
+        signed by its active signing key and endorsed by each verify-only one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

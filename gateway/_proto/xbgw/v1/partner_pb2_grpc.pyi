@@ -42,7 +42,9 @@ class PartnerGatewayStub:
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_partner_pb2.GetTransferRequest, _partner_pb2.TransferStatus]
     """Where a transfer stands on the receiving side."""
     GetKeySet: _grpc.UnaryUnaryMultiCallable[_partner_pb2.GetKeySetRequest, _partner_pb2.GetKeySetResponse]
-    """This gateway's transport public keys, signed by its signing key."""
+    """This gateway's key set (transport and signing public keys in service, with their states),
+    signed by its active signing key and endorsed by each verify-only one.
+    """
 
 @_typing.type_check_only
 class PartnerGatewayAsyncStub(PartnerGatewayStub):
@@ -58,7 +60,9 @@ class PartnerGatewayAsyncStub(PartnerGatewayStub):
     GetTransfer: _aio.UnaryUnaryMultiCallable[_partner_pb2.GetTransferRequest, _partner_pb2.TransferStatus]  # type: ignore[assignment]
     """Where a transfer stands on the receiving side."""
     GetKeySet: _aio.UnaryUnaryMultiCallable[_partner_pb2.GetKeySetRequest, _partner_pb2.GetKeySetResponse]  # type: ignore[assignment]
-    """This gateway's transport public keys, signed by its signing key."""
+    """This gateway's key set (transport and signing public keys in service, with their states),
+    signed by its active signing key and endorsed by each verify-only one.
+    """
 
 class PartnerGatewayServicer(metaclass=_abc_1.ABCMeta):
     """The service partner gateways call, over mutual TLS only."""
@@ -101,6 +105,8 @@ class PartnerGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _partner_pb2.GetKeySetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_partner_pb2.GetKeySetResponse, _abc.Awaitable[_partner_pb2.GetKeySetResponse]]:
-        """This gateway's transport public keys, signed by its signing key."""
+        """This gateway's key set (transport and signing public keys in service, with their states),
+        signed by its active signing key and endorsed by each verify-only one.
+        """
 
 def add_PartnerGatewayServicer_to_server(servicer: PartnerGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
