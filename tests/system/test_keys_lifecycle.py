@@ -9,9 +9,7 @@ The scheduled form (the ExecStart lines of xbgw-keys-rotate.service) runs with a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from devtools.pair import Gateway, Pair, edit_config, provision_pair
+from devtools.pair import Pair, edit_config, provision_pair
 from tests.system.harness import wait_until
+from tests.system.keys_helpers import fetched, ok, send, status
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 
@@ -37,34 +36,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     )
     with made.running():
         yield made
-
-
-def ok(gateway: Gateway, *args: str) -> str:
-    done = gateway.cli(*args)
-    assert done.returncode == 0, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def status(gateway: Gateway, *where: str) -> dict[str, dict[str, Any]]:
-    data = json.loads(ok(gateway, "keys", "status", "--json", *where))
-    return {entry["key"]: entry for entry in data["keys"]}
-
-
-def send(pair: Pair, tmp_path: Path, size: int) -> tuple[str, str]:
-    """Send ``size`` random bytes lingang -> frankfurt; (transfer id, sha256)."""
-    data = os.urandom(size)
-    source = tmp_path / f"data-{size}-{os.urandom(4).hex()}.bin"
-    source.write_bytes(data)
-    token = pair.passport(byte_limit=size + 1)
-    out = ok(pair.lingang, "send", str(source), "--to", "frankfurt", "--passport", token, "-q")
-    transfer_id = next(line.split()[1] for line in out.splitlines() if line.startswith("delivered"))
-    return transfer_id, hashlib.sha256(data).hexdigest()
-
-
-def fetched(gateway: Gateway, tmp_path: Path, transfer_id: str) -> str:
-    target = tmp_path / f"fetched-{transfer_id}"
-    ok(gateway, "fetch", transfer_id, "-o", str(target))
-    return hashlib.sha256(target.read_bytes()).hexdigest()
 
 
 def test_status_shows_one_active_version_per_purpose(pair: Pair) -> None:
