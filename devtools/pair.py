@@ -236,11 +236,12 @@ def provision_pair(
     """Provision lingang and frankfurt under ``root`` on free loopback ports; start nothing.
 
     ``segment_size`` and ``extra_limits`` go to each config's ``limits``. ``own_ca``
-    re-issues both TLS certificates from a second CA whose key the pair keeps (``pair.ca``;
-    :func:`~devtools.provision.provision` keeps its CA key only in memory) and points both
-    configs' partner ``ca`` at it. ``metrics`` gives each gateway a Prometheus endpoint on a
-    free port. ``configure(gateway_id, data)`` edits each config last. ``env`` is added to
-    both daemons' environment.
+    re-issues both TLS certificates (keys wrapped again) and both stand-in identities from a
+    second CA whose key the pair keeps (``pair.ca``; :func:`~devtools.provision.provision`
+    keeps its CA key only in memory) and points both configs' partner ``ca`` at it.
+    ``metrics`` gives each gateway a Prometheus endpoint on a free port.
+    ``configure(gateway_id, data)`` edits each config last. ``env`` is added to both daemons'
+    environment.
     """
     specs = [GatewaySpec(*LINGANG, free_port()), GatewaySpec(*FRANKFURT, free_port())]
     made, issuer = provision(root, specs, segment_size=segment_size, extra_limits=extra_limits)

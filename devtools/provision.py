@@ -62,7 +62,7 @@ class Provisioned:
     tls_certificate: Path
     tls_key: Path  # what tls.private_key names: the wrapped key
     #: A certificate + plaintext key for the same name from the same CA, for test tools that
-    #: act as this gateway (None when provisioned without stand-ins, as for the demo).
+    #: act as this gateway (None when provisioned with ``stand_ins=False``).
     stand_in_certificate: Path | None = None
     stand_in_key: Path | None = None
 

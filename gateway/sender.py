@@ -35,6 +35,7 @@ from gateway.errors import (
     PassportReplayError,
     PeerNotAuthorizedError,
     PolicyDeniedError,
+    SignatureError,
     SourceSizeError,
     TransferConflictError,
 )
@@ -324,7 +325,18 @@ class Sender:
         receipt_blob = self._link.finish(partner, manifest.transfer_id, signed)
         # Under the partner's key history; a version not learnt yet, or a signature that does
         # not verify, fetches its key set once before the receipt is refused.
-        kid = self._partner_keys.verify(partner, receipt_blob, "receipt", refetch_on_failure=True)
+        try:
+            kid = self._partner_keys.verify(
+                partner, receipt_blob, "receipt", refetch_on_failure=True
+            )
+        except SignatureError as exc:
+            # The partner has most likely committed: the transfer stays resumable, and a
+            # resend once the key is trusted collects the same receipt (its offer answers
+            # "committed") rather than sending the data again.
+            raise SignatureError(
+                f"{exc}; {partner.id} may have committed transfer {manifest.transfer_id}: "
+                "once its key is trusted, send again to collect the receipt"
+            ) from None
         receipt = read_own_receipt(receipt_blob, partner.id)
         if not receipt.confirms(manifest, signed.digest):
             raise ManifestError(f"receipt from {partner.id} does not match what was sent")

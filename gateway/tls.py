@@ -10,29 +10,13 @@ from __future__ import annotations
 
 import functools
 import threading
-from pathlib import Path
 
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    load_pem_private_key,
-)
 
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import ConfigError, PeerNotAuthorizedError
-
-
-def load_private_key_pem(path: Path, passphrase: str | None) -> bytes:
-    """The TLS private key as unencrypted PEM in memory (grpcio cannot use an HSM key)."""
-    try:
-        key = load_pem_private_key(path.read_bytes(), passphrase.encode() if passphrase else None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: cannot load the TLS private key ({exc})") from None
-    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
 class ReloadableServerCredentials:

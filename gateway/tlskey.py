@@ -86,6 +86,7 @@ from cryptography.hazmat.primitives.serialization import (
 from gateway.errors import (
     ConfigError,
     KeyNotFoundError,
+    PinSourceError,
     StorageError,
     TlsKeyAuthenticationError,
     TlsKeyError,
@@ -463,7 +464,9 @@ class NewFile:
 def write_files_atomically(files: Sequence[NewFile]) -> None:
     """Write every file to a temporary name first (fsynced), then rename each into place and
     fsync the directories: a reader sees each file old or new, never half written, and a
-    failure before the renames leaves every file as it was."""
+    failure before the renames leaves every file as it was. Two files are not replaced as
+    one: a crash between the renames leaves the first new and the second old (for a key and
+    its certificate, a pair the daemon refuses on reload -- it keeps the running one)."""
     staged: list[tuple[Path, Path]] = []
     try:
         for new in files:
@@ -522,6 +525,15 @@ def _fsync_directory(directory: Path) -> None:
 
 
 # --- plaintext PEM and the certificate ------------------------------------------------------
+
+
+def read_passphrase(source: PinSource, where: str) -> str:
+    """A PEM passphrase from its file, variable or credential (``PinSource`` words its errors
+    for the HSM PIN: say which setting it was)."""
+    try:
+        return source.read()
+    except PinSourceError as exc:
+        raise TlsKeyError(f"{where}: {str(exc).removeprefix('HSM PIN: ')}") from None
 
 
 def plain_pem(data: bytes, passphrase: str | None, source: str) -> bytes:
@@ -592,7 +604,8 @@ def load_tls_private_key(
         pem = open_tls_key(data, keys, me, opens=opens, source=source)
     else:
         log.warning("%s (%s)", PLAINTEXT_WARNING, key_file)
-        pem = plain_pem(data, passphrase.read() if passphrase else None, source)
+        secret = read_passphrase(passphrase, "tls.private_key_passphrase") if passphrase else None
+        pem = plain_pem(data, secret, source)
     certificate = leaf_certificate(
         _read_certificate(certificate_file), f"tls.certificate {certificate_file}"
     )

@@ -109,7 +109,8 @@ def open_hsm(args: argparse.Namespace) -> Hsm:
 
         config = load_config(args.config)
         if config.hsm.softhsm_conf is not None:
-            os.environ.setdefault("SOFTHSM2_CONF", str(config.hsm.softhsm_conf))
+            # The config wins over an inherited value, as in the daemon.
+            os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
         module = module or str(config.hsm.module)
         token = token or config.hsm.token
         pin = pin or config.hsm.pin

@@ -186,7 +186,8 @@ def _offline(config_path: str) -> Iterator[_Offline]:
 
     config = load_config(config_path)
     if config.hsm.softhsm_conf is not None:
-        os.environ.setdefault("SOFTHSM2_CONF", str(config.hsm.softhsm_conf))
+        # The config wins over an inherited value, as in the daemon.
+        os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
     with StateLock(config.state_dir, "xbgw keys (offline)"):
         ledger = Ledger(config.state_dir / "ledger.sqlite3")
         try:

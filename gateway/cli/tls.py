@@ -43,6 +43,7 @@ from gateway.tlskey import (
     looks_wrapped,
     parse_wrapped_tls_key,
     plain_pem,
+    read_passphrase,
     read_tls_key_file,
     seal_tls_key,
     write_files_atomically,
@@ -66,9 +67,9 @@ def _config(args: argparse.Namespace) -> GatewayConfig | None:
 
 def _passphrase(args: argparse.Namespace) -> str | None:
     if args.passphrase_file:
-        return PinSource("file", args.passphrase_file).read()
+        return read_passphrase(PinSource("file", args.passphrase_file), "--passphrase-file")
     if args.passphrase_env:
-        return PinSource("env", args.passphrase_env).read()
+        return read_passphrase(PinSource("env", args.passphrase_env), "--passphrase-env")
     return None
 
 
@@ -85,24 +86,28 @@ def _input_key(args: argparse.Namespace) -> tuple[Path, bytes]:
         raise UsageError(str(exc)) from None
 
 
-def _active_storage(
-    args: argparse.Namespace, config: GatewayConfig | None, hsm: Hsm
-) -> tuple[KeyRef, str]:
-    """The storage version new wraps go to, and how it was found (printed for the operator)."""
+def _owner(args: argparse.Namespace, config: GatewayConfig | None) -> str:
+    """The gateway the key belongs to (checked before the HSM is opened)."""
     if config is None:
         if not args.gateway:
             raise UsageError("name the gateway the key belongs to: --gateway ID, or -c CONFIG")
         try:
-            owner = check_gateway_id(args.gateway)
+            return check_gateway_id(args.gateway)
         except ValueError as exc:
             raise UsageError(f"--gateway: {exc}") from None
+    if args.gateway and args.gateway != config.id:
+        raise UsageError(f"--gateway {args.gateway} is not the gateway of {config.path}")
+    return config.id
+
+
+def _active_storage(owner: str, config: GatewayConfig | None, hsm: Hsm) -> tuple[KeyRef, str]:
+    """The storage version new wraps go to, and how it was found (printed for the operator)."""
+    if config is None:
         versions = hsm.versions(Purpose.STORAGE)
         if not versions:
             raise KeyNotFoundError("the HSM token has no storage key (run 'xbgw keys init')")
-        ref = KeyRef(owner, Purpose.STORAGE, versions[-1])
-        return ref, "the highest storage version on the token"
-    if args.gateway and args.gateway != config.id:
-        raise UsageError(f"--gateway {args.gateway} is not the gateway of {config.path}")
+        highest = KeyRef(owner, Purpose.STORAGE, versions[-1])
+        return highest, "the highest storage version on the token"
     from gateway.ledger import Ledger
     from gateway.statelock import StateLock
 
@@ -189,8 +194,9 @@ def cmd_tls_import(args: argparse.Namespace) -> int:
                 f"{exc} ({config.tls.certificate}); to install a new key and certificate "
                 "together use 'xbgw tls rotate'"
             ) from None
+    owner = _owner(args, config)
     with open_hsm(args) as hsm:
-        ref, how = _active_storage(args, config, hsm)
+        ref, how = _active_storage(owner, config, hsm)
         sealed = seal_tls_key(pem, hsm, ref)
     write_files_atomically([NewFile(out, sealed, KEY_MODE, owner_of=key_path)])
     where = str(config.path) if config is not None else "the gateway's config"
@@ -229,7 +235,7 @@ def cmd_tls_rotate(args: argparse.Namespace) -> int:
         )
     names = _names(certificate)
     with open_hsm(args) as hsm:
-        ref, how = _active_storage(args, config, hsm)
+        ref, how = _active_storage(config.id, config, hsm)
         sealed = seal_tls_key(pem, hsm, ref)
     key_file, cert_file = config.tls.private_key, config.tls.certificate
     was_plaintext = _is_plaintext(key_file)
