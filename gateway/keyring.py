@@ -142,11 +142,14 @@ class KeyRing:
         (verify-only for signing). Resumes an interrupted rotation."""
         with self._lock:
             now = int(self._clock())
-            pending = [v for v in self.versions(purpose) if v.state is KeyState.PENDING]
+            # From the ledger, not this ring's view: a rotation that failed in this process
+            # after recording its pending version left it there only.
+            recorded = [v for v in self._ledger.key_versions() if v.purpose is purpose]
+            pending = [v for v in recorded if v.state is KeyState.PENDING]
             if pending:
                 version = pending[-1].version
             else:
-                known = [v.version for v in self.versions(purpose)]
+                known = [v.version for v in recorded]
                 on_token = self._admin.versions(purpose)
                 version = max([*known, *on_token, 0]) + 1
                 self._ledger.add_key_version(purpose, version, KeyState.PENDING, now)
@@ -239,7 +242,10 @@ class KeyRing:
         for purpose in Purpose:
             on_token = self._admin.versions(purpose)
             mine = {v.version for v in known if v.purpose is purpose}
-            if not mine:
+            if not any(v.purpose is purpose and v.state is KeyState.ACTIVE for v in known):
+                # Not adopted yet, or an adoption cut short: each version is its own row and
+                # the active one is written last, so without it the adoption is done (again;
+                # the rows already written are kept).
                 if not on_token:
                     raise KeyNotFoundError(
                         f"the HSM token has no {purpose.label} key (run 'xbgw keys init')"
@@ -250,7 +256,9 @@ class KeyRing:
                         f"hsm.keys pins {purpose.label} v{active}, which is not on the token "
                         f"(versions there: {on_token})"
                     )
-                for version in on_token:
+                for version in sorted(on_token, key=lambda v: v == active):  # active last
+                    if version in mine:
+                        continue
                     state = KeyState.ACTIVE if version == active else KeyState.replaced(purpose)
                     self._ledger.add_key_version(purpose, version, state, now)
                     self._logged("key adopted", purpose, version, state)

@@ -21,7 +21,7 @@ from gateway import envelope
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
 from gateway.config import GatewayConfig
 from gateway.envelope import KeyHolder
-from gateway.errors import UnknownTransferError, UsageError, XbgwError
+from gateway.errors import HeaderFormatError, UnknownTransferError, UsageError, XbgwError
 from gateway.keyadmin import KeyAdministration, KeyReport
 from gateway.keys import KeyRef, KeyVersion, Purpose
 from gateway.ledger import Ledger
@@ -211,7 +211,8 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     f"no committed transfer {request.transfer_id!r} in the inbox"
                 )
             with self._spool.open_committed(row.transfer_id) as src:
-                for plaintext in _plaintext(src, self._config().id, self._keys):
+                chunks = _plaintext(src, self._config().id, self._keys, row.stored_header)
+                for plaintext in chunks:
                     for offset in range(0, len(plaintext), FETCH_CHUNK):
                         yield local_pb2.FetchChunk(data=plaintext[offset : offset + FETCH_CHUNK])
         except XbgwError as error:
@@ -373,9 +374,19 @@ def _key_info(report: KeyReport) -> local_pb2.KeyVersionInfo:
     )
 
 
-def _plaintext(src: BinaryIO, me: str, keys: KeyHolder) -> Iterator[bytes]:
-    """Verify and decrypt a committed spool file segment by segment (at-rest tamper check)."""
-    header = envelope.read_header(src)
+def _plaintext(src: BinaryIO, me: str, keys: KeyHolder, stored_header: bytes) -> Iterator[bytes]:
+    """Verify and decrypt a committed spool file segment by segment (at-rest tamper check).
+
+    The data key is opened from the ledger's header, the one retire decisions are made on:
+    a rewrap cut short may have left the file's header wrapped to a newer version than the
+    ledger's (``gateway.rewrap``). The file's header must have the same core.
+    """
+    on_disk = envelope.read_header(src)
+    header = envelope.Header.decode(stored_header)
+    if on_disk.core() != header.core():
+        raise HeaderFormatError(
+            f"the inbox file of {header.context.transfer_id} does not start with its header"
+        )
     decryptor = envelope.StreamDecryptor(header, envelope.open_header(header, me, keys))
     yield from envelope.decrypt_segments(src, decryptor)
 
