@@ -492,6 +492,11 @@ def _public_keys(
             raise SignatureError(
                 f"the {what} gives {purpose} key v{version} the state {state!r}; expected {names}"
             )
+        if len(point) != 65 or point[0] != 0x04:  # one encoding only: uncompressed
+            raise SignatureError(
+                f"the {what} has a {purpose} key v{version} that is not a P-256 point in "
+                "uncompressed form (65 bytes, 0x04 first)"
+            )
         try:
             keys[version] = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
         except ValueError:

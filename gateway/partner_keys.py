@@ -295,6 +295,21 @@ class PartnerKeys:
                 f"{what} was issued at {_when(key_set.issued_at)}, before the one this "
                 f"gateway accepted already (issued at {_when(last)}): refused as a rollback"
             )
+        if last is not None and key_set.issued_at == last:
+            # Same second as the newest accepted: a replay from before a rotation made within
+            # that second must not take it back either.
+            for purpose, known, active in (
+                (Purpose.SIGNING, chain.signing, key_set.signing_version),
+                (Purpose.TRANSPORT, chain.transport, key_set.current_version),
+            ):
+                newest = max(
+                    (v for v, k in known.items() if k.state == KeyState.ACTIVE.value), default=0
+                )
+                if active and active < newest:
+                    raise SignatureError(
+                        f"{what} names {purpose.value} v{active} active, but this gateway "
+                        f"already follows v{newest}: refused as a rollback"
+                    )
         for known, listed in (
             (chain.signing, key_set.signing_keys),
             (chain.transport, key_set.keys),
