@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from gateway.hsm import Hsm
     from gateway.keys import KeyRef
-    from gateway.passport import PassportClaims, XbgwClaims, issue
+    from gateway.passport import issue
+    from gateway.passport_claims import PassportClaims, XbgwClaims
     from gateway.secrets import PinSource
 
     kid = KeyRef.parse(args.kid)

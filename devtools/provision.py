@@ -347,8 +347,22 @@ def issue_passport(
     jti: str | None = None,
     ttl: str = "1h",
     extra: list[str] | None = None,
+    claims_file: Path | None = None,
 ) -> str:
-    """A passport from ``issuer`` for one transfer, made through ``xbgw passport issue``."""
+    """A passport from ``issuer`` for one transfer, made through ``xbgw passport issue``.
+
+    ``extra`` flags come last, so they override the demo terms (a flag given twice: the last
+    wins). With ``claims_file`` (``--claims``), the demo classification, purpose and legal
+    basis are left out so the file's apply (flags override a claims file).
+    """
+    demo_terms = [
+        "--classification",
+        "general",
+        "--purpose",
+        "demo transfer",
+        "--legal-basis",
+        "CAC-SC-2026-0042",
+    ]
     args = [
         sys.executable,
         "-m",
@@ -366,12 +380,7 @@ def issue_passport(
         sender.jurisdiction,
         "--dst",
         receiver.jurisdiction,
-        "--classification",
-        "general",
-        "--purpose",
-        "demo transfer",
-        "--legal-basis",
-        "CAC-SC-2026-0042",
+        *(["--claims", str(claims_file)] if claims_file is not None else demo_terms),
         "--byte-limit",
         str(byte_limit),
         "--ttl",

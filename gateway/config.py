@@ -132,7 +132,7 @@ class Limits:
     passport_leeway_seconds: int = 60
     drain_grace_seconds: int = 20
     max_concurrent_transfers: int = 16
-    max_passport_bytes: int = 8192
+    max_passport_bytes: int = 32768  # a passport with every compliance fact fits
 
 
 DAY = 86_400

@@ -38,7 +38,7 @@ from gateway.transfer import TransferState
 #: so that finish need not parse the stored passport again). 3: key lifecycle -- the states of
 #: our key versions, what we learnt of partners' keys, and on each transfer the key versions
 #: it depends on (so a version in use is never retired).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbound (
@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS inbound (
     dataset_sha256 TEXT,
     transport_version INTEGER,
     storage_version INTEGER,
+    count_exporter TEXT,  -- what the transfer counts towards the yearly counters (None: none)
+    count_year INTEGER,
+    count_subjects INTEGER NOT NULL DEFAULT 0,
+    count_sensitive INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
     next_segment INTEGER NOT NULL DEFAULT 0,
     received_bytes INTEGER NOT NULL DEFAULT 0,
@@ -73,6 +77,10 @@ CREATE TABLE IF NOT EXISTS outbound (
     sent_header BLOB NOT NULL,
     stored_header BLOB NOT NULL,
     storage_version INTEGER,
+    count_exporter TEXT,  -- what the transfer counts towards the yearly counters (None: none)
+    count_year INTEGER,
+    count_subjects INTEGER NOT NULL DEFAULT 0,
+    count_sensitive INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
     plaintext_size INTEGER,
     plaintext_sha256 BLOB,
@@ -111,6 +119,14 @@ CREATE TABLE IF NOT EXISTS partner_key_sets (
     issued_at INTEGER NOT NULL,
     seen_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS compliance_counters (
+    direction TEXT NOT NULL CHECK (direction IN ('egress', 'ingress')),
+    exporter TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    subjects INTEGER NOT NULL DEFAULT 0,
+    sensitive INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (direction, exporter, year)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbound_storage_version ON inbound (storage_version);
 CREATE INDEX IF NOT EXISTS outbound_storage_version ON outbound (storage_version);
 CREATE TABLE IF NOT EXISTS outbound_segments (
@@ -120,6 +136,28 @@ CREATE TABLE IF NOT EXISTS outbound_segments (
     PRIMARY KEY (transfer_id, idx)
 ) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class Count:
+    """What one transfer adds to the yearly compliance counters of its exporter once it
+    commits: subjects of non-sensitive and of sensitive personal information."""
+
+    exporter: str
+    year: int
+    subjects: int
+    sensitive: int
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One row of ``xbgw policy counters``."""
+
+    direction: str  # egress (we sent) or ingress (we received)
+    exporter: str
+    year: int
+    subjects: int
+    sensitive: int
 
 
 @dataclass(frozen=True)
@@ -196,7 +234,7 @@ class Ledger:
             row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         if "inbound" in tables:  # an existing ledger: each step in its own transaction
-            for version, step in ((2, _to_2), (3, _to_3)):
+            for version, step in ((2, _to_2), (3, _to_3), (4, _to_4)):
                 if found < version:
                     self._db.execute("BEGIN IMMEDIATE")
                     step(self._db)
@@ -263,6 +301,7 @@ class Ledger:
         source_jurisdiction: str,
         dataset_sha256: str | None,
         transport_version: int | None = None,
+        count: Count | None = None,
     ) -> Inbound | None:
         """Record a new inbound transfer, spending the passport; None if the id is taken.
 
@@ -287,6 +326,7 @@ class Ledger:
                     dataset_sha256,
                     transport_version,
                     storage_version_of(stored_header),
+                    *_count_values(count),
                     int(time.time()),
                 )
             )
@@ -300,7 +340,8 @@ class Ledger:
                 "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
                 "offered_header_digest, stored_header, byte_limit, classification, "
                 "source_jurisdiction, dataset_sha256, transport_version, storage_version, "
-                "state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'receiving',?)",
+                "count_exporter, count_year, count_subjects, count_sensitive, "
+                "state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'receiving',?)",
                 values,
             )
 
@@ -321,8 +362,10 @@ class Ledger:
     def commit_inbound(
         self, transfer_id: str, plaintext_sha256: bytes, receipt: Receipt, committed_at: int
     ) -> None:
+        """Commit, and add what the transfer counts to the ingress counters -- in the same
+        transaction, so a count never exists without its commit or the reverse."""
         with self._tx() as db:
-            db.execute(
+            done = db.execute(
                 "UPDATE inbound SET state = 'committed', plaintext_sha256 = ?, committed_at = ?, "
                 "receipt_body = ?, receipt_signature = ?, receipt_kid = ? "
                 "WHERE transfer_id = ? AND state = 'receiving'",
@@ -335,6 +378,8 @@ class Ledger:
                     transfer_id,
                 ),
             )
+            if done.rowcount == 1:
+                _add_to_counters(db, "ingress", "inbound", transfer_id)
 
     def refuse_inbound(self, transfer_id: str, reason: str) -> None:
         """Mark a transfer refused for good; the passport stays spent."""
@@ -369,13 +414,17 @@ class Ledger:
         passport_digest: bytes,
         sent_header: bytes,
         stored_header: bytes,
+        count: Count | None = None,
     ) -> Outbound:
+        """``count``: what the send adds to the egress counters once delivered; until then it
+        counts as in flight (:meth:`compliance_counts`)."""
         try:
             with self._tx() as db:
                 db.execute(
                     "INSERT INTO outbound (transfer_id, partner, passport_digest, sent_header, "
-                    "stored_header, storage_version, state, created_at) "
-                    "VALUES (?,?,?,?,?,?,'sending',?)",
+                    "stored_header, storage_version, count_exporter, count_year, "
+                    "count_subjects, count_sensitive, state, created_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,'sending',?)",
                     (
                         transfer_id,
                         partner,
@@ -383,6 +432,7 @@ class Ledger:
                         sent_header,
                         stored_header,
                         storage_version_of(stored_header),
+                        *_count_values(count),
                         int(time.time()),
                     ),
                 )
@@ -420,11 +470,13 @@ class Ledger:
         receipt: Receipt,
     ) -> None:
         # Not fsynced: if lost, a resend finds the transfer committed and gets the receipt.
+        # The egress count goes with it, in the same transaction: lost together or kept together.
         with self._tx(durable=False) as db:
-            db.execute(
+            done = db.execute(
                 "UPDATE outbound SET state = 'delivered', plaintext_size = ?, "
                 "plaintext_sha256 = ?, delivered_at = ?, receipt_body = ?, "
-                "receipt_signature = ?, receipt_kid = ? WHERE transfer_id = ?",
+                "receipt_signature = ?, receipt_kid = ? "
+                "WHERE transfer_id = ? AND state = 'sending'",
                 (
                     plaintext_size,
                     plaintext_sha256,
@@ -435,7 +487,45 @@ class Ledger:
                     transfer_id,
                 ),
             )
+            if done.rowcount == 1:
+                _add_to_counters(db, "egress", "outbound", transfer_id)
             db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
+
+    # -- compliance counters ---------------------------------------------------------------
+
+    def compliance_counts(self, direction: str, exporter: str, year: int) -> tuple[int, int]:
+        """(subjects, sensitive) ``exporter`` has had moved in ``direction`` in ``year``:
+        committed transfers, plus those still in flight -- a threshold is judged as if every
+        open transfer commits, so that two sends decided at once cannot both slip under it."""
+        with self._lock, _storage():  # one snapshot: a commit moves counts, never loses them
+            counted = self._db.execute(
+                "SELECT subjects, sensitive FROM compliance_counters "
+                "WHERE direction = ? AND exporter = ? AND year = ?",
+                (direction, exporter, year),
+            ).fetchone()
+            in_flight = self._db.execute(_IN_FLIGHT[direction], (exporter, year)).fetchone()
+        total = [0, 0]
+        for row in (counted, in_flight):
+            if row is not None:
+                total[0] += int(row[0] or 0)
+                total[1] += int(row[1] or 0)
+        return total[0], total[1]
+
+    def compliance_counters(self) -> list[Counter]:
+        """Every committed count, by direction, exporter and year."""
+        rows = self._all(
+            "SELECT * FROM compliance_counters ORDER BY year DESC, direction, exporter"
+        )
+        return [
+            Counter(
+                r["direction"],
+                r["exporter"],
+                int(r["year"]),
+                int(r["subjects"]),
+                int(r["sensitive"]),
+            )
+            for r in rows
+        ]
 
     def discard_unsent_outbound(self, transfer_id: str) -> bool:
         """Delete a send that never released a segment (no tag recorded), so that it can be
@@ -691,6 +781,47 @@ def _to_3(db: sqlite3.Connection) -> None:
                 f"UPDATE {table} SET storage_version = ? WHERE transfer_id = ?",  # noqa: S608
                 (storage_version_of(bytes(row["stored_header"])), row["transfer_id"]),
             )
+
+
+_IN_FLIGHT = {
+    "egress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM outbound "
+    "WHERE state = 'sending' AND count_exporter = ? AND count_year = ?",
+    "ingress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM inbound "
+    "WHERE state = 'receiving' AND count_exporter = ? AND count_year = ?",
+}
+
+
+def _count_values(count: Count | None) -> tuple[str | None, int | None, int, int]:
+    if count is None:
+        return (None, None, 0, 0)
+    return (count.exporter, count.year, count.subjects, count.sensitive)
+
+
+def _add_to_counters(db: sqlite3.Connection, direction: str, table: str, transfer_id: str) -> None:
+    """Add what ``transfer_id`` counts to the counters (inside the caller's transaction)."""
+    query = (
+        "INSERT INTO compliance_counters (direction, exporter, year, subjects, sensitive) "
+        "SELECT ?, count_exporter, count_year, count_subjects, count_sensitive FROM %s "
+        "WHERE transfer_id = ? AND count_exporter IS NOT NULL "
+        "ON CONFLICT (direction, exporter, year) DO UPDATE SET "
+        "subjects = subjects + excluded.subjects, sensitive = sensitive + excluded.sensitive"
+    )
+    db.execute(query % table, (direction, transfer_id))
+
+
+def _to_4(db: sqlite3.Connection) -> None:
+    """Schema 4: what each transfer counts towards the yearly compliance counters (older
+    transfers count towards nothing: they were decided without counters)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for table in ("inbound", "outbound"):
+        if table in tables:
+            for column in (
+                "count_exporter TEXT",
+                "count_year INTEGER",
+                "count_subjects INTEGER NOT NULL DEFAULT 0",
+                "count_sensitive INTEGER NOT NULL DEFAULT 0",
+            ):
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def storage_version_of(stored_header: bytes) -> int | None:

@@ -19,6 +19,9 @@ P-256 over SHA-256) by an issuer's HSM signing key::
 
 Any standard JOSE library verifies our passports, and we verify theirs if they use our header.
 
+The terms of a transfer (the ``xbgw`` object, with the compliance facts) are defined and
+checked in :mod:`gateway.passport_claims`.
+
 Why verification looks like this (RFC 8725, the JWT best current practice)
 --------------------------------------------------------------------------
 * **The algorithm is pinned**, never taken from the token: ``none``, ``HS256`` keyed with the
@@ -52,7 +55,6 @@ import json
 import math
 import re
 import time
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -64,7 +66,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.errors import (
     PassportAudienceError,
-    PassportClaimsError,
     PassportExpiredError,
     PassportFormatError,
     PassportHeaderError,
@@ -73,290 +74,25 @@ from gateway.errors import (
     PassportUnknownIssuerError,
 )
 from gateway.keys import KeyRef, Purpose, check_gateway_id
+from gateway.passport_claims import (
+    DEFAULT_MAX_LIFETIME_SECONDS,
+    PassportClaims,
+    check_max_lifetime,
+    short_repr,
+)
 
 ALG: Final = "ES256"
 TYP: Final = "xbgw-passport+jwt"
 HEADER_MEMBERS: Final = frozenset({"alg", "typ", "kid"})
 SIGNATURE_LEN: Final = 64  # raw r || s, 32 bytes each (P-256)
 
-DEFAULT_MAX_TOKEN_BYTES: Final = 8192  # every valid passport fits (tested with worst-case claims)
+DEFAULT_MAX_TOKEN_BYTES: Final = 32768  # every valid passport fits (tested with worst-case claims)
 MIN_MAX_TOKEN_BYTES: Final = 1024
 MAX_MAX_TOKEN_BYTES: Final = 65536
 MAX_HEADER_CHARS: Final = 512  # base64url characters; our header is about 130
+_B64URL = re.compile(rb"[A-Za-z0-9_-]*")
 DEFAULT_LEEWAY_SECONDS: Final = 60
 MAX_LEEWAY_SECONDS: Final = 600  # skew beyond ten minutes is a broken clock (config allows 600)
-DEFAULT_MAX_LIFETIME_SECONDS: Final = 7 * 24 * 3600
-MAX_LIFETIME_CEILING_SECONDS: Final = 30 * 24 * 3600  # a passport authorises one transfer
-
-MAX_TIME: Final = 2**33  # seconds since the epoch (year 2242): rejects absurd or negative times
-MAX_BYTE_LIMIT: Final = 2**50
-MAX_SUBJECTS: Final = 2**53 - 1  # the largest integer every JSON implementation keeps exactly
-MAX_PURPOSE_CHARS: Final = 256
-MAX_LEGAL_BASIS_CHARS: Final = 128
-PI_CATEGORIES: Final = ("none", "personal", "sensitive")
-
-# Transfer ids become spool file names: no leading dot (no ".", ".."), no slash.
-_JTI = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
-_CLASSIFICATION = re.compile(r"[a-z][a-z0-9-]{0,31}")
-_B64URL = re.compile(rb"[A-Za-z0-9_-]*")
-# Control, format (bidi overrides, zero-width), surrogate and line/paragraph separators: text
-# claims are shown in the CLI and written to audit records, where these would mislead.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-_CLAIMS: Final = frozenset({"iss", "jti", "iat", "nbf", "exp", "aud", "xbgw"})
-_OPTIONAL_CLAIMS: Final = frozenset({"sub"})
-_XBGW_CLAIMS: Final = frozenset(
-    {
-        "sender",
-        "src",
-        "dst",
-        "classification",
-        "pi",
-        "subjects",
-        "purpose",
-        "legal_basis",
-        "byte_limit",
-    }
-)
-
-
-# --- claims ---------------------------------------------------------------------------------
-
-
-def _short(value: object, limit: int = 40) -> str:
-    """``repr`` cut to ``limit`` characters: messages name a bad value without echoing a blob."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _claim_error(name: str, problem: str) -> PassportClaimsError:
-    return PassportClaimsError(f"passport claim {name!r} {problem}")
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    # type() rather than isinstance(): bool is an int subclass, and true is not a number.
-    if type(value) is not int:
-        raise _claim_error(name, f"must be an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise _claim_error(name, f"must be from {low} to {high}, got {value}")
-    return value
-
-
-def _check_str(name: str, value: object) -> str:
-    if type(value) is not str:
-        raise _claim_error(name, f"must be a string, got {type(value).__name__}")
-    return value
-
-
-def _check_pattern(name: str, value: object, pattern: re.Pattern[str], form: str) -> str:
-    text = _check_str(name, value)
-    if not pattern.fullmatch(text):
-        raise _claim_error(name, f"must be {form}, got {_short(text)}")
-    return text
-
-
-def _check_gateway(name: str, value: object) -> str:
-    text = _check_str(name, value)
-    try:
-        return check_gateway_id(text)
-    except ValueError:
-        raise _claim_error(
-            name, f"must be a gateway id (1-63 characters of a-z 0-9 . -), got {_short(text)}"
-        ) from None
-
-
-def _check_text(name: str, value: object, max_chars: int) -> str:
-    text = _check_str(name, value)
-    if not 1 <= len(text) <= max_chars:
-        raise _claim_error(name, f"must be 1 to {max_chars} characters, got {len(text)}")
-    if not text.strip():
-        raise _claim_error(name, "must not be blank")
-    for char in text:
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            raise _claim_error(name, f"must not contain the character U+{ord(char):04X}")
-    return text
-
-
-def _members(
-    name: str, value: object, required: frozenset[str], optional: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """``value`` as a JSON object with exactly the ``required`` and some ``optional`` members."""
-    prefix = f"{name}." if name else ""
-    if not isinstance(value, dict):
-        what = f"passport claim {name!r}" if name else "passport claims"
-        raise PassportClaimsError(f"{what} must be a JSON object, got {type(value).__name__}")
-    unknown = sorted(str(key) for key in value if key not in required | optional)
-    if unknown:
-        raise _claim_error(prefix + unknown[0], "is not allowed (unknown member)")
-    missing = sorted(required - value.keys())
-    if missing:
-        raise _claim_error(prefix + missing[0], "is missing")
-    return value
-
-
-@dataclass(frozen=True)
-class XbgwClaims:
-    """The ``xbgw`` object: the terms of one transfer, as the issuer authorised it.
-
-    Values are validated on construction, so an instance is always a valid set of terms.
-    """
-
-    sender: str  #: gateway id of the sending gateway
-    src: str  #: source jurisdiction, e.g. "CN-SH"
-    dst: str  #: destination jurisdiction, e.g. "EU-DE"
-    classification: str  #: e.g. "general", "important"
-    pi: str  #: personal-information category: one of PI_CATEGORIES
-    subjects: int  #: number of data subjects; 0 exactly when pi is "none"
-    purpose: str  #: purpose of the transfer, 1-256 characters
-    legal_basis: str  #: e.g. "CAC-SC-2026-0042", "GDPR-Art46-SCC"; 1-128 characters
-    byte_limit: int  #: most plaintext bytes the transfer may carry, 1 .. 2**50
-
-    def __post_init__(self) -> None:
-        _check_gateway("xbgw.sender", self.sender)
-        jurisdiction = "a jurisdiction like CN-SH or EU-DE (^[A-Z]{2}(-[A-Z0-9]{1,3})?$)"
-        _check_pattern("xbgw.src", self.src, _JURISDICTION, jurisdiction)
-        _check_pattern("xbgw.dst", self.dst, _JURISDICTION, jurisdiction)
-        _check_pattern(
-            "xbgw.classification",
-            self.classification,
-            _CLASSIFICATION,
-            "1-32 characters of a-z 0-9 -, starting with a letter",
-        )
-        pi = _check_str("xbgw.pi", self.pi)
-        if pi not in PI_CATEGORIES:
-            raise _claim_error("xbgw.pi", f"must be one of {', '.join(PI_CATEGORIES)}")
-        subjects = _check_int("xbgw.subjects", self.subjects, 0, MAX_SUBJECTS)
-        # The category and the count must tell the same story: a rule on "sensitive" data or
-        # on a subject-count threshold must not be dodged by an inconsistent pair.
-        if pi == "none" and subjects != 0:
-            raise _claim_error("xbgw.subjects", f"must be 0 when xbgw.pi is none, got {subjects}")
-        if pi != "none" and subjects == 0:
-            raise _claim_error("xbgw.subjects", f"must be at least 1 when xbgw.pi is {pi}")
-        _check_text("xbgw.purpose", self.purpose, MAX_PURPOSE_CHARS)
-        _check_text("xbgw.legal_basis", self.legal_basis, MAX_LEGAL_BASIS_CHARS)
-        _check_int("xbgw.byte_limit", self.byte_limit, 1, MAX_BYTE_LIMIT)
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``xbgw`` JSON object."""
-        return {
-            "sender": self.sender,
-            "src": self.src,
-            "dst": self.dst,
-            "classification": self.classification,
-            "pi": self.pi,
-            "subjects": self.subjects,
-            "purpose": self.purpose,
-            "legal_basis": self.legal_basis,
-            "byte_limit": self.byte_limit,
-        }
-
-    @classmethod
-    def from_json(cls, value: object) -> XbgwClaims:
-        """Validate a decoded ``xbgw`` object; ``PassportClaimsError`` names the bad member."""
-        obj = _members("xbgw", value, _XBGW_CLAIMS)
-        return cls(**{name: obj[name] for name in _XBGW_CLAIMS})
-
-
-@dataclass(frozen=True)
-class PassportClaims:
-    """The payload of a passport. Validated on construction (except the lifetime policy).
-
-    The lifetime limit (``exp - nbf``) is a policy setting, not a property of the claims, so
-    it is checked by :meth:`check_lifetime`, which :meth:`from_json`, :func:`issue` and
-    :class:`PassportVerifier` call with their configured maximum.
-    """
-
-    iss: str  #: issuer: the gateway id that owns the signing key
-    jti: str  #: transfer id, 1-64 characters of A-Z a-z 0-9 . _ -
-    iat: int  #: issued at, seconds since the epoch
-    nbf: int  #: not valid before
-    exp: int  #: not valid at or after
-    aud: str  #: receiving gateway id
-    xbgw: XbgwClaims
-    sub: str | None = None  #: SHA-256 of the data set, lower-case hex; None when not known
-
-    def __post_init__(self) -> None:
-        _check_gateway("iss", self.iss)
-        _check_pattern(
-            "jti",
-            self.jti,
-            _JTI,
-            "1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
-        )
-        for name in ("iat", "nbf", "exp"):
-            _check_int(name, getattr(self, name), 0, MAX_TIME)
-        if self.exp <= self.nbf:
-            raise _claim_error("exp", f"({self.exp}) must be later than nbf ({self.nbf})")
-        _check_gateway("aud", self.aud)
-        if self.sub is not None:
-            _check_pattern("sub", self.sub, _SHA256_HEX, "64 lower-case hex digits (SHA-256)")
-        if not isinstance(self.xbgw, XbgwClaims):
-            raise _claim_error("xbgw", f"must be XbgwClaims, got {type(self.xbgw).__name__}")
-
-    @property
-    def lifetime(self) -> int:
-        """Seconds the passport is valid for: ``exp - nbf``."""
-        return self.exp - self.nbf
-
-    def check_lifetime(self, max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS) -> None:
-        """``PassportClaimsError`` if the passport is valid for longer than allowed."""
-        _check_max_lifetime(max_lifetime_seconds)
-        if self.lifetime > max_lifetime_seconds:
-            raise _claim_error(
-                "exp",
-                f"gives a lifetime (exp - nbf) of {self.lifetime} s, longer than the "
-                f"maximum of {max_lifetime_seconds} s",
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON payload object; ``sub`` is left out when it is ``None``."""
-        obj: dict[str, Any] = {
-            "iss": self.iss,
-            "jti": self.jti,
-            "iat": self.iat,
-            "nbf": self.nbf,
-            "exp": self.exp,
-            "aud": self.aud,
-            "xbgw": self.xbgw.to_json(),
-        }
-        if self.sub is not None:
-            obj["sub"] = self.sub
-        return obj
-
-    @classmethod
-    def from_json(
-        cls, value: object, *, max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS
-    ) -> PassportClaims:
-        """Validate a decoded payload object; ``PassportClaimsError`` names the bad claim.
-
-        Unknown members are refused at both levels; ``sub``, when present, must be a string
-        (absent, not ``null``, when the data set digest is unknown).
-        """
-        obj = _members("", value, _CLAIMS, _OPTIONAL_CLAIMS)
-        claims = cls(
-            iss=obj["iss"],
-            jti=obj["jti"],
-            iat=obj["iat"],
-            nbf=obj["nbf"],
-            exp=obj["exp"],
-            aud=obj["aud"],
-            xbgw=XbgwClaims.from_json(obj["xbgw"]),
-            sub=_check_str("sub", obj["sub"]) if "sub" in obj else None,
-        )
-        claims.check_lifetime(max_lifetime_seconds)
-        return claims
-
-
-def _check_max_lifetime(value: object) -> int:
-    if type(value) is not int or not 1 <= value <= MAX_LIFETIME_CEILING_SECONDS:
-        raise ValueError(
-            f"max_lifetime_seconds must be an integer from 1 to {MAX_LIFETIME_CEILING_SECONDS}, "
-            f"got {_short(value)}"
-        )
-    return value
-
 
 # --- encoding -------------------------------------------------------------------------------
 
@@ -385,7 +121,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise ValueError(f"duplicate member {_short(key)}")
+            raise ValueError(f"duplicate member {short_repr(key)}")
         obj[key] = value
     return obj
 
@@ -535,7 +271,7 @@ class PassportVerifier:
     ) -> None:
         self._trusted = _check_trusted(trusted)
         if type(audience) is not str:
-            raise ValueError(f"audience must be a gateway id string, got {_short(audience)}")
+            raise ValueError(f"audience must be a gateway id string, got {short_repr(audience)}")
         try:
             check_gateway_id(audience)
         except ValueError as exc:
@@ -544,7 +280,7 @@ class PassportVerifier:
         if type(leeway_seconds) is not int or not 0 <= leeway_seconds <= MAX_LEEWAY_SECONDS:
             raise ValueError(
                 f"leeway_seconds must be an integer from 0 to {MAX_LEEWAY_SECONDS}, "
-                f"got {_short(leeway_seconds)}"
+                f"got {short_repr(leeway_seconds)}"
             )
         self._leeway = leeway_seconds
         if (
@@ -553,13 +289,13 @@ class PassportVerifier:
         ):
             raise ValueError(
                 f"max_token_bytes must be an integer from {MIN_MAX_TOKEN_BYTES} to "
-                f"{MAX_MAX_TOKEN_BYTES}, got {_short(max_token_bytes)}"
+                f"{MAX_MAX_TOKEN_BYTES}, got {short_repr(max_token_bytes)}"
             )
         self._max_token_bytes = max_token_bytes
         if not callable(clock):
             raise ValueError("clock must be a callable returning seconds since the epoch")
         self._clock = clock
-        self._max_lifetime = _check_max_lifetime(max_lifetime_seconds)
+        self._max_lifetime = check_max_lifetime(max_lifetime_seconds)
 
     @property
     def audience(self) -> str:
@@ -634,29 +370,29 @@ class PassportVerifier:
         alg = header.get("alg")
         if type(alg) is not str or alg != ALG:
             raise PassportHeaderError(
-                f"passport alg {_short(alg)} is not accepted; passports are signed {ALG}"
+                f"passport alg {short_repr(alg)} is not accepted; passports are signed {ALG}"
             )
         if header.keys() != HEADER_MEMBERS:
             extra = sorted(header.keys() - HEADER_MEMBERS)
             missing = sorted(HEADER_MEMBERS - header.keys())
-            problems = [f"unknown member {_short(name)}" for name in extra]
+            problems = [f"unknown member {short_repr(name)}" for name in extra]
             problems += [f"missing member {name!r}" for name in missing]
             raise PassportHeaderError(f"passport header: {', '.join(problems)}")
         typ = header["typ"]
         if type(typ) is not str or typ != TYP:
-            raise PassportHeaderError(f"passport typ {_short(typ)} is not {TYP!r}")
+            raise PassportHeaderError(f"passport typ {short_repr(typ)} is not {TYP!r}")
         kid_text = header["kid"]
         if type(kid_text) is not str:
-            raise PassportHeaderError(f"passport kid must be a string, got {_short(kid_text)}")
+            raise PassportHeaderError(f"passport kid must be a string, got {short_repr(kid_text)}")
         try:
             kid = KeyRef.parse(kid_text)
         except ValueError:
             raise PassportHeaderError(
-                f"passport kid {_short(kid_text)} is not of the form <issuer>/signing/<version>"
+                f"passport kid {short_repr(kid_text)} is not of the form <issuer>/signing/<version>"
             ) from None
         if kid.purpose is not Purpose.SIGNING or str(kid) != kid_text:
             raise PassportHeaderError(
-                f"passport kid {_short(kid_text)} is not of the form <issuer>/signing/<version>"
+                f"passport kid {short_repr(kid_text)} is not of the form <issuer>/signing/<version>"
             )
         public_key = self._trusted.get(kid_text)
         if public_key is None:
@@ -670,7 +406,7 @@ def _check_trusted(trusted: object) -> dict[str, ec.EllipticCurvePublicKey]:
     checked: dict[str, ec.EllipticCurvePublicKey] = {}
     for kid_text, key in trusted.items():
         if type(kid_text) is not str:
-            raise ValueError(f"trusted key id {_short(kid_text)} is not a string")
+            raise ValueError(f"trusted key id {short_repr(kid_text)} is not a string")
         try:
             kid = KeyRef.parse(kid_text)
         except ValueError as exc:

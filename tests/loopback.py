@@ -34,7 +34,8 @@ from gateway.errors import XbgwError
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Ledger
-from gateway.passport import PassportClaims, XbgwClaims, issue
+from gateway.passport import issue
+from gateway.passport_claims import PassportClaims, XbgwClaims
 from gateway.receiver import Receiver
 from gateway.secrets import PinSource
 from gateway.sender import ReceiptSummary, Sender

@@ -32,7 +32,12 @@ from gateway.cli.common import (
     positive_int,
 )
 from gateway.cli.keys import cmd_keys_init, cmd_keys_list, cmd_keys_public
-from gateway.cli.passport import cmd_passport_inspect, cmd_passport_issue, cmd_passport_verify
+from gateway.cli.passport import (
+    ExplicitTerm,
+    cmd_passport_inspect,
+    cmd_passport_issue,
+    cmd_passport_verify,
+)
 from gateway.cli.tls import cmd_tls_import, cmd_tls_rotate, cmd_tls_show
 from gateway.errors import ConfigError, HsmPinError, UsageError, XbgwError
 from gateway.keys import Purpose
@@ -79,18 +84,75 @@ def build_parser() -> argparse.ArgumentParser:
     passport = verbs.add_parser("passport", help="data passports").add_subparsers(
         dest="passport_verb", required=True, metavar="ACTION"
     )
-    issue = passport.add_parser("issue", help="sign a passport with an issuer key in the HSM")
+    issue = passport.add_parser(
+        "issue",
+        help="sign a passport with an issuer key in the HSM",
+        description="The transfer is named by flags (--to, --sender, --src, --dst, "
+        "--byte-limit); the facts of the data come from flags and from --claims FILE, a YAML "
+        "mapping of the xbgw claim names (classification, pi, eu_class, subjects, purpose, "
+        "legal_basis, exporter, ciio, categories, zone, evidence), and a flag overrides the "
+        "file. Evidence expiries are ISO dates (00:00 UTC), ISO times with a zone, or Unix "
+        "seconds.",
+    )
     add_hsm_arguments(issue)
     issue.add_argument("--kid", required=True, help="issuer key: ISSUER/signing/VERSION")
     issue.add_argument("--to", required=True, help="receiving gateway id (aud)")
+    issue.add_argument("--claims", metavar="FILE", help="YAML file of terms; flags override it")
     issue.add_argument("--sender", required=True, help="sending gateway id")
     issue.add_argument("--src", required=True, help="source jurisdiction, e.g. CN-SH")
     issue.add_argument("--dst", required=True, help="destination jurisdiction, e.g. EU-DE")
-    issue.add_argument("--classification", default="general")
-    issue.add_argument("--pi", choices=["none", "personal", "sensitive"], default="none")
-    issue.add_argument("--subjects", type=int, default=0, help="number of data subjects")
-    issue.add_argument("--purpose", required=True, help="purpose of the transfer")
-    issue.add_argument("--legal-basis", required=True, help="e.g. CAC filing number, GDPR SCC")
+    issue.add_argument(
+        "--cn-class",
+        "--classification",
+        dest="classification",
+        action=ExplicitTerm,
+        default="general",
+        choices=["core", "important", "general"],
+        metavar="CLASS",
+        help="PRC data class, DSL Art. 21: core, important or general (default: general)",
+    )
+    issue.add_argument(
+        "--pi",
+        action=ExplicitTerm,
+        default="none",
+        choices=["none", "personal", "sensitive"],
+        help="PRC personal information, PIPL (default: none)",
+    )
+    issue.add_argument(
+        "--eu-class",
+        choices=["non-personal", "personal", "special"],
+        help="GDPR class; must agree with --pi (default: from --pi)",
+    )
+    issue.add_argument(
+        "--subjects",
+        action=ExplicitTerm,
+        type=int,
+        default=0,
+        help="number of data subjects (default: 0)",
+    )
+    issue.add_argument("--exporter", help="the data handler (default: the sending gateway)")
+    issue.add_argument(
+        "--ciio",
+        action=argparse.BooleanOptionalAction,
+        help="the exporter is a critical-information-infrastructure operator (default: no)",
+    )
+    issue.add_argument(
+        "--category",
+        action="append",
+        dest="categories",
+        metavar="NAME",
+        help="a data category, for free-trade-zone lists (repeatable)",
+    )
+    issue.add_argument("--zone", help="the free-trade zone the data leaves from, e.g. lingang")
+    issue.add_argument(
+        "--evidence",
+        action="append",
+        metavar="KIND:REF[:K=V,...]",
+        help="evidence, e.g. cac-assessment:CAC-2026-0042:expires=2029-01-31 (repeatable; "
+        "K is expires, article, module or tia)",
+    )
+    issue.add_argument("--purpose", help="purpose of the transfer (here or in --claims)")
+    issue.add_argument("--legal-basis", help="free text for the audit record (here or in --claims)")
     issue.add_argument("--byte-limit", type=parse_size, required=True, help="e.g. 64MiB")
     issue.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime, e.g. 2h")
     issue.add_argument("--jti", help="transfer id (default: random)")

@@ -13,7 +13,8 @@ import pytest
 from gateway.errors import PassportSignatureError
 from gateway.hsm import Hsm
 from gateway.keys import KeyRef, Purpose
-from gateway.passport import PassportClaims, PassportVerifier, XbgwClaims, issue
+from gateway.passport import PassportVerifier, issue
+from gateway.passport_claims import PassportClaims, XbgwClaims
 
 ISSUER = "issuer-sh"
 AUDIENCE = "gw-de.example"

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
 from gateway.keys import KeyRef, Purpose
-from gateway.passport import DigestSigner, PassportClaims, XbgwClaims, issue, passport_digest
+from gateway.passport import DigestSigner, issue, passport_digest
+from gateway.passport_claims import PassportClaims, XbgwClaims
 from gateway.signed import Signed, sign, verify
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import pytest
 
 import gateway.ledger as ledger_module
 from gateway.errors import StorageError, TransferConflictError
-from gateway.ledger import SCHEMA_VERSION, Inbound, Ledger
+from gateway.ledger import SCHEMA_VERSION, Count, Counter, Inbound, Ledger
 from gateway.signed import Signed as Receipt
 from gateway.transfer import TransferState
 
@@ -398,7 +398,7 @@ def test_a_version_1_ledger_gains_the_dataset_digest_from_its_stored_passports(p
     finally:
         opened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_a_ledger_from_a_newer_xbgw_is_refused(path: Path) -> None:
@@ -418,3 +418,108 @@ def test_a_database_failure_leaves_the_ledger_as_a_storage_error(ledger: Ledger)
     assert caught.value.grpc_status == "UNAVAILABLE"
     with pytest.raises(StorageError):
         ledger.inbound("t-1")
+
+
+# --- compliance counters ------------------------------------------------------------------------
+
+
+def _counted_in(ledger: Ledger, transfer_id: str, count: Count) -> None:
+    made = ledger.create_inbound(
+        transfer_id=transfer_id,
+        sender="gw-a",
+        passport=f"passport-of-{transfer_id}",
+        passport_digest=hashlib.sha256(transfer_id.encode()).digest(),
+        offered_header_digest=b"\x01" * 32,
+        stored_header=b"HEADER" + transfer_id.encode(),
+        byte_limit=1000,
+        classification="general",
+        source_jurisdiction="CN-SH",
+        dataset_sha256=None,
+        count=count,
+    )
+    assert made is not None
+
+
+def _counted_out(ledger: Ledger, transfer_id: str, count: Count) -> None:
+    ledger.create_outbound(
+        transfer_id=transfer_id,
+        partner="gw-b",
+        passport_digest=b"\x02" * 32,
+        sent_header=b"SENT",
+        stored_header=b"STORED",
+        count=count,
+    )
+
+
+RECEIPT = Receipt(b"body", b"sig", "gw-b/signing/1")
+
+
+def test_a_send_counts_in_flight_then_once_delivered(ledger: Ledger) -> None:
+    """In flight, a send already counts (two decided at once cannot both slip under a
+    threshold); delivered, it moves to the counter; delivered again, it does not count twice."""
+    _counted_out(ledger, "o-1", Count("acme", 2026, 1000, 0))
+    _counted_out(ledger, "o-2", Count("acme", 2026, 0, 40))
+    _counted_out(ledger, "o-3", Count("acme", 2027, 5, 0))  # another year
+    _counted_out(ledger, "o-4", Count("other", 2026, 7, 0))  # another exporter
+    assert ledger.compliance_counts("egress", "acme", 2026) == (1000, 40)
+    assert ledger.compliance_counters() == []
+    ledger.deliver_outbound("o-1", 10, b"\x00" * 32, RECEIPT)
+    ledger.deliver_outbound("o-1", 10, b"\x00" * 32, RECEIPT)  # a repeat changes nothing
+    assert ledger.compliance_counts("egress", "acme", 2026) == (1000, 40)
+    assert ledger.compliance_counters() == [Counter("egress", "acme", 2026, 1000, 0)]
+    assert ledger.compliance_counts("ingress", "acme", 2026) == (0, 0)
+
+
+def test_a_send_that_never_delivers_stops_counting_when_discarded(ledger: Ledger) -> None:
+    _counted_out(ledger, "o-1", Count("acme", 2026, 1000, 0))
+    assert ledger.discard_unsent_outbound("o-1")
+    assert ledger.compliance_counts("egress", "acme", 2026) == (0, 0)
+
+
+def test_a_receipt_counts_on_commit_never_on_refusal(ledger: Ledger) -> None:
+    _counted_in(ledger, "t-1", Count("acme", 2026, 300, 0))
+    _counted_in(ledger, "t-2", Count("acme", 2026, 0, 9))
+    assert ledger.compliance_counts("ingress", "acme", 2026) == (300, 9)
+    ledger.refuse_inbound("t-2", "manifest mismatch")
+    assert ledger.compliance_counts("ingress", "acme", 2026) == (300, 0)
+    ledger.commit_inbound("t-1", b"\x00" * 32, RECEIPT, 5)
+    ledger.commit_inbound("t-1", b"\x00" * 32, RECEIPT, 5)  # a repeat changes nothing
+    assert ledger.compliance_counts("ingress", "acme", 2026) == (300, 0)
+    assert ledger.compliance_counters() == [Counter("ingress", "acme", 2026, 300, 0)]
+
+
+def test_counts_survive_a_reopen_and_transfers_without_a_count_count_nothing(path: Path) -> None:
+    first = Ledger(path)
+    try:
+        _counted_out(first, "o-1", Count("acme", 2026, 12, 3))
+        first.deliver_outbound("o-1", 10, b"\x00" * 32, RECEIPT)
+        _create_out(first, "o-2")
+        first.deliver_outbound("o-2", 10, b"\x00" * 32, RECEIPT)
+    finally:
+        first.close()
+    again = Ledger(path)
+    try:
+        assert again.compliance_counters() == [Counter("egress", "acme", 2026, 12, 3)]
+    finally:
+        again.close()
+
+
+def test_concurrent_commits_lose_no_count(ledger: Ledger) -> None:
+    """Eight threads commit 25 transfers each: the counter is the exact sum."""
+    import threading
+
+    for n in range(200):
+        _counted_in(ledger, f"t-{n}", Count("acme", 2026, n + 1, n % 3))
+
+    def commit(start: int) -> None:
+        for n in range(start, 200, 8):
+            ledger.commit_inbound(f"t-{n}", b"\x00" * 32, RECEIPT, 5)
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = (sum(n + 1 for n in range(200)), sum(n % 3 for n in range(200)))
+    assert ledger.compliance_counts("ingress", "acme", 2026) == expected
+    assert ledger.compliance_counters() == [Counter("ingress", "acme", 2026, *expected)]

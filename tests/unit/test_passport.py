@@ -40,15 +40,14 @@ from gateway.keys import MAX_VERSION, KeyRef, Purpose
 from gateway.passport import (
     DEFAULT_MAX_TOKEN_BYTES,
     TYP,
-    PassportClaims,
     PassportVerifier,
-    XbgwClaims,
     inspect,
     issue,
     load_public_key_pem,
     passport_digest,
     public_key_to_pem,
 )
+from gateway.passport_claims import EvidenceClaim, PassportClaims, XbgwClaims
 from tests.fakes import SoftwareHsm
 
 ISSUER = "issuer-a"
@@ -233,12 +232,28 @@ def test_worst_case_claims_fit_the_default_size_limit(signer: SoftwareHsm) -> No
             sender="s" * 63,
             src="XX-ABC",
             dst="YY-DEF",
-            classification="c" * 32,
+            classification="important",
             pi="sensitive",
             subjects=2**53 - 1,
             purpose=emoji * 256,
             legal_basis=emoji * 128,
             byte_limit=2**50,
+            # The compliance facts at their largest: SCC entries are the longest evidence.
+            exporter=emoji * 128,
+            ciio=True,
+            eu_class="special",
+            categories=tuple(f"{i:02d}" + "c" * 62 for i in range(64)),
+            zone="z" * 32,
+            evidence=tuple(
+                EvidenceClaim(
+                    kind="gdpr-scc",
+                    reference=f"{i:02d}" + "r" * 126,
+                    expires=2**33,
+                    module="4",
+                    tia="t" * 128,
+                )
+                for i in range(16)
+            ),
         ),
     )
     token = issue(claims, signer, long_kid)
@@ -491,15 +506,16 @@ def test_malformed_token_refused(verifier: PassportVerifier, token: str, name: s
 def test_oversized_token_refused_before_anything_else(
     signer: SoftwareHsm, verifier: PassportVerifier
 ) -> None:
-    with pytest.raises(PassportFormatError, match="longer than 8192 bytes"):
-        verifier.verify("!" * 8193)
-    with pytest.raises(PassportFormatError, match="longer than 8192 bytes"):
-        verifier.verify(b"a.b.c" + b"A" * 8188)
-    big = sign_raw(signer, good_header(), claims_json(pad="x" * 7000))
-    assert len(big) > 8192
+    limit = DEFAULT_MAX_TOKEN_BYTES
+    with pytest.raises(PassportFormatError, match=f"longer than {limit} bytes"):
+        verifier.verify("!" * (limit + 1))
+    with pytest.raises(PassportFormatError, match=f"longer than {limit} bytes"):
+        verifier.verify(b"a.b.c" + b"A" * (limit - 4))
+    big = sign_raw(signer, good_header(), claims_json(pad="x" * (limit * 3 // 4)))
+    assert len(big) > limit
     with pytest.raises(PassportFormatError, match="longer than"):
         verifier.verify(big)
-    roomy = make_verifier(signer, max_token_bytes=16384)
+    roomy = make_verifier(signer, max_token_bytes=65536)
     with pytest.raises(PassportClaimsError, match="'pad'"):
         roomy.verify(big)
 
@@ -877,8 +893,8 @@ def test_inspect_returns_unverified_header_and_payload(other_signer: SoftwareHsm
 
 
 def test_inspect_is_bounded() -> None:
-    with pytest.raises(PassportFormatError, match="longer than 8192"):
-        inspect("A" * 9000)
+    with pytest.raises(PassportFormatError, match=f"longer than {DEFAULT_MAX_TOKEN_BYTES}"):
+        inspect("A" * (DEFAULT_MAX_TOKEN_BYTES + 808))
     with pytest.raises(PassportFormatError, match="payload is not a JSON object"):
         inspect(f"{enc({})}.{enc([1])}.")
 
