@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from cryptography import x509
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway import tlskey
+from gateway.compliance import RuleSet, RuleTableError, load_tables, shipped_tables
 from gateway.errors import ConfigError, TlsKeyError
 from gateway.keys import MAX_VERSION, KeyRef, Purpose, check_gateway_id
 from gateway.secrets import PinSource
@@ -167,6 +169,35 @@ class KeysConfig:
     key_set_refresh: int = 300
 
 
+#: The rule tables a gateway applies when its configuration names none: every shipped table
+#: but the example free-trade-zone list (each table is scoped to the jurisdictions it governs).
+DEFAULT_RULE_TABLES = ("baseline", "prc-export", "gdpr-chapter-v")
+
+
+def _default_rules() -> RuleSet:
+    return load_tables(DEFAULT_RULE_TABLES)
+
+
+@dataclass(frozen=True)
+class ComplianceConfig:
+    """Cross-border rules (``compliance:``), loaded and checked with the configuration.
+
+    ``tables``: shipped names or files, in order; ``overrides``: per rule id (disable, or
+    replace its article, scope, condition, outcome or message). ``ingress``: ``enforce`` (refuse
+    at the offer what the rules refuse) or ``record`` (log and count the decision, accept the
+    transfer) -- the exporting side always enforces its own jurisdiction at egress.
+    ``year_timezone``: where "the calendar year" of the yearly counters is reckoned (the PRC
+    Provisions count from 1 January, China time). ``zone``: the free-trade zone this gateway
+    exports from (a passport's ``zone`` is used when this is unset).
+    """
+
+    tables: tuple[str, ...] = DEFAULT_RULE_TABLES
+    rules: RuleSet = field(default_factory=_default_rules)
+    ingress: Literal["enforce", "record"] = "enforce"
+    year_timezone: str = "UTC"
+    zone: str | None = None
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -186,6 +217,7 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
 
     @property
     def id(self) -> str:
@@ -659,6 +691,54 @@ _KEYS = {
     "grace": _opt(_record(_PER_PURPOSE_DURATION, lambda v, _ld, _p: v)),
     "key_set_refresh": _opt(_duration(10, DAY)),
 }
+
+
+def _timezone(raw: Any, _ld: _Loader, _path: str) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a time zone name like Asia/Shanghai, got {_kind(raw)}")
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {raw!r} (an IANA name like Asia/Shanghai)") from None
+    return raw
+
+
+def _table_names(raw: Any, ld: _Loader, path: str) -> tuple[str, ...]:
+    """Shipped names stay names; anything else is a file, relative to the config's directory."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and t for t in raw):
+        raise ValueError("expected a non-empty list of rule table names or files")
+    shipped = set(shipped_tables())
+    return tuple(t if t in shipped else str(ld.source.parent / t) for t in raw)
+
+
+def _build_compliance(v: dict[str, Any], ld: _Loader, path: str) -> ComplianceConfig:
+    tables = v.get("tables", DEFAULT_RULE_TABLES)
+    try:
+        rules = load_tables(
+            tables,
+            v.get("overrides"),
+            overrides_file=ld.label,
+            overrides_key=_join(path, "overrides"),
+        )
+    except RuleTableError as exc:
+        ld.problems.extend(exc.problems)
+        raise _ReportedError from None
+    return ComplianceConfig(
+        tables=tuple(tables),
+        rules=rules,
+        ingress=v.get("ingress", "enforce"),
+        year_timezone=v.get("year_timezone", "UTC"),
+        zone=v.get("zone"),
+    )
+
+
+_COMPLIANCE = {
+    "tables": _opt(_table_names),
+    "overrides": _opt(lambda raw, _ld, _p: raw),
+    "ingress": _opt(_choice("enforce", "record")),
+    "year_timezone": _opt(_timezone),
+    "zone": _opt(_text()),
+}
 _LOG = {
     "level": _opt(_choice("debug", "info", "warning", "error")),
     "format": _opt(_choice("auto", "json", "text")),
@@ -674,6 +754,7 @@ _TOP = {
     "limits": _opt(_record(_LIMITS, _build_limits)),
     "log": _opt(_record(_LOG, LogConfig)),
     "keys": _opt(_record(_KEYS, _build_keys)),
+    "compliance": _opt(_record(_COMPLIANCE, _build_compliance)),
 }
 
 

@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import logs
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
+from gateway.compliance.border import Border
 from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, ListenError, XbgwError
 from gateway.hsm import Hsm
@@ -118,12 +119,26 @@ class Daemon:
         # One view of the partners' keys for both sides: what the sender learns from a key
         # set verifies the manifests the receiver gets, and the reverse.
         self.partner_keys = PartnerKeys(config, self.ledger, self.link.key_set)
+        # One border for both sides: the same rules, counters and reservations.
+        self.border = Border(config.compliance, self.ledger, observe=self.metrics.decided)
         self.receiver = Receiver(
-            config, self.hsm, self.ring, self.ledger, self.spool, partner_keys=self.partner_keys
+            config,
+            self.hsm,
+            self.ring,
+            self.ledger,
+            self.spool,
+            partner_keys=self.partner_keys,
+            border=self.border,
         )
         self.receiver.on_commit = self.metrics.committed_in
         self.sender = Sender(
-            config, self.hsm, self.ring, self.ledger, self.link, partner_keys=self.partner_keys
+            config,
+            self.hsm,
+            self.ring,
+            self.ledger,
+            self.link,
+            partner_keys=self.partner_keys,
+            border=self.border,
         )
         self.key_admin = gateway_key_administration(
             config=lambda: self.config,

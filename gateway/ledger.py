@@ -493,17 +493,22 @@ class Ledger:
 
     # -- compliance counters ---------------------------------------------------------------
 
-    def compliance_counts(self, direction: str, exporter: str, year: int) -> tuple[int, int]:
+    def compliance_counts(
+        self, direction: str, exporter: str, year: int, excluding: str | None = None
+    ) -> tuple[int, int]:
         """(subjects, sensitive) ``exporter`` has had moved in ``direction`` in ``year``:
         committed transfers, plus those still in flight -- a threshold is judged as if every
-        open transfer commits, so that two sends decided at once cannot both slip under it."""
+        open transfer commits, so that two sends decided at once cannot both slip under it.
+        ``excluding``: a transfer judged again (a resume) does not count against itself."""
         with self._lock, _storage():  # one snapshot: a commit moves counts, never loses them
             counted = self._db.execute(
                 "SELECT subjects, sensitive FROM compliance_counters "
                 "WHERE direction = ? AND exporter = ? AND year = ?",
                 (direction, exporter, year),
             ).fetchone()
-            in_flight = self._db.execute(_IN_FLIGHT[direction], (exporter, year)).fetchone()
+            in_flight = self._db.execute(
+                _IN_FLIGHT[direction], (exporter, year, excluding or "")
+            ).fetchone()
         total = [0, 0]
         for row in (counted, in_flight):
             if row is not None:
@@ -785,9 +790,9 @@ def _to_3(db: sqlite3.Connection) -> None:
 
 _IN_FLIGHT = {
     "egress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM outbound "
-    "WHERE state = 'sending' AND count_exporter = ? AND count_year = ?",
+    "WHERE state = 'sending' AND count_exporter = ? AND count_year = ? AND transfer_id != ?",
     "ingress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM inbound "
-    "WHERE state = 'receiving' AND count_exporter = ? AND count_year = ?",
+    "WHERE state = 'receiving' AND count_exporter = ? AND count_year = ? AND transfer_id != ?",
 }
 
 

@@ -23,6 +23,8 @@ FIELDS = (
     "rpc",
     "peer",
     "key_ref",
+    "rule",  # compliance: the rules that refused
+    "trail",  # compliance: every rule that applied (ids, articles, facts read, outcomes)
 )
 
 

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from gateway.compliance.engine import Decision, Outcome
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -57,6 +59,18 @@ class Metrics:
             registry=self.registry,
         )
         self.ready = Gauge("xbgw_ready", "1 while serving.", registry=self.registry)
+        self.decisions = Counter(
+            "xbgw_policy_decisions_total",
+            "Compliance rule outcomes by rule and outcome (rules that applied to a decision).",
+            ["rule", "outcome"],
+            registry=self.registry,
+        )
+
+    def decided(self, decision: Decision) -> None:
+        """Count every rule that applied to one compliance decision, by its outcome."""
+        for entry in decision.trail:
+            if entry.outcome is not Outcome.NOT_APPLICABLE:
+                self.decisions.labels(entry.rule, entry.outcome.value).inc()
 
     def committed_in(self, partner: str, plaintext_bytes: int) -> None:
         self.transfers.labels("in", partner, "committed").inc()

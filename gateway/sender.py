@@ -26,6 +26,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from gateway import envelope
+from gateway.compliance.border import Border
+from gateway.compliance.facts import Direction
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import KeySet, Manifest, read_own_receipt, sign_manifest
 from gateway.errors import (
@@ -34,18 +36,16 @@ from gateway.errors import (
     PartnerError,
     PassportReplayError,
     PeerNotAuthorizedError,
-    PolicyDeniedError,
     SignatureError,
     SourceSizeError,
     TransferConflictError,
 )
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
-from gateway.ledger import Ledger, Outbound
+from gateway.ledger import Count, Ledger, Outbound
 from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
-from gateway.policy import BaselinePolicy, Direction, Policy, facts
 from gateway.signed import Signed
 from gateway.transfer import GatewayKeys, PartnerLink, TransferState, stale_transport_key
 
@@ -81,9 +81,9 @@ class Sender:
         ring: KeyRing,
         ledger: Ledger,
         link: PartnerLink,
-        policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         partner_keys: PartnerKeys | None = None,
+        border: Border | None = None,
     ) -> None:
         """``partner_keys``: the gateway's one view of its partners' keys, shared with its
         receiver; by default one that fetches key sets through ``link``."""
@@ -94,7 +94,8 @@ class Sender:
         self._ring = ring
         self._ledger = ledger
         self._link = link
-        self._policy: Policy = policy or BaselinePolicy()
+        #: The compliance rules, shared with the receiver in the daemon.
+        self._border = border or Border(config.compliance, ledger, clock)
         self._clock = clock
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
@@ -106,6 +107,7 @@ class Sender:
         with self._active_lock:
             self._config = config
         self._partner_keys.reconfigure(config)
+        self._border.reconfigure(config.compliance)
 
     @property
     def me(self) -> str:
@@ -147,17 +149,25 @@ class Sender:
                 f"passport {claims.jti} is for sender {claims.xbgw.sender!r}, not this "
                 f"gateway ({self.me})"
             )
-        decision = self._policy.decide(
-            facts(
-                Direction.EGRESS,
-                claims.xbgw,
-                sender=(self.me, config.gateway.jurisdiction),
-                receiver=(partner.id, partner.jurisdiction),
-            )
-        )
-        if not decision.allow:
-            raise PolicyDeniedError("; ".join(decision.reasons))
+        self._judge(config, partner, passport)
         return passport
+
+    def _judge(
+        self,
+        config: GatewayConfig,
+        partner: PartnerConfig,
+        passport: VerifiedPassport,
+        again: bool = False,
+    ) -> Count:
+        """The compliance rules of this side (egress: always enforced); what it counts."""
+        return self._border.judge(
+            Direction.EGRESS,
+            passport.claims.xbgw,
+            transfer_id=passport.claims.jti,
+            sender=(self.me, config.gateway.jurisdiction),
+            receiver=(partner.id, partner.jurisdiction),
+            again=again,
+        )
 
     def hold(self, transfer_id: str) -> AbstractContextManager[None]:
         """Keep a send of ``transfer_id`` from starting while its stored header is rewritten
@@ -204,7 +214,7 @@ class Sender:
         if row is not None and row.partner != partner.id:
             raise PassportReplayError(f"transfer {transfer_id} is in use for {row.partner}")
         if row is None:
-            row, data_key = self._prepare(partner, transfer_id, passport.digest)
+            row, data_key = self._prepare(partner, passport)
         else:  # resuming: the data key survives only re-wrapped to our storage key
             data_key = envelope.open_header(
                 envelope.Header.decode(row.stored_header), self.me, self._keys
@@ -214,7 +224,7 @@ class Sender:
         except PartnerError as exc:
             if not self._reseal_allowed(exc, partner, transfer_id):
                 raise
-            row, data_key = self._prepare(partner, transfer_id, passport.digest)
+            row, data_key = self._prepare(partner, passport)
             offer = self._link.offer(partner, passport.token, row.sent_header)
         sent_header = envelope.Header.decode(row.sent_header)
         total = total_size or 0
@@ -273,8 +283,9 @@ class Sender:
         return self._finish(partner, manifest)
 
     def _prepare(
-        self, partner: PartnerConfig, transfer_id: str, passport_digest: bytes
+        self, partner: PartnerConfig, passport: VerifiedPassport
     ) -> tuple[Outbound, bytes]:
+        transfer_id, passport_digest = passport.claims.jti, passport.digest
         key_set = self._key_set(partner)
         context = envelope.StreamContext(transfer_id, self.me, partner.id, passport_digest)
         header, data_key = envelope.seal_header(
@@ -286,13 +297,18 @@ class Sender:
         stored = envelope.rewrap_for_storage(
             header, data_key, KeyRef(self.me, Purpose.STORAGE, self._ring.storage), self._keys
         )
-        row = self._ledger.create_outbound(
-            transfer_id=transfer_id,
-            partner=partner.id,
-            passport_digest=passport_digest,
-            sent_header=header.encode(),
-            stored_header=stored.encode(),
-        )
+        # Judged again with the record made under one lock: the counters include every send
+        # decided before this one, so two cannot both slip under a threshold.
+        with self._border.reserving():
+            count = self._judge(self._config, partner, passport, again=True)
+            row = self._ledger.create_outbound(
+                transfer_id=transfer_id,
+                partner=partner.id,
+                passport_digest=passport_digest,
+                sent_header=header.encode(),
+                stored_header=stored.encode(),
+                count=count,
+            )
         return row, data_key
 
     def _key_set(self, partner: PartnerConfig) -> KeySet:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.compliance.border import Border
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import EndorsedKeySet, KeySet, serve_key_set
 from gateway.keyring import KeyRing
@@ -30,7 +31,6 @@ from gateway.keys import KeyState, Purpose
 from gateway.ledger import Ledger
 from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier
-from gateway.policy import BaselinePolicy, Policy
 from gateway.receiver.context import Context
 from gateway.receiver.finish import finish as _finish
 from gateway.receiver.offer import Offers
@@ -58,17 +58,17 @@ class Receiver:
         ring: KeyRing,
         ledger: Ledger,
         spool: Spool,
-        policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         partner_keys: PartnerKeys | None = None,
+        border: Border | None = None,
     ) -> None:
         """``partner_keys``: the gateway's one view of its partners' keys, shared with its
         sender (the daemon's can fetch key sets); without it, manifests verify under the
         configured keys and what the ledger learnt only."""
         partner_keys = partner_keys or PartnerKeys(config, ledger, None, clock)
-        self._ctx = Context(config, keys, ring, ledger, spool, clock, partner_keys)
+        border = border or Border(config.compliance, ledger, clock)
+        self._ctx = Context(config, keys, ring, ledger, spool, clock, partner_keys, border)
         self._offers = Offers(self._ctx)
-        self._policy: Policy = policy or BaselinePolicy()
         #: Called as ``on_commit(partner_id, plaintext_bytes)`` once per newly committed
         #: transfer (metrics); not on an idempotent repeat of Finish.
         self.on_commit: Callable[[str, int], None] | None = None
@@ -78,6 +78,7 @@ class Receiver:
         """Adopt a new configuration (partners, issuers, limits); transfers in flight go on."""
         self._ctx.config = config
         self._ctx.partner_keys.reconfigure(config)
+        self._ctx.border.reconfigure(config.compliance)
         self._verifier = PassportVerifier(
             config.trusted_issuer_keys(),
             audience=config.id,
@@ -91,7 +92,7 @@ class Receiver:
         return self._ctx.me
 
     def offer(self, peer: PartnerConfig, token: str, header: bytes) -> OfferResult:
-        return self._offers.offer(self._verifier, self._policy, peer, token, header)
+        return self._offers.offer(self._verifier, peer, token, header)
 
     def upload(self, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
         return _upload(self._ctx, peer, segments)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gateway import envelope
+from gateway.compliance.border import Border
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import PartialLostError, TransferConflictError, UnknownTransferError
 from gateway.keyring import KeyRing
@@ -110,6 +111,7 @@ class Context:
         spool: Spool,
         clock: Callable[[], float],
         partner_keys: PartnerKeys,
+        border: Border,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -118,6 +120,7 @@ class Context:
         self.spool = spool
         self.clock = clock
         self.partner_keys = partner_keys  # verifies the senders' manifests
+        self.border = border  # the compliance rules at ingress
         self.working = WorkingSet()
         self._active: set[str] = set()
         self._active_lock = threading.Lock()

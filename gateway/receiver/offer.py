@@ -14,6 +14,7 @@ import hashlib
 import logging
 
 from gateway import envelope
+from gateway.compliance.facts import Direction
 from gateway.config import PartnerConfig
 from gateway.errors import (
     FETCH_A_FRESH_KEY_SET,
@@ -22,14 +23,12 @@ from gateway.errors import (
     OfferMismatchError,
     PassportReplayError,
     PeerNotAuthorizedError,
-    PolicyDeniedError,
     TransferConflictError,
     TransportKeyNotAcceptedError,
 )
 from gateway.keys import KeyRef, Purpose
-from gateway.ledger import Inbound
+from gateway.ledger import Count, Inbound
 from gateway.passport import PassportVerifier, VerifiedPassport
-from gateway.policy import Direction, Policy, facts
 from gateway.receiver.context import Context
 from gateway.spool import check_transfer_id
 from gateway.transfer import OfferResult, TransferState
@@ -48,7 +47,6 @@ class Offers:
     def offer(
         self,
         verifier: PassportVerifier,
-        policy: Policy,
         peer: PartnerConfig,
         token: str,
         header_bytes: bytes,
@@ -63,7 +61,7 @@ class Offers:
             )
         header = envelope.Header.decode(header_bytes)
         self._check_context(header, passport, peer)
-        self._check_policy(policy, passport, peer)
+        self._judge(passport, peer)
         limit = ctx.config.limits.max_message_bytes
         if header.segment_size + MESSAGE_OVERHEAD > limit:
             raise OfferMismatchError(
@@ -97,19 +95,23 @@ class Offers:
         byte_limit = claims.xbgw.byte_limit
         if peer.max_transfer_bytes is not None:
             byte_limit = min(byte_limit, peer.max_transfer_bytes)
-        created = ctx.ledger.create_inbound(
-            transfer_id=transfer_id,
-            sender=peer.id,
-            passport=passport.token,
-            passport_digest=passport.digest,
-            offered_header_digest=offered_digest,
-            stored_header=stored_bytes,
-            byte_limit=byte_limit,
-            classification=claims.xbgw.classification,
-            source_jurisdiction=claims.xbgw.src,
-            dataset_sha256=claims.sub,
-            transport_version=transport_version,
-        )
+        # Judged again with the record made under one lock (see compliance.border).
+        with ctx.border.reserving():
+            count = self._judge(passport, peer, again=True)
+            created = ctx.ledger.create_inbound(
+                transfer_id=transfer_id,
+                sender=peer.id,
+                passport=passport.token,
+                passport_digest=passport.digest,
+                offered_header_digest=offered_digest,
+                stored_header=stored_bytes,
+                byte_limit=byte_limit,
+                classification=claims.xbgw.classification,
+                source_jurisdiction=claims.xbgw.src,
+                dataset_sha256=claims.sub,
+                transport_version=transport_version,
+                count=count,
+            )
         if created is None:  # a concurrent offer of the same passport won the race
             raced = ctx.ledger.inbound(transfer_id)
             assert raced is not None
@@ -142,19 +144,16 @@ class Offers:
         if problems:
             raise OfferMismatchError("; ".join(problems))
 
-    def _check_policy(
-        self, policy: Policy, passport: VerifiedPassport, peer: PartnerConfig
-    ) -> None:
-        decision = policy.decide(
-            facts(
-                Direction.INGRESS,
-                passport.claims.xbgw,
-                sender=(peer.id, peer.jurisdiction),
-                receiver=(self._ctx.me, self._ctx.config.gateway.jurisdiction),
-            )
+    def _judge(self, passport: VerifiedPassport, peer: PartnerConfig, again: bool = False) -> Count:
+        """The compliance rules at ingress (enforced or recorded, as configured)."""
+        return self._ctx.border.judge(
+            Direction.INGRESS,
+            passport.claims.xbgw,
+            transfer_id=passport.claims.jti,
+            sender=(peer.id, peer.jurisdiction),
+            receiver=(self._ctx.me, self._ctx.config.gateway.jurisdiction),
+            again=again,
         )
-        if not decision.allow:
-            raise PolicyDeniedError("; ".join(decision.reasons) or "refused by policy")
 
     def _open_offered(self, header: envelope.Header) -> tuple[bytes, int]:
         """The data key, and the transport version that opened it."""

@@ -25,12 +25,13 @@ def status(gateway: Gateway, *where: str) -> dict[str, dict[str, Any]]:
     return {entry["key"]: entry for entry in data["keys"]}
 
 
-def send(pair: Pair, tmp_path: Path, size: int) -> tuple[str, str]:
-    """Send ``size`` random bytes lingang -> frankfurt; (transfer id, sha256)."""
+def send(pair: Pair, tmp_path: Path, size: int, token: str | None = None) -> tuple[str, str]:
+    """Send ``size`` random bytes lingang -> frankfurt (under ``token``, or a passport issued
+    for it); (transfer id, sha256)."""
     data = os.urandom(size)
     source = tmp_path / f"data-{size}-{os.urandom(4).hex()}.bin"
     source.write_bytes(data)
-    token = pair.passport(byte_limit=size + 1)
+    token = token or pair.passport(byte_limit=size + 1)
     out = ok(pair.lingang, "send", str(source), "--to", "frankfurt", "--passport", token, "-q")
     transfer_id = next(line.split()[1] for line in out.splitlines() if line.startswith("delivered"))
     source.unlink()

@@ -95,39 +95,57 @@ def _verify(public: ec.EllipticCurvePublicKey, body: bytes, signature: bytes) ->
 
 
 def _run_with_rotations(pair: Pair, tmp_path: Path) -> list[tuple[str, str]]:
-    """The 50 transfers, AT_ONCE at a time, and the rotations between them as they complete."""
-    done = threading.Condition()
+    """The 50 transfers, AT_ONCE at a time, interleaved with the rotations: rotation k waits
+    for k * EVERY transfers to complete, transfer i starts once i // EVERY rotations are done
+    -- so rotations happen while transfers are in flight, whichever side is faster."""
+    state = threading.Condition()
     completed = [0]
-    stop = threading.Event()
     rotated: list[str] = []
+    failed = threading.Event()
+
+    # Issued first, one at a time: the issuer's token is not what is under test here.
+    tokens = [pair.passport(byte_limit=max(SIZES) + 1) for _ in range(TRANSFERS)]
 
     def one(index: int) -> tuple[str, str]:
+        due = min(len(ROTATIONS), index // EVERY)
+        with state:
+            state.wait_for(lambda: len(rotated) >= due or failed.is_set(), timeout=300)
         try:
-            return send(pair, tmp_path, SIZES[index % len(SIZES)])
+            return send(pair, tmp_path, SIZES[index % len(SIZES)], tokens[index])
         finally:
-            with done:
+            with state:
                 completed[0] += 1
-                done.notify_all()
+                state.notify_all()
 
     def rotate() -> None:
-        for step, (gateway_id, purpose) in enumerate(ROTATIONS, start=1):
-            with done:
+        try:
+            for step, (gateway_id, purpose) in enumerate(ROTATIONS, start=1):
                 due = step * EVERY
-                done.wait_for(lambda: completed[0] >= due or stop.is_set(), timeout=300)  # noqa: B023
-            if stop.is_set():
-                return
-            out = ok(pair.gateway(gateway_id), "keys", "rotate", purpose)
-            rotated.append(out.splitlines()[0])
+                with state:
+                    state.wait_for(lambda: completed[0] >= due or failed.is_set(), timeout=300)  # noqa: B023
+                if failed.is_set():
+                    return
+                out = ok(pair.gateway(gateway_id), "keys", "rotate", purpose)
+                with state:
+                    rotated.append(out.splitlines()[0])
+                    state.notify_all()
+        except BaseException:
+            failed.set()
+            with state:
+                state.notify_all()
+            raise
 
     rotator = threading.Thread(target=rotate, name="rotator")
     rotator.start()
     try:
         with concurrent.futures.ThreadPoolExecutor(AT_ONCE, "sender") as pool:
             results = list(pool.map(one, range(TRANSFERS)))
+    except BaseException:
+        failed.set()
+        with state:
+            state.notify_all()
+        raise
     finally:
-        stop.set()
-        with done:
-            done.notify_all()
         rotator.join()
     assert len(rotated) == len(ROTATIONS), rotated
     return results

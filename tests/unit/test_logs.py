@@ -72,6 +72,8 @@ def test_json_carries_whitelisted_fields() -> None:
         "rpc": "/xbgw.v1.Partner/Upload",
         "peer": "ipv4:10.0.0.2:55555",
         "key_ref": "lingang/transport/2",
+        "rule": "cn-pi-1m",
+        "trail": [{"rule": "cn-pi-1m", "outcome": "required-missing"}],
     }
     assert set(extra) == set(FIELDS)
     entry = _json(_record(extra=extra))

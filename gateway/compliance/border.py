@@ -1,0 +1,162 @@
+"""The border: where one transfer's facts meet the rule tables, on the sending and the
+receiving side, and what it then counts towards its exporter's yearly totals.
+
+Why one object for both sides: the two gateways must judge the same transfer the same way --
+the same facts from the same passport, the same counters semantics, the same refusal text --
+so that a refusal at the sender (egress, always enforced) reads like one at the receiver
+(ingress: enforced, or recorded only, as configured).
+
+Counting: a transfer counts towards ``(direction, exporter, calendar year)`` -- subjects of
+personal information, and of sensitive personal information, separately -- from the moment
+it is accepted (in flight) and for good once it commits (``ledger.compliance_counts``). The
+year is the one of the decision, reckoned in ``compliance.year_timezone``. A threshold is
+therefore judged as if every open transfer commits; :meth:`Border.reserving` serialises
+"judge, then record the transfer" so that two transfers decided at once cannot both slip
+under one. A transfer judged again (its resume) does not count against itself.
+
+Every decision is one JSON log line on ``xbgw.compliance`` with the rule trail (rule ids,
+articles, the facts each read, outcomes) and is counted by rule and outcome in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from gateway.compliance.engine import Decision, Outcome
+from gateway.compliance.facts import Direction, TransferFacts
+from gateway.config import ComplianceConfig
+from gateway.errors import PolicyDeniedError
+from gateway.ledger import Count, Ledger
+from gateway.passport_claims import XbgwClaims, compliance_terms
+
+log = logging.getLogger("xbgw.compliance")
+
+#: Called with every decision (the daemon counts them by rule and outcome).
+Observer = Callable[[Decision], None]
+
+
+class Border:
+    """Judges transfers against the configured rule tables; thread-safe."""
+
+    def __init__(
+        self,
+        config: ComplianceConfig,
+        ledger: Ledger,
+        clock: Callable[[], float] = time.time,
+        observe: Observer | None = None,
+    ) -> None:
+        self._config = config
+        self._ledger = ledger
+        self._clock = clock
+        self.observe = observe
+        self._reserving = threading.Lock()
+
+    def reconfigure(self, config: ComplianceConfig) -> None:
+        """New rule tables apply to the next decision; transfers accepted stay accepted."""
+        self._config = config
+
+    @contextmanager
+    def reserving(self) -> Iterator[None]:
+        """Hold while judging a new transfer and recording it (with its :class:`Count`)."""
+        with self._reserving:
+            yield
+
+    def facts(
+        self,
+        direction: Direction,
+        claims: XbgwClaims,
+        *,
+        transfer_id: str,
+        sender: tuple[str, str],
+        receiver: tuple[str, str],
+    ) -> TransferFacts:
+        """The facts of one transfer as this gateway sees them now (counters included)."""
+        terms = compliance_terms(claims)
+        now = int(self._clock())
+        year = self.year(now)
+        subjects, sensitive = self._ledger.compliance_counts(
+            direction.value, terms.exporter, year, excluding=transfer_id
+        )
+        facts = terms.facts(
+            direction=direction,
+            now=now,
+            sender=sender[0],
+            receiver=receiver[0],
+            sender_jurisdiction=sender[1],
+            receiver_jurisdiction=receiver[1],
+            year_subjects=subjects,
+            year_sensitive=sensitive,
+        )
+        if self._config.zone is not None:
+            facts = replace(facts, zone=self._config.zone)
+        return facts
+
+    def year(self, now: int) -> int:
+        """The calendar year of ``now`` where the counters are reckoned."""
+        return datetime.fromtimestamp(now, ZoneInfo(self._config.year_timezone)).year
+
+    def judge(
+        self,
+        direction: Direction,
+        claims: XbgwClaims,
+        *,
+        transfer_id: str,
+        sender: tuple[str, str],
+        receiver: tuple[str, str],
+        again: bool = False,
+    ) -> Count:
+        """Decide the transfer; what it will count. ``PolicyDeniedError`` (the rule ids, the
+        articles and the missing evidence) if refused -- unless this is ingress in
+        ``record`` mode, where the refusal is logged and the transfer goes on.
+
+        ``again``: the same transfer judged a second time, under :meth:`reserving`, just
+        before it is recorded (the counters may have moved since the first judgement): logged
+        and counted in the metrics only if the outcome changed to a refusal."""
+        facts = self.facts(
+            direction, claims, transfer_id=transfer_id, sender=sender, receiver=receiver
+        )
+        decision = self._config.rules.decide(facts)
+        if not (again and decision.allow):
+            self._report(direction, decision, transfer_id, sender, receiver)
+        enforced = direction is Direction.EGRESS or self._config.ingress == "enforce"
+        if not decision.allow and enforced:
+            raise PolicyDeniedError("; ".join(decision.reasons))
+        subjects = facts.subjects if facts.cn_pi == "personal" else 0
+        sensitive = facts.subjects if facts.cn_pi == "sensitive" else 0
+        return Count(facts.exporter, self.year(facts.now), subjects, sensitive)
+
+    def _report(
+        self,
+        direction: Direction,
+        decision: Decision,
+        transfer_id: str,
+        sender: tuple[str, str],
+        receiver: tuple[str, str],
+    ) -> None:
+        if self.observe is not None:
+            self.observe(decision)
+        partner = receiver[0] if direction is Direction.EGRESS else sender[0]
+        enforced = direction is Direction.EGRESS or self._config.ingress == "enforce"
+        outcome = "allowed" if decision.allow else "refused" if enforced else "recorded"
+        applied = [e for e in decision.trail if e.outcome is not Outcome.NOT_APPLICABLE]
+        log.log(
+            logging.INFO if decision.allow else logging.WARNING,
+            "compliance %s %s: %s",
+            direction.value,
+            outcome,
+            "; ".join(decision.reasons) or "no rule refuses",
+            extra={
+                "transfer_id": transfer_id,
+                "partner": partner,
+                "outcome": outcome,
+                "rule": ",".join(e.rule for e in decision.refused_by),
+                "trail": [e.as_dict() for e in applied],
+            },
+        )

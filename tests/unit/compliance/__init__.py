@@ -1,0 +1,1 @@
+"""Tests of gateway.compliance: the engine, the rule tables and the shipped rules."""
