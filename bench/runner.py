@@ -53,6 +53,7 @@ from typing import Any
 import grpc
 
 from bench import REPO, hsmbench
+from bench.compliance import TARGET_DECISION_MS, bench_compliance
 from bench.control import ControlClient, ControlServer, TlsFiles
 from bench.daemons import (
     RssSampler,
@@ -593,6 +594,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     row("small: transfers/s", rate, "/s", f">= {TARGET_SMALL_RATE:g}", rate >= TARGET_SMALL_RATE)
     row("small: p50 latency", small["latency_ms"]["p50"], "ms", "", None)
     row("small: p99 latency", p99, "ms", f"< {TARGET_P99_MS:g}", p99 < TARGET_P99_MS)
+    compliance = results["compliance"]
+    per_transfer = compliance["per_transfer_ms"]
+    row(
+        "compliance: ms per transfer per side (both judgements)",
+        per_transfer,
+        "ms",
+        f"< {TARGET_DECISION_MS:g}",
+        per_transfer < TARGET_DECISION_MS,
+    )
     rotation = results["rotation"]
     cost = rotation["cost"] * 100
     row(
@@ -716,6 +726,15 @@ def run(opts: Options) -> dict[str, Any]:
             "segment_size": limits.segment_size,
             "max_message_bytes": limits.max_message_bytes,
         }
+
+        decisions = max(200, opts.hsm_iterations)
+        say(f"==> compliance: {decisions} transfers judged in process (default rule tables)")
+        results["compliance"] = bench_compliance(decisions)
+        compliance = results["compliance"]
+        say(
+            f"    {compliance['per_transfer_ms']:.3f} ms per transfer per side, "
+            f"decide alone {compliance['decide_us']:.1f} us ({compliance['rules']} rules)"
+        )
 
         say(f"==> HSM operation rates ({opts.hsm_iterations} calls each, lingang's token)")
         rates = hsmbench.measure(pair.lingang.paths.config, opts.hsm_iterations)

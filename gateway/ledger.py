@@ -128,6 +128,10 @@ CREATE TABLE IF NOT EXISTS compliance_counters (
     PRIMARY KEY (direction, exporter, year)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbound_storage_version ON inbound (storage_version);
+CREATE INDEX IF NOT EXISTS inbound_in_flight_counts
+    ON inbound (count_exporter, count_year) WHERE state = 'receiving';
+CREATE INDEX IF NOT EXISTS outbound_in_flight_counts
+    ON outbound (count_exporter, count_year) WHERE state = 'sending';
 CREATE INDEX IF NOT EXISTS outbound_storage_version ON outbound (storage_version);
 CREATE TABLE IF NOT EXISTS outbound_segments (
     transfer_id TEXT NOT NULL,

@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from gateway.compliance.engine import Decision, Outcome
+from gateway.compliance.engine import Decision, Outcome, RuleSet
 from gateway.compliance.facts import Direction, TransferFacts
 from gateway.config import ComplianceConfig
 from gateway.errors import PolicyDeniedError
@@ -37,6 +38,10 @@ from gateway.ledger import Count, Ledger
 from gateway.passport_claims import XbgwClaims, compliance_terms
 
 log = logging.getLogger("xbgw.compliance")
+
+#: First judgements remembered for the second one (a transfer is judged twice within
+#: milliseconds; the oldest are dropped first, and a dropped one is simply decided again).
+RECENT_JUDGEMENTS = 1024
 
 #: Called with every decision (the daemon counts them by rule and outcome).
 Observer = Callable[[Decision], None]
@@ -57,6 +62,12 @@ class Border:
         self._clock = clock
         self.observe = observe
         self._reserving = threading.Lock()
+        # The first judgement of each transfer, kept for the second (``again``): when neither
+        # its facts (counters included) nor the rules changed, the decision cannot have.
+        self._recent: OrderedDict[tuple[Direction, str], tuple[TransferFacts, RuleSet, Count]] = (
+            OrderedDict()
+        )
+        self._guard = threading.Lock()
 
     def reconfigure(self, config: ComplianceConfig) -> None:
         """New rule tables apply to the next decision; transfers accepted stay accepted."""
@@ -122,7 +133,13 @@ class Border:
         facts = self.facts(
             direction, claims, transfer_id=transfer_id, sender=sender, receiver=receiver
         )
-        decision = self._config.rules.decide(facts)
+        rules = self._config.rules
+        key = (direction, transfer_id)
+        with self._guard:
+            earlier = self._recent.pop(key, None) if again else None
+        if earlier is not None and earlier[0] == facts and earlier[1] is rules:
+            return earlier[2]  # nothing moved since the first judgement: the same decision
+        decision = rules.decide(facts)
         if not (again and decision.allow):
             self._report(direction, decision, transfer_id, sender, receiver)
         enforced = direction is Direction.EGRESS or self._config.ingress == "enforce"
@@ -130,7 +147,13 @@ class Border:
             raise PolicyDeniedError("; ".join(decision.reasons))
         subjects = facts.subjects if facts.cn_pi == "personal" else 0
         sensitive = facts.subjects if facts.cn_pi == "sensitive" else 0
-        return Count(facts.exporter, self.year(facts.now), subjects, sensitive)
+        count = Count(facts.exporter, self.year(facts.now), subjects, sensitive)
+        if not again:
+            with self._guard:
+                self._recent[key] = (facts, rules, count)
+                while len(self._recent) > RECENT_JUDGEMENTS:
+                    self._recent.popitem(last=False)
+        return count
 
     def _report(
         self,
