@@ -15,10 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
-from devtools.pair import provision_pair
+from devtools.pair import Gateway, provision_pair
 from gateway.cli import parse_size
 
 
@@ -125,6 +126,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: MISMATCH: sent {digest}, fetched {received}", file=sys.stderr)
             return 1
         print(f"    sha256 {received}  matches what lingang sent")
+
+        _step("a transfer the border refuses: core data, sensitive PI of 5,000,000 subjects")
+        refused = pair.passport(
+            byte_limit=args.size,
+            extra=["--classification", "core", "--pi", "sensitive", "--subjects", "5000000"],
+        )
+        done = subprocess.run(
+            [*Gateway.cli_command("send", str(data), "--to", "frankfurt"), "--passport", refused],
+            check=False,
+            env={**os.environ, "XBGW_SOCKET": str(lingang.socket), "GRPC_VERBOSITY": "ERROR"},
+            text=True,
+            capture_output=True,
+        )
+        if done.returncode == 0:
+            print("demo: the border let core data through", file=sys.stderr)
+            return 1
+        print(
+            textwrap.fill(
+                done.stderr.strip(), 96, initial_indent="    ", subsequent_indent="      "
+            )
+        )
     finally:
         _step("stopping both daemons (SIGTERM)")
         for gateway_id, code in pair.stop().items():
