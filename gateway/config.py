@@ -703,28 +703,71 @@ def _timezone(raw: Any, _ld: _Loader, _path: str) -> str:
     return raw
 
 
-def _table_names(raw: Any, ld: _Loader, path: str) -> tuple[str, ...]:
-    """Shipped names stay names; anything else is a file, relative to the config's directory."""
-    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and t for t in raw):
-        raise ValueError("expected a non-empty list of rule table names or files")
-    shipped = set(shipped_tables())
-    return tuple(t if t in shipped else str(ld.source.parent / t) for t in raw)
+def _table_names(raw: Any, ld: _Loader, path: str) -> tuple[tuple[str, ...], bool]:
+    """The tables named -- shipped names as they are, files against the config's directory --
+    and whether every one is right (each mistake is recorded under its index).
+
+    A bare name that is not shipped is a mistake, not a file: "prc-exprot" is a typo, and
+    reading it as ``<config dir>/prc-exprot`` would only hide that behind "no such file".
+    """
+    if not isinstance(raw, list) or not raw:
+        got = "an empty list" if raw == [] else _kind(raw)
+        ld.problem(path, f"expected a non-empty list of rule table names or files, got {got}")
+        return (), False
+    shipped = shipped_tables()
+    named, ok = list[str](), True
+    for index, item in enumerate(raw):
+        at = f"{path}[{index}]"
+        if isinstance(item, str) and item in shipped:
+            named.append(item)
+        elif isinstance(item, str) and "/" not in item and not item.endswith((".yaml", ".yml")):
+            close = difflib.get_close_matches(item, shipped, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"shipped: {', '.join(shipped)}"
+            ld.problem(
+                at, f"no shipped table {item!r} ({hint}); name a file by a path or with .yaml"
+            )
+            ok = False
+        else:
+            try:
+                named.append(str(ld.convert(_file(), item, at)))
+            except _ReportedError:
+                ok = False
+    return tuple(named), ok
 
 
-def _build_compliance(v: dict[str, Any], ld: _Loader, path: str) -> ComplianceConfig:
-    tables = v.get("tables", DEFAULT_RULE_TABLES)
-    try:
-        rules = load_tables(
-            tables,
-            v.get("overrides"),
-            overrides_file=ld.label,
-            overrides_key=_join(path, "overrides"),
+def _compliance(raw: Any, ld: _Loader, path: str) -> ComplianceConfig:
+    """The ``compliance:`` section. The rule tables and their overrides are loaded even when
+    another key of the section is wrong, and those keys are checked even when a table is: every
+    mistake at once (``ld.section`` alone would stop at the first wrong key)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a mapping, got {_kind(raw)}")
+    failed = False
+    tables: tuple[str, ...] = DEFAULT_RULE_TABLES
+    if raw.get("tables") is not None:
+        tables, ok = _table_names(raw["tables"], ld, _join(path, "tables"))
+        failed = not ok
+    overrides = raw.get("overrides")
+    if overrides is not None and not isinstance(overrides, dict):
+        ld.problem(
+            _join(path, "overrides"), f"expected a mapping of rule ids, got {_kind(overrides)}"
         )
+        overrides, failed = None, True
+    rules: RuleSet | None = None
+    try:
+        # The tables that are right are still loaded: their own mistakes, and overrides that
+        # name no rule of theirs, are reported with the rest.
+        if tables:
+            rules = load_tables(
+                tables, overrides, overrides_file=ld.label, overrides_key=_join(path, "overrides")
+            )
     except RuleTableError as exc:
         ld.problems.extend(exc.problems)
-        raise _ReportedError from None
+    rest = {key: value for key, value in raw.items() if key not in ("tables", "overrides")}
+    v = ld.section(rest, path, _COMPLIANCE)  # raises once it has recorded its own mistakes
+    if failed or rules is None:
+        raise _ReportedError
     return ComplianceConfig(
-        tables=tuple(tables),
+        tables=tables,
         rules=rules,
         ingress=v.get("ingress", "enforce"),
         year_timezone=v.get("year_timezone", "UTC"),
@@ -732,8 +775,10 @@ def _build_compliance(v: dict[str, Any], ld: _Loader, path: str) -> ComplianceCo
     )
 
 
+#: The keys of ``compliance:``; ``tables`` and ``overrides`` are read by :func:`_compliance`
+#: itself (listed here so that a misspelt key is told its right name).
 _COMPLIANCE = {
-    "tables": _opt(_table_names),
+    "tables": _opt(lambda raw, _ld, _p: raw),
     "overrides": _opt(lambda raw, _ld, _p: raw),
     "ingress": _opt(_choice("enforce", "record")),
     "year_timezone": _opt(_timezone),
@@ -754,7 +799,7 @@ _TOP = {
     "limits": _opt(_record(_LIMITS, _build_limits)),
     "log": _opt(_record(_LOG, LogConfig)),
     "keys": _opt(_record(_KEYS, _build_keys)),
-    "compliance": _opt(_record(_COMPLIANCE, _build_compliance)),
+    "compliance": _opt(_compliance),
 }
 
 

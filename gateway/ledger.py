@@ -225,6 +225,41 @@ class Ledger:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError.from_exception(exc) from None
 
+    @classmethod
+    def read_only(cls, path: Path) -> Ledger:
+        """The ledger at ``path`` for reading only: ``xbgw policy`` reads the compliance
+        counters with it, also while the daemon writes them.
+
+        Opened ``mode=ro`` -- nothing is created, migrated or written, and in WAL mode a reader
+        neither blocks the daemon nor waits for it. A ledger that does not exist yet reads as
+        empty. Only the read methods may be used (a write is a ``StorageError``).
+        """
+        ledger = cls.__new__(cls)
+        ledger._lock = threading.Lock()
+        try:
+            db = _connect_read_only(path) if path.exists() else None
+            found = 0 if db is None else int(db.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the ledger {path}: {exc}") from None
+        if found not in (0, SCHEMA_VERSION):
+            assert db is not None
+            db.close()
+            newer = "newer" if found > SCHEMA_VERSION else "older"
+            raise StorageError(
+                f"the ledger {path} has schema version {found}, {newer} than this xbgw's "
+                f"({SCHEMA_VERSION}): run the xbgw that matches it (the daemon of this one "
+                "brings an older ledger up to date when it starts)",
+                "FAILED_PRECONDITION",
+            )
+        if db is None or found == 0:  # none yet (or one created but never written): empty
+            if db is not None:
+                db.close()
+            db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            db.executescript(_SCHEMA)
+        db.row_factory = sqlite3.Row
+        ledger._db = db
+        return ledger
+
     def _migrate(self, path: Path) -> None:
         """Create the schema, or bring a ledger of an older version up to this one."""
         found = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -536,6 +571,29 @@ class Ledger:
             for r in rows
         ]
 
+    def compliance_in_flight(self) -> list[Counter]:
+        """What transfers still open will add to the counters if they commit (the counts
+        :meth:`compliance_counts` already judges with), by direction, exporter and year."""
+        rows = self._all(
+            "SELECT 'egress' AS direction, count_exporter AS exporter, count_year AS year, "
+            "SUM(count_subjects) AS subjects, SUM(count_sensitive) AS sensitive FROM outbound "
+            "WHERE state = 'sending' AND count_exporter IS NOT NULL GROUP BY 2, 3 "
+            "UNION ALL SELECT 'ingress', count_exporter, count_year, SUM(count_subjects), "
+            "SUM(count_sensitive) FROM inbound "
+            "WHERE state = 'receiving' AND count_exporter IS NOT NULL GROUP BY 2, 3 "
+            "ORDER BY year DESC, direction, exporter"
+        )
+        return [
+            Counter(
+                r["direction"],
+                r["exporter"],
+                int(r["year"]),
+                int(r["subjects"]),
+                int(r["sensitive"]),
+            )
+            for r in rows
+        ]
+
     def discard_unsent_outbound(self, transfer_id: str) -> bool:
         """Delete a send that never released a segment (no tag recorded), so that it can be
         sealed again under a new header -- the partner refused the offer, so nothing of it
@@ -798,6 +856,25 @@ _IN_FLIGHT = {
     "ingress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM inbound "
     "WHERE state = 'receiving' AND count_exporter = ? AND count_year = ? AND transfer_id != ?",
 }
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened read-only. A reader of a WAL database uses its ``-wal`` and ``-shm``
+    files, and creates them if absent (SQLite gives them the database's owner); where it may
+    not (a state directory this user can only read) and there is no ``-wal`` -- so no daemon
+    has the ledger open and every commit is in the file -- it is opened as immutable."""
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the WAL index
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        if Path(f"{path}-wal").exists():
+            raise
+    immutable = f"{uri}?mode=ro&immutable=1"
+    return sqlite3.connect(immutable, uri=True, check_same_thread=False, isolation_level=None)
 
 
 def _count_values(count: Count | None) -> tuple[str | None, int | None, int, int]:

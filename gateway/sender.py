@@ -47,9 +47,19 @@ from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
 from gateway.signed import Signed
-from gateway.transfer import GatewayKeys, PartnerLink, TransferState, stale_transport_key
+from gateway.transfer import (
+    GatewayKeys,
+    OfferResult,
+    PartnerLink,
+    TransferState,
+    stale_transport_key,
+)
 
 log = logging.getLogger("xbgw.sender")
+
+#: Statuses of an offer refused before the receiver records anything (its passport, party
+#: and rule checks come first; ALREADY_EXISTS, busy or storage errors may follow a record).
+REFUSED_BEFORE_RECORDING = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 
 
 @dataclass(frozen=True)
@@ -220,12 +230,12 @@ class Sender:
                 envelope.Header.decode(row.stored_header), self.me, self._keys
             )
         try:
-            offer = self._link.offer(partner, passport.token, row.sent_header)
+            offer = self._offer(partner, passport, row)
         except PartnerError as exc:
             if not self._reseal_allowed(exc, partner, transfer_id):
                 raise
             row, data_key = self._prepare(partner, passport)
-            offer = self._link.offer(partner, passport.token, row.sent_header)
+            offer = self._offer(partner, passport, row)
         sent_header = envelope.Header.decode(row.sent_header)
         total = total_size or 0
         on_progress(Progress("accepted", transfer_id, offer.received_bytes, total))
@@ -315,6 +325,20 @@ class Sender:
         """The partner's key set, followed from its pinned signing key (cached for
         ``keys.key_set_refresh`` seconds)."""
         return self._partner_keys.key_set(partner)
+
+    def _offer(
+        self, partner: PartnerConfig, passport: VerifiedPassport, row: Outbound
+    ) -> OfferResult:
+        """Offer the transfer. A refusal the partner makes before it records anything (the
+        passport, the parties or its rules: statuses in ``REFUSED_BEFORE_RECORDING``) also
+        drops our record of a send that never released a segment: nothing of it exists
+        there, and its count must not stay reserved against the exporter's yearly totals."""
+        try:
+            return self._link.offer(partner, passport.token, row.sent_header)
+        except PartnerError as exc:
+            if exc.grpc_status in REFUSED_BEFORE_RECORDING and not stale_transport_key(exc):
+                self._ledger.discard_unsent_outbound(row.transfer_id)
+            raise
 
     def _reseal_allowed(
         self, error: PartnerError, partner: PartnerConfig, transfer_id: str

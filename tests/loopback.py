@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.config import (
     Address,
+    ComplianceConfig,
     GatewayConfig,
     HsmConfig,
     Identity,
@@ -156,8 +158,22 @@ class Loopback:
         sender: str = "lingang",
         to: str = "frankfurt",
         ttl: int = 3600,
+        terms: Mapping[str, Any] | None = None,
     ) -> str:
+        """``terms``: ``xbgw`` claims that replace the plain ones below (classification, pi,
+        subjects, exporter, evidence, ...: the compliance facts)."""
         now = int(self.now[0])
+        plain: dict[str, Any] = {
+            "sender": sender,
+            "src": LINGANG[1],
+            "dst": FRANKFURT[1],
+            "classification": "general",
+            "pi": "none",
+            "subjects": 0,
+            "purpose": "loopback test",
+            "legal_basis": "test",
+            "byte_limit": byte_limit,
+        }
         claims = PassportClaims(
             iss=ISSUER,
             jti=jti,
@@ -166,17 +182,7 @@ class Loopback:
             exp=now + ttl,
             aud=to,
             sub=sub,
-            xbgw=XbgwClaims(
-                sender=sender,
-                src=LINGANG[1],
-                dst=FRANKFURT[1],
-                classification="general",
-                pi="none",
-                subjects=0,
-                purpose="loopback test",
-                legal_basis="test",
-                byte_limit=byte_limit,
-            ),
+            xbgw=XbgwClaims(**{**plain, **(terms or {})}),
         )
         return issue(claims, self.issuer, KeyRef(ISSUER, Purpose.SIGNING, 1))
 
@@ -212,6 +218,7 @@ def _config(
     peer_keys: SoftwareHsm,
     issuer: SoftwareHsm,
     limits: Limits,
+    compliance: ComplianceConfig | None = None,
 ) -> GatewayConfig:
     unused = root / "unused"  # paths the in-process parts never open
     return GatewayConfig(
@@ -241,11 +248,19 @@ def _config(
             ),
         ),
         limits=limits,
+        compliance=compliance or ComplianceConfig(),
     )
 
 
-def make_loopback(root: Path, limits: Limits | None = None) -> Loopback:
-    """lingang (CN-SH) and frankfurt (EU-DE), each sending to and receiving from the other."""
+def make_loopback(
+    root: Path,
+    limits: Limits | None = None,
+    compliance: Mapping[str, ComplianceConfig] | None = None,
+) -> Loopback:
+    """lingang (CN-SH) and frankfurt (EU-DE), each sending to and receiving from the other.
+
+    ``compliance``: a gateway's ``compliance:`` section by its id (default: the default one).
+    """
     limits = limits or Limits(segment_size=SEGMENT)
     now = [float(int(time.time()))]
     clock = lambda: now[0]  # noqa: E731 - one shared, movable clock
@@ -255,7 +270,8 @@ def make_loopback(root: Path, limits: Limits | None = None) -> Loopback:
     sides: dict[str, Side] = {}
     for me, peer in ((LINGANG, FRANKFURT), (FRANKFURT, LINGANG)):
         state = root / me[0]
-        config = _config(state, me, peer, keys[peer[0]], issuer, limits)
+        rules = (compliance or {}).get(me[0])
+        config = _config(state, me, peer, keys[peer[0]], issuer, limits, rules)
         mine = keys[me[0]]
         ledger = Ledger(state / "ledger.sqlite3")
         ring = KeyRing(me[0], ledger, mine, config.keys, clock=clock)

@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tls_verbs(verbs)
     _add_daemon_verbs(verbs)
+    _add_policy_verbs(verbs)
     return parser
 
 
@@ -313,6 +314,55 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
 
     status = client("status", "gateway identity and recent transfers")
     status.set_defaults(func=_daemon_verb("cmd_status"))
+
+
+def _add_policy_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The compliance rules, offline: the config's tables and the ledger, read-only (the
+    verbs live in :mod:`gateway.cli.policy`, imported only when one runs)."""
+    actions = verbs.add_parser(
+        "policy", help="compliance rules: explain a decision, check tables, show counters"
+    ).add_subparsers(dest="policy_verb", required=True, metavar="ACTION")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        def run(args: argparse.Namespace) -> int:
+            from gateway.cli import policy
+
+            command: Callable[[argparse.Namespace], int] = getattr(policy, f"cmd_policy_{name}")
+            return command(args)
+
+        parser = actions.add_parser(name, help=help_text)
+        parser.set_defaults(func=run)
+        return parser
+
+    explain = verb("explain", "judge a passport as this gateway would, and show the rule trail")
+    explain.add_argument("passport", help="the token, a file holding it, or - for stdin")
+    explain.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    explain.add_argument(
+        "--direction",
+        choices=["egress", "ingress"],
+        help="egress: as this gateway sends it; ingress: as it receives it (default: egress "
+        "if the passport's sender is this gateway, ingress if it is addressed to it)",
+    )
+    explain.add_argument("--all", action="store_true", help="also the rules that do not apply")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+
+    check = verb("check", "validate rule tables; list each good table's rules")
+    check.add_argument(
+        "tables", nargs="+", metavar="FILE", help="a rule table file (or a shipped table's name)"
+    )
+    check.add_argument(
+        "--with",
+        action="append",
+        dest="with_tables",
+        metavar="TABLE",
+        help="a table (file or shipped name) whose rules the checked ones may name, e.g. "
+        "--with prc-export for a free-trade-zone list (repeatable)",
+    )
+
+    counters = verb("counters", "the yearly compliance counters in the ledger (read-only)")
+    counters.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    counters.add_argument("--year", type=positive_int, help="only this calendar year")
+    counters.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

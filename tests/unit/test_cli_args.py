@@ -158,6 +158,23 @@ def test_keys_public_defaults_to_the_newest_signing_key() -> None:
     assert (args.purpose, args.version, args.output) == ("signing", None, None)
 
 
+def test_policy_arguments() -> None:
+    args = build_parser().parse_args(["policy", "explain", "p.jwt", "-c", "gw.yaml"])
+    assert (args.passport, args.config, args.direction, args.all, args.json) == (
+        "p.jwt",
+        "gw.yaml",
+        None,
+        False,
+        False,
+    )
+    args = build_parser().parse_args(
+        ["policy", "check", "a.yaml", "b.yaml", "--with", "prc-export", "--with", "x.yaml"]
+    )
+    assert (args.tables, args.with_tables) == (["a.yaml", "b.yaml"], ["prc-export", "x.yaml"])
+    args = build_parser().parse_args(["policy", "counters", "-c", "gw.yaml", "--year", "2026"])
+    assert (args.config, args.year, args.json) == ("gw.yaml", 2026, False)
+
+
 def _parser_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(argv)
@@ -200,6 +217,15 @@ def _parser_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         ),
         (["passport", "inspect"], "the following arguments are required: token"),
         (["passport", "verify"], "the following arguments are required: token"),
+        (["policy"], "required: ACTION"),
+        (["policy", "explain", "p.jwt"], "the following arguments are required: -c/--config"),
+        (
+            ["policy", "explain", "p.jwt", "-c", "gw.yaml", "--direction", "sideways"],
+            "argument --direction: invalid choice: 'sideways'",
+        ),
+        (["policy", "check"], "the following arguments are required: FILE"),
+        (["policy", "counters"], "the following arguments are required: -c/--config"),
+        (["policy", "counters", "-c", "gw.yaml", "--year", "0"], "not a positive integer: '0'"),
     ],
 )
 def test_parser_errors_exit_2_with_the_reason(

@@ -739,3 +739,148 @@ def test_absolute_label_when_loaded_by_absolute_path(tree: Path) -> None:
     path = write(tree, doc)
     (found,) = problems(path)
     assert found.startswith(f"{path}: extra: unknown key")
+
+
+# --- compliance: the rule tables a gateway applies ------------------------------------------
+
+OWN_TABLE = """\
+table: xbgw-rules
+version: 1
+name: own-rules
+description: a deployment's own table, next to its gateway.yaml
+rules:
+  - id: own-no-marketing
+    article: "house rule 1"
+    when: {fact: purpose, is: marketing}
+    outcome: refuse
+"""
+
+
+def test_absent_compliance_section_gives_the_default_tables(tree: Path) -> None:
+    write(tree, full_config())
+    compliance = load_config("gateway.yaml").compliance
+    assert compliance.tables == ("baseline", "prc-export", "gdpr-chapter-v")
+    assert compliance.rules.tables == ("baseline v1", "prc-export v1", "gdpr-chapter-v v1")
+    ids = [rule.id for rule in compliance.rules.rules]
+    assert ids[:3] == ["baseline-passport-src", "baseline-passport-dst", "cn-core-data"]
+    assert "eu-third-country" in ids
+    assert not [rule for rule in ids if rule.startswith("ftz-")]  # the example list is opt-in
+    assert (compliance.ingress, compliance.year_timezone, compliance.zone) == (
+        "enforce",
+        "UTC",
+        None,
+    )
+
+
+def test_compliance_section_with_a_table_file_relative_to_the_config(
+    tree: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tree / "rules").mkdir()
+    (tree / "rules" / "own.yaml").write_text(OWN_TABLE, encoding="utf-8")
+    doc = full_config()
+    doc["compliance"] = {
+        "tables": ["baseline", "prc-export", "rules/own.yaml"],
+        "overrides": {"cn-pi-below-100k": {"disable": True}},
+        "ingress": "record",
+        "year_timezone": "Asia/Shanghai",
+        "zone": "lingang",
+    }
+    path = write(tree, doc)
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # not the config's directory
+
+    compliance = load_config(path).compliance
+
+    assert compliance.tables == ("baseline", "prc-export", str(tree / "rules" / "own.yaml"))
+    assert compliance.rules.tables == ("baseline v1", "prc-export v1", "own-rules v1")
+    ids = [rule.id for rule in compliance.rules.rules]
+    assert "own-no-marketing" in ids
+    assert "cn-pi-below-100k" not in ids  # disabled
+    assert "eu-third-country" not in ids  # gdpr-chapter-v was not named
+    assert compliance.ingress == "record"
+    assert compliance.year_timezone == "Asia/Shanghai"
+    assert compliance.zone == "lingang"
+
+
+def test_all_compliance_mistakes_are_reported_at_once(tree: Path) -> None:
+    """A typo'd table name, a missing table file (relative: against the config's directory),
+    a mistake inside a table file, an override of an unknown rule, an unknown key, a wrong
+    ingress mode and an unknown time zone: one ConfigError, every line with file and key."""
+    (tree / "rules").mkdir()
+    bad_table = OWN_TABLE.replace("outcome: refuse", "outcome: deny")
+    (tree / "rules" / "bad.yaml").write_text(bad_table, encoding="utf-8")
+    doc = full_config()
+    doc["compliance"] = {
+        "tables": ["baseline", "prc-exprot", "rules/missing.yaml", "rules/bad.yaml"],
+        "overrides": {"cn-pi-below-100kk": {"disable": True}},
+        "ingres": "record",
+        "ingress": "warn",
+        "year_timezone": "Asia/Shangai",
+    }
+    write(tree, doc)
+
+    found = problems()
+
+    bad = tree / "rules" / "bad.yaml"
+    assert found == [
+        "gateway.yaml: compliance.tables[1]: no shipped table 'prc-exprot' (did you mean "
+        "'prc-export'?); name a file by a path or with .yaml",
+        f"gateway.yaml: compliance.tables[2]: file {tree}/rules/missing.yaml does not exist",
+        f"{bad}: rules[0].outcome: expected allow, refuse, flag, {{require: [...]}} or "
+        "{exempt: [...]}; got 'deny'",
+        "gateway.yaml: compliance.overrides.cn-pi-below-100kk: no rule 'cn-pi-below-100kk' in "
+        "the tables loaded (baseline v1, own-rules v1)",
+        "gateway.yaml: compliance.ingres: unknown key (did you mean 'ingress'?)",
+        "gateway.yaml: compliance.ingress: expected one of enforce, record; got 'warn'",
+        "gateway.yaml: compliance.year_timezone: unknown time zone 'Asia/Shangai' (an IANA "
+        "name like Asia/Shanghai)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            {"tables": []},
+            "compliance.tables: expected a non-empty list of rule table names "
+            "or files, got an empty list",
+        ),
+        (
+            {"tables": "prc-export"},
+            "compliance.tables: expected a non-empty list of rule "
+            "table names or files, got a string",
+        ),
+        ({"tables": ["baseline", 7]}, "compliance.tables[1]: expected a string, got an integer"),
+        (
+            {"overrides": ["cn-core-data"]},
+            "compliance.overrides: expected a mapping of rule ids, got a list",
+        ),
+        (
+            {"overrides": {"baseline-passport-src": {"disable": True}}},
+            "compliance.overrides.baseline-passport-src: rule 'baseline-passport-src' is final "
+            "(gateway/compliance/tables/baseline.yaml: rules[0]): no override may touch it",
+        ),
+        (
+            {"overrides": {"cn-core-data": {"disable": "yes"}}},
+            "compliance.overrides.cn-core-data.disable: expected disable: true, alone",
+        ),
+        ({"zone": ""}, "compliance.zone: must not be empty"),
+        (
+            {"year_timezone": 8},
+            "compliance.year_timezone: expected a time zone name like "
+            "Asia/Shanghai, got an integer",
+        ),
+        (
+            {"tables": ["prc-exprot"], "overrides": {"cn-core-data": {"disable": True}}},
+            "compliance.tables[0]: no shipped table 'prc-exprot' (did you mean 'prc-export'?); "
+            "name a file by a path or with .yaml",  # the override is not judged without tables
+        ),
+        ("all", "compliance: expected a mapping, got a string"),
+    ],
+)
+def test_each_compliance_mistake_is_reported_with_file_and_key(
+    tree: Path, section: object, expected: str
+) -> None:
+    doc = full_config()
+    doc["compliance"] = section
+    write(tree, doc)
+    assert problems() == [f"gateway.yaml: {expected}"]

@@ -28,6 +28,7 @@ CLI_VERB_MODULES = (
     "gateway.cli.passport",
     "gateway.cli.daemon",
     "gateway.cli.lifecycle",
+    "gateway.cli.policy",
 )
 
 
@@ -228,6 +229,7 @@ def _loaded_by(statement: str) -> set[str]:
         ("import gateway.secrets", "pkcs11"),
         ("import gateway.cli", "grpc"),
         ("from gateway.cli import main, build_parser, parse_size", "grpc"),
+        ("import gateway.cli.policy", "grpc"),  # works offline: no daemon, no socket
         # The domain: the two sides of a transfer and their documents know neither the
         # network nor the token (they depend on PartnerLink and GatewayKeys).
         ("import gateway.sender, gateway.receiver, gateway.documents", "grpc"),
