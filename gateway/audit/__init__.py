@@ -1,0 +1,1 @@
+"""Tamper-evident audit trail: Merkle log, checkpoints and witnessing."""
