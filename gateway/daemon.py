@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import os
 import select
@@ -38,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import logs
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
+from gateway.audit.records import AuditRecord
 from gateway.compliance.border import Border
 from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, ListenError, XbgwError
@@ -361,6 +363,15 @@ class Daemon:
         self.sender.reconfigure(config)
         self.ring.policy = config.keys
         self.link.reconfigure(config, key_pem)
+        try:
+            digest = hashlib.sha256(config.path.read_bytes()).hexdigest()
+        except OSError:  # replaced again since it was loaded: record that it was not read
+            digest = "unreadable"
+        record = AuditRecord("config.reloaded", int(time.time()), {"config_sha256": digest})
+        try:
+            self.ledger.append_audit(record.encode(config.id))
+        except XbgwError as exc:  # the reload took effect; a failed record must not undo it
+            log.error("the audit record of this reload was not written: %s", exc)
         log.info("configuration reloaded")
         notify("READY=1", f"STATUS=serving as {config.id} on {self.partner_address}")
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from gateway.audit.records import AuditRecord
 from gateway.config import KeysConfig
 from gateway.errors import KeyLifecycleError, KeyNotFoundError
 from gateway.keys import CurrentKeys, HasVersions, KeyRef, KeyState, KeyVersion, Purpose
@@ -294,6 +295,12 @@ class KeyRing:
             f" ({note})" if note else "",
             extra={"key_ref": self._ref(purpose, version), "outcome": state.value},
         )
+        record = AuditRecord(
+            "key.changed",
+            int(self._clock()),
+            {"key": self._ref(purpose, version), "state": state.value},
+        )
+        self._ledger.append_audit(record.encode(self.owner))
 
 
 def _span(seconds: int) -> str:

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.audit import store as audit_store
+from gateway.audit.merkle import consistency_proof_at, inclusion_proof_at
 from gateway.envelope import Header, WrapKind
 from gateway.errors import EnvelopeError, StorageError, TransferConflictError
 from gateway.keys import KeyState, KeyVersion, Purpose
@@ -38,7 +40,7 @@ from gateway.transfer import TransferState
 #: so that finish need not parse the stored passport again). 3: key lifecycle -- the states of
 #: our key versions, what we learnt of partners' keys, and on each transfer the key versions
 #: it depends on (so a version in use is never retired).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbound (
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS inbound (
     count_year INTEGER,
     count_subjects INTEGER NOT NULL DEFAULT 0,
     count_sensitive INTEGER NOT NULL DEFAULT 0,
+    audit_leaf INTEGER,  -- the leaf of its commit (or refusal) record in the audit log
     state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
     next_segment INTEGER NOT NULL DEFAULT 0,
     received_bytes INTEGER NOT NULL DEFAULT 0,
@@ -81,6 +84,7 @@ CREATE TABLE IF NOT EXISTS outbound (
     count_year INTEGER,
     count_subjects INTEGER NOT NULL DEFAULT 0,
     count_sensitive INTEGER NOT NULL DEFAULT 0,
+    audit_leaf INTEGER,  -- the leaf of its delivery record in the audit log
     state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
     plaintext_size INTEGER,
     plaintext_sha256 BLOB,
@@ -140,6 +144,7 @@ CREATE TABLE IF NOT EXISTS outbound_segments (
     PRIMARY KEY (transfer_id, idx)
 ) WITHOUT ROWID;
 """
+_SCHEMA += audit_store.SCHEMA  # schema 5: the audit log (gateway.audit.store)
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ class Inbound:
     committed_at: int | None
     refusal: str | None
     receipt: Receipt | None
+    audit_leaf: int | None = None  # the leaf of its commit or delivery record
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,7 @@ class Outbound:
     created_at: int
     delivered_at: int | None
     receipt: Receipt | None
+    audit_leaf: int | None = None  # the leaf of its commit or delivery record
 
 
 def _receipt(row: sqlite3.Row) -> Receipt | None:
@@ -273,7 +280,7 @@ class Ledger:
             row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         if "inbound" in tables:  # an existing ledger: each step in its own transaction
-            for version, step in ((2, _to_2), (3, _to_3), (4, _to_4)):
+            for version, step in ((2, _to_2), (3, _to_3), (4, _to_4), (5, _to_5)):
                 if found < version:
                     self._db.execute("BEGIN IMMEDIATE")
                     step(self._db)
@@ -341,6 +348,7 @@ class Ledger:
         dataset_sha256: str | None,
         transport_version: int | None = None,
         count: Count | None = None,
+        audit: bytes | None = None,
     ) -> Inbound | None:
         """Record a new inbound transfer, spending the passport; None if the id is taken.
 
@@ -367,13 +375,14 @@ class Ledger:
                     storage_version_of(stored_header),
                     *_count_values(count),
                     int(time.time()),
-                )
+                ),
+                audit,
             )
         except sqlite3.IntegrityError:
             return None  # a transfer id is a passport jti: single use
         return self.inbound(transfer_id)
 
-    def _insert_inbound(self, values: tuple[object, ...]) -> None:
+    def _insert_inbound(self, values: tuple[object, ...], audit: bytes | None = None) -> None:
         with self._tx(durable=False) as db:
             db.execute(
                 "INSERT INTO inbound (transfer_id, sender, passport, passport_digest, "
@@ -383,6 +392,8 @@ class Ledger:
                 "state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'receiving',?)",
                 values,
             )
+            if audit is not None:
+                audit_store.append(db, audit)
 
     def record_progress(
         self, transfer_id: str, next_segment: int, received_bytes: int, final_received: bool
@@ -399,8 +410,13 @@ class Ledger:
             )
 
     def commit_inbound(
-        self, transfer_id: str, plaintext_sha256: bytes, receipt: Receipt, committed_at: int
-    ) -> None:
+        self,
+        transfer_id: str,
+        plaintext_sha256: bytes,
+        receipt: Receipt,
+        committed_at: int,
+        audit: bytes | None = None,
+    ) -> int | None:
         """Commit, and add what the transfer counts to the ingress counters -- in the same
         transaction, so a count never exists without its commit or the reverse."""
         with self._tx() as db:
@@ -417,17 +433,35 @@ class Ledger:
                     transfer_id,
                 ),
             )
-            if done.rowcount == 1:
-                _add_to_counters(db, "ingress", "inbound", transfer_id)
+            if done.rowcount != 1:
+                return None
+            _add_to_counters(db, "ingress", "inbound", transfer_id)
+            return self._audited(db, "inbound", transfer_id, audit)
 
-    def refuse_inbound(self, transfer_id: str, reason: str) -> None:
+    def refuse_inbound(self, transfer_id: str, reason: str, audit: bytes | None = None) -> None:
         """Mark a transfer refused for good; the passport stays spent."""
         with self._tx() as db:
-            db.execute(
+            done = db.execute(
                 "UPDATE inbound SET state = 'refused', refusal = ? "
                 "WHERE transfer_id = ? AND state = 'receiving'",
                 (reason, transfer_id),
             )
+            if done.rowcount == 1:
+                self._audited(db, "inbound", transfer_id, audit)
+
+    @staticmethod
+    def _audited(
+        db: sqlite3.Connection, table: str, transfer_id: str, audit: bytes | None
+    ) -> int | None:
+        """Append ``audit`` in the caller's transaction and note its leaf on the row."""
+        if audit is None:
+            return None
+        leaf = audit_store.append(db, audit)
+        db.execute(
+            f"UPDATE {table} SET audit_leaf = ? WHERE transfer_id = ?",  # noqa: S608
+            (leaf, transfer_id),
+        )
+        return leaf
 
     def committed_inbound(self) -> list[Inbound]:
         rows = self._all(
@@ -507,9 +541,13 @@ class Ledger:
         plaintext_size: int,
         plaintext_sha256: bytes,
         receipt: Receipt,
-    ) -> None:
+        audit: bytes | None = None,
+    ) -> int | None:
+        """Mark delivered; the egress count and the audit record (``audit``: its leaf index
+        is returned) go in the same transaction."""
         # Not fsynced: if lost, a resend finds the transfer committed and gets the receipt.
-        # The egress count goes with it, in the same transaction: lost together or kept together.
+        # The count and the record go with it: lost together or kept together (a checkpoint
+        # is signed only after a durable commit: gateway.audit.store).
         with self._tx(durable=False) as db:
             done = db.execute(
                 "UPDATE outbound SET state = 'delivered', plaintext_size = ?, "
@@ -526,9 +564,82 @@ class Ledger:
                     transfer_id,
                 ),
             )
+            leaf = None
             if done.rowcount == 1:
                 _add_to_counters(db, "egress", "outbound", transfer_id)
+                leaf = self._audited(db, "outbound", transfer_id, audit)
             db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
+            return leaf
+
+    # -- the audit log (gateway.audit.store) -------------------------------------------------
+
+    def append_audit(self, record: bytes) -> int:
+        """Append one canonical record on its own (events with no row to commit); its leaf."""
+        with self._tx() as db:
+            return audit_store.append(db, record)
+
+    def audit_size(self) -> int:
+        with self._lock, _storage():
+            return audit_store.size(self._db)
+
+    def audit_records(self, start: int, stop: int) -> list[tuple[int, bytes]]:
+        """(leaf index, record) for ``start <= idx < stop``, in order."""
+        rows = self._all(
+            "SELECT idx, record FROM audit_records WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, stop),
+        )
+        return [(int(r["idx"]), bytes(r["record"])) for r in rows]
+
+    def audit_root(self, size: int) -> bytes:
+        with self._lock, _storage():
+            return audit_store.root(self._db, size)
+
+    def audit_inclusion(self, index: int, size: int) -> list[bytes]:
+        with self._lock, _storage():
+            return inclusion_proof_at(audit_store.hash_reader(self._db), index, size)
+
+    def audit_consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        with self._lock, _storage():
+            return consistency_proof_at(audit_store.hash_reader(self._db), old_size, new_size)
+
+    def audit_nodes(self) -> list[tuple[int, int, bytes]]:
+        """Every stored node (level, index, hash), for ``xbgw audit verify``."""
+        rows = self._all("SELECT level, idx, hash FROM audit_nodes ORDER BY level, idx")
+        return [(int(r["level"]), int(r["idx"]), bytes(r["hash"])) for r in rows]
+
+    def begin_checkpoint(self) -> tuple[int, bytes]:
+        """(size, root) of the log now, recorded in a durable transaction before it is signed:
+        that commit fsyncs every leaf before it (see gateway.audit.store)."""
+        with self._tx() as db:
+            tree_size = audit_store.size(db)
+            root_hash = audit_store.root(db, tree_size)
+            db.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints (size, root) VALUES (?, ?)",
+                (tree_size, root_hash),
+            )
+            return tree_size, root_hash
+
+    def finish_checkpoint(self, size: int, note: str, signed_at: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE audit_checkpoints SET note = ?, signed_at = ? WHERE size = ?",
+                (note, signed_at, size),
+            )
+
+    def latest_checkpoint(self, at_least: int = 0) -> tuple[int, bytes, str] | None:
+        """The newest signed checkpoint (size, root, note), if its size is ``at_least``."""
+        row = self._one(
+            "SELECT size, root, note FROM audit_checkpoints WHERE note IS NOT NULL "
+            "ORDER BY size DESC LIMIT 1",
+            (),
+        )
+        if row is None or int(row["size"]) < at_least:
+            return None
+        return int(row["size"]), bytes(row["root"]), str(row["note"])
+
+    def checkpoints(self) -> list[tuple[int, bytes, str | None]]:
+        rows = self._all("SELECT size, root, note FROM audit_checkpoints ORDER BY size")
+        return [(int(r["size"]), bytes(r["root"]), r["note"]) for r in rows]
 
     # -- compliance counters ---------------------------------------------------------------
 
@@ -799,6 +910,7 @@ def _inbound(row: sqlite3.Row) -> Inbound:
         committed_at=None if row["committed_at"] is None else int(row["committed_at"]),
         refusal=row["refusal"],
         receipt=_receipt(row),
+        audit_leaf=None if row["audit_leaf"] is None else int(row["audit_leaf"]),
     )
 
 
@@ -817,6 +929,7 @@ def _outbound(row: sqlite3.Row) -> Outbound:
         created_at=int(row["created_at"]),
         delivered_at=None if row["delivered_at"] is None else int(row["delivered_at"]),
         receipt=_receipt(row),
+        audit_leaf=None if row["audit_leaf"] is None else int(row["audit_leaf"]),
     )
 
 
@@ -908,6 +1021,15 @@ def _to_4(db: sqlite3.Connection) -> None:
                 "count_sensitive INTEGER NOT NULL DEFAULT 0",
             ):
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def _to_5(db: sqlite3.Connection) -> None:
+    """Schema 5: the audit log (its tables are made by the schema script); each transfer
+    notes the leaf of its record (older transfers have none: the log starts now)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for table in ("inbound", "outbound"):
+        if table in tables:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN audit_leaf INTEGER")
 
 
 def storage_version_of(stored_header: bytes) -> int | None:

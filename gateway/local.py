@@ -19,6 +19,7 @@ import grpc
 import gateway
 from gateway import envelope
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
+from gateway.audit.records import AuditRecord
 from gateway.config import GatewayConfig
 from gateway.envelope import KeyHolder
 from gateway.errors import HeaderFormatError, UnknownTransferError, UsageError, XbgwError
@@ -210,8 +211,11 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 raise UnknownTransferError(
                     f"no committed transfer {request.transfer_id!r} in the inbox"
                 )
+            me = self._config().id
+            record = AuditRecord("admin.fetch", int(time.time()), {"transfer_id": row.transfer_id})
+            self._ledger.append_audit(record.encode(me))
             with self._spool.open_committed(row.transfer_id) as src:
-                chunks = _plaintext(src, self._config().id, self._keys, row.stored_header)
+                chunks = _plaintext(src, me, self._keys, row.stored_header)
                 for plaintext in chunks:
                     for offset in range(0, len(plaintext), FETCH_CHUNK):
                         yield local_pb2.FetchChunk(data=plaintext[offset : offset + FETCH_CHUNK])

@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from gateway import envelope
+from gateway.audit.records import AuditRecord
 from gateway.compliance.border import Border
 from gateway.compliance.facts import Direction
 from gateway.config import GatewayConfig, PartnerConfig
@@ -380,8 +381,26 @@ class Sender:
         receipt = read_own_receipt(receipt_blob, partner.id)
         if not receipt.confirms(manifest, signed.digest):
             raise ManifestError(f"receipt from {partner.id} does not match what was sent")
+        record = AuditRecord(
+            "transfer.delivered",
+            receipt.committed_at,
+            {
+                "transfer_id": manifest.transfer_id,
+                "partner": partner.id,
+                "passport_digest": manifest.passport_digest.hex(),
+                "manifest_digest": signed.digest.hex(),
+                "plaintext_sha256": manifest.plaintext_sha256.hex(),
+                "plaintext_size": manifest.plaintext_size,
+                "receipt_digest": receipt_blob.digest.hex(),
+                "receipt_key": receipt_blob.kid,
+            },
+        )
         self._ledger.deliver_outbound(
-            manifest.transfer_id, manifest.plaintext_size, manifest.plaintext_sha256, receipt_blob
+            manifest.transfer_id,
+            manifest.plaintext_size,
+            manifest.plaintext_sha256,
+            receipt_blob,
+            record.encode(self.me),
         )
         log.info(
             "transfer delivered",

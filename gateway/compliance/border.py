@@ -68,6 +68,7 @@ class Border:
             OrderedDict()
         )
         self._guard = threading.Lock()
+        self._trails: OrderedDict[tuple[Direction, str], list[str]] = OrderedDict()
 
     def reconfigure(self, config: ComplianceConfig) -> None:
         """New rule tables apply to the next decision; transfers accepted stay accepted."""
@@ -109,6 +110,12 @@ class Border:
             facts = replace(facts, zone=self._config.zone)
         return facts
 
+    def trail(self, direction: Direction, transfer_id: str) -> list[str]:
+        """``rule:outcome`` of every rule that applied to the last decision on the transfer
+        (for its audit record); empty if none is remembered."""
+        with self._guard:
+            return list(self._trails.get((direction, transfer_id), []))
+
     def year(self, now: int) -> int:
         """The calendar year of ``now`` where the counters are reckoned."""
         return datetime.fromtimestamp(now, ZoneInfo(self._config.year_timezone)).year
@@ -140,6 +147,14 @@ class Border:
         if earlier is not None and earlier[0] == facts and earlier[1] is rules:
             return earlier[2]  # nothing moved since the first judgement: the same decision
         decision = rules.decide(facts)
+        with self._guard:
+            self._trails[key] = [
+                f"{e.rule}:{e.outcome.value}"
+                for e in decision.trail
+                if e.outcome is not Outcome.NOT_APPLICABLE
+            ]
+            while len(self._trails) > RECENT_JUDGEMENTS:
+                self._trails.popitem(last=False)
         if not (again and decision.allow):
             self._report(direction, decision, transfer_id, sender, receiver)
         enforced = direction is Direction.EGRESS or self._config.ingress == "enforce"

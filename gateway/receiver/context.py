@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gateway import envelope
+from gateway.audit.records import AuditRecord
 from gateway.compliance.border import Border
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import PartialLostError, TransferConflictError, UnknownTransferError
@@ -181,9 +182,15 @@ class Context:
             "segment 0"
         )
 
-    def refuse(self, transfer_id: str, partner: str, reason: str) -> None:
-        """Refuse a transfer for good: the passport stays spent, the partial data goes."""
-        self.ledger.refuse_inbound(transfer_id, reason)
+    def refuse(self, transfer_id: str, partner: str, reason: str, error: str) -> None:
+        """Refuse a transfer for good: the passport stays spent, the partial data goes; the
+        audit record names the error type (``error``), never the partner-influenced text."""
+        record = AuditRecord(
+            "transfer.refused",
+            int(self.clock()),
+            {"transfer_id": transfer_id, "partner": partner, "error": error},
+        )
+        self.ledger.refuse_inbound(transfer_id, reason, audit=record.encode(self.me))
         self.spool.discard(transfer_id)
         self.working.drop(transfer_id)
         log.warning(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from gateway.audit.records import AuditRecord
 from gateway.config import PartnerConfig
 from gateway.documents import Manifest, Receipt, read_manifest, read_own_receipt, sign_receipt
 from gateway.errors import ManifestError, TransferConflictError
@@ -66,7 +67,7 @@ def finish(
             problems.append("data set SHA-256 is not the passport's sub")
         if problems:
             reason = "manifest disagrees with what arrived: " + "; ".join(problems)
-            ctx.refuse(transfer_id, peer.id, reason)
+            ctx.refuse(transfer_id, peer.id, reason, ManifestError.__name__)
             raise ManifestError(reason)
         committed_at = int(ctx.clock())
         receipt = sign_receipt(
@@ -86,7 +87,23 @@ def finish(
         if not ctx.spool.holds(transfer_id):
             raise ctx.restart(row, "is gone")
         ctx.spool.commit(transfer_id)
-        ctx.ledger.commit_inbound(transfer_id, arrived.plaintext_sha256, receipt, committed_at)
+        record = AuditRecord(
+            "transfer.committed",
+            committed_at,
+            {
+                "transfer_id": transfer_id,
+                "partner": peer.id,
+                "passport_digest": row.passport_digest.hex(),
+                "manifest_digest": signed_manifest.digest.hex(),
+                "plaintext_sha256": arrived.plaintext_sha256.hex(),
+                "plaintext_size": arrived.plaintext_size,
+                "receipt_digest": receipt.digest.hex(),
+                "receipt_key": receipt.kid,
+            },
+        )
+        ctx.ledger.commit_inbound(
+            transfer_id, arrived.plaintext_sha256, receipt, committed_at, record.encode(ctx.me)
+        )
         ctx.working.drop(transfer_id)
     if on_commit is not None:
         on_commit(peer.id, row.received_bytes)

@@ -14,6 +14,7 @@ import hashlib
 import logging
 
 from gateway import envelope
+from gateway.audit.records import AuditRecord
 from gateway.compliance.facts import Direction
 from gateway.config import PartnerConfig
 from gateway.errors import (
@@ -25,6 +26,7 @@ from gateway.errors import (
     PeerNotAuthorizedError,
     TransferConflictError,
     TransportKeyNotAcceptedError,
+    XbgwError,
 )
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Count, Inbound
@@ -51,8 +53,45 @@ class Offers:
         token: str,
         header_bytes: bytes,
     ) -> OfferResult:
+        try:
+            passport = verifier.verify(token)
+        except XbgwError as exc:
+            self._refused(peer, None, exc)
+            raise
+        try:
+            return self._offer(passport, peer, header_bytes)
+        except XbgwError as exc:
+            self._refused(peer, passport, exc)
+            raise
+
+    def _refused(
+        self, peer: PartnerConfig, passport: VerifiedPassport | None, error: XbgwError
+    ) -> None:
+        """One audit record per refused offer: the error type and status, the rules that
+        applied; the transfer id only from a passport that verified (otherwise it is the
+        partner's text)."""
+        if isinstance(error, TransferConflictError):
+            return  # busy: the same offer is made again shortly; nothing was decided
         ctx = self._ctx
-        passport = verifier.verify(token)
+        transfer_id = None if passport is None else passport.claims.jti
+        rules = [] if transfer_id is None else ctx.border.trail(Direction.INGRESS, transfer_id)
+        record = AuditRecord(
+            "offer.refused",
+            int(ctx.clock()),
+            {
+                "transfer_id": transfer_id,
+                "partner": peer.id,
+                "error": type(error).__name__,
+                "status": error.grpc_status,
+                "rules": rules,
+            },
+        )
+        ctx.ledger.append_audit(record.encode(ctx.me))
+
+    def _offer(
+        self, passport: VerifiedPassport, peer: PartnerConfig, header_bytes: bytes
+    ) -> OfferResult:
+        ctx = self._ctx
         claims = passport.claims
         if claims.xbgw.sender != peer.id:
             raise PeerNotAuthorizedError(
@@ -111,6 +150,16 @@ class Offers:
                 dataset_sha256=claims.sub,
                 transport_version=transport_version,
                 count=count,
+                audit=AuditRecord(
+                    "offer.accepted",
+                    int(ctx.clock()),
+                    {
+                        "transfer_id": transfer_id,
+                        "partner": peer.id,
+                        "passport_digest": passport.digest.hex(),
+                        "rules": ctx.border.trail(Direction.INGRESS, transfer_id),
+                    },
+                ).encode(ctx.me),
             )
         if created is None:  # a concurrent offer of the same passport won the race
             raced = ctx.ledger.inbound(transfer_id)

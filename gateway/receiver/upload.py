@@ -81,7 +81,7 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
         intake.run(segments)
     except ByteLimitError as exc:
         intake.discard()
-        ctx.refuse(transfer_id, row.sender, str(exc))
+        ctx.refuse(transfer_id, row.sender, str(exc), type(exc).__name__)
         raise
     except BaseException:
         # Keep what verified: make it durable so a resumed stream continues from here.

@@ -1,0 +1,107 @@
+"""The audit log's storage: leaves, perfect subtree nodes and checkpoints, in the ledger's
+SQLite database.
+
+Why in the ledger's database and not a file of its own: a committed transfer and its audit
+record must never exist one without the other, across kill -9 and power loss. Appending
+inside the same SQLite transaction that commits the transfer gives that for free, with the
+ledger's fsync discipline (see ``Ledger._tx``). The functions here therefore take the
+caller's open transaction (a ``sqlite3.Connection`` inside ``BEGIN IMMEDIATE``) and never
+commit themselves.
+
+Tables (created by the ledger's schema):
+
+* ``audit_records (idx, record)``: leaf ``idx`` (0, 1, 2, ... without gaps) and its canonical
+  record (``gateway.audit.records``); the leaf hash is ``SHA-256(0x00 || record)``.
+* ``audit_nodes (level, idx, hash)``: every perfect subtree root, written once when its last
+  leaf is appended (``Frontier.append`` says which); level 0 are the leaf hashes. Any root,
+  inclusion or consistency proof then needs O(log n) reads.
+* ``audit_frontier``: the serialised right edge of the tree (one row), so that an append needs
+  neither earlier leaves nor a scan.
+* ``audit_checkpoints (size, root, note, signed_at)``: checkpoints in signed-note text. A row
+  is written with its root *before* it is signed, in a durable transaction: that commit
+  fsyncs the write-ahead log with every leaf before it, so a signed checkpoint never covers a
+  leaf that a power loss could take back (transfers committed without fsync included).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from gateway.audit.merkle import (
+    EMPTY_ROOT,
+    Frontier,
+    HashAt,
+    leaf_hash,
+    subtree_root,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_records (
+    idx INTEGER PRIMARY KEY,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_frontier (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    frontier BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    note TEXT,
+    signed_at INTEGER
+);
+"""
+
+
+def frontier(db: sqlite3.Connection) -> Frontier:
+    row = db.execute("SELECT frontier FROM audit_frontier WHERE id = 0").fetchone()
+    return Frontier() if row is None else Frontier.from_bytes(bytes(row[0]))
+
+
+def append(db: sqlite3.Connection, record: bytes) -> int:
+    """Append one canonical record inside the caller's transaction; its leaf index."""
+    edge = frontier(db)
+    index = edge.size
+    completed = edge.append(leaf_hash(record))
+    db.execute("INSERT INTO audit_records (idx, record) VALUES (?, ?)", (index, record))
+    db.executemany(
+        "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)",
+        [(node.level, node.index, node.hash) for node in completed],
+    )
+    db.execute(
+        "INSERT INTO audit_frontier (id, frontier) VALUES (0, ?) "
+        "ON CONFLICT (id) DO UPDATE SET frontier = excluded.frontier",
+        (edge.to_bytes(),),
+    )
+    return index
+
+
+def size(db: sqlite3.Connection) -> int:
+    return frontier(db).size
+
+
+def hash_reader(db: sqlite3.Connection) -> HashAt:
+    """A ``HashAt`` over the stored nodes (the caller holds the connection's lock)."""
+
+    def hash_at(level: int, index: int) -> bytes:
+        row = db.execute(
+            "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"the audit log has no node at level {level} index {index}")
+        return bytes(row[0])
+
+    return hash_at
+
+
+def root(db: sqlite3.Connection, tree_size: int) -> bytes:
+    """The root of the first ``tree_size`` leaves."""
+    if tree_size == 0:
+        return EMPTY_ROOT
+    return subtree_root(hash_reader(db), 0, tree_size)
