@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import logs
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
+from gateway.audit.checkpointer import Checkpointer
 from gateway.audit.records import AuditRecord
 from gateway.compliance.border import Border
 from gateway.config import Address, GatewayConfig, load_config
@@ -133,6 +134,12 @@ class Daemon:
             border=self.border,
         )
         self.receiver.on_commit = self.metrics.committed_in
+        # The audit log's checkpoints: about a second after it grows, at once for a Finish.
+        self.checkpointer = Checkpointer(
+            config.id, self.ledger, self.hsm, lambda: self.ring.signing
+        )
+        self.receiver.checkpointer = self.checkpointer
+        self.checkpointer.start()
         self.sender = Sender(
             config,
             self.hsm,
@@ -390,6 +397,7 @@ class Daemon:
         if not self.partner_servicer.wait_idle(IDLE_WAIT_SECONDS):
             log.warning("some partner handlers did not finish; their last durable point stands")
         self.link.close()
+        self.checkpointer.stop()  # the last leaves get their checkpoint
         self.ledger.close()
         self.hsm.close()
         self.state_lock.release()

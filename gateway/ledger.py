@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS outbound (
     count_subjects INTEGER NOT NULL DEFAULT 0,
     count_sensitive INTEGER NOT NULL DEFAULT 0,
     audit_leaf INTEGER,  -- the leaf of its delivery record in the audit log
+    evidence TEXT,  -- JSON: the signed manifest, the receipt, the receiver's commit proof
     state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
     plaintext_size INTEGER,
     plaintext_sha256 BLOB,
@@ -207,6 +208,7 @@ class Outbound:
     delivered_at: int | None
     receipt: Receipt | None
     audit_leaf: int | None = None  # the leaf of its commit or delivery record
+    evidence: str | None = None  # see deliver_outbound
 
 
 def _receipt(row: sqlite3.Row) -> Receipt | None:
@@ -542,9 +544,11 @@ class Ledger:
         plaintext_sha256: bytes,
         receipt: Receipt,
         audit: bytes | None = None,
+        evidence: str | None = None,
     ) -> int | None:
-        """Mark delivered; the egress count and the audit record (``audit``: its leaf index
-        is returned) go in the same transaction."""
+        """Mark delivered, keeping ``evidence`` (the JSON bundle ``xbgw receipt export``
+        writes); the egress count and the audit record (``audit``: its leaf index is
+        returned) go in the same transaction."""
         # Not fsynced: if lost, a resend finds the transfer committed and gets the receipt.
         # The count and the record go with it: lost together or kept together (a checkpoint
         # is signed only after a durable commit: gateway.audit.store).
@@ -552,7 +556,7 @@ class Ledger:
             done = db.execute(
                 "UPDATE outbound SET state = 'delivered', plaintext_size = ?, "
                 "plaintext_sha256 = ?, delivered_at = ?, receipt_body = ?, "
-                "receipt_signature = ?, receipt_kid = ? "
+                "receipt_signature = ?, receipt_kid = ?, evidence = ? "
                 "WHERE transfer_id = ? AND state = 'sending'",
                 (
                     plaintext_size,
@@ -561,6 +565,7 @@ class Ledger:
                     receipt.body,
                     receipt.signature,
                     receipt.kid,
+                    evidence,
                     transfer_id,
                 ),
             )
@@ -930,6 +935,7 @@ def _outbound(row: sqlite3.Row) -> Outbound:
         delivered_at=None if row["delivered_at"] is None else int(row["delivered_at"]),
         receipt=_receipt(row),
         audit_leaf=None if row["audit_leaf"] is None else int(row["audit_leaf"]),
+        evidence=row["evidence"],
     )
 
 
@@ -1030,6 +1036,8 @@ def _to_5(db: sqlite3.Connection) -> None:
     for table in ("inbound", "outbound"):
         if table in tables:
             db.execute(f"ALTER TABLE {table} ADD COLUMN audit_leaf INTEGER")
+    if "outbound" in tables:
+        db.execute("ALTER TABLE outbound ADD COLUMN evidence TEXT")
 
 
 def storage_version_of(stored_header: bytes) -> int | None:

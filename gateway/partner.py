@@ -145,8 +145,18 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         self, request: partner_pb2.FinishRequest, context: grpc.ServicerContext
     ) -> partner_pb2.FinishResponse:
         def act(peer: PartnerConfig) -> partner_pb2.FinishResponse:
-            receipt = self._receiver.finish(peer, request.transfer_id, from_blob(request.manifest))
-            return partner_pb2.FinishResponse(receipt=to_blob(receipt))
+            done = self._receiver.finish(peer, request.transfer_id, from_blob(request.manifest))
+            response = partner_pb2.FinishResponse(receipt=to_blob(done.receipt))
+            if done.proof is not None:
+                response.proof.CopyFrom(
+                    partner_pb2.CommitProof(
+                        record=done.proof.record,
+                        leaf=done.proof.leaf,
+                        checkpoint=done.proof.checkpoint,
+                        inclusion=list(done.proof.inclusion),
+                    )
+                )
+            return response
 
         return self._run(context, "Finish", act, request.transfer_id)
 

@@ -24,6 +24,8 @@ from gateway.errors import PartnerError
 from gateway.signed import Signed
 from gateway.tls import channel_credentials
 from gateway.transfer import (
+    CommitProof,
+    FinishResult,
     OfferResult,
     SegmentIn,
     TransferState,
@@ -130,7 +132,7 @@ class GrpcPartnerLink:
             raise partner_error(exc, partner.id, "upload") from None
         return UploadResult(response.next_segment, response.received_bytes, response.final_received)
 
-    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
+    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         try:
             response = self._stub(partner).Finish(
                 partner_pb2.FinishRequest(transfer_id=transfer_id, manifest=to_blob(manifest)),
@@ -138,7 +140,13 @@ class GrpcPartnerLink:
             )
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "finish") from None
-        return from_blob(response.receipt)
+        proof = None
+        if response.HasField("proof"):
+            given = response.proof
+            proof = CommitProof(
+                bytes(given.record), given.leaf, given.checkpoint, tuple(given.inclusion)
+            )
+        return FinishResult(from_blob(response.receipt), proof)
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:
         try:

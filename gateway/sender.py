@@ -26,6 +26,9 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from gateway import envelope
+from gateway.audit.evidence import Evidence
+from gateway.audit.merkle import ProofError
+from gateway.audit.proof import check_commit_proof
 from gateway.audit.records import AuditRecord
 from gateway.compliance.border import Border
 from gateway.compliance.facts import Direction
@@ -49,6 +52,7 @@ from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
 from gateway.signed import Signed
 from gateway.transfer import (
+    CommitProof,
     GatewayKeys,
     OfferResult,
     PartnerLink,
@@ -363,7 +367,8 @@ class Sender:
         signed = sign_manifest(
             self._keys, KeyRef(self.me, Purpose.SIGNING, self._ring.signing), manifest
         )
-        receipt_blob = self._link.finish(partner, manifest.transfer_id, signed)
+        finished = self._link.finish(partner, manifest.transfer_id, signed)
+        receipt_blob = finished.receipt
         # Under the partner's key history; a version not learnt yet, or a signature that does
         # not verify, fetches its key set once before the receipt is refused.
         try:
@@ -395,12 +400,21 @@ class Sender:
                 "receipt_key": receipt_blob.kid,
             },
         )
+        evidence = Evidence(
+            manifest.transfer_id,
+            self.me,
+            partner.id,
+            signed,
+            receipt_blob,
+            self._checked_proof(partner, manifest.transfer_id, receipt_blob, finished.proof),
+        )
         self._ledger.deliver_outbound(
             manifest.transfer_id,
             manifest.plaintext_size,
             manifest.plaintext_sha256,
             receipt_blob,
             record.encode(self.me),
+            evidence.to_json(),
         )
         log.info(
             "transfer delivered",
@@ -420,6 +434,34 @@ class Sender:
             signed_by=str(kid),
             receipt=receipt_blob,
         )
+
+    def _checked_proof(
+        self,
+        partner: PartnerConfig,
+        transfer_id: str,
+        receipt: Signed,
+        proof: CommitProof | None,
+    ) -> CommitProof | None:
+        """The partner's commit proof if it checks out under its signing keys; otherwise an
+        error line (the receipt itself verified: the transfer is delivered) and no proof."""
+        if proof is None:
+            return None
+        keys = [
+            k.public_key
+            for k in self._partner_keys.known(partner.id)
+            if k.ref.purpose is Purpose.SIGNING
+        ] or [partner.signing_public_key]
+        try:
+            check_commit_proof(proof, receipt, partner.id, transfer_id, keys)
+        except ProofError as exc:
+            log.error(
+                "the commit proof of %s does not check out: %s",
+                partner.id,
+                exc,
+                extra={"transfer_id": transfer_id, "partner": partner.id, "outcome": "bad-proof"},
+            )
+            return None
+        return proof
 
 
 def _held_to(chunks: Iterable[bytes], size: int, transfer_id: str) -> Iterator[bytes]:

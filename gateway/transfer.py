@@ -62,6 +62,26 @@ class OfferResult:
 
 
 @dataclass(frozen=True)
+class CommitProof:
+    """Where a commit is in the receiver's audit log: its canonical record, leaf index, a
+    signed checkpoint (C2SP note text) and the inclusion proof under that checkpoint."""
+
+    record: bytes
+    leaf: int
+    checkpoint: str
+    inclusion: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class FinishResult:
+    """The answer to Finish: the signed receipt, and (when a checkpoint covered the commit in
+    time) the proof that the commit is in the receiver's log."""
+
+    receipt: Signed
+    proof: CommitProof | None = None
+
+
+@dataclass(frozen=True)
 class UploadResult:
     next_segment: int
     received_bytes: int
@@ -97,7 +117,9 @@ class PartnerLink(Protocol):
 
     def upload(self, partner: PartnerConfig, segments: Iterator[SegmentIn]) -> UploadResult: ...
 
-    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed: ...
+    def finish(
+        self, partner: PartnerConfig, transfer_id: str, manifest: Signed
+    ) -> FinishResult: ...
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus: ...
 

@@ -44,6 +44,7 @@ from gateway.sender import ReceiptSummary, Sender
 from gateway.signed import Signed
 from gateway.spool import Spool
 from gateway.transfer import (
+    FinishResult,
     OfferResult,
     SegmentIn,
     TransferStatus,
@@ -113,9 +114,9 @@ class LoopbackLink:
         assert isinstance(result, UploadResult)
         return result
 
-    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
+    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         result = self._call(partner, "finish", lambda r, p: r.finish(p, transfer_id, manifest))
-        assert isinstance(result, Signed)
+        assert isinstance(result, FinishResult)
         return result
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:

@@ -176,7 +176,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_verbs(verbs)
     _add_daemon_verbs(verbs)
     _add_policy_verbs(verbs)
+    _add_receipt_verbs(verbs)
     return parser
+
+
+def _add_receipt_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """A delivered transfer's evidence as a file, and its offline check (the verbs live in
+    :mod:`gateway.cli.receipt`, imported only when one runs)."""
+    actions = verbs.add_parser(
+        "receipt", help="export a receipt with its commit proof; verify one offline"
+    ).add_subparsers(dest="receipt_verb", required=True, metavar="ACTION")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        def run(args: argparse.Namespace) -> int:
+            from gateway.cli import receipt
+
+            command: Callable[[argparse.Namespace], int] = getattr(receipt, f"cmd_receipt_{name}")
+            return command(args)
+
+        parser = actions.add_parser(name, help=help_text)
+        parser.set_defaults(func=run)
+        return parser
+
+    export = verb("export", "write a delivered transfer's receipt, manifest and commit proof")
+    export.add_argument("transfer_id", metavar="ID")
+    export.add_argument("-o", "--output", required=True, help="the file to write")
+    export.add_argument("-c", "--config", required=True, help="gateway YAML file (the sender's)")
+    check = verb("verify", "check an exported receipt with nothing but public keys")
+    check.add_argument("file", help="an xbgw-receipt/1 file")
+    check.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        metavar="PEM",
+        help="the receiver's signing public key (repeat for each version that may have signed)",
+    )
+    check.add_argument("--sender-key", action="append", metavar="PEM", help="the sender's too")
+    check.add_argument(
+        "--require-proof", action="store_true", help="fail when the file has no commit proof"
+    )
 
 
 def _add_tls_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

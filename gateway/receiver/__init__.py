@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.audit.checkpointer import Checkpointer
 from gateway.compliance.border import Border
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import EndorsedKeySet, KeySet, serve_key_set
@@ -38,6 +39,8 @@ from gateway.receiver.upload import upload as _upload
 from gateway.signed import Signed
 from gateway.spool import Spool
 from gateway.transfer import (
+    CommitProof,
+    FinishResult,
     GatewayKeys,
     OfferResult,
     SegmentIn,
@@ -46,6 +49,10 @@ from gateway.transfer import (
 )
 
 __all__ = ["Receiver"]
+
+
+#: The longest a Finish waits for a checkpoint covering its commit (normally milliseconds).
+PROOF_WAIT_SECONDS = 5.0
 
 
 class Receiver:
@@ -69,6 +76,8 @@ class Receiver:
         border = border or Border(config.compliance, ledger, clock)
         self._ctx = Context(config, keys, ring, ledger, spool, clock, partner_keys, border)
         self._offers = Offers(self._ctx)
+        #: Signs the audit log's checkpoints; with it, Finish answers with the commit's proof.
+        self.checkpointer: Checkpointer | None = None
         #: Called as ``on_commit(partner_id, plaintext_bytes)`` once per newly committed
         #: transfer (metrics); not on an idempotent repeat of Finish.
         self.on_commit: Callable[[str, int], None] | None = None
@@ -97,8 +106,26 @@ class Receiver:
     def upload(self, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
         return _upload(self._ctx, peer, segments)
 
-    def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
-        return _finish(self._ctx, peer, transfer_id, manifest, self.on_commit)
+    def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
+        receipt = _finish(self._ctx, peer, transfer_id, manifest, self.on_commit)
+        return FinishResult(receipt, self._commit_proof(transfer_id))
+
+    def _commit_proof(self, transfer_id: str) -> CommitProof | None:
+        """Where the commit is in our audit log, under the first checkpoint that covers it
+        (waiting for it: the checkpointer signs at once for a waiting finish, and one
+        signature serves every finish waiting at that moment). None without a checkpointer,
+        or if none came in time -- the receipt stands on its own either way."""
+        checkpointer = self.checkpointer
+        row = self._ctx.ledger.inbound(transfer_id)
+        if checkpointer is None or row is None or row.audit_leaf is None:
+            return None
+        signed = checkpointer.covering(row.audit_leaf, PROOF_WAIT_SECONDS)
+        if signed is None:
+            return None
+        ledger = self._ctx.ledger
+        [(_, record)] = ledger.audit_records(row.audit_leaf, row.audit_leaf + 1)
+        inclusion = ledger.audit_inclusion(row.audit_leaf, signed.size)
+        return CommitProof(record, row.audit_leaf, signed.note, tuple(inclusion))
 
     @contextmanager
     def hold(self, transfer_id: str) -> Iterator[None]:

@@ -87,6 +87,7 @@ from gateway.keys import KeyRef, Purpose
 from gateway.passport import passport_digest
 from gateway.signed import Signed
 from gateway.transfer import (
+    FinishResult,
     OfferResult,
     SegmentIn,
     TransferState,
@@ -193,7 +194,7 @@ class Hand:
         )
 
     def finish(self, manifest: Signed) -> Signed:
-        return self.lb.frankfurt.receiver.finish(self.peer, self.transfer_id, manifest)
+        return self.lb.frankfurt.receiver.finish(self.peer, self.transfer_id, manifest).receipt
 
 
 def hand(lb: Loopback, jti: str) -> Hand:
@@ -1026,7 +1027,7 @@ def test_finish_with_another_manifest_after_commit(rig: Rig) -> None:
         segment_count=7,
     )
     same = lb.frankfurt.receiver.finish(peer_of(lb), "after-commit", lingang_signs(lb, manifest))
-    assert same == summary.receipt
+    assert same.receipt == summary.receipt
     other = lingang_signs(lb, replace(manifest, plaintext_size=1))
     with pytest.raises(ManifestError) as refused:
         lb.frankfurt.receiver.finish(peer_of(lb), "after-commit", other)
@@ -1234,15 +1235,15 @@ def test_tampered_receipt_is_not_recorded_as_delivered(
     token = lb.passport("receipt")
     original = lb.link.finish
 
-    def finish(partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
-        receipt = original(partner, transfer_id, manifest)
+    def finish(partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
+        receipt = original(partner, transfer_id, manifest).receipt
         if tamper == "body":
-            return replace(receipt, body=_flip_byte(receipt.body, 3))
+            return FinishResult(replace(receipt, body=_flip_byte(receipt.body, 3)))
         if tamper == "signature":
-            return replace(receipt, signature=_flip_byte(receipt.signature, 40))
+            return FinishResult(replace(receipt, signature=_flip_byte(receipt.signature, 40)))
         if tamper == "kid":
-            return replace(receipt, kid="paris/signing/1")
-        return other
+            return FinishResult(replace(receipt, kid="paris/signing/1"))
+        return FinishResult(other)
 
     monkeypatch.setattr(lb.link, "finish", finish)
     with pytest.raises(error) as refused:

@@ -34,7 +34,7 @@ from gateway.partner_keys import PartnerKeys
 from gateway.receiver import Receiver
 from gateway.sender import Sender
 from gateway.signed import Signed
-from gateway.transfer import OfferResult, TransferState
+from gateway.transfer import FinishResult, OfferResult, TransferState
 from tests.loopback import Loopback, Side, make_loopback
 from tests.loopback_rig import (
     Rig,
@@ -402,9 +402,9 @@ def test_a_receipt_that_fails_under_its_key_fetches_the_key_set_once_before_givi
     rig.send(lb.passport("t-1"), DATA)
     original = lb.link.finish
 
-    def finish(partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
-        receipt = original(partner, transfer_id, manifest)  # frankfurt commits and signs
-        return replace(receipt, signature=bytes(reversed(receipt.signature)))
+    def finish(partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
+        receipt = original(partner, transfer_id, manifest).receipt  # frankfurt commits, signs
+        return FinishResult(replace(receipt, signature=bytes(reversed(receipt.signature))))
 
     monkeypatch.setattr(lb.link, "finish", finish)
     token = lb.passport("t-2")

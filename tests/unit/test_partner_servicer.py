@@ -27,6 +27,7 @@ from gateway.metrics import Metrics
 from gateway.partner import PartnerServicer
 from gateway.signed import Signed
 from gateway.transfer import (
+    FinishResult,
     OfferResult,
     SegmentIn,
     TransferState,
@@ -95,12 +96,12 @@ class ServicerLink:
         response = self._call(partner, "upload", lambda c: self.servicer.Upload(messages, c))
         return UploadResult(response.next_segment, response.received_bytes, response.final_received)
 
-    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> Signed:
+    def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         request = partner_pb2.FinishRequest(
             transfer_id=transfer_id, manifest=to_blob(self.manifests(manifest))
         )
         response = self._call(partner, "finish", lambda c: self.servicer.Finish(request, c))
-        return from_blob(response.receipt)
+        return FinishResult(from_blob(response.receipt))
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:
         request = partner_pb2.GetTransferRequest(transfer_id=transfer_id)

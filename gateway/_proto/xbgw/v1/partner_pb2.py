@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gateway._proto.xbgw.v1 import common_pb2 as xbgw_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xbgw/v1/partner.proto\x12\x07xbgw.v1\x1a\x14xbgw/v1/common.proto\"9\n\x0cOfferRequest\x12\x10\n\x08passport\x18\x01 \x01(\t\x12\x17\n\x0f\x65nvelope_header\x18\x02 \x01(\x0c\"y\n\rOfferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0cnext_segment\x18\x02 \x01(\r\x12\x16\n\x0ereceived_bytes\x18\x03 \x01(\x04\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.xbgw.v1.TransferState\"P\n\x07Segment\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"V\n\x0eUploadResponse\x12\x14\n\x0cnext_segment\x18\x01 \x01(\r\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\x12\x16\n\x0e\x66inal_received\x18\x03 \x01(\x08\"\xbf\x01\n\x08Manifest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x1a\n\x12header_core_digest\x18\x04 \x01(\x0c\x12\x17\n\x0fpassport_digest\x18\x05 \x01(\x0c\x12\x18\n\x10plaintext_sha256\x18\x06 \x01(\x0c\x12\x16\n\x0eplaintext_size\x18\x07 \x01(\x04\x12\x15\n\rsegment_count\x18\x08 \x01(\r\"K\n\rFinishRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12%\n\x08manifest\x18\x02 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\"\xbe\x01\n\x0bReceiptBody\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\x0c\x12\x18\n\x10plaintext_sha256\x18\x05 \x01(\x0c\x12\x16\n\x0eplaintext_size\x18\x06 \x01(\x04\x12\x17\n\x0fpassport_digest\x18\x07 \x01(\x0c\x12\x14\n\x0c\x63ommitted_at\x18\x08 \x01(\x03\"6\n\x0e\x46inishResponse\x12$\n\x07receipt\x18\x01 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\")\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"\xa0\x01\n\x0eTransferStatus\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.xbgw.v1.TransferState\x12\x14\n\x0cnext_segment\x18\x03 \x01(\r\x12\x16\n\x0ereceived_bytes\x18\x04 \x01(\x04\x12$\n\x07receipt\x18\x05 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\"\x12\n\x10GetKeySetRequest\"D\n\x0cTransportKey\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0cpublic_point\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\t\"B\n\nSigningKey\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0cpublic_point\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\t\"\x98\x01\n\x06KeySet\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.xbgw.v1.TransportKey\x12\x17\n\x0f\x63urrent_version\x18\x03 \x01(\r\x12\x11\n\tissued_at\x18\x04 \x01(\x03\x12)\n\x0csigning_keys\x18\x05 \x03(\x0b\x32\x13.xbgw.v1.SigningKey\"d\n\x11GetKeySetResponse\x12$\n\x07key_set\x18\x01 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\x12)\n\x0c\x65ndorsements\x18\x02 \x03(\x0b\x32\x13.xbgw.v1.SignedBlob2\xc3\x02\n\x0ePartnerGateway\x12\x36\n\x05Offer\x12\x15.xbgw.v1.OfferRequest\x1a\x16.xbgw.v1.OfferResponse\x12\x35\n\x06Upload\x12\x10.xbgw.v1.Segment\x1a\x17.xbgw.v1.UploadResponse(\x01\x12\x39\n\x06\x46inish\x12\x16.xbgw.v1.FinishRequest\x1a\x17.xbgw.v1.FinishResponse\x12\x43\n\x0bGetTransfer\x12\x1b.xbgw.v1.GetTransferRequest\x1a\x17.xbgw.v1.TransferStatus\x12\x42\n\tGetKeySet\x12\x19.xbgw.v1.GetKeySetRequest\x1a\x1a.xbgw.v1.GetKeySetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xbgw/v1/partner.proto\x12\x07xbgw.v1\x1a\x14xbgw/v1/common.proto\"9\n\x0cOfferRequest\x12\x10\n\x08passport\x18\x01 \x01(\t\x12\x17\n\x0f\x65nvelope_header\x18\x02 \x01(\x0c\"y\n\rOfferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0cnext_segment\x18\x02 \x01(\r\x12\x16\n\x0ereceived_bytes\x18\x03 \x01(\x04\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.xbgw.v1.TransferState\"P\n\x07Segment\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"V\n\x0eUploadResponse\x12\x14\n\x0cnext_segment\x18\x01 \x01(\r\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\x12\x16\n\x0e\x66inal_received\x18\x03 \x01(\x08\"\xbf\x01\n\x08Manifest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x1a\n\x12header_core_digest\x18\x04 \x01(\x0c\x12\x17\n\x0fpassport_digest\x18\x05 \x01(\x0c\x12\x18\n\x10plaintext_sha256\x18\x06 \x01(\x0c\x12\x16\n\x0eplaintext_size\x18\x07 \x01(\x04\x12\x15\n\rsegment_count\x18\x08 \x01(\r\"K\n\rFinishRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12%\n\x08manifest\x18\x02 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\"\xbe\x01\n\x0bReceiptBody\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\x0c\x12\x18\n\x10plaintext_sha256\x18\x05 \x01(\x0c\x12\x16\n\x0eplaintext_size\x18\x06 \x01(\x04\x12\x17\n\x0fpassport_digest\x18\x07 \x01(\x0c\x12\x14\n\x0c\x63ommitted_at\x18\x08 \x01(\x03\"[\n\x0e\x46inishResponse\x12$\n\x07receipt\x18\x01 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\x12#\n\x05proof\x18\x02 \x01(\x0b\x32\x14.xbgw.v1.CommitProof\"R\n\x0b\x43ommitProof\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x0c\n\x04leaf\x18\x02 \x01(\x04\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x11\n\tinclusion\x18\x04 \x03(\x0c\")\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"\xa0\x01\n\x0eTransferStatus\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.xbgw.v1.TransferState\x12\x14\n\x0cnext_segment\x18\x03 \x01(\r\x12\x16\n\x0ereceived_bytes\x18\x04 \x01(\x04\x12$\n\x07receipt\x18\x05 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\"\x12\n\x10GetKeySetRequest\"D\n\x0cTransportKey\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0cpublic_point\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\t\"B\n\nSigningKey\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x14\n\x0cpublic_point\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\t\"\x98\x01\n\x06KeySet\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.xbgw.v1.TransportKey\x12\x17\n\x0f\x63urrent_version\x18\x03 \x01(\r\x12\x11\n\tissued_at\x18\x04 \x01(\x03\x12)\n\x0csigning_keys\x18\x05 \x03(\x0b\x32\x13.xbgw.v1.SigningKey\"d\n\x11GetKeySetResponse\x12$\n\x07key_set\x18\x01 \x01(\x0b\x32\x13.xbgw.v1.SignedBlob\x12)\n\x0c\x65ndorsements\x18\x02 \x03(\x0b\x32\x13.xbgw.v1.SignedBlob2\xc3\x02\n\x0ePartnerGateway\x12\x36\n\x05Offer\x12\x15.xbgw.v1.OfferRequest\x1a\x16.xbgw.v1.OfferResponse\x12\x35\n\x06Upload\x12\x10.xbgw.v1.Segment\x1a\x17.xbgw.v1.UploadResponse(\x01\x12\x39\n\x06\x46inish\x12\x16.xbgw.v1.FinishRequest\x1a\x17.xbgw.v1.FinishResponse\x12\x43\n\x0bGetTransfer\x12\x1b.xbgw.v1.GetTransferRequest\x1a\x17.xbgw.v1.TransferStatus\x12\x42\n\tGetKeySet\x12\x19.xbgw.v1.GetKeySetRequest\x1a\x1a.xbgw.v1.GetKeySetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,21 +47,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECEIPTBODY']._serialized_start=680
   _globals['_RECEIPTBODY']._serialized_end=870
   _globals['_FINISHRESPONSE']._serialized_start=872
-  _globals['_FINISHRESPONSE']._serialized_end=926
-  _globals['_GETTRANSFERREQUEST']._serialized_start=928
-  _globals['_GETTRANSFERREQUEST']._serialized_end=969
-  _globals['_TRANSFERSTATUS']._serialized_start=972
-  _globals['_TRANSFERSTATUS']._serialized_end=1132
-  _globals['_GETKEYSETREQUEST']._serialized_start=1134
-  _globals['_GETKEYSETREQUEST']._serialized_end=1152
-  _globals['_TRANSPORTKEY']._serialized_start=1154
-  _globals['_TRANSPORTKEY']._serialized_end=1222
-  _globals['_SIGNINGKEY']._serialized_start=1224
-  _globals['_SIGNINGKEY']._serialized_end=1290
-  _globals['_KEYSET']._serialized_start=1293
-  _globals['_KEYSET']._serialized_end=1445
-  _globals['_GETKEYSETRESPONSE']._serialized_start=1447
-  _globals['_GETKEYSETRESPONSE']._serialized_end=1547
-  _globals['_PARTNERGATEWAY']._serialized_start=1550
-  _globals['_PARTNERGATEWAY']._serialized_end=1873
+  _globals['_FINISHRESPONSE']._serialized_end=963
+  _globals['_COMMITPROOF']._serialized_start=965
+  _globals['_COMMITPROOF']._serialized_end=1047
+  _globals['_GETTRANSFERREQUEST']._serialized_start=1049
+  _globals['_GETTRANSFERREQUEST']._serialized_end=1090
+  _globals['_TRANSFERSTATUS']._serialized_start=1093
+  _globals['_TRANSFERSTATUS']._serialized_end=1253
+  _globals['_GETKEYSETREQUEST']._serialized_start=1255
+  _globals['_GETKEYSETREQUEST']._serialized_end=1273
+  _globals['_TRANSPORTKEY']._serialized_start=1275
+  _globals['_TRANSPORTKEY']._serialized_end=1343
+  _globals['_SIGNINGKEY']._serialized_start=1345
+  _globals['_SIGNINGKEY']._serialized_end=1411
+  _globals['_KEYSET']._serialized_start=1414
+  _globals['_KEYSET']._serialized_end=1566
+  _globals['_GETKEYSETRESPONSE']._serialized_start=1568
+  _globals['_GETKEYSETRESPONSE']._serialized_end=1668
+  _globals['_PARTNERGATEWAY']._serialized_start=1671
+  _globals['_PARTNERGATEWAY']._serialized_end=1994
 # @@protoc_insertion_point(module_scope)

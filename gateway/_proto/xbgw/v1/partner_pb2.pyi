@@ -98,10 +98,24 @@ class ReceiptBody(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., manifest_digest: _Optional[bytes] = ..., plaintext_sha256: _Optional[bytes] = ..., plaintext_size: _Optional[int] = ..., passport_digest: _Optional[bytes] = ..., committed_at: _Optional[int] = ...) -> None: ...
 
 class FinishResponse(_message.Message):
-    __slots__ = ("receipt",)
+    __slots__ = ("receipt", "proof")
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     receipt: _common_pb2.SignedBlob
-    def __init__(self, receipt: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ...) -> None: ...
+    proof: CommitProof
+    def __init__(self, receipt: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ..., proof: _Optional[_Union[CommitProof, _Mapping]] = ...) -> None: ...
+
+class CommitProof(_message.Message):
+    __slots__ = ("record", "leaf", "checkpoint", "inclusion")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    LEAF_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    INCLUSION_FIELD_NUMBER: _ClassVar[int]
+    record: bytes
+    leaf: int
+    checkpoint: str
+    inclusion: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, record: _Optional[bytes] = ..., leaf: _Optional[int] = ..., checkpoint: _Optional[str] = ..., inclusion: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class GetTransferRequest(_message.Message):
     __slots__ = ("transfer_id",)

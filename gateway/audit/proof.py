@@ -1,0 +1,73 @@
+"""Checking that a receipt's commit is in the receiver's audit log -- with nothing but the
+receipt, the proof and the receiver's public signing keys.
+
+The proof (``transfer.CommitProof``) is the receiver's ``transfer.committed`` record, its
+leaf index, a checkpoint signed by the receiver (C2SP note) and the RFC 9162 inclusion proof
+of the record's leaf under the checkpoint's root. Checked in this order, each step only on
+what the previous one vouched for:
+
+1. the checkpoint note verifies under one of the receiver's signing keys, origin = receiver;
+2. the leaf is below the checkpoint's size, and ``SHA-256(0x00 || record)`` is included under
+   its root at that index (the size and root come only from the signed checkpoint);
+3. the record is canonical, of kind ``transfer.committed``, from the receiver's log, for this
+   transfer, and names the receipt's digest and signing key.
+
+The sender runs this when the proof arrives; ``xbgw receipt verify`` runs it again, offline,
+on an exported file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.audit.checkpoint import EcdsaVerifier, NoteError, verify_note
+from gateway.audit.merkle import ProofError, leaf_hash, verify_inclusion
+from gateway.audit.records import AuditRecordError, decode
+from gateway.signed import Signed
+from gateway.transfer import CommitProof
+
+
+def check_commit_proof(
+    proof: CommitProof,
+    receipt: Signed,
+    receiver: str,
+    transfer_id: str,
+    public_keys: Sequence[ec.EllipticCurvePublicKey],
+) -> int:
+    """Raise :class:`ProofError` unless ``proof`` shows ``receipt``'s commit in ``receiver``'s
+    log (see the module doc); the checkpoint's tree size."""
+    verifiers = [EcdsaVerifier(receiver, key) for key in public_keys]
+    try:
+        checkpoint = verify_note(proof.checkpoint, verifiers, origin=receiver)
+    except NoteError as exc:
+        raise ProofError(f"the checkpoint of {receiver} does not verify: {exc}") from None
+    if proof.leaf >= checkpoint.size:
+        raise ProofError(
+            f"leaf {proof.leaf} is not covered by the checkpoint of size {checkpoint.size}"
+        )
+    verify_inclusion(
+        leaf_hash(proof.record),
+        proof.leaf,
+        checkpoint.size,
+        list(proof.inclusion),
+        checkpoint.root_hash,
+    )
+    try:
+        record = decode(proof.record)
+    except AuditRecordError as exc:
+        raise ProofError(f"the commit record: {exc}") from None
+    expected = {
+        "kind": "transfer.committed",
+        "gw": receiver,
+        "transfer_id": transfer_id,
+        "receipt_digest": receipt.digest.hex(),
+        "receipt_key": receipt.kid,
+    }
+    wrong = [
+        f"{k} is {record.get(k)!r}, not {v!r}" for k, v in expected.items() if record.get(k) != v
+    ]
+    if wrong:
+        raise ProofError("the commit record does not match the receipt: " + "; ".join(wrong))
+    return checkpoint.size
