@@ -578,6 +578,21 @@ class Ledger:
 
     # -- the audit log (gateway.audit.store) -------------------------------------------------
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one read transaction, for a reader that must see one
+        committed state across many queries (``xbgw audit verify``); WAL readers neither
+        block the daemon nor wait for it. Only reads may be made through it."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    yield self._db
+                finally:
+                    self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot read the ledger: {exc}") from None
+
     def append_audit(self, record: bytes) -> int:
         """Append one canonical record on its own (events with no row to commit); its leaf."""
         with self._tx() as db:

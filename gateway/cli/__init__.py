@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_verbs(verbs)
     _add_policy_verbs(verbs)
     _add_receipt_verbs(verbs)
+    _add_audit_verbs(verbs)
     return parser
 
 
@@ -215,6 +216,73 @@ def _add_receipt_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser
     check.add_argument(
         "--require-proof", action="store_true", help="fail when the file has no commit proof"
     )
+
+
+def _add_audit_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The audit log, offline: the ledger read-only, also while the daemon runs (the verbs
+    live in :mod:`gateway.cli.audit`, imported only when one runs)."""
+    actions = verbs.add_parser(
+        "audit", help="the audit log: verify it, tail it, prove a leaf, export it"
+    ).add_subparsers(dest="audit_verb", required=True, metavar="ACTION")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        def run(args: argparse.Namespace) -> int:
+            from gateway.cli import audit
+
+            command: Callable[[argparse.Namespace], int] = getattr(audit, f"cmd_audit_{name}")
+            return command(args)
+
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("-c", "--config", required=True, help="gateway YAML file")
+        parser.set_defaults(func=run)
+        return parser
+
+    def count(text: str) -> int:
+        if not text.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
+        return int(text)
+
+    check = verb("verify", "recompute the whole log and check every checkpoint")
+    check.add_argument(
+        "--key",
+        action="append",
+        dest="keys",
+        metavar="PEM",
+        help="a signing public key to check the checkpoints with, instead of every signing "
+        "key version on the token (repeatable)",
+    )
+    hsm = check.add_argument_group("HSM, for the signing keys without --key (default: --config)")
+    hsm.add_argument("--module", help="PKCS#11 module path")
+    hsm.add_argument("--token", help="token label")
+    pin = hsm.add_mutually_exclusive_group()
+    pin.add_argument("--pin-file", help="file holding the user PIN")
+    pin.add_argument("--pin-env", help="environment variable holding the user PIN")
+    pin.add_argument("--pin-credential", help="systemd credential holding the user PIN")
+
+    tail = verb("tail", "the newest records as JSON lines, with their leaf index")
+    tail.add_argument(
+        "-n", "--lines", type=count, default=10, metavar="N", help="how many (default: 10)"
+    )
+    tail.add_argument(
+        "-f", "--follow", action="store_true", help="then print new ones as they come"
+    )
+
+    proof = verb("proof", "a leaf's record and inclusion proof under a signed checkpoint (JSON)")
+    proof.add_argument("leaf", type=count, metavar="LEAF", help="the leaf index")
+    proof.add_argument(
+        "--size",
+        type=positive_int,
+        metavar="N",
+        help="tree size to prove it in (default: the newest signed checkpoint's)",
+    )
+
+    export = verb("export", "every record as JSON lines with leaf index and hash, for a SIEM")
+    export.add_argument(
+        "--since",
+        metavar="TIME",
+        help="records from this time on: Unix seconds, an ISO date or an ISO time with a zone",
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
 
 
 def _add_tls_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

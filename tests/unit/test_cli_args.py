@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,58 @@ def test_policy_arguments() -> None:
     assert (args.config, args.year, args.json) == ("gw.yaml", 2026, False)
 
 
+def test_audit_arguments() -> None:
+    args = build_parser().parse_args(["audit", "verify", "-c", "gw.yaml"])
+    assert (args.config, args.keys, args.token, args.pin_file) == ("gw.yaml", None, None, None)
+    args = build_parser().parse_args(
+        ["audit", "verify", "-c", "gw.yaml", "--key", "a.pem", "--key", "b.pem"]
+    )
+    assert args.keys == ["a.pem", "b.pem"]
+    args = build_parser().parse_args(["audit", "tail", "-c", "gw.yaml"])
+    assert (args.lines, args.follow) == (10, False)
+    args = build_parser().parse_args(["audit", "tail", "-c", "gw.yaml", "-n", "0", "-f"])
+    assert (args.lines, args.follow) == (0, True)
+    args = build_parser().parse_args(["audit", "proof", "17", "-c", "gw.yaml"])
+    assert (args.leaf, args.size) == (17, None)
+    args = build_parser().parse_args(["audit", "proof", "0", "-c", "gw.yaml", "--size", "40"])
+    assert (args.leaf, args.size) == (0, 40)
+    args = build_parser().parse_args(["audit", "export", "-c", "gw.yaml"])
+    assert (args.since, args.output) == (None, None)
+    args = build_parser().parse_args(
+        ["audit", "export", "-c", "gw.yaml", "--since", "2026-03-01", "-o", "out.jsonl"]
+    )
+    assert (args.since, args.output) == ("2026-03-01", "out.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("since", "seconds"),
+    [
+        ("1770000000", 1_770_000_000),
+        ("2026-03-01", 1_772_323_200),
+        ("2026-03-01T08:00:00+08:00", 1_772_323_200),
+        ("2026-03-01T00:00:00Z", 1_772_323_200),
+    ],
+)
+def test_audit_export_since_forms(since: str, seconds: int) -> None:
+    from gateway.cli.audit import _since
+
+    assert _since(since) == seconds
+
+
+@pytest.mark.parametrize(
+    ("since", "message"),
+    [
+        ("yesterday", "--since 'yesterday': not a time (give Unix seconds, an ISO date"),
+        ("2026-03-01T08:00:00", "--since '2026-03-01T08:00:00' has no time zone"),
+    ],
+)
+def test_audit_export_since_refused(since: str, message: str) -> None:
+    from gateway.cli.audit import _since
+
+    with pytest.raises(UsageError, match=re.escape(message)):
+        _since(since)
+
+
 def _parser_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(argv)
@@ -226,6 +279,16 @@ def _parser_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["policy", "check"], "the following arguments are required: FILE"),
         (["policy", "counters"], "the following arguments are required: -c/--config"),
         (["policy", "counters", "-c", "gw.yaml", "--year", "0"], "not a positive integer: '0'"),
+        (["audit"], "required: ACTION"),
+        (["audit", "verify"], "the following arguments are required: -c/--config"),
+        (["audit", "tail", "-c", "gw.yaml", "-n", "-1"], "not a non-negative integer: '-1'"),
+        (["audit", "proof", "-c", "gw.yaml"], "the following arguments are required: LEAF"),
+        (["audit", "proof", "x", "-c", "gw.yaml"], "not a non-negative integer: 'x'"),
+        (["audit", "proof", "1", "-c", "gw.yaml", "--size", "0"], "not a positive integer: '0'"),
+        (
+            ["audit", "verify", "-c", "gw.yaml", "--pin-file", "p", "--pin-env", "PIN"],
+            "argument --pin-env: not allowed with argument --pin-file",
+        ),
     ],
 )
 def test_parser_errors_exit_2_with_the_reason(

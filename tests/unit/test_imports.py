@@ -29,6 +29,7 @@ CLI_VERB_MODULES = (
     "gateway.cli.daemon",
     "gateway.cli.lifecycle",
     "gateway.cli.policy",
+    "gateway.cli.audit",
 )
 
 
@@ -230,6 +231,8 @@ def _loaded_by(statement: str) -> set[str]:
         ("import gateway.cli", "grpc"),
         ("from gateway.cli import main, build_parser, parse_size", "grpc"),
         ("import gateway.cli.policy", "grpc"),  # works offline: no daemon, no socket
+        ("import gateway.cli.audit", "grpc"),  # offline too: the ledger, read-only
+        ("import gateway.audit.verify", "pkcs11"),  # checking a log needs no token
         # The domain: the two sides of a transfer and their documents know neither the
         # network nor the token (they depend on PartnerLink and GatewayKeys).
         ("import gateway.sender, gateway.receiver, gateway.documents", "grpc"),
