@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.audit.checkpoint import Checkpoint, digest_signer, key_id, sign_note
+from gateway.audit.checkpoint import Checkpoint, NoteError, digest_signer, key_id, sign_note
 from gateway.errors import XbgwError
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Ledger
@@ -120,11 +120,15 @@ class Checkpointer:
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
+            # Read before signing: a stop() that comes while a checkpoint is being signed may
+            # follow leaves that checkpoint does not cover -- one more round signs them.
+            stopping = self._stop.is_set()
             try:
                 latest = self.latest
                 if self._ledger.audit_size() > (0 if latest is None else latest.size):
                     self.sign_now()
-            except XbgwError as exc:  # the HSM or the disk: try again at the next tick
+            except (XbgwError, NoteError) as exc:
+                # The HSM (a malformed signature from it too) or the disk: again at the next tick.
                 log.error("audit checkpoint not signed: %s", exc)
-            if self._stop.is_set():
+            if stopping:
                 return

@@ -38,9 +38,13 @@ def check_commit_proof(
 ) -> int:
     """Raise :class:`ProofError` unless ``proof`` shows ``receipt``'s commit in ``receiver``'s
     log (see the module doc); the checkpoint's tree size."""
-    verifiers = [EcdsaVerifier(receiver, key) for key in public_keys]
     try:
-        checkpoint = verify_note(proof.checkpoint, verifiers, origin=receiver)
+        verifiers: dict[int, EcdsaVerifier] = {}
+        for key in public_keys:
+            if isinstance(key.curve, ec.SECP256R1):  # no other curve signs a checkpoint
+                verifier = EcdsaVerifier(receiver, key)
+                verifiers[verifier.key_id] = verifier  # a key given twice is one verifier
+        checkpoint = verify_note(proof.checkpoint, verifiers.values(), origin=receiver)
     except NoteError as exc:
         raise ProofError(f"the checkpoint of {receiver} does not verify: {exc}") from None
     if proof.leaf >= checkpoint.size:

@@ -23,7 +23,7 @@ from gateway.audit.proof import check_commit_proof
 from gateway.cli.common import EXIT_FAILURE
 from gateway.config import load_config
 from gateway.documents import read_manifest, read_own_receipt
-from gateway.errors import SignatureError, UsageError
+from gateway.errors import SignatureError, UnknownTransferError, UsageError
 from gateway.ledger import Ledger
 from gateway.signed import verify
 from gateway.transfer import TransferState
@@ -37,7 +37,10 @@ def cmd_receipt_export(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     if row is None or row.state is not TransferState.DELIVERED:
-        raise UsageError(f"no delivered transfer {args.transfer_id!r} in this gateway's ledger")
+        # Not a mistake on the command line (exit 2) but a lookup that found nothing (exit 1).
+        raise UnknownTransferError(
+            f"no delivered transfer {args.transfer_id!r} in this gateway's ledger"
+        )
     if row.evidence is None:
         raise UsageError(
             f"transfer {args.transfer_id} was delivered before receipts carried evidence"
