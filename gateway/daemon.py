@@ -41,6 +41,8 @@ from gateway import logs
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
 from gateway.audit.checkpointer import Checkpointer
 from gateway.audit.records import AuditRecord
+from gateway.audit.witness import HEALTH_SERVICE as WITNESS_HEALTH
+from gateway.audit.witness import Witness
 from gateway.compliance.border import Border
 from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, ListenError, XbgwError
@@ -140,6 +142,19 @@ class Daemon:
         )
         self.receiver.checkpointer = self.checkpointer
         self.checkpointer.start()
+        # Witnessing of the partners' logs, and serving ours to them; its thread starts once
+        # the listeners are up. It reads self.config at each round: a reload needs nothing.
+        self.witness = Witness(
+            self._config,
+            self.ledger,
+            self.hsm,
+            lambda: self.ring.signing,
+            self.partner_keys,
+            self.link,
+            self.checkpointer,
+            on_alarm=self.metrics.witness_alarm,
+            on_change=self._witness_health,
+        )
         self.sender = Sender(
             config,
             self.hsm,
@@ -168,6 +183,7 @@ class Daemon:
             )
         self._accepting = True
         self._set_serving(True)
+        self.witness.start()
         log.info(
             "xbgw %s ready: partner listener on %s, local socket %s, metrics %s",
             config.id,
@@ -220,7 +236,7 @@ class Daemon:
             maximum_concurrent_rpcs=config.limits.max_concurrent_transfers * 2,
         )
         self.partner_servicer = PartnerServicer(
-            self._config, self.receiver, self.metrics, self.accepting
+            self._config, self.receiver, self.metrics, self.accepting, witness=self.witness
         )
         partner_pb2_grpc.add_PartnerGatewayServicer_to_server(
             self.partner_servicer, self.partner_server
@@ -261,6 +277,7 @@ class Daemon:
                 self.accepting,
                 self.metrics,
                 self.key_admin,
+                witness=self.witness,
             ),
             self.local_server,
         )
@@ -282,6 +299,13 @@ class Daemon:
         for service in ("", PARTNER_SERVICE, LOCAL_SERVICE):
             self.health.set(service, status)
         self.metrics.ready.set(1 if serving else 0)
+
+    def _witness_health(self, alarmed: frozenset[str]) -> None:
+        """The health detail of witnessing: NOT_SERVING while a partner is under alarm."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        self.health.set(
+            WITNESS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if alarmed else serving
+        )
 
     # -- running ---------------------------------------------------------------------------
 
@@ -388,6 +412,7 @@ class Daemon:
         log.info("stopping: draining transfers for up to %ss", grace)
         self._accepting = False
         self._set_serving(False)
+        self.witness.stop()  # no new round; the one running ends when the link closes
         started = time.monotonic()
         local_done = self.local_server.stop(grace)
         partner_done = self.partner_server.stop(grace)
@@ -397,6 +422,7 @@ class Daemon:
         if not self.partner_servicer.wait_idle(IDLE_WAIT_SECONDS):
             log.warning("some partner handlers did not finish; their last durable point stands")
         self.link.close()
+        self.witness.join(IDLE_WAIT_SECONDS)
         self.checkpointer.stop()  # the last leaves get their checkpoint
         self.ledger.close()
         self.hsm.close()

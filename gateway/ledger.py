@@ -211,6 +211,40 @@ class Outbound:
     evidence: str | None = None  # see deliver_outbound
 
 
+@dataclass(frozen=True)
+class PartnerCheckpoint:
+    """The newest checkpoint of a partner's audit log this gateway verified (witnessing)."""
+
+    partner: str
+    size: int
+    root: bytes
+    note: str  # the signed note as the partner served it
+    seen_at: int
+
+
+@dataclass(frozen=True)
+class WitnessAlarm:
+    """A fork or rollback seen in a partner's log, and the checkpoint that showed it."""
+
+    partner: str
+    raised_at: int
+    reason: str
+    size: int
+    root: bytes
+    note: str
+    acknowledged_at: int | None
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    """A partner's verified cosignature of our checkpoint of ``size`` (``at``: its time)."""
+
+    size: int
+    witness: str
+    line: str
+    at: int
+
+
 def _receipt(row: sqlite3.Row) -> Receipt | None:
     if row["receipt_body"] is None:
         return None
@@ -657,9 +691,102 @@ class Ledger:
             return None
         return int(row["size"]), bytes(row["root"]), str(row["note"])
 
+    def checkpoint_note(self, size: int) -> str | None:
+        """The signed note of our checkpoint of ``size`` (None: none signed at that size)."""
+        row = self._one("SELECT note FROM audit_checkpoints WHERE size = ?", (size,))
+        return None if row is None or row["note"] is None else str(row["note"])
+
     def checkpoints(self) -> list[tuple[int, bytes, str | None]]:
         rows = self._all("SELECT size, root, note FROM audit_checkpoints ORDER BY size")
         return [(int(r["size"]), bytes(r["root"]), r["note"]) for r in rows]
+
+    # -- witnessing (gateway.audit.witness) --------------------------------------------------
+
+    def partner_checkpoint(self, partner: str) -> PartnerCheckpoint | None:
+        row = self._one("SELECT * FROM partner_checkpoints WHERE partner = ?", (partner,))
+        return None if row is None else _partner_checkpoint(row)
+
+    def partner_checkpoints(self) -> list[PartnerCheckpoint]:
+        rows = self._all("SELECT * FROM partner_checkpoints ORDER BY partner")
+        return [_partner_checkpoint(r) for r in rows]
+
+    def store_partner_checkpoint(
+        self, checkpoint: PartnerCheckpoint, base: tuple[int, bytes] | None
+    ) -> bool:
+        """Replace the partner's stored checkpoint if it is still ``base`` (size, root; None:
+        none stored) and no alarm is open for the partner; False otherwise (a concurrent
+        round got there first). The network round trip happens outside any lock, so the
+        check is made here, in the write."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT size, root FROM partner_checkpoints WHERE partner = ?",
+                (checkpoint.partner,),
+            ).fetchone()
+            current = None if row is None else (int(row["size"]), bytes(row["root"]))
+            if current != base or _open_alarm(db, checkpoint.partner) is not None:
+                return False
+            _put_partner_checkpoint(db, checkpoint)
+            return True
+
+    def raise_witness_alarm(self, alarm: WitnessAlarm) -> bool:
+        """Record ``alarm``; False if one is already open for the partner (it stands)."""
+        with self._tx() as db:
+            done = db.execute(
+                "INSERT OR IGNORE INTO witness_alarms (partner, raised_at, reason, size, root, "
+                "note) VALUES (?,?,?,?,?,?)",
+                (alarm.partner, alarm.raised_at, alarm.reason, alarm.size, alarm.root, alarm.note),
+            )
+            return done.rowcount == 1
+
+    def witness_alarm(self, partner: str) -> WitnessAlarm | None:
+        """The open alarm of ``partner``, if any (read on every offer: one indexed row)."""
+        with self._lock, _storage():
+            return _open_alarm(self._db, partner)
+
+    def witness_alarms(self) -> list[WitnessAlarm]:
+        """Every open alarm, by partner."""
+        rows = self._all(
+            "SELECT * FROM witness_alarms WHERE acknowledged_at IS NULL ORDER BY partner"
+        )
+        return [_witness_alarm(r) for r in rows]
+
+    def acknowledge_witness_alarm(self, partner: str, at: int) -> WitnessAlarm | None:
+        """Close the open alarm of ``partner`` and make the checkpoint that raised it the base
+        the next one must extend; the alarm as it was (None: none was open)."""
+        with self._tx() as db:
+            alarm = _open_alarm(db, partner)
+            if alarm is None:
+                return None
+            db.execute(
+                "UPDATE witness_alarms SET acknowledged_at = ? "
+                "WHERE partner = ? AND acknowledged_at IS NULL",
+                (at, partner),
+            )
+            _put_partner_checkpoint(
+                db, PartnerCheckpoint(partner, alarm.size, alarm.root, alarm.note, at)
+            )
+            return alarm
+
+    def add_cosignature(self, cosignature: Cosignature) -> None:
+        """Keep a witness's verified cosignature of our checkpoint (a newer one of the same
+        checkpoint by the same witness replaces it)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO cosignatures (size, witness, line, at) VALUES (?,?,?,?) "
+                "ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, at = excluded.at",
+                (cosignature.size, cosignature.witness, cosignature.line, cosignature.at),
+            )
+
+    def cosignatures(self, size: int | None = None) -> list[Cosignature]:
+        """The cosignatures of our checkpoint of ``size``; without it, each witness's newest."""
+        if size is not None:
+            rows = self._all("SELECT * FROM cosignatures WHERE size = ? ORDER BY witness", (size,))
+        else:
+            rows = self._all(
+                "SELECT c.* FROM cosignatures c WHERE c.size = (SELECT MAX(size) FROM "
+                "cosignatures WHERE witness = c.witness) ORDER BY c.witness"
+            )
+        return [Cosignature(int(r["size"]), r["witness"], r["line"], int(r["at"])) for r in rows]
 
     # -- compliance counters ---------------------------------------------------------------
 
@@ -932,6 +1059,47 @@ def _inbound(row: sqlite3.Row) -> Inbound:
         receipt=_receipt(row),
         audit_leaf=None if row["audit_leaf"] is None else int(row["audit_leaf"]),
     )
+
+
+def _partner_checkpoint(row: sqlite3.Row) -> PartnerCheckpoint:
+    return PartnerCheckpoint(
+        row["partner"], int(row["size"]), bytes(row["root"]), row["note"], int(row["seen_at"])
+    )
+
+
+def _put_partner_checkpoint(db: sqlite3.Connection, checkpoint: PartnerCheckpoint) -> None:
+    db.execute(
+        "INSERT INTO partner_checkpoints (partner, size, root, note, seen_at) VALUES (?,?,?,?,?) "
+        "ON CONFLICT (partner) DO UPDATE SET size = excluded.size, root = excluded.root, "
+        "note = excluded.note, seen_at = excluded.seen_at",
+        (
+            checkpoint.partner,
+            checkpoint.size,
+            checkpoint.root,
+            checkpoint.note,
+            checkpoint.seen_at,
+        ),
+    )
+
+
+def _witness_alarm(row: sqlite3.Row) -> WitnessAlarm:
+    acknowledged = row["acknowledged_at"]
+    return WitnessAlarm(
+        partner=row["partner"],
+        raised_at=int(row["raised_at"]),
+        reason=row["reason"],
+        size=int(row["size"]),
+        root=bytes(row["root"]),
+        note=row["note"],
+        acknowledged_at=None if acknowledged is None else int(acknowledged),
+    )
+
+
+def _open_alarm(db: sqlite3.Connection, partner: str) -> WitnessAlarm | None:
+    row = db.execute(
+        "SELECT * FROM witness_alarms WHERE partner = ? AND acknowledged_at IS NULL", (partner,)
+    ).fetchone()
+    return None if row is None else _witness_alarm(row)
 
 
 def _outbound(row: sqlite3.Row) -> Outbound:

@@ -20,6 +20,7 @@ import gateway
 from gateway import envelope
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
 from gateway.audit.records import AuditRecord
+from gateway.audit.witness import Witness, Witnessed, WitnessError, WitnessReport
 from gateway.config import GatewayConfig
 from gateway.envelope import KeyHolder
 from gateway.errors import HeaderFormatError, UnknownTransferError, UsageError, XbgwError
@@ -55,8 +56,10 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         accepting: Callable[[], bool],
         metrics: Metrics,
         key_admin: KeyAdministration | None = None,
+        witness: Witness | None = None,
     ) -> None:
         self._key_admin = key_admin
+        self._witness = witness
         self._metrics = metrics
         self._config = config
         self._sender = sender
@@ -352,6 +355,84 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             else:
                 yield item
         worker.join()
+
+    # -- witnessing (gateway.audit.witness) ------------------------------------------------
+
+    def _witnessing(self) -> Witness:
+        if self._witness is None:
+            raise WitnessError("witnessing is not available in this gateway")
+        return self._witness
+
+    def WitnessStatus(  # noqa: N802
+        self, request: local_pb2.WitnessStatusRequest, context: grpc.ServicerContext
+    ) -> local_pb2.WitnessStatusResponse:
+        try:
+            return _witness_status(self._witnessing().report(), [])
+        except XbgwError as error:
+            _abort(context, error, "WitnessStatus")
+            raise
+
+    def RunWitness(  # noqa: N802
+        self, request: local_pb2.RunWitnessRequest, context: grpc.ServicerContext
+    ) -> local_pb2.WitnessStatusResponse:
+        """A round now, in this thread (the partner calls have their own timeouts)."""
+        try:
+            witness = self._witnessing()
+            done = witness.round(request.partners)
+            return _witness_status(witness.report(), done)
+        except XbgwError as error:
+            _abort(context, error, "RunWitness")
+            raise
+
+    def AcknowledgeWitness(  # noqa: N802
+        self, request: local_pb2.AcknowledgeWitnessRequest, context: grpc.ServicerContext
+    ) -> local_pb2.WitnessStatusResponse:
+        """Close the alarm, then witness the partner at once from its new base (if it is
+        still configured), so the answer shows where it stands."""
+        try:
+            witness = self._witnessing()
+            witness.acknowledge(request.partner)
+            configured = {p.id for p in self._config().partners}
+            done = witness.round([request.partner]) if request.partner in configured else []
+            return _witness_status(witness.report(), done)
+        except XbgwError as error:
+            _abort(context, error, "AcknowledgeWitness", partner=request.partner)
+            raise
+
+
+def _witness_status(
+    report: WitnessReport, done: list[Witnessed]
+) -> local_pb2.WitnessStatusResponse:
+    outcomes = {w.partner: w for w in done}
+    partners = []
+    for state in report.partners:
+        entry = local_pb2.WitnessedPartner(partner=state.partner)
+        if state.checkpoint is not None:
+            entry.size = state.checkpoint.size
+            entry.root = state.checkpoint.root.hex()
+            entry.seen_at = state.checkpoint.seen_at
+        if state.alarm is not None:
+            entry.alarm.CopyFrom(
+                local_pb2.WitnessAlarm(
+                    raised_at=state.alarm.raised_at,
+                    reason=state.alarm.reason,
+                    size=state.alarm.size,
+                )
+            )
+        witnessed = outcomes.get(state.partner)
+        if witnessed is not None:
+            entry.outcome = witnessed.outcome.value
+            entry.detail = witnessed.detail
+        partners.append(entry)
+    return local_pb2.WitnessStatusResponse(
+        gateway_id=report.gateway,
+        partners=partners,
+        cosignatures=[
+            local_pb2.WitnessCosignature(witness=c.witness, size=c.size, at=c.at)
+            for c in report.cosignatures
+        ],
+        cosigned_checkpoint=report.cosigned_checkpoint,
+    )
 
 
 def _purpose(name: str) -> Purpose:

@@ -8,7 +8,9 @@ Names (all prefixed ``xbgw_``):
 * ``refusals_total{reason,partner}`` -- refusals by error type (``PassportExpiredError``...);
 * ``hsm_operation_seconds{operation}`` -- latency of each PKCS#11 operation;
 * ``active_streams{direction}`` -- uploads in flight;
-* ``ready`` -- 1 while serving, 0 while starting, draining or when the HSM does not answer.
+* ``ready`` -- 1 while serving, 0 while starting, draining or when the HSM does not answer;
+* ``witness_alarms_total{partner}`` -- forks and rollbacks seen in partners' audit logs
+  (``gateway.audit.witness``): alert on any increase.
 
 The registry is private to the daemon (no process-global default), and the HTTP endpoint is
 only started when ``listen.metrics`` is configured (a local address, by default).
@@ -65,6 +67,15 @@ class Metrics:
             ["rule", "outcome"],
             registry=self.registry,
         )
+        self.witness_alarms = Counter(
+            "xbgw_witness_alarms_total",
+            "Witness alarms raised (a fork or rollback in a partner's audit log), by partner.",
+            ["partner"],
+            registry=self.registry,
+        )
+
+    def witness_alarm(self, partner: str) -> None:
+        self.witness_alarms.labels(partner).inc()
 
     def decided(self, decision: Decision) -> None:
         """Count every rule that applied to one compliance decision, by its outcome."""

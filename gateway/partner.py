@@ -15,6 +15,7 @@ from typing import TypeVar
 import grpc
 
 from gateway._proto.xbgw.v1 import partner_pb2, partner_pb2_grpc
+from gateway.audit.witness import Witness, WitnessError
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import DrainingError, MessageTooLargeError, PartnerBusyError, XbgwError
 from gateway.metrics import Metrics
@@ -35,8 +36,11 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         receiver: Receiver,
         metrics: Metrics,
         accepting: Callable[[], bool],
+        witness: Witness | None = None,
     ) -> None:
+        """``witness``: serves GetCheckpoint and Cosign (without it they are refused)."""
         self._config = config
+        self._witness = witness
         self._receiver = receiver
         self._metrics = metrics
         self._accepting = accepting
@@ -187,3 +191,30 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             )
 
         return self._run(context, "GetKeySet", act)
+
+    # -- witnessing (gateway.audit.witness) ------------------------------------------------
+
+    def _witnessing(self) -> Witness:
+        if self._witness is None:
+            raise WitnessError("this gateway does not take part in witnessing")
+        return self._witness
+
+    def GetCheckpoint(  # noqa: N802
+        self, request: partner_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.GetCheckpointResponse:
+        def act(_peer: PartnerConfig) -> partner_pb2.GetCheckpointResponse:
+            served = self._witnessing().serve_checkpoint(request.known_size)
+            return partner_pb2.GetCheckpointResponse(
+                checkpoint=served.note, consistency=list(served.consistency)
+            )
+
+        return self._run(context, "GetCheckpoint", act)
+
+    def Cosign(  # noqa: N802
+        self, request: partner_pb2.CosignRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.CosignResponse:
+        def act(peer: PartnerConfig) -> partner_pb2.CosignResponse:
+            self._witnessing().accept_cosignature(peer, request.checkpoint, request.cosignature)
+            return partner_pb2.CosignResponse()
+
+        return self._run(context, "Cosign", act)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import grpc
 
 from gateway._proto.xbgw.v1 import partner_pb2, partner_pb2_grpc
+from gateway.audit.witness import ServedCheckpoint
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import EndorsedKeySet
 from gateway.errors import PartnerError
@@ -54,8 +55,18 @@ def partner_error(exc: grpc.RpcError, partner: str, call: str) -> PartnerError:
     return refused_by(partner, call, code.name, details or "")
 
 
+def witness_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:
+    """:func:`partner_error` for the witnessing calls (not the sender's: no hints)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return PartnerError(f"partner {partner} is unreachable during {what}: {details}")
+    return PartnerError(f"partner {partner} refused {what} ({code.name}): {details}", code.name)
+
+
 class GrpcPartnerLink:
-    """One mutual-TLS channel per partner; the five partner calls in domain types."""
+    """One mutual-TLS channel per partner; the five partner calls in domain types, and the
+    two of witnessing (:class:`gateway.audit.witness.WitnessLink`)."""
 
     def __init__(self, config: GatewayConfig, key_pem: bytes) -> None:
         self._lock = threading.Lock()
@@ -168,6 +179,25 @@ class GrpcPartnerLink:
             received_bytes=response.received_bytes,
             receipt=from_blob(response.receipt) if response.HasField("receipt") else None,
         )
+
+    def checkpoint(self, partner: PartnerConfig, known_size: int) -> ServedCheckpoint:
+        try:
+            response = self._stub(partner).GetCheckpoint(
+                partner_pb2.GetCheckpointRequest(known_size=known_size),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+        except grpc.RpcError as exc:
+            raise witness_error(exc, partner.id, "the checkpoint request") from None
+        return ServedCheckpoint(response.checkpoint, tuple(response.consistency))
+
+    def cosign(self, partner: PartnerConfig, checkpoint: str, cosignature: str) -> None:
+        try:
+            self._stub(partner).Cosign(
+                partner_pb2.CosignRequest(checkpoint=checkpoint, cosignature=cosignature),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+        except grpc.RpcError as exc:
+            raise witness_error(exc, partner.id, "the cosignature") from None
 
     def close(self) -> None:
         with self._lock:

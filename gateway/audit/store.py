@@ -21,6 +21,16 @@ Tables (created by the ledger's schema):
   is written with its root *before* it is signed, in a durable transaction: that commit
   fsyncs the write-ahead log with every leaf before it, so a signed checkpoint never covers a
   leaf that a power loss could take back (transfers committed without fsync included).
+
+Witnessing (``gateway.audit.witness``) keeps, beside our own log:
+
+* ``partner_checkpoints (partner, size, root, note, seen_at)``: the newest checkpoint of each
+  partner's log this gateway verified (one row per partner); the next must be consistent.
+* ``witness_alarms (partner, raised_at, reason, size, root, note, acknowledged_at)``: a fork
+  or rollback seen, with the checkpoint that showed it; at most one open (not acknowledged)
+  per partner, and while it is open that partner's offers are refused.
+* ``cosignatures (size, witness, line, at)``: partners' verified cosignatures of our own
+  checkpoints (``line``: the signature line, ``at``: the time the witness states in it).
 """
 
 from __future__ import annotations
@@ -56,6 +66,31 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     note TEXT,
     signed_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS partner_checkpoints (
+    partner TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    seen_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS witness_alarms (
+    partner TEXT NOT NULL,
+    raised_at INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    acknowledged_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS witness_alarms_open
+    ON witness_alarms (partner) WHERE acknowledged_at IS NULL;
+CREATE TABLE IF NOT EXISTS cosignatures (
+    size INTEGER NOT NULL,
+    witness TEXT NOT NULL,
+    line TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (size, witness)
+) WITHOUT ROWID;
 """
 
 

@@ -178,7 +178,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_verbs(verbs)
     _add_receipt_verbs(verbs)
     _add_audit_verbs(verbs)
+    _add_witness_verbs(verbs)
     return parser
+
+
+def _add_witness_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Witnessing of the partners' audit logs, through the running daemon (the verbs live in
+    :mod:`gateway.cli.witness`, imported only when one runs)."""
+    actions = verbs.add_parser(
+        "witness", help="witnessing of partners' audit logs: status, a round now, acknowledge"
+    ).add_subparsers(dest="witness_verb", required=True, metavar="ACTION")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        def run(args: argparse.Namespace) -> int:
+            from gateway.cli import witness
+
+            command: Callable[[argparse.Namespace], int] = getattr(witness, f"cmd_witness_{name}")
+            return command(args)
+
+        parser = actions.add_parser(name, help=help_text)
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", help="gateway YAML (for its socket path)")
+        where.add_argument(
+            "--socket", help=f"local socket (default $XBGW_SOCKET or {DEFAULT_SOCKET})"
+        )
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=run)
+        return parser
+
+    verb("status", "each partner's checkpoint held and alarm; who witnessed this gateway's log")
+    run = verb("run", "witness the partners now (exit status 1 while one is under alarm)")
+    run.add_argument("partners", nargs="*", metavar="PARTNER", help="only these (default: all)")
+    acknowledge = verb(
+        "acknowledge",
+        "end a partner's alarm after checking it: its offers are accepted again and the "
+        "checkpoint that raised the alarm is the new base",
+    )
+    acknowledge.add_argument("partner", metavar="PARTNER")
 
 
 def _add_receipt_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

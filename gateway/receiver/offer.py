@@ -1,8 +1,9 @@
 """The offer: may this partner send this transfer, and from where does it resume?
 
 Checked in this order, each before anything is stored: the passport (signature, issuer,
-time, audience), its sender = the authenticated peer, the header's context = the passport,
-the ingress rules, the segment size against our message limit. A known transfer id resumes
+time, audience), the partner not under a witness alarm (``gateway.audit.witness``), its
+sender = the authenticated peer, the header's context = the passport, the ingress rules,
+the segment size against our message limit. A known transfer id resumes
 (same peer, same header) or is refused as a replay. A new one is unwrapped with our transport
 key in the HSM (checked against the key commitment), re-wrapped at once to our storage key,
 and recorded -- which spends the passport.
@@ -15,6 +16,7 @@ import logging
 
 from gateway import envelope
 from gateway.audit.records import AuditRecord
+from gateway.audit.witness import check_offers
 from gateway.compliance.facts import Direction
 from gateway.config import PartnerConfig
 from gateway.errors import (
@@ -92,6 +94,9 @@ class Offers:
         self, passport: VerifiedPassport, peer: PartnerConfig, header_bytes: bytes
     ) -> OfferResult:
         ctx = self._ctx
+        # A partner whose audit log showed a fork or rollback sends nothing until an operator
+        # has looked (gateway.audit.witness); resumes of its open transfers included.
+        check_offers(ctx.ledger, ctx.me, peer.id)
         claims = passport.claims
         if claims.xbgw.sender != peer.id:
             raise PeerNotAuthorizedError(

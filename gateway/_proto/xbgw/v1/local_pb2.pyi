@@ -232,3 +232,69 @@ class RewrapEvent(_message.Message):
     progress: RewrapProgress
     done: RewrapDone
     def __init__(self, progress: _Optional[_Union[RewrapProgress, _Mapping]] = ..., done: _Optional[_Union[RewrapDone, _Mapping]] = ...) -> None: ...
+
+class WitnessStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunWitnessRequest(_message.Message):
+    __slots__ = ("partners",)
+    PARTNERS_FIELD_NUMBER: _ClassVar[int]
+    partners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, partners: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AcknowledgeWitnessRequest(_message.Message):
+    __slots__ = ("partner",)
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    partner: str
+    def __init__(self, partner: _Optional[str] = ...) -> None: ...
+
+class WitnessAlarm(_message.Message):
+    __slots__ = ("raised_at", "reason", "size")
+    RAISED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    raised_at: int
+    reason: str
+    size: int
+    def __init__(self, raised_at: _Optional[int] = ..., reason: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class WitnessedPartner(_message.Message):
+    __slots__ = ("partner", "size", "root", "seen_at", "alarm", "outcome", "detail")
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    SEEN_AT_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    partner: str
+    size: int
+    root: str
+    seen_at: int
+    alarm: WitnessAlarm
+    outcome: str
+    detail: str
+    def __init__(self, partner: _Optional[str] = ..., size: _Optional[int] = ..., root: _Optional[str] = ..., seen_at: _Optional[int] = ..., alarm: _Optional[_Union[WitnessAlarm, _Mapping]] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class WitnessCosignature(_message.Message):
+    __slots__ = ("witness", "size", "at")
+    WITNESS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    witness: str
+    size: int
+    at: int
+    def __init__(self, witness: _Optional[str] = ..., size: _Optional[int] = ..., at: _Optional[int] = ...) -> None: ...
+
+class WitnessStatusResponse(_message.Message):
+    __slots__ = ("gateway_id", "partners", "cosignatures", "cosigned_checkpoint")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTNERS_FIELD_NUMBER: _ClassVar[int]
+    COSIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    COSIGNED_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    partners: _containers.RepeatedCompositeFieldContainer[WitnessedPartner]
+    cosignatures: _containers.RepeatedCompositeFieldContainer[WitnessCosignature]
+    cosigned_checkpoint: str
+    def __init__(self, gateway_id: _Optional[str] = ..., partners: _Optional[_Iterable[_Union[WitnessedPartner, _Mapping]]] = ..., cosignatures: _Optional[_Iterable[_Union[WitnessCosignature, _Mapping]]] = ..., cosigned_checkpoint: _Optional[str] = ...) -> None: ...

@@ -80,6 +80,21 @@ class LocalGatewayStub:
                 request_serializer=xbgw_dot_v1_dot_local__pb2.RewrapKeysRequest.SerializeToString,
                 response_deserializer=xbgw_dot_v1_dot_local__pb2.RewrapEvent.FromString,
                 _registered_method=True)
+        self.WitnessStatus = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/WitnessStatus',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
+                _registered_method=True)
+        self.RunWitness = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/RunWitness',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.RunWitnessRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeWitness = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/AcknowledgeWitness',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.AcknowledgeWitnessRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
+                _registered_method=True)
 
 
 class LocalGatewayServicer:
@@ -144,6 +159,26 @@ class LocalGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WitnessStatus(self, request, context):
+        """Witnessing of partners' audit logs (xbgw witness status|run|acknowledge; see
+        gateway.audit.witness): what is stored and under alarm, a round now, an acknowledgement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunWitness(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeWitness(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocalGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +226,21 @@ def add_LocalGatewayServicer_to_server(servicer, server):
                     servicer.RewrapKeys,
                     request_deserializer=xbgw_dot_v1_dot_local__pb2.RewrapKeysRequest.FromString,
                     response_serializer=xbgw_dot_v1_dot_local__pb2.RewrapEvent.SerializeToString,
+            ),
+            'WitnessStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.WitnessStatus,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.SerializeToString,
+            ),
+            'RunWitness': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunWitness,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.RunWitnessRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.SerializeToString,
+            ),
+            'AcknowledgeWitness': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeWitness,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.AcknowledgeWitnessRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +487,87 @@ class LocalGateway:
             '/xbgw.v1.LocalGateway/RewrapKeys',
             xbgw_dot_v1_dot_local__pb2.RewrapKeysRequest.SerializeToString,
             xbgw_dot_v1_dot_local__pb2.RewrapEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WitnessStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/WitnessStatus',
+            xbgw_dot_v1_dot_local__pb2.WitnessStatusRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunWitness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/RunWitness',
+            xbgw_dot_v1_dot_local__pb2.RunWitnessRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeWitness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/AcknowledgeWitness',
+            xbgw_dot_v1_dot_local__pb2.AcknowledgeWitnessRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class LocalGatewayStub:
     RetireKey: _grpc.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]
     DestroyKey: _grpc.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]
     RewrapKeys: _grpc.UnaryStreamMultiCallable[_local_pb2.RewrapKeysRequest, _local_pb2.RewrapEvent]
+    WitnessStatus: _grpc.UnaryUnaryMultiCallable[_local_pb2.WitnessStatusRequest, _local_pb2.WitnessStatusResponse]
+    """Witnessing of partners' audit logs (xbgw witness status|run|acknowledge; see
+    gateway.audit.witness): what is stored and under alarm, a round now, an acknowledgement.
+    """
+    RunWitness: _grpc.UnaryUnaryMultiCallable[_local_pb2.RunWitnessRequest, _local_pb2.WitnessStatusResponse]
+    AcknowledgeWitness: _grpc.UnaryUnaryMultiCallable[_local_pb2.AcknowledgeWitnessRequest, _local_pb2.WitnessStatusResponse]
 
 @_typing.type_check_only
 class LocalGatewayAsyncStub(LocalGatewayStub):
@@ -67,6 +73,12 @@ class LocalGatewayAsyncStub(LocalGatewayStub):
     RetireKey: _aio.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]  # type: ignore[assignment]
     DestroyKey: _aio.UnaryUnaryMultiCallable[_local_pb2.KeyVersionRequest, _local_pb2.KeyStatusResponse]  # type: ignore[assignment]
     RewrapKeys: _aio.UnaryStreamMultiCallable[_local_pb2.RewrapKeysRequest, _local_pb2.RewrapEvent]  # type: ignore[assignment]
+    WitnessStatus: _aio.UnaryUnaryMultiCallable[_local_pb2.WitnessStatusRequest, _local_pb2.WitnessStatusResponse]  # type: ignore[assignment]
+    """Witnessing of partners' audit logs (xbgw witness status|run|acknowledge; see
+    gateway.audit.witness): what is stored and under alarm, a round now, an acknowledgement.
+    """
+    RunWitness: _aio.UnaryUnaryMultiCallable[_local_pb2.RunWitnessRequest, _local_pb2.WitnessStatusResponse]  # type: ignore[assignment]
+    AcknowledgeWitness: _aio.UnaryUnaryMultiCallable[_local_pb2.AcknowledgeWitnessRequest, _local_pb2.WitnessStatusResponse]  # type: ignore[assignment]
 
 class LocalGatewayServicer(metaclass=_abc_1.ABCMeta):
     """The service local applications (and the xbgw CLI) call, on a Unix socket."""
@@ -138,5 +150,29 @@ class LocalGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _local_pb2.RewrapKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_local_pb2.RewrapEvent], _abc.AsyncIterator[_local_pb2.RewrapEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def WitnessStatus(
+        self,
+        request: _local_pb2.WitnessStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.WitnessStatusResponse, _abc.Awaitable[_local_pb2.WitnessStatusResponse]]:
+        """Witnessing of partners' audit logs (xbgw witness status|run|acknowledge; see
+        gateway.audit.witness): what is stored and under alarm, a round now, an acknowledgement.
+        """
+
+    @_abc_1.abstractmethod
+    def RunWitness(
+        self,
+        request: _local_pb2.RunWitnessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.WitnessStatusResponse, _abc.Awaitable[_local_pb2.WitnessStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AcknowledgeWitness(
+        self,
+        request: _local_pb2.AcknowledgeWitnessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.WitnessStatusResponse, _abc.Awaitable[_local_pb2.WitnessStatusResponse]]: ...
 
 def add_LocalGatewayServicer_to_server(servicer: LocalGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -182,3 +182,29 @@ class GetKeySetResponse(_message.Message):
     key_set: _common_pb2.SignedBlob
     endorsements: _containers.RepeatedCompositeFieldContainer[_common_pb2.SignedBlob]
     def __init__(self, key_set: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ..., endorsements: _Optional[_Iterable[_Union[_common_pb2.SignedBlob, _Mapping]]] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
+    __slots__ = ("known_size",)
+    KNOWN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    known_size: int
+    def __init__(self, known_size: _Optional[int] = ...) -> None: ...
+
+class GetCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint", "consistency")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    consistency: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, checkpoint: _Optional[str] = ..., consistency: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class CosignRequest(_message.Message):
+    __slots__ = ("checkpoint", "cosignature")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    COSIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    cosignature: str
+    def __init__(self, checkpoint: _Optional[str] = ..., cosignature: _Optional[str] = ...) -> None: ...
+
+class CosignResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

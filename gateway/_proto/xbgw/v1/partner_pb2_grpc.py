@@ -60,6 +60,16 @@ class PartnerGatewayStub:
                 request_serializer=xbgw_dot_v1_dot_partner__pb2.GetKeySetRequest.SerializeToString,
                 response_deserializer=xbgw_dot_v1_dot_partner__pb2.GetKeySetResponse.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/xbgw.v1.PartnerGateway/GetCheckpoint',
+                request_serializer=xbgw_dot_v1_dot_partner__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_partner__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.Cosign = channel.unary_unary(
+                '/xbgw.v1.PartnerGateway/Cosign',
+                request_serializer=xbgw_dot_v1_dot_partner__pb2.CosignRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_partner__pb2.CosignResponse.FromString,
+                _registered_method=True)
 
 
 class PartnerGatewayServicer:
@@ -102,6 +112,22 @@ class PartnerGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """Witnessing (gateway.audit.witness): this gateway's latest signed audit-log checkpoint and
+        a consistency proof from the size the caller last saw.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cosign(self, request, context):
+        """A partner hands back its cosignature of one of this gateway's checkpoints, which it
+        verified to be consistent with the last one it saw.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartnerGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +155,16 @@ def add_PartnerGatewayServicer_to_server(servicer, server):
                     servicer.GetKeySet,
                     request_deserializer=xbgw_dot_v1_dot_partner__pb2.GetKeySetRequest.FromString,
                     response_serializer=xbgw_dot_v1_dot_partner__pb2.GetKeySetResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=xbgw_dot_v1_dot_partner__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_partner__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'Cosign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cosign,
+                    request_deserializer=xbgw_dot_v1_dot_partner__pb2.CosignRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_partner__pb2.CosignResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +303,60 @@ class PartnerGateway:
             '/xbgw.v1.PartnerGateway/GetKeySet',
             xbgw_dot_v1_dot_partner__pb2.GetKeySetRequest.SerializeToString,
             xbgw_dot_v1_dot_partner__pb2.GetKeySetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.PartnerGateway/GetCheckpoint',
+            xbgw_dot_v1_dot_partner__pb2.GetCheckpointRequest.SerializeToString,
+            xbgw_dot_v1_dot_partner__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cosign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.PartnerGateway/Cosign',
+            xbgw_dot_v1_dot_partner__pb2.CosignRequest.SerializeToString,
+            xbgw_dot_v1_dot_partner__pb2.CosignResponse.FromString,
             options,
             channel_credentials,
             insecure,

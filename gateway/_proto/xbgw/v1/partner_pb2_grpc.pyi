@@ -45,6 +45,14 @@ class PartnerGatewayStub:
     """This gateway's key set (transport and signing public keys in service, with their states),
     signed by its active signing key and endorsed by each verify-only one.
     """
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_partner_pb2.GetCheckpointRequest, _partner_pb2.GetCheckpointResponse]
+    """Witnessing (gateway.audit.witness): this gateway's latest signed audit-log checkpoint and
+    a consistency proof from the size the caller last saw.
+    """
+    Cosign: _grpc.UnaryUnaryMultiCallable[_partner_pb2.CosignRequest, _partner_pb2.CosignResponse]
+    """A partner hands back its cosignature of one of this gateway's checkpoints, which it
+    verified to be consistent with the last one it saw.
+    """
 
 @_typing.type_check_only
 class PartnerGatewayAsyncStub(PartnerGatewayStub):
@@ -62,6 +70,14 @@ class PartnerGatewayAsyncStub(PartnerGatewayStub):
     GetKeySet: _aio.UnaryUnaryMultiCallable[_partner_pb2.GetKeySetRequest, _partner_pb2.GetKeySetResponse]  # type: ignore[assignment]
     """This gateway's key set (transport and signing public keys in service, with their states),
     signed by its active signing key and endorsed by each verify-only one.
+    """
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_partner_pb2.GetCheckpointRequest, _partner_pb2.GetCheckpointResponse]  # type: ignore[assignment]
+    """Witnessing (gateway.audit.witness): this gateway's latest signed audit-log checkpoint and
+    a consistency proof from the size the caller last saw.
+    """
+    Cosign: _aio.UnaryUnaryMultiCallable[_partner_pb2.CosignRequest, _partner_pb2.CosignResponse]  # type: ignore[assignment]
+    """A partner hands back its cosignature of one of this gateway's checkpoints, which it
+    verified to be consistent with the last one it saw.
     """
 
 class PartnerGatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +123,26 @@ class PartnerGatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_partner_pb2.GetKeySetResponse, _abc.Awaitable[_partner_pb2.GetKeySetResponse]]:
         """This gateway's key set (transport and signing public keys in service, with their states),
         signed by its active signing key and endorsed by each verify-only one.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _partner_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_partner_pb2.GetCheckpointResponse, _abc.Awaitable[_partner_pb2.GetCheckpointResponse]]:
+        """Witnessing (gateway.audit.witness): this gateway's latest signed audit-log checkpoint and
+        a consistency proof from the size the caller last saw.
+        """
+
+    @_abc_1.abstractmethod
+    def Cosign(
+        self,
+        request: _partner_pb2.CosignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_partner_pb2.CosignResponse, _abc.Awaitable[_partner_pb2.CosignResponse]]:
+        """A partner hands back its cosignature of one of this gateway's checkpoints, which it
+        verified to be consistent with the last one it saw.
         """
 
 def add_PartnerGatewayServicer_to_server(servicer: PartnerGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
