@@ -674,7 +674,9 @@ class Ledger:
             return tree_size, root_hash
 
     def finish_checkpoint(self, size: int, note: str, signed_at: int) -> None:
-        with self._tx() as db:
+        """Keep the signed note. Not fsynced: the root it signs was made durable first
+        (``begin_checkpoint``); a note lost to a power failure is signed again."""
+        with self._tx(durable=False) as db:
             db.execute(
                 "UPDATE audit_checkpoints SET note = ?, signed_at = ? WHERE size = ?",
                 (note, signed_at, size),
@@ -728,14 +730,17 @@ class Ledger:
             _put_partner_checkpoint(db, checkpoint)
             return True
 
-    def raise_witness_alarm(self, alarm: WitnessAlarm) -> bool:
-        """Record ``alarm``; False if one is already open for the partner (it stands)."""
+    def raise_witness_alarm(self, alarm: WitnessAlarm, audit: bytes | None = None) -> bool:
+        """Record ``alarm`` (and its audit record, in the same transaction); False if one is
+        already open for the partner (it stands)."""
         with self._tx() as db:
             done = db.execute(
                 "INSERT OR IGNORE INTO witness_alarms (partner, raised_at, reason, size, root, "
                 "note) VALUES (?,?,?,?,?,?)",
                 (alarm.partner, alarm.raised_at, alarm.reason, alarm.size, alarm.root, alarm.note),
             )
+            if done.rowcount == 1 and audit is not None:
+                audit_store.append(db, audit)
             return done.rowcount == 1
 
     def witness_alarm(self, partner: str) -> WitnessAlarm | None:
@@ -750,7 +755,9 @@ class Ledger:
         )
         return [_witness_alarm(r) for r in rows]
 
-    def acknowledge_witness_alarm(self, partner: str, at: int) -> WitnessAlarm | None:
+    def acknowledge_witness_alarm(
+        self, partner: str, at: int, audit: bytes | None = None
+    ) -> WitnessAlarm | None:
         """Close the open alarm of ``partner`` and make the checkpoint that raised it the base
         the next one must extend; the alarm as it was (None: none was open)."""
         with self._tx() as db:
@@ -765,6 +772,8 @@ class Ledger:
             _put_partner_checkpoint(
                 db, PartnerCheckpoint(partner, alarm.size, alarm.root, alarm.note, at)
             )
+            if audit is not None:
+                audit_store.append(db, audit)
             return alarm
 
     def add_cosignature(self, cosignature: Cosignature) -> None:

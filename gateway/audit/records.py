@@ -56,6 +56,9 @@ KINDS: Final[Mapping[str, tuple[str, ...]]] = {
     # keys, configuration, administration
     "key.changed": ("key", "state"),
     "config.reloaded": ("config_sha256",),
+    # witnessing partners' logs (gateway.audit.witness)
+    "witness.alarm": ("partner", "reason", "size"),
+    "witness.acknowledged": ("partner",),
     "admin.fetch": ("transfer_id",),
 }
 

@@ -79,6 +79,7 @@ from gateway.audit.checkpoint import (
 )
 from gateway.audit.checkpointer import Checkpointer
 from gateway.audit.merkle import EMPTY_ROOT, ProofError, verify_consistency
+from gateway.audit.records import AuditRecord
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import PartnerError, SignatureError, TransferError, XbgwError
 from gateway.keys import KeyRef, Purpose
@@ -343,7 +344,12 @@ class Witness:
             note,
             None,
         )
-        if self._ledger.raise_witness_alarm(alarm):
+        record = AuditRecord(
+            "witness.alarm",
+            alarm.raised_at,
+            {"partner": partner.id, "reason": reason.split(":", 1)[0], "size": checkpoint.size},
+        )
+        if self._ledger.raise_witness_alarm(alarm, record.encode(self.me)):
             log.error(
                 "witness alarm: the audit log of %s shows a %s; its offers are refused until "
                 "an operator runs `xbgw witness acknowledge %s`",
@@ -407,7 +413,9 @@ class Witness:
     def acknowledge(self, partner_id: str) -> WitnessAlarm:
         """Close ``partner_id``'s alarm: its offers are accepted again, and the checkpoint
         that raised the alarm is the base its next one must extend."""
-        alarm = self._ledger.acknowledge_witness_alarm(partner_id, int(self._clock()))
+        now = int(self._clock())
+        record = AuditRecord("witness.acknowledged", now, {"partner": partner_id})
+        alarm = self._ledger.acknowledge_witness_alarm(partner_id, now, record.encode(self.me))
         if alarm is None:
             raise WitnessError(f"partner {partner_id} is not under a witness alarm")
         with self._guard:

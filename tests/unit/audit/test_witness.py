@@ -37,7 +37,7 @@ from gateway.audit.checkpoint import (
     verify_cosignature,
 )
 from gateway.audit.checkpointer import Checkpointer
-from gateway.audit.records import AuditRecord
+from gateway.audit.records import AuditRecord, decode
 from gateway.audit.witness import (
     Outcome,
     ServedCheckpoint,
@@ -305,6 +305,13 @@ def test_acknowledge_clears_the_alarm_and_rebases_on_its_checkpoint(setup: Setup
     alarm = setup.witness.acknowledge(PARTNER)
     assert alarm.size == 5
     assert setup.ledger.witness_alarm(PARTNER) is None
+    # Both steps are in this gateway's own audit log, with the alarm's kind and size.
+    kinds = [decode(r) for _, r in setup.ledger.audit_records(0, setup.ledger.audit_size())]
+    assert [(k["kind"], k["partner"]) for k in kinds if str(k["kind"]).startswith("witness.")] == [
+        ("witness.alarm", PARTNER),
+        ("witness.acknowledged", PARTNER),
+    ]
+    assert [k["reason"] for k in kinds if k["kind"] == "witness.alarm"] == ["rollback"]
     assert setup.health[-1] == frozenset()
     stored = setup.stored()
     assert stored is not None
