@@ -53,6 +53,8 @@ from typing import Any
 import grpc
 
 from bench import REPO, hsmbench
+from bench.audit import BATCH as AUDIT_BATCH
+from bench.audit import bench_audit
 from bench.compliance import TARGET_DECISION_MS, bench_compliance
 from bench.control import ControlClient, ControlServer, TlsFiles
 from bench.daemons import (
@@ -78,6 +80,8 @@ MIB = 1 << 20
 # Targets of issue 5 (2-core machines, both gateways sharing them).
 TARGET_RATIO = 0.85
 TARGET_ROTATION_COST = 0.02  # rotation may cost the bulk path at most 2 %
+TARGET_AUDIT_SMALL = 0.05  # the audit log: under 5 % of the small-transfer rate
+TARGET_AUDIT_BULK = 0.02  # ... and under 2 % of bulk throughput
 TARGET_SMALL_RATE = 200.0
 TARGET_P99_MS = 50.0
 TARGET_PEAK_RSS_MIB = 150.0
@@ -603,6 +607,27 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"< {TARGET_DECISION_MS:g}",
         per_transfer < TARGET_DECISION_MS,
     )
+    audit_ms = results["audit"]["per_transfer_ms"]
+    small_cpu_ms = sum(
+        v for k, v in results["small"]["cpu_ms_per_transfer"].items() if k != "harness"
+    )
+    small_share = audit_ms / small_cpu_ms * 100
+    row(
+        "audit: share of a small transfer's daemon CPU",
+        small_share,
+        "%",
+        f"< {TARGET_AUDIT_SMALL * 100:g}",
+        small_share < TARGET_AUDIT_SMALL * 100,
+    )
+    bulk_ms = results["bulk"]["size_bytes"] / (results["bulk"]["gateway_mbps_median"] * 1e6) * 1e3
+    bulk_share = audit_ms / bulk_ms * 100
+    row(
+        "audit: share of a bulk transfer's time",
+        bulk_share,
+        "%",
+        f"< {TARGET_AUDIT_BULK * 100:g}",
+        bulk_share < TARGET_AUDIT_BULK * 100,
+    )
     rotation = results["rotation"]
     cost = rotation["cost"] * 100
     row(
@@ -734,6 +759,14 @@ def run(opts: Options) -> dict[str, Any]:
         say(
             f"    {compliance['per_transfer_ms']:.3f} ms per transfer per side, "
             f"decide alone {compliance['decide_us']:.1f} us ({compliance['rules']} rules)"
+        )
+
+        say(f"==> audit log: {decisions} transfers' ledger work with and without their records")
+        results["audit"] = bench_audit(decisions)
+        say(
+            f"    {results['audit']['per_transfer_ms']:.3f} ms per transfer "
+            f"(records {results['audit']['records_ms_per_transfer']:.3f} ms, one checkpoint "
+            f"{results['audit']['checkpoint_ms']:.2f} ms per {AUDIT_BATCH})"
         )
 
         say(f"==> HSM operation rates ({opts.hsm_iterations} calls each, lingang's token)")

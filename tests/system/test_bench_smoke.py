@@ -137,9 +137,11 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
     assert {row["metric"].split(":")[0] for row in rows} >= {"bulk", "small"}
     assert all(isinstance(row["met"], bool) for row in rows if row["target"])
     assert data["rotation"]["rotations"] >= 1
+    assert data["audit"]["checkpoint_ms"] > 0
+    assert {row["metric"].split(":")[0] for row in rows} >= {"audit", "compliance", "rotation"}
     for row in rows:
-        if row["metric"].startswith("rotation:"):
-            # Extra CPU per GiB while keys rotate: noise can make it negative, never NaN.
+        if row["metric"].startswith(("rotation:", "audit:")):
+            # Differences of two measurements: noise can make them negative, never NaN.
             assert math.isfinite(row["value"]), row
         elif row["unit"] == "%":  # a spread between two peaks may be exactly zero
             assert row["value"] >= 0, row
