@@ -6,10 +6,10 @@ are tested through the program on the demo pair (tests/system/test_cli_policy.py
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,25 +136,51 @@ def test_a_ledger_of_another_schema_is_refused_not_migrated(
     db.close()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write where the test forbids it")
-def test_a_ledger_in_a_directory_this_user_cannot_write_is_read_as_immutable(
-    path: Path,
+class _NoWalIndex:
+    """A read-only connection that may not create the WAL index, as for a user who can only
+    read the state directory (simulated: the suite runs as root, who may write anywhere)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.startswith("SELECT COUNT(*) FROM sqlite_master"):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return self._db.execute(sql, *args)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@pytest.mark.parametrize("daemon_running", [False, True])
+def test_a_ledger_whose_wal_index_cannot_be_made_is_read_as_immutable_unless_a_daemon_runs(
+    path: Path, monkeypatch: pytest.MonkeyPatch, daemon_running: bool
 ) -> None:
-    """No daemon runs (no -wal file) and the reader may not create the WAL index."""
+    """No daemon runs (no -wal file): every commit is in the file, so it is opened immutable.
+    With a -wal file, the refusal stands: an immutable read would miss the daemon's commits."""
     ledger = Ledger(path)
     _send(ledger, "o-1", Count("acme", 2026, 3, 0))
     ledger.deliver_outbound("o-1", 10, b"\x00" * 32, RECEIPT)
     ledger.close()
     assert not Path(f"{path}-wal").exists()
-    path.parent.chmod(0o555)
+    if daemon_running:
+        Path(f"{path}-wal").write_bytes(b"")
+    real = sqlite3.connect
+
+    def connect(target: str, *args: Any, **kwargs: Any) -> Any:
+        db = real(target, *args, **kwargs)
+        return db if "immutable=1" in target else _NoWalIndex(db)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    if daemon_running:
+        with pytest.raises(StorageError):
+            Ledger.read_only(path)
+        return
+    reader = Ledger.read_only(path)
     try:
-        reader = Ledger.read_only(path)
-        try:
-            assert reader.compliance_counters() == [Counter("egress", "acme", 2026, 3, 0)]
-        finally:
-            reader.close()
+        assert reader.compliance_counters() == [Counter("egress", "acme", 2026, 3, 0)]
     finally:
-        path.parent.chmod(0o755)
+        reader.close()
 
 
 # --- xbgw policy check ---------------------------------------------------------------------------
