@@ -22,130 +22,30 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.audit import store as audit_store
-from gateway.audit.merkle import consistency_proof_at, inclusion_proof_at
-from gateway.envelope import Header, WrapKind
-from gateway.errors import EnvelopeError, StorageError, TransferConflictError
-from gateway.keys import KeyState, KeyVersion, Purpose
-from gateway.passport import inspect
+from gateway.errors import StorageError, TransferConflictError
+from gateway.ledger_audit import AuditTables, Cosignature, PartnerCheckpoint, WitnessAlarm
+from gateway.ledger_base import storage_errors
+from gateway.ledger_keys import KeyTables
+from gateway.ledger_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, storage_version_of
 from gateway.signed import Signed as Receipt
 from gateway.transfer import TransferState
 
-#: 1: the first schema. 2: inbound.dataset_sha256 (the passport's ``sub``, kept at the offer
-#: so that finish need not parse the stored passport again). 3: key lifecycle -- the states of
-#: our key versions, what we learnt of partners' keys, and on each transfer the key versions
-#: it depends on (so a version in use is never retired).
-SCHEMA_VERSION = 5
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS inbound (
-    transfer_id TEXT PRIMARY KEY,
-    sender TEXT NOT NULL,
-    passport TEXT NOT NULL,
-    passport_digest BLOB NOT NULL,
-    offered_header_digest BLOB NOT NULL,
-    stored_header BLOB NOT NULL,
-    byte_limit INTEGER NOT NULL,
-    classification TEXT NOT NULL,
-    source_jurisdiction TEXT NOT NULL,
-    dataset_sha256 TEXT,
-    transport_version INTEGER,
-    storage_version INTEGER,
-    count_exporter TEXT,  -- what the transfer counts towards the yearly counters (None: none)
-    count_year INTEGER,
-    count_subjects INTEGER NOT NULL DEFAULT 0,
-    count_sensitive INTEGER NOT NULL DEFAULT 0,
-    audit_leaf INTEGER,  -- the leaf of its commit (or refusal) record in the audit log
-    state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
-    next_segment INTEGER NOT NULL DEFAULT 0,
-    received_bytes INTEGER NOT NULL DEFAULT 0,
-    final_received INTEGER NOT NULL DEFAULT 0,
-    plaintext_sha256 BLOB,
-    created_at INTEGER NOT NULL,
-    committed_at INTEGER,
-    refusal TEXT,
-    receipt_body BLOB,
-    receipt_signature BLOB,
-    receipt_kid TEXT
-);
-CREATE TABLE IF NOT EXISTS outbound (
-    transfer_id TEXT PRIMARY KEY,
-    partner TEXT NOT NULL,
-    passport_digest BLOB NOT NULL,
-    sent_header BLOB NOT NULL,
-    stored_header BLOB NOT NULL,
-    storage_version INTEGER,
-    count_exporter TEXT,  -- what the transfer counts towards the yearly counters (None: none)
-    count_year INTEGER,
-    count_subjects INTEGER NOT NULL DEFAULT 0,
-    count_sensitive INTEGER NOT NULL DEFAULT 0,
-    audit_leaf INTEGER,  -- the leaf of its delivery record in the audit log
-    evidence TEXT,  -- JSON: the signed manifest, the receipt, the receiver's commit proof
-    state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
-    plaintext_size INTEGER,
-    plaintext_sha256 BLOB,
-    created_at INTEGER NOT NULL,
-    delivered_at INTEGER,
-    receipt_body BLOB,
-    receipt_signature BLOB,
-    receipt_kid TEXT
-);
-CREATE TABLE IF NOT EXISTS key_versions (
-    purpose TEXT NOT NULL CHECK (purpose IN ('transport', 'signing', 'storage')),
-    version INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'decrypt-only', 'verify-only',
-                                         'retired', 'destroyed')),
-    created_at INTEGER NOT NULL,
-    activated_at INTEGER,
-    deactivated_at INTEGER,
-    retired_at INTEGER,
-    destroyed_at INTEGER,
-    PRIMARY KEY (purpose, version)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS key_versions_one_active
-    ON key_versions (purpose) WHERE state = 'active';
-CREATE TABLE IF NOT EXISTS partner_keys (
-    partner TEXT NOT NULL,
-    purpose TEXT NOT NULL CHECK (purpose IN ('transport', 'signing')),
-    version INTEGER NOT NULL,
-    public_point BLOB NOT NULL,
-    state TEXT NOT NULL,
-    learned_at INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    PRIMARY KEY (partner, purpose, version)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS partner_key_sets (
-    partner TEXT PRIMARY KEY,
-    issued_at INTEGER NOT NULL,
-    seen_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS compliance_counters (
-    direction TEXT NOT NULL CHECK (direction IN ('egress', 'ingress')),
-    exporter TEXT NOT NULL,
-    year INTEGER NOT NULL,
-    subjects INTEGER NOT NULL DEFAULT 0,
-    sensitive INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (direction, exporter, year)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS inbound_storage_version ON inbound (storage_version);
-CREATE INDEX IF NOT EXISTS inbound_in_flight_counts
-    ON inbound (count_exporter, count_year) WHERE state = 'receiving';
-CREATE INDEX IF NOT EXISTS outbound_in_flight_counts
-    ON outbound (count_exporter, count_year) WHERE state = 'sending';
-CREATE INDEX IF NOT EXISTS outbound_storage_version ON outbound (storage_version);
-CREATE TABLE IF NOT EXISTS outbound_segments (
-    transfer_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    tag BLOB NOT NULL,
-    PRIMARY KEY (transfer_id, idx)
-) WITHOUT ROWID;
-"""
-_SCHEMA += audit_store.SCHEMA  # schema 5: the audit log (gateway.audit.store)
+__all__ = [
+    "SCHEMA_VERSION",
+    "Cosignature",
+    "Count",
+    "Counter",
+    "Inbound",
+    "Ledger",
+    "Outbound",
+    "PartnerCheckpoint",
+    "WitnessAlarm",
+    "storage_version_of",
+]
 
 
 @dataclass(frozen=True)
@@ -211,47 +111,13 @@ class Outbound:
     evidence: str | None = None  # see deliver_outbound
 
 
-@dataclass(frozen=True)
-class PartnerCheckpoint:
-    """The newest checkpoint of a partner's audit log this gateway verified (witnessing)."""
-
-    partner: str
-    size: int
-    root: bytes
-    note: str  # the signed note as the partner served it
-    seen_at: int
-
-
-@dataclass(frozen=True)
-class WitnessAlarm:
-    """A fork or rollback seen in a partner's log, and the checkpoint that showed it."""
-
-    partner: str
-    raised_at: int
-    reason: str
-    size: int
-    root: bytes
-    note: str
-    acknowledged_at: int | None
-
-
-@dataclass(frozen=True)
-class Cosignature:
-    """A partner's verified cosignature of our checkpoint of ``size`` (``at``: its time)."""
-
-    size: int
-    witness: str
-    line: str
-    at: int
-
-
 def _receipt(row: sqlite3.Row) -> Receipt | None:
     if row["receipt_body"] is None:
         return None
     return Receipt(bytes(row["receipt_body"]), bytes(row["receipt_signature"]), row["receipt_kid"])
 
 
-class Ledger:
+class Ledger(AuditTables, KeyTables):
     """The SQLite ledger of one gateway."""
 
     def __init__(self, path: Path) -> None:
@@ -298,7 +164,7 @@ class Ledger:
             if db is not None:
                 db.close()
             db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA)
         db.row_factory = sqlite3.Row
         ledger._db = db
         return ledger
@@ -316,52 +182,19 @@ class Ledger:
             row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         if "inbound" in tables:  # an existing ledger: each step in its own transaction
-            for version, step in ((2, _to_2), (3, _to_3), (4, _to_4), (5, _to_5)):
+            for version, step in MIGRATIONS:
                 if found < version:
                     self._db.execute("BEGIN IMMEDIATE")
                     step(self._db)
                     self._db.execute(f"PRAGMA user_version={version}")
                     self._db.execute("COMMIT")
         # executescript commits on its own; CREATE ... IF NOT EXISTS makes it idempotent.
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    @contextmanager
-    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction; ``durable=False`` skips the fsync at commit.
-
-        In WAL mode a commit without fsync survives a process crash but perhaps not a power
-        loss -- until the next durable commit, which fsyncs the log with everything before
-        it. Only writes whose loss is harmless use it: a resume point that goes back is safe
-        (the spool is cut back to it); a lost offer is simply made again.
-        """
-        with self._lock, _storage():
-            if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            finally:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
-
-    def _one(self, sql: str, args: tuple[object, ...]) -> sqlite3.Row | None:
-        with self._lock, _storage():
-            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
-            return row
-
-    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock, _storage():
-            return list(self._db.execute(sql, args).fetchall())
 
     # -- inbound ---------------------------------------------------------------------------
 
@@ -610,193 +443,6 @@ class Ledger:
             db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
             return leaf
 
-    # -- the audit log (gateway.audit.store) -------------------------------------------------
-
-    @contextmanager
-    def read_snapshot(self) -> Iterator[sqlite3.Connection]:
-        """The connection inside one read transaction, for a reader that must see one
-        committed state across many queries (``xbgw audit verify``); WAL readers neither
-        block the daemon nor wait for it. Only reads may be made through it."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN")
-                try:
-                    yield self._db
-                finally:
-                    self._db.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise StorageError(f"cannot read the ledger: {exc}") from None
-
-    def append_audit(self, record: bytes) -> int:
-        """Append one canonical record on its own (events with no row to commit); its leaf."""
-        with self._tx() as db:
-            return audit_store.append(db, record)
-
-    def audit_size(self) -> int:
-        with self._lock, _storage():
-            return audit_store.size(self._db)
-
-    def audit_records(self, start: int, stop: int) -> list[tuple[int, bytes]]:
-        """(leaf index, record) for ``start <= idx < stop``, in order."""
-        rows = self._all(
-            "SELECT idx, record FROM audit_records WHERE idx >= ? AND idx < ? ORDER BY idx",
-            (start, stop),
-        )
-        return [(int(r["idx"]), bytes(r["record"])) for r in rows]
-
-    def audit_root(self, size: int) -> bytes:
-        with self._lock, _storage():
-            return audit_store.root(self._db, size)
-
-    def audit_inclusion(self, index: int, size: int) -> list[bytes]:
-        with self._lock, _storage():
-            return inclusion_proof_at(audit_store.hash_reader(self._db), index, size)
-
-    def audit_consistency(self, old_size: int, new_size: int) -> list[bytes]:
-        with self._lock, _storage():
-            return consistency_proof_at(audit_store.hash_reader(self._db), old_size, new_size)
-
-    def audit_nodes(self) -> list[tuple[int, int, bytes]]:
-        """Every stored node (level, index, hash), for ``xbgw audit verify``."""
-        rows = self._all("SELECT level, idx, hash FROM audit_nodes ORDER BY level, idx")
-        return [(int(r["level"]), int(r["idx"]), bytes(r["hash"])) for r in rows]
-
-    def begin_checkpoint(self) -> tuple[int, bytes]:
-        """(size, root) of the log now, recorded in a durable transaction before it is signed:
-        that commit fsyncs every leaf before it (see gateway.audit.store)."""
-        with self._tx() as db:
-            tree_size = audit_store.size(db)
-            root_hash = audit_store.root(db, tree_size)
-            db.execute(
-                "INSERT OR IGNORE INTO audit_checkpoints (size, root) VALUES (?, ?)",
-                (tree_size, root_hash),
-            )
-            return tree_size, root_hash
-
-    def finish_checkpoint(self, size: int, note: str, signed_at: int) -> None:
-        """Keep the signed note. Not fsynced: the root it signs was made durable first
-        (``begin_checkpoint``); a note lost to a power failure is signed again."""
-        with self._tx(durable=False) as db:
-            db.execute(
-                "UPDATE audit_checkpoints SET note = ?, signed_at = ? WHERE size = ?",
-                (note, signed_at, size),
-            )
-
-    def latest_checkpoint(self, at_least: int = 0) -> tuple[int, bytes, str] | None:
-        """The newest signed checkpoint (size, root, note), if its size is ``at_least``."""
-        row = self._one(
-            "SELECT size, root, note FROM audit_checkpoints WHERE note IS NOT NULL "
-            "ORDER BY size DESC LIMIT 1",
-            (),
-        )
-        if row is None or int(row["size"]) < at_least:
-            return None
-        return int(row["size"]), bytes(row["root"]), str(row["note"])
-
-    def checkpoint_note(self, size: int) -> str | None:
-        """The signed note of our checkpoint of ``size`` (None: none signed at that size)."""
-        row = self._one("SELECT note FROM audit_checkpoints WHERE size = ?", (size,))
-        return None if row is None or row["note"] is None else str(row["note"])
-
-    def checkpoints(self) -> list[tuple[int, bytes, str | None]]:
-        rows = self._all("SELECT size, root, note FROM audit_checkpoints ORDER BY size")
-        return [(int(r["size"]), bytes(r["root"]), r["note"]) for r in rows]
-
-    # -- witnessing (gateway.audit.witness) --------------------------------------------------
-
-    def partner_checkpoint(self, partner: str) -> PartnerCheckpoint | None:
-        row = self._one("SELECT * FROM partner_checkpoints WHERE partner = ?", (partner,))
-        return None if row is None else _partner_checkpoint(row)
-
-    def partner_checkpoints(self) -> list[PartnerCheckpoint]:
-        rows = self._all("SELECT * FROM partner_checkpoints ORDER BY partner")
-        return [_partner_checkpoint(r) for r in rows]
-
-    def store_partner_checkpoint(
-        self, checkpoint: PartnerCheckpoint, base: tuple[int, bytes] | None
-    ) -> bool:
-        """Replace the partner's stored checkpoint if it is still ``base`` (size, root; None:
-        none stored) and no alarm is open for the partner; False otherwise (a concurrent
-        round got there first). The network round trip happens outside any lock, so the
-        check is made here, in the write."""
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT size, root FROM partner_checkpoints WHERE partner = ?",
-                (checkpoint.partner,),
-            ).fetchone()
-            current = None if row is None else (int(row["size"]), bytes(row["root"]))
-            if current != base or _open_alarm(db, checkpoint.partner) is not None:
-                return False
-            _put_partner_checkpoint(db, checkpoint)
-            return True
-
-    def raise_witness_alarm(self, alarm: WitnessAlarm, audit: bytes | None = None) -> bool:
-        """Record ``alarm`` (and its audit record, in the same transaction); False if one is
-        already open for the partner (it stands)."""
-        with self._tx() as db:
-            done = db.execute(
-                "INSERT OR IGNORE INTO witness_alarms (partner, raised_at, reason, size, root, "
-                "note) VALUES (?,?,?,?,?,?)",
-                (alarm.partner, alarm.raised_at, alarm.reason, alarm.size, alarm.root, alarm.note),
-            )
-            if done.rowcount == 1 and audit is not None:
-                audit_store.append(db, audit)
-            return done.rowcount == 1
-
-    def witness_alarm(self, partner: str) -> WitnessAlarm | None:
-        """The open alarm of ``partner``, if any (read on every offer: one indexed row)."""
-        with self._lock, _storage():
-            return _open_alarm(self._db, partner)
-
-    def witness_alarms(self) -> list[WitnessAlarm]:
-        """Every open alarm, by partner."""
-        rows = self._all(
-            "SELECT * FROM witness_alarms WHERE acknowledged_at IS NULL ORDER BY partner"
-        )
-        return [_witness_alarm(r) for r in rows]
-
-    def acknowledge_witness_alarm(
-        self, partner: str, at: int, audit: bytes | None = None
-    ) -> WitnessAlarm | None:
-        """Close the open alarm of ``partner`` and make the checkpoint that raised it the base
-        the next one must extend; the alarm as it was (None: none was open)."""
-        with self._tx() as db:
-            alarm = _open_alarm(db, partner)
-            if alarm is None:
-                return None
-            db.execute(
-                "UPDATE witness_alarms SET acknowledged_at = ? "
-                "WHERE partner = ? AND acknowledged_at IS NULL",
-                (at, partner),
-            )
-            _put_partner_checkpoint(
-                db, PartnerCheckpoint(partner, alarm.size, alarm.root, alarm.note, at)
-            )
-            if audit is not None:
-                audit_store.append(db, audit)
-            return alarm
-
-    def add_cosignature(self, cosignature: Cosignature) -> None:
-        """Keep a witness's verified cosignature of our checkpoint (a newer one of the same
-        checkpoint by the same witness replaces it)."""
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO cosignatures (size, witness, line, at) VALUES (?,?,?,?) "
-                "ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, at = excluded.at",
-                (cosignature.size, cosignature.witness, cosignature.line, cosignature.at),
-            )
-
-    def cosignatures(self, size: int | None = None) -> list[Cosignature]:
-        """The cosignatures of our checkpoint of ``size``; without it, each witness's newest."""
-        if size is not None:
-            rows = self._all("SELECT * FROM cosignatures WHERE size = ? ORDER BY witness", (size,))
-        else:
-            rows = self._all(
-                "SELECT c.* FROM cosignatures c WHERE c.size = (SELECT MAX(size) FROM "
-                "cosignatures WHERE witness = c.witness) ORDER BY c.witness"
-            )
-        return [Cosignature(int(r["size"]), r["witness"], r["line"], int(r["at"])) for r in rows]
-
     # -- compliance counters ---------------------------------------------------------------
 
     def compliance_counts(
@@ -806,7 +452,7 @@ class Ledger:
         committed transfers, plus those still in flight -- a threshold is judged as if every
         open transfer commits, so that two sends decided at once cannot both slip under it.
         ``excluding``: a transfer judged again (a resume) does not count against itself."""
-        with self._lock, _storage():  # one snapshot: a commit moves counts, never loses them
+        with self._lock, storage_errors():  # one snapshot: a commit moves counts, never loses them
             counted = self._db.execute(
                 "SELECT subjects, sensitive FROM compliance_counters "
                 "WHERE direction = ? AND exporter = ? AND year = ?",
@@ -895,153 +541,6 @@ class Ledger:
             for r in rows
         ]
 
-    # -- our key versions ------------------------------------------------------------------
-
-    def key_versions(self) -> list[KeyVersion]:
-        rows = self._all("SELECT * FROM key_versions ORDER BY purpose, version")
-        return [_key_version(row) for row in rows]
-
-    def add_key_version(self, purpose: Purpose, version: int, state: KeyState, at: int) -> None:
-        """Record a version (pending, or found on the token); an existing row is kept."""
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO key_versions (purpose, version, state, created_at, "
-                "activated_at) VALUES (?,?,?,?,?)",
-                (purpose.value, version, state.value, at, at if state is KeyState.ACTIVE else None),
-            )
-
-    def activate_key_version(self, purpose: Purpose, version: int, at: int) -> None:
-        """``version`` becomes the active one; the active one before it is replaced."""
-        replaced = KeyState.replaced(purpose)
-        with self._tx() as db:
-            db.execute(
-                "UPDATE key_versions SET state = ?, deactivated_at = ? "
-                "WHERE purpose = ? AND state = 'active' AND version != ?",
-                (replaced.value, at, purpose.value, version),
-            )
-            db.execute(
-                "UPDATE key_versions SET state = 'active', activated_at = ? "
-                "WHERE purpose = ? AND version = ?",
-                (at, purpose.value, version),
-            )
-
-    def set_key_state(self, purpose: Purpose, version: int, state: KeyState, at: int) -> None:
-        """Retire or destroy a version (the time goes to the state's own column)."""
-        column = {KeyState.RETIRED: "retired_at", KeyState.DESTROYED: "destroyed_at"}[state]
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE key_versions SET state = ?, {column} = ? "  # noqa: S608 - fixed names
-                "WHERE purpose = ? AND version = ?",
-                (state.value, at, purpose.value, version),
-            )
-
-    def storage_version_users(self, version: int) -> int:
-        """Stored data keys still wrapped to storage ``version``: transfers received and not
-        refused, and sends not yet delivered."""
-        row = self._one(
-            "SELECT (SELECT COUNT(*) FROM inbound WHERE storage_version = ? AND state != "
-            "'refused') + (SELECT COUNT(*) FROM outbound WHERE storage_version = ? AND "
-            "state = 'sending') AS n",
-            (version, version),
-        )
-        return int(row["n"]) if row is not None else 0
-
-    def open_offers_to_transport(self, version: int) -> int:
-        """Transfers still being received whose data key came wrapped to transport ``version``."""
-        row = self._one(
-            "SELECT COUNT(*) AS n FROM inbound WHERE transport_version = ? AND state = 'receiving'",
-            (version,),
-        )
-        return int(row["n"]) if row is not None else 0
-
-    def stored_headers_not_under(self, version: int) -> list[tuple[str, str, bytes]]:
-        """(direction, transfer_id, stored_header) of every stored data key that matters and is
-        not wrapped to storage ``version`` (what a rewrap has to do)."""
-        rows = self._all(
-            "SELECT 'in' AS direction, transfer_id, stored_header FROM inbound "
-            "WHERE state != 'refused' AND COALESCE(storage_version, -1) != ? "
-            "UNION ALL SELECT 'out', transfer_id, stored_header FROM outbound "
-            "WHERE state = 'sending' AND COALESCE(storage_version, -1) != ? "
-            "ORDER BY 1, 2",
-            (version, version),
-        )
-        return [(r["direction"], r["transfer_id"], bytes(r["stored_header"])) for r in rows]
-
-    def replace_stored_header(
-        self, direction: str, transfer_id: str, old: bytes, new: bytes
-    ) -> bool:
-        """Swap a stored header for its re-wrapped form if it is still ``old``; False if the
-        row changed meanwhile (the rewrap will see it again)."""
-        table = {"in": "inbound", "out": "outbound"}[direction]
-        with self._tx() as db:
-            done = db.execute(
-                f"UPDATE {table} SET stored_header = ?, storage_version = ? "  # noqa: S608
-                "WHERE transfer_id = ? AND stored_header = ?",
-                (new, storage_version_of(new), transfer_id, old),
-            )
-            return done.rowcount == 1
-
-    # -- what we learnt of partners' keys --------------------------------------------------
-
-    def partner_keys(self, partner: str) -> list[tuple[Purpose, int, bytes, str, int, str]]:
-        """(purpose, version, public point, state, learned_at, source) of ``partner``."""
-        rows = self._all(
-            "SELECT * FROM partner_keys WHERE partner = ? ORDER BY purpose, version", (partner,)
-        )
-        return [
-            (
-                Purpose(r["purpose"]),
-                int(r["version"]),
-                bytes(r["public_point"]),
-                r["state"],
-                int(r["learned_at"]),
-                r["source"],
-            )
-            for r in rows
-        ]
-
-    def learn_partner_key(
-        self,
-        partner: str,
-        purpose: Purpose,
-        version: int,
-        public_point: bytes,
-        state: str,
-        source: str,
-        at: int,
-    ) -> None:
-        """Record (or update the state of) a partner key version; its point never changes."""
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO partner_keys (partner, purpose, version, public_point, state, "
-                "learned_at, source) VALUES (?,?,?,?,?,?,?) "
-                "ON CONFLICT (partner, purpose, version) DO UPDATE SET state = excluded.state "
-                "WHERE partner_keys.public_point = excluded.public_point",
-                (partner, purpose.value, version, public_point, state, at, source),
-            )
-
-    def partner_key_set_issued(self, partner: str) -> int | None:
-        """``issued_at`` of the newest key set of ``partner`` verified so far."""
-        row = self._one("SELECT issued_at FROM partner_key_sets WHERE partner = ?", (partner,))
-        return None if row is None else int(row["issued_at"])
-
-    def forget_partner_keys(self, partner: str) -> int:
-        """Drop everything learnt of ``partner``'s keys and key sets (a new trust root was
-        configured for it); the number of key versions dropped."""
-        with self._tx() as db:
-            dropped = db.execute("DELETE FROM partner_keys WHERE partner = ?", (partner,))
-            db.execute("DELETE FROM partner_key_sets WHERE partner = ?", (partner,))
-            return dropped.rowcount
-
-    def record_partner_key_set(self, partner: str, issued_at: int, at: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO partner_key_sets (partner, issued_at, seen_at) VALUES (?,?,?) "
-                "ON CONFLICT (partner) DO UPDATE SET issued_at = MAX(issued_at, "
-                "excluded.issued_at), seen_at = excluded.seen_at",
-                (partner, issued_at, at),
-            )
-
 
 def _inbound(row: sqlite3.Row) -> Inbound:
     return Inbound(
@@ -1070,47 +569,6 @@ def _inbound(row: sqlite3.Row) -> Inbound:
     )
 
 
-def _partner_checkpoint(row: sqlite3.Row) -> PartnerCheckpoint:
-    return PartnerCheckpoint(
-        row["partner"], int(row["size"]), bytes(row["root"]), row["note"], int(row["seen_at"])
-    )
-
-
-def _put_partner_checkpoint(db: sqlite3.Connection, checkpoint: PartnerCheckpoint) -> None:
-    db.execute(
-        "INSERT INTO partner_checkpoints (partner, size, root, note, seen_at) VALUES (?,?,?,?,?) "
-        "ON CONFLICT (partner) DO UPDATE SET size = excluded.size, root = excluded.root, "
-        "note = excluded.note, seen_at = excluded.seen_at",
-        (
-            checkpoint.partner,
-            checkpoint.size,
-            checkpoint.root,
-            checkpoint.note,
-            checkpoint.seen_at,
-        ),
-    )
-
-
-def _witness_alarm(row: sqlite3.Row) -> WitnessAlarm:
-    acknowledged = row["acknowledged_at"]
-    return WitnessAlarm(
-        partner=row["partner"],
-        raised_at=int(row["raised_at"]),
-        reason=row["reason"],
-        size=int(row["size"]),
-        root=bytes(row["root"]),
-        note=row["note"],
-        acknowledged_at=None if acknowledged is None else int(acknowledged),
-    )
-
-
-def _open_alarm(db: sqlite3.Connection, partner: str) -> WitnessAlarm | None:
-    row = db.execute(
-        "SELECT * FROM witness_alarms WHERE partner = ? AND acknowledged_at IS NULL", (partner,)
-    ).fetchone()
-    return None if row is None else _witness_alarm(row)
-
-
 def _outbound(row: sqlite3.Row) -> Outbound:
     return Outbound(
         transfer_id=row["transfer_id"],
@@ -1129,36 +587,6 @@ def _outbound(row: sqlite3.Row) -> Outbound:
         audit_leaf=None if row["audit_leaf"] is None else int(row["audit_leaf"]),
         evidence=row["evidence"],
     )
-
-
-def _to_2(db: sqlite3.Connection) -> None:
-    """Schema 2: the passport's ``sub`` of unfinished transfers, from their stored passport
-    (verified at its offer)."""
-    db.execute("ALTER TABLE inbound ADD COLUMN dataset_sha256 TEXT")
-    rows = db.execute("SELECT transfer_id, passport FROM inbound WHERE state = 'receiving'")
-    for row in rows.fetchall():
-        sub = inspect(row["passport"])[1].get("sub")
-        db.execute(
-            "UPDATE inbound SET dataset_sha256 = ? WHERE transfer_id = ?",
-            (sub if isinstance(sub, str) else None, row["transfer_id"]),
-        )
-
-
-def _to_3(db: sqlite3.Connection) -> None:
-    """Schema 3: the storage version each stored header is wrapped to (read from the header);
-    the transport version of older offers is not known and blocks nothing."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    db.execute("ALTER TABLE inbound ADD COLUMN transport_version INTEGER")
-    for table in ("inbound", "outbound"):
-        if table not in tables:
-            continue  # made whole by the schema script
-        db.execute(f"ALTER TABLE {table} ADD COLUMN storage_version INTEGER")
-        rows = db.execute(f"SELECT transfer_id, stored_header FROM {table}")  # noqa: S608
-        for row in rows.fetchall():
-            db.execute(
-                f"UPDATE {table} SET storage_version = ? WHERE transfer_id = ?",  # noqa: S608
-                (storage_version_of(bytes(row["stored_header"])), row["transfer_id"]),
-            )
 
 
 _IN_FLIGHT = {
@@ -1204,68 +632,3 @@ def _add_to_counters(db: sqlite3.Connection, direction: str, table: str, transfe
         "subjects = subjects + excluded.subjects, sensitive = sensitive + excluded.sensitive"
     )
     db.execute(query % table, (direction, transfer_id))
-
-
-def _to_4(db: sqlite3.Connection) -> None:
-    """Schema 4: what each transfer counts towards the yearly compliance counters (older
-    transfers count towards nothing: they were decided without counters)."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    for table in ("inbound", "outbound"):
-        if table in tables:
-            for column in (
-                "count_exporter TEXT",
-                "count_year INTEGER",
-                "count_subjects INTEGER NOT NULL DEFAULT 0",
-                "count_sensitive INTEGER NOT NULL DEFAULT 0",
-            ):
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-
-
-def _to_5(db: sqlite3.Connection) -> None:
-    """Schema 5: the audit log (its tables are made by the schema script); each transfer
-    notes the leaf of its record (older transfers have none: the log starts now)."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    for table in ("inbound", "outbound"):
-        if table in tables:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN audit_leaf INTEGER")
-    if "outbound" in tables:
-        db.execute("ALTER TABLE outbound ADD COLUMN evidence TEXT")
-
-
-def storage_version_of(stored_header: bytes) -> int | None:
-    """The storage key version a stored header's data key is wrapped to (None: none is)."""
-    try:
-        header = Header.decode(stored_header)
-    except EnvelopeError:
-        return None
-    versions = [
-        w.key_ref.version for w in header.wrapped_keys if w.kind is WrapKind.STORAGE_A256KWP
-    ]
-    return versions[0] if versions else None
-
-
-def _key_version(row: sqlite3.Row) -> KeyVersion:
-    def optional(name: str) -> int | None:
-        return None if row[name] is None else int(row[name])
-
-    return KeyVersion(
-        purpose=Purpose(row["purpose"]),
-        version=int(row["version"]),
-        state=KeyState(row["state"]),
-        created_at=int(row["created_at"]),
-        activated_at=optional("activated_at"),
-        deactivated_at=optional("deactivated_at"),
-        retired_at=optional("retired_at"),
-        destroyed_at=optional("destroyed_at"),
-    )
-
-
-@contextmanager
-def _storage() -> Iterator[None]:
-    """The database failed (not a constraint): a StorageError the servicers map once."""
-    try:
-        yield
-    except sqlite3.IntegrityError:
-        raise
-    except sqlite3.Error as exc:
-        raise StorageError.from_exception(exc) from None

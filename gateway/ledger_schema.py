@@ -1,0 +1,198 @@
+"""The ledger's schema and its migrations, one step per version.
+
+Why apart: the schema changes with every capability that keeps state (key lifecycle,
+compliance counters, the audit log), and each step must stay readable on its own; the
+``Ledger`` applies them in order when it opens an older file (``Ledger._migrate``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from gateway.audit import store as audit_store
+from gateway.envelope import Header, WrapKind
+from gateway.errors import EnvelopeError
+from gateway.passport import inspect
+
+#: 1: the first schema. 2: inbound.dataset_sha256 (the passport's ``sub``, kept at the offer
+#: so that finish need not parse the stored passport again). 3: key lifecycle -- the states of
+#: our key versions, what we learnt of partners' keys, and on each transfer the key versions
+#: it depends on (so a version in use is never retired).
+SCHEMA_VERSION = 5
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbound (
+    transfer_id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    passport TEXT NOT NULL,
+    passport_digest BLOB NOT NULL,
+    offered_header_digest BLOB NOT NULL,
+    stored_header BLOB NOT NULL,
+    byte_limit INTEGER NOT NULL,
+    classification TEXT NOT NULL,
+    source_jurisdiction TEXT NOT NULL,
+    dataset_sha256 TEXT,
+    transport_version INTEGER,
+    storage_version INTEGER,
+    count_exporter TEXT,  -- what the transfer counts towards the yearly counters (None: none)
+    count_year INTEGER,
+    count_subjects INTEGER NOT NULL DEFAULT 0,
+    count_sensitive INTEGER NOT NULL DEFAULT 0,
+    audit_leaf INTEGER,  -- the leaf of its commit (or refusal) record in the audit log
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
+    next_segment INTEGER NOT NULL DEFAULT 0,
+    received_bytes INTEGER NOT NULL DEFAULT 0,
+    final_received INTEGER NOT NULL DEFAULT 0,
+    plaintext_sha256 BLOB,
+    created_at INTEGER NOT NULL,
+    committed_at INTEGER,
+    refusal TEXT,
+    receipt_body BLOB,
+    receipt_signature BLOB,
+    receipt_kid TEXT
+);
+CREATE TABLE IF NOT EXISTS outbound (
+    transfer_id TEXT PRIMARY KEY,
+    partner TEXT NOT NULL,
+    passport_digest BLOB NOT NULL,
+    sent_header BLOB NOT NULL,
+    stored_header BLOB NOT NULL,
+    storage_version INTEGER,
+    count_exporter TEXT,  -- what the transfer counts towards the yearly counters (None: none)
+    count_year INTEGER,
+    count_subjects INTEGER NOT NULL DEFAULT 0,
+    count_sensitive INTEGER NOT NULL DEFAULT 0,
+    audit_leaf INTEGER,  -- the leaf of its delivery record in the audit log
+    evidence TEXT,  -- JSON: the signed manifest, the receipt, the receiver's commit proof
+    state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
+    plaintext_size INTEGER,
+    plaintext_sha256 BLOB,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER,
+    receipt_body BLOB,
+    receipt_signature BLOB,
+    receipt_kid TEXT
+);
+CREATE TABLE IF NOT EXISTS key_versions (
+    purpose TEXT NOT NULL CHECK (purpose IN ('transport', 'signing', 'storage')),
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'decrypt-only', 'verify-only',
+                                         'retired', 'destroyed')),
+    created_at INTEGER NOT NULL,
+    activated_at INTEGER,
+    deactivated_at INTEGER,
+    retired_at INTEGER,
+    destroyed_at INTEGER,
+    PRIMARY KEY (purpose, version)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS key_versions_one_active
+    ON key_versions (purpose) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS partner_keys (
+    partner TEXT NOT NULL,
+    purpose TEXT NOT NULL CHECK (purpose IN ('transport', 'signing')),
+    version INTEGER NOT NULL,
+    public_point BLOB NOT NULL,
+    state TEXT NOT NULL,
+    learned_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (partner, purpose, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS partner_key_sets (
+    partner TEXT PRIMARY KEY,
+    issued_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS compliance_counters (
+    direction TEXT NOT NULL CHECK (direction IN ('egress', 'ingress')),
+    exporter TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    subjects INTEGER NOT NULL DEFAULT 0,
+    sensitive INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (direction, exporter, year)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbound_storage_version ON inbound (storage_version);
+CREATE INDEX IF NOT EXISTS inbound_in_flight_counts
+    ON inbound (count_exporter, count_year) WHERE state = 'receiving';
+CREATE INDEX IF NOT EXISTS outbound_in_flight_counts
+    ON outbound (count_exporter, count_year) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS outbound_storage_version ON outbound (storage_version);
+CREATE TABLE IF NOT EXISTS outbound_segments (
+    transfer_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    tag BLOB NOT NULL,
+    PRIMARY KEY (transfer_id, idx)
+) WITHOUT ROWID;
+"""
+SCHEMA += audit_store.SCHEMA  # schema 5: the audit log (gateway.audit.store)
+
+
+def _to_2(db: sqlite3.Connection) -> None:
+    """Schema 2: the passport's ``sub`` of unfinished transfers, from their stored passport
+    (verified at its offer)."""
+    db.execute("ALTER TABLE inbound ADD COLUMN dataset_sha256 TEXT")
+    rows = db.execute("SELECT transfer_id, passport FROM inbound WHERE state = 'receiving'")
+    for row in rows.fetchall():
+        sub = inspect(row["passport"])[1].get("sub")
+        db.execute(
+            "UPDATE inbound SET dataset_sha256 = ? WHERE transfer_id = ?",
+            (sub if isinstance(sub, str) else None, row["transfer_id"]),
+        )
+
+
+def _to_3(db: sqlite3.Connection) -> None:
+    """Schema 3: the storage version each stored header is wrapped to (read from the header);
+    the transport version of older offers is not known and blocks nothing."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.execute("ALTER TABLE inbound ADD COLUMN transport_version INTEGER")
+    for table in ("inbound", "outbound"):
+        if table not in tables:
+            continue  # made whole by the schema script
+        db.execute(f"ALTER TABLE {table} ADD COLUMN storage_version INTEGER")
+        rows = db.execute(f"SELECT transfer_id, stored_header FROM {table}")  # noqa: S608
+        for row in rows.fetchall():
+            db.execute(
+                f"UPDATE {table} SET storage_version = ? WHERE transfer_id = ?",  # noqa: S608
+                (storage_version_of(bytes(row["stored_header"])), row["transfer_id"]),
+            )
+
+
+def _to_4(db: sqlite3.Connection) -> None:
+    """Schema 4: what each transfer counts towards the yearly compliance counters (older
+    transfers count towards nothing: they were decided without counters)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for table in ("inbound", "outbound"):
+        if table in tables:
+            for column in (
+                "count_exporter TEXT",
+                "count_year INTEGER",
+                "count_subjects INTEGER NOT NULL DEFAULT 0",
+                "count_sensitive INTEGER NOT NULL DEFAULT 0",
+            ):
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def _to_5(db: sqlite3.Connection) -> None:
+    """Schema 5: the audit log (its tables are made by the schema script); each transfer
+    notes the leaf of its record (older transfers have none: the log starts now)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for table in ("inbound", "outbound"):
+        if table in tables:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN audit_leaf INTEGER")
+    if "outbound" in tables:
+        db.execute("ALTER TABLE outbound ADD COLUMN evidence TEXT")
+
+
+def storage_version_of(stored_header: bytes) -> int | None:
+    """The storage key version a stored header's data key is wrapped to (None: none is)."""
+    try:
+        header = Header.decode(stored_header)
+    except EnvelopeError:
+        return None
+    versions = [
+        w.key_ref.version for w in header.wrapped_keys if w.kind is WrapKind.STORAGE_A256KWP
+    ]
+    return versions[0] if versions else None
+
+
+#: (version, step) in order: a ledger of version v - 1 is brought to v by step.
+MIGRATIONS = ((2, _to_2), (3, _to_3), (4, _to_4), (5, _to_5))
