@@ -79,9 +79,11 @@ def read_token(value: str) -> str:
 # --- the HSM --------------------------------------------------------------------------------
 
 
-def add_hsm_arguments(parser: argparse.ArgumentParser) -> None:
+def add_hsm_arguments(parser: argparse.ArgumentParser, config: bool = True) -> None:
+    """``--module``, ``--token``, a PIN source and (``config``) ``-c``, for ``open_hsm``."""
     group = parser.add_argument_group("HSM (or take them from --config)")
-    group.add_argument("-c", "--config", help="gateway YAML file to take the HSM settings from")
+    if config:
+        group.add_argument("-c", "--config", help="gateway YAML file to take the HSM settings from")
     group.add_argument("--module", help=f"PKCS#11 module path (default {DEFAULT_MODULE})")
     group.add_argument("--token", help="token label")
     pin = group.add_mutually_exclusive_group()
