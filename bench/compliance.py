@@ -14,15 +14,59 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.compliance.bench import evaluation_microseconds
+from gateway.compliance import RuleSet
 from gateway.compliance.border import Border
-from gateway.compliance.facts import Direction
+from gateway.compliance.facts import Direction, Evidence, TransferFacts
 from gateway.config import ComplianceConfig
 from gateway.ledger import Count, Ledger
 from gateway.passport_claims import EvidenceClaim, XbgwClaims
 from gateway.signed import Signed
 
 HISTORY = 1000
+
+
+NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+
+def sample_facts() -> TransferFacts:
+    """A busy case: sensitive PI from Lingang to Frankfurt with a contract on file."""
+    return TransferFacts(
+        direction=Direction.EGRESS,
+        now=NOW,
+        sender="lingang",
+        receiver="frankfurt",
+        sender_jurisdiction="CN-SH",
+        receiver_jurisdiction="EU-DE",
+        passport_src="CN-SH",
+        passport_dst="EU-DE",
+        zone="example",
+        exporter="acme",
+        ciio=False,
+        cn_class="general",
+        cn_pi="sensitive",
+        eu_class="special",
+        subjects=1200,
+        categories=("example-clinical-research",),
+        purpose="clinical trial",
+        evidence=(Evidence("pi-standard-contract", "SC-2026-0042"),),
+        byte_limit=10 * 2**20,
+        year_subjects=50_000,
+        year_sensitive=3_000,
+    )
+
+
+def evaluation_microseconds(
+    rules: RuleSet, n: int = 20_000, facts: TransferFacts | None = None
+) -> float:
+    """Mean wall-clock microseconds of ``rules.decide(facts)`` over ``n`` decisions."""
+    facts = facts or sample_facts()
+    decide = rules.decide
+    start = time.perf_counter()
+    for _ in range(n):
+        decide(facts)
+    return (time.perf_counter() - start) / n * 1e6
+
+
 TARGET_DECISION_MS = 0.1  # the issue's budget per transfer
 
 

@@ -270,7 +270,8 @@ _TRANSPORT_STATES = (KeyState.ACTIVE, KeyState.DECRYPT_ONLY)
 _SIGNING_STATES = (KeyState.ACTIVE, KeyState.VERIFY_ONLY)
 
 
-def _point(public: ec.EllipticCurvePublicKey) -> bytes:
+def public_point(public: ec.EllipticCurvePublicKey) -> bytes:
+    """The uncompressed P-256 point: the one encoding key sets carry and ledgers keep."""
     return public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 
 
@@ -290,7 +291,7 @@ def key_set_body(key_set: KeySet) -> bytes:
         keys=[
             partner_pb2.TransportKey(
                 version=version,
-                public_point=_point(key_set.keys[version]),
+                public_point=public_point(key_set.keys[version]),
                 state=transport[version].value if with_states else "",
             )
             for version in sorted(key_set.keys)
@@ -300,7 +301,7 @@ def key_set_body(key_set: KeySet) -> bytes:
         signing_keys=[
             partner_pb2.SigningKey(
                 version=version,
-                public_point=_point(key_set.signing_keys[version]),
+                public_point=public_point(key_set.signing_keys[version]),
                 state=signing[version].value,
             )
             for version in sorted(key_set.signing_keys)
@@ -394,7 +395,7 @@ def open_endorsed_key_set(served: Signed, owner: str, trust: Trust) -> tuple[Key
         seen.add(kid.version)
     vouched = trust(voucher)
     assert vouched is not None
-    if _point(key_set.signing_keys[voucher.version]) != _point(vouched):
+    if public_point(key_set.signing_keys[voucher.version]) != public_point(vouched):
         raise SignatureError(
             f"the {what} lists another public key for {voucher} than the one this gateway trusts"
         )

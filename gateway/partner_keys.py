@@ -47,10 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.documents import EndorsedKeySet, KeySet, open_endorsed_key_set, signing_kid
+from gateway.documents import (
+    EndorsedKeySet,
+    KeySet,
+    open_endorsed_key_set,
+    public_point,
+    signing_kid,
+)
 from gateway.errors import PartnerError, SignatureError
 from gateway.keys import KeyRef, KeyState, Purpose
 from gateway.ledger import Ledger
@@ -316,7 +321,7 @@ class PartnerKeys:
         ):
             for version, public in listed.items():
                 had = known.get(version)
-                if had is not None and had.public_point != _point(public):
+                if had is not None and had.public_point != public_point(public):
                     raise SignatureError(
                         f"{what} lists {had.ref} with another public key than the one "
                         f"{had.origin}; a key version never changes: refused"
@@ -343,7 +348,13 @@ class PartnerKeys:
                 continue  # a key set from before key states: it says nothing of signing keys
             for version, state in states.items():
                 self._ledger.learn_partner_key(
-                    partner, purpose, version, _point(listed[version]), state.value, source, at
+                    partner,
+                    purpose,
+                    version,
+                    public_point(listed[version]),
+                    state.value,
+                    source,
+                    at,
                 )
             for version, had in known.items():
                 if version not in listed and had.state != RETIRED:
@@ -365,7 +376,7 @@ class PartnerKeys:
 
     def _chain(self, partner: PartnerConfig) -> _Chain:
         """What is learnt of ``partner``, from the ledger; a fresh chain if re-pinned."""
-        config_point = _point(partner.signing_public_key)
+        config_point = public_point(partner.signing_public_key)
         learnt = self.known(partner.id)
         signing = {k.ref.version: k for k in learnt if k.ref.purpose is Purpose.SIGNING}
         if signing and all(k.public_point != config_point for k in signing.values()):
@@ -416,10 +427,6 @@ class PartnerKeys:
             if lock is None:
                 lock = self._locks[partner_id] = threading.RLock()
             return lock
-
-
-def _point(public: ec.EllipticCurvePublicKey) -> bytes:
-    return public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 
 
 def _when(epoch: int) -> str:

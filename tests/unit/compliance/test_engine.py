@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from bench.compliance import evaluation_microseconds, sample_facts
 from gateway.compliance import (
     FACTS,
     AllOf,
@@ -22,7 +23,6 @@ from gateway.compliance import (
     Wanted,
     leaf,
 )
-from gateway.compliance.bench import evaluation_microseconds, sample_facts
 from gateway.compliance.facts import Kind
 from tests.unit.compliance.support import ALL, BASE, NOW, exemption, pi, proof, transfer
 
@@ -193,6 +193,6 @@ def test_fact_kinds_are_what_tables_are_checked_against() -> None:
 
 
 def test_evaluation_microseconds_measures_without_asserting_a_time() -> None:
-    """The benchmark hook runs (``python -m gateway.compliance.bench`` prints the figure)."""
+    """The benchmark hook runs (``make bench`` prints the figure)."""
     assert ALL.decide(sample_facts()).allow
     assert evaluation_microseconds(ALL, 10) > 0
