@@ -99,6 +99,9 @@ class HsmConfig:
     pin: PinSource
     softhsm_conf: Path | None = None
     key_versions: dict[Purpose, int] | None = None  # pinned versions; absent = highest on token
+    #: How long the HSM may stay unusable before the daemon stops feeding systemd's watchdog
+    #: (and is restarted): a lost token that comes back is reopened by itself before that.
+    restart_after_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ class IssuerConfig:
     public_key: ec.EllipticCurvePublicKey
 
 
+DAY = 86_400
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource bounds; a message must hold one segment plus ``FRAME_OVERHEAD``."""
@@ -135,9 +141,34 @@ class Limits:
     drain_grace_seconds: int = 20
     max_concurrent_transfers: int = 16
     max_passport_bytes: int = 32768  # a passport with every compliance fact fits
+    #: How long a send waits, retrying with backoff, for a partner that is unreachable or
+    #: busy (``xbgw send --wait`` overrides it per send; 0 fails at once).
+    partner_wait_seconds: int = 120
+    #: HTTP/2 keepalive on partner connections: a ping after this much silence, and the
+    #: connection is dropped when the ping is not answered within as long again.
+    keepalive_seconds: int = 10
+    #: Local sends waiting for one of ``max_concurrent_transfers`` slots, in arrival order;
+    #: beyond this a send is refused (RESOURCE_EXHAUSTED).
+    max_queued_sends: int = 1024
 
 
-DAY = 86_400
+@dataclass(frozen=True)
+class RetentionConfig:
+    """What the gateway keeps and for how long (``retention:``). Durations are seconds;
+    0 keeps for ever. Ledger rows and audit records are always kept: only data files go.
+
+    ``unfinished_grace``: an unfinished transfer (either side) expires this long after its
+    passport's ``exp`` -- its partial file is removed and it is recorded EXPIRED.
+    ``fetched``: an inbox item's data is removed this long after its first complete fetch.
+    ``acknowledged``: ... after ``xbgw inbox ack``. ``unfetched``: ... after its commit, even if
+    never fetched (0: kept until fetched). ``sweep_every``: how often the daemon looks.
+    """
+
+    unfinished_grace: int = 7 * DAY
+    fetched: int = 30 * DAY
+    acknowledged: int = DAY
+    unfetched: int = 0
+    sweep_every: int = 600
 
 
 @dataclass(frozen=True)
@@ -218,6 +249,7 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def id(self) -> str:
@@ -655,6 +687,7 @@ _HSM = {
     "pin": _req(_secret_source),
     "softhsm_conf": _opt(_file()),
     "keys": _opt(_record(_HSM_KEYS, lambda v, _ld, _p: {Purpose(k): n for k, n in v.items()})),
+    "restart_after_seconds": _opt(_duration(10, 7 * DAY)),
 }
 _PARTNER = {
     "id": _req(_text(check_gateway_id)),
@@ -673,6 +706,16 @@ _LIMITS = {
     "drain_grace_seconds": _opt(_int(0, 3600)),
     "max_concurrent_transfers": _opt(_int(1, 1024)),
     "max_passport_bytes": _opt(_int(1024, 64 * KIB)),
+    "partner_wait_seconds": _opt(_duration(0, 7 * DAY)),
+    "keepalive_seconds": _opt(_duration(1, 3600)),
+    "max_queued_sends": _opt(_int(0, 100_000)),
+}
+_RETENTION = {
+    "unfinished_grace": _opt(_duration(0, 10 * 365 * DAY)),
+    "fetched": _opt(_duration(0, 10 * 365 * DAY)),
+    "acknowledged": _opt(_duration(0, 10 * 365 * DAY)),
+    "unfetched": _opt(_duration(0, 10 * 365 * DAY)),
+    "sweep_every": _opt(_duration(1, DAY)),
 }
 _PER_PURPOSE_DURATION = {p.value: _opt(_duration(0, 10 * 365 * DAY)) for p in Purpose}
 
@@ -800,6 +843,7 @@ _TOP = {
     "log": _opt(_record(_LOG, LogConfig)),
     "keys": _opt(_record(_KEYS, _build_keys)),
     "compliance": _opt(_compliance),
+    "retention": _opt(_record(_RETENTION, RetentionConfig)),
 }
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xbgw/v1/common.proto\x12\x07xbgw.v1\":\n\nSignedBlob\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0b\n\x03kid\x18\x03 \x01(\t*\xc1\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_STATE_RECEIVING\x10\x01\x12\x1c\n\x18TRANSFER_STATE_COMMITTED\x10\x02\x12\x1a\n\x16TRANSFER_STATE_SENDING\x10\x03\x12\x1c\n\x18TRANSFER_STATE_DELIVERED\x10\x04\x12\x1a\n\x16TRANSFER_STATE_REFUSED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xbgw/v1/common.proto\x12\x07xbgw.v1\":\n\nSignedBlob\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0b\n\x03kid\x18\x03 \x01(\t*\xfb\x01\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_STATE_RECEIVING\x10\x01\x12\x1c\n\x18TRANSFER_STATE_COMMITTED\x10\x02\x12\x1a\n\x16TRANSFER_STATE_SENDING\x10\x03\x12\x1c\n\x18TRANSFER_STATE_DELIVERED\x10\x04\x12\x1a\n\x16TRANSFER_STATE_REFUSED\x10\x05\x12\x1c\n\x18TRANSFER_STATE_CANCELLED\x10\x06\x12\x1a\n\x16TRANSFER_STATE_EXPIRED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xbgw.v1.common_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSFERSTATE']._serialized_start=94
-  _globals['_TRANSFERSTATE']._serialized_end=287
+  _globals['_TRANSFERSTATE']._serialized_end=345
   _globals['_SIGNEDBLOB']._serialized_start=33
   _globals['_SIGNEDBLOB']._serialized_end=91
 # @@protoc_insertion_point(module_scope)

@@ -13,12 +13,16 @@ class TransferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSFER_STATE_SENDING: _ClassVar[TransferState]
     TRANSFER_STATE_DELIVERED: _ClassVar[TransferState]
     TRANSFER_STATE_REFUSED: _ClassVar[TransferState]
+    TRANSFER_STATE_CANCELLED: _ClassVar[TransferState]
+    TRANSFER_STATE_EXPIRED: _ClassVar[TransferState]
 TRANSFER_STATE_UNSPECIFIED: TransferState
 TRANSFER_STATE_RECEIVING: TransferState
 TRANSFER_STATE_COMMITTED: TransferState
 TRANSFER_STATE_SENDING: TransferState
 TRANSFER_STATE_DELIVERED: TransferState
 TRANSFER_STATE_REFUSED: TransferState
+TRANSFER_STATE_CANCELLED: TransferState
+TRANSFER_STATE_EXPIRED: TransferState
 
 class SignedBlob(_message.Message):
     __slots__ = ("body", "signature", "kid")

@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SendStart(_message.Message):
-    __slots__ = ("partner", "passport", "size")
+    __slots__ = ("partner", "passport", "size", "wait_seconds")
     PARTNER_FIELD_NUMBER: _ClassVar[int]
     PASSPORT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     partner: str
     passport: str
     size: int
-    def __init__(self, partner: _Optional[str] = ..., passport: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    wait_seconds: int
+    def __init__(self, partner: _Optional[str] = ..., passport: _Optional[str] = ..., size: _Optional[int] = ..., wait_seconds: _Optional[int] = ...) -> None: ...
 
 class SendRequest(_message.Message):
     __slots__ = ("start", "data")
@@ -59,22 +61,54 @@ class ReceiptSummary(_message.Message):
     receipt: _common_pb2.SignedBlob
     def __init__(self, transfer_id: _Optional[str] = ..., partner: _Optional[str] = ..., plaintext_sha256: _Optional[str] = ..., plaintext_size: _Optional[int] = ..., committed_at: _Optional[int] = ..., signed_by: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ...) -> None: ...
 
+class SendQueued(_message.Message):
+    __slots__ = ("position", "running")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    running: int
+    def __init__(self, position: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+
+class SendWaiting(_message.Message):
+    __slots__ = ("reason", "attempt", "retry_in_ms", "waited_seconds", "wait_seconds")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    WAITED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    attempt: int
+    retry_in_ms: int
+    waited_seconds: int
+    wait_seconds: int
+    def __init__(self, reason: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_in_ms: _Optional[int] = ..., waited_seconds: _Optional[int] = ..., wait_seconds: _Optional[int] = ...) -> None: ...
+
 class SendEvent(_message.Message):
-    __slots__ = ("accepted", "progress", "done")
+    __slots__ = ("accepted", "progress", "done", "queued", "waiting")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     accepted: SendAccepted
     progress: SendProgress
     done: ReceiptSummary
-    def __init__(self, accepted: _Optional[_Union[SendAccepted, _Mapping]] = ..., progress: _Optional[_Union[SendProgress, _Mapping]] = ..., done: _Optional[_Union[ReceiptSummary, _Mapping]] = ...) -> None: ...
+    queued: SendQueued
+    waiting: SendWaiting
+    def __init__(self, accepted: _Optional[_Union[SendAccepted, _Mapping]] = ..., progress: _Optional[_Union[SendProgress, _Mapping]] = ..., done: _Optional[_Union[ReceiptSummary, _Mapping]] = ..., queued: _Optional[_Union[SendQueued, _Mapping]] = ..., waiting: _Optional[_Union[SendWaiting, _Mapping]] = ...) -> None: ...
 
 class ListInboxRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token", "unacknowledged_only")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    UNACKNOWLEDGED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    unacknowledged_only: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., unacknowledged_only: _Optional[bool] = ...) -> None: ...
 
 class InboxItem(_message.Message):
-    __slots__ = ("transfer_id", "sender", "size", "plaintext_sha256", "committed_at", "classification", "source_jurisdiction")
+    __slots__ = ("transfer_id", "sender", "size", "plaintext_sha256", "committed_at", "classification", "source_jurisdiction", "fetched_at", "acknowledged_at")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +116,8 @@ class InboxItem(_message.Message):
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_JURISDICTION_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_AT_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     sender: str
     size: int
@@ -89,13 +125,17 @@ class InboxItem(_message.Message):
     committed_at: int
     classification: str
     source_jurisdiction: str
-    def __init__(self, transfer_id: _Optional[str] = ..., sender: _Optional[str] = ..., size: _Optional[int] = ..., plaintext_sha256: _Optional[str] = ..., committed_at: _Optional[int] = ..., classification: _Optional[str] = ..., source_jurisdiction: _Optional[str] = ...) -> None: ...
+    fetched_at: int
+    acknowledged_at: int
+    def __init__(self, transfer_id: _Optional[str] = ..., sender: _Optional[str] = ..., size: _Optional[int] = ..., plaintext_sha256: _Optional[str] = ..., committed_at: _Optional[int] = ..., classification: _Optional[str] = ..., source_jurisdiction: _Optional[str] = ..., fetched_at: _Optional[int] = ..., acknowledged_at: _Optional[int] = ...) -> None: ...
 
 class ListInboxResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "next_page_token")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[InboxItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[InboxItem, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, items: _Optional[_Iterable[_Union[InboxItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("transfer_id",)
@@ -110,8 +150,12 @@ class FetchChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class TransferSummary(_message.Message):
     __slots__ = ("transfer_id", "direction", "partner", "state", "bytes")
@@ -128,20 +172,24 @@ class TransferSummary(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[str] = ..., partner: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TransferState, str]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("gateway_id", "jurisdiction", "version", "started_at", "partners", "transfers")
+    __slots__ = ("gateway_id", "jurisdiction", "version", "started_at", "partners", "transfers", "next_page_token", "queued_sends")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     JURISDICTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     PARTNERS_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_SENDS_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     jurisdiction: str
     version: str
     started_at: int
     partners: _containers.RepeatedScalarFieldContainer[str]
     transfers: _containers.RepeatedCompositeFieldContainer[TransferSummary]
-    def __init__(self, gateway_id: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[int] = ..., partners: _Optional[_Iterable[str]] = ..., transfers: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    queued_sends: int
+    def __init__(self, gateway_id: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[int] = ..., partners: _Optional[_Iterable[str]] = ..., transfers: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., queued_sends: _Optional[int] = ...) -> None: ...
 
 class KeyVersionInfo(_message.Message):
     __slots__ = ("purpose", "version", "state", "created_at", "activated_at", "deactivated_at", "retired_at", "destroyed_at", "retire_blockers")
@@ -298,3 +346,39 @@ class WitnessStatusResponse(_message.Message):
     cosignatures: _containers.RepeatedCompositeFieldContainer[WitnessCosignature]
     cosigned_checkpoint: str
     def __init__(self, gateway_id: _Optional[str] = ..., partners: _Optional[_Iterable[_Union[WitnessedPartner, _Mapping]]] = ..., cosignatures: _Optional[_Iterable[_Union[WitnessCosignature, _Mapping]]] = ..., cosigned_checkpoint: _Optional[str] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("transfer_id", "reason")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    reason: str
+    def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("transfer_id", "direction", "state", "partner_told", "detail")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_TOLD_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    direction: str
+    state: _common_pb2.TransferState
+    partner_told: bool
+    detail: str
+    def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TransferState, str]] = ..., partner_told: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class InboxItemsRequest(_message.Message):
+    __slots__ = ("transfer_ids",)
+    TRANSFER_IDS_FIELD_NUMBER: _ClassVar[int]
+    transfer_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, transfer_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InboxItemsResponse(_message.Message):
+    __slots__ = ("changed", "unchanged")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    unchanged: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, changed: _Optional[_Iterable[str]] = ..., unchanged: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -95,6 +95,21 @@ class LocalGatewayStub:
                 request_serializer=xbgw_dot_v1_dot_local__pb2.AcknowledgeWitnessRequest.SerializeToString,
                 response_deserializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/Cancel',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.CancelRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.CancelResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeInbox = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/AcknowledgeInbox',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.InboxItemsRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.InboxItemsResponse.FromString,
+                _registered_method=True)
+        self.DeleteInbox = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/DeleteInbox',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.InboxItemsRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.InboxItemsResponse.FromString,
+                _registered_method=True)
 
 
 class LocalGatewayServicer:
@@ -179,6 +194,26 @@ class LocalGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """Data lifecycle (xbgw cancel, xbgw inbox ack|delete): audited on this side; a cancel of an
+        outbound transfer also tells the partner (best effort: it expires the transfer otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeInbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteInbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocalGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +276,21 @@ def add_LocalGatewayServicer_to_server(servicer, server):
                     servicer.AcknowledgeWitness,
                     request_deserializer=xbgw_dot_v1_dot_local__pb2.AcknowledgeWitnessRequest.FromString,
                     response_serializer=xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.CancelRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.CancelResponse.SerializeToString,
+            ),
+            'AcknowledgeInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeInbox,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.InboxItemsRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.InboxItemsResponse.SerializeToString,
+            ),
+            'DeleteInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInbox,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.InboxItemsRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.InboxItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -568,6 +618,87 @@ class LocalGateway:
             '/xbgw.v1.LocalGateway/AcknowledgeWitness',
             xbgw_dot_v1_dot_local__pb2.AcknowledgeWitnessRequest.SerializeToString,
             xbgw_dot_v1_dot_local__pb2.WitnessStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/Cancel',
+            xbgw_dot_v1_dot_local__pb2.CancelRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/AcknowledgeInbox',
+            xbgw_dot_v1_dot_local__pb2.InboxItemsRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.InboxItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/DeleteInbox',
+            xbgw_dot_v1_dot_local__pb2.InboxItemsRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.InboxItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

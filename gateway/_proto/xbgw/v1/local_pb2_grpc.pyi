@@ -53,6 +53,12 @@ class LocalGatewayStub:
     """
     RunWitness: _grpc.UnaryUnaryMultiCallable[_local_pb2.RunWitnessRequest, _local_pb2.WitnessStatusResponse]
     AcknowledgeWitness: _grpc.UnaryUnaryMultiCallable[_local_pb2.AcknowledgeWitnessRequest, _local_pb2.WitnessStatusResponse]
+    Cancel: _grpc.UnaryUnaryMultiCallable[_local_pb2.CancelRequest, _local_pb2.CancelResponse]
+    """Data lifecycle (xbgw cancel, xbgw inbox ack|delete): audited on this side; a cancel of an
+    outbound transfer also tells the partner (best effort: it expires the transfer otherwise).
+    """
+    AcknowledgeInbox: _grpc.UnaryUnaryMultiCallable[_local_pb2.InboxItemsRequest, _local_pb2.InboxItemsResponse]
+    DeleteInbox: _grpc.UnaryUnaryMultiCallable[_local_pb2.InboxItemsRequest, _local_pb2.InboxItemsResponse]
 
 @_typing.type_check_only
 class LocalGatewayAsyncStub(LocalGatewayStub):
@@ -79,6 +85,12 @@ class LocalGatewayAsyncStub(LocalGatewayStub):
     """
     RunWitness: _aio.UnaryUnaryMultiCallable[_local_pb2.RunWitnessRequest, _local_pb2.WitnessStatusResponse]  # type: ignore[assignment]
     AcknowledgeWitness: _aio.UnaryUnaryMultiCallable[_local_pb2.AcknowledgeWitnessRequest, _local_pb2.WitnessStatusResponse]  # type: ignore[assignment]
+    Cancel: _aio.UnaryUnaryMultiCallable[_local_pb2.CancelRequest, _local_pb2.CancelResponse]  # type: ignore[assignment]
+    """Data lifecycle (xbgw cancel, xbgw inbox ack|delete): audited on this side; a cancel of an
+    outbound transfer also tells the partner (best effort: it expires the transfer otherwise).
+    """
+    AcknowledgeInbox: _aio.UnaryUnaryMultiCallable[_local_pb2.InboxItemsRequest, _local_pb2.InboxItemsResponse]  # type: ignore[assignment]
+    DeleteInbox: _aio.UnaryUnaryMultiCallable[_local_pb2.InboxItemsRequest, _local_pb2.InboxItemsResponse]  # type: ignore[assignment]
 
 class LocalGatewayServicer(metaclass=_abc_1.ABCMeta):
     """The service local applications (and the xbgw CLI) call, on a Unix socket."""
@@ -174,5 +186,29 @@ class LocalGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _local_pb2.AcknowledgeWitnessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_local_pb2.WitnessStatusResponse, _abc.Awaitable[_local_pb2.WitnessStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _local_pb2.CancelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.CancelResponse, _abc.Awaitable[_local_pb2.CancelResponse]]:
+        """Data lifecycle (xbgw cancel, xbgw inbox ack|delete): audited on this side; a cancel of an
+        outbound transfer also tells the partner (best effort: it expires the transfer otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def AcknowledgeInbox(
+        self,
+        request: _local_pb2.InboxItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.InboxItemsResponse, _abc.Awaitable[_local_pb2.InboxItemsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteInbox(
+        self,
+        request: _local_pb2.InboxItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.InboxItemsResponse, _abc.Awaitable[_local_pb2.InboxItemsResponse]]: ...
 
 def add_LocalGatewayServicer_to_server(servicer: LocalGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -208,3 +208,17 @@ class CosignRequest(_message.Message):
 class CosignResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CancelTransferRequest(_message.Message):
+    __slots__ = ("transfer_id", "reason")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    reason: str
+    def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelTransferResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: _common_pb2.TransferState
+    def __init__(self, state: _Optional[_Union[_common_pb2.TransferState, str]] = ...) -> None: ...

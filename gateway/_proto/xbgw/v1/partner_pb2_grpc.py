@@ -70,6 +70,11 @@ class PartnerGatewayStub:
                 request_serializer=xbgw_dot_v1_dot_partner__pb2.CosignRequest.SerializeToString,
                 response_deserializer=xbgw_dot_v1_dot_partner__pb2.CosignResponse.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/xbgw.v1.PartnerGateway/Cancel',
+                request_serializer=xbgw_dot_v1_dot_partner__pb2.CancelTransferRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_partner__pb2.CancelTransferResponse.FromString,
+                _registered_method=True)
 
 
 class PartnerGatewayServicer:
@@ -128,6 +133,15 @@ class PartnerGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """The sender gives up an unfinished transfer (xbgw cancel on the sending side): the
+        receiver drops what it holds of it and records it cancelled. Only the transfer's sender
+        may cancel it; a committed transfer cannot be cancelled (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartnerGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +179,11 @@ def add_PartnerGatewayServicer_to_server(servicer, server):
                     servicer.Cosign,
                     request_deserializer=xbgw_dot_v1_dot_partner__pb2.CosignRequest.FromString,
                     response_serializer=xbgw_dot_v1_dot_partner__pb2.CosignResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=xbgw_dot_v1_dot_partner__pb2.CancelTransferRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_partner__pb2.CancelTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +376,33 @@ class PartnerGateway:
             '/xbgw.v1.PartnerGateway/Cosign',
             xbgw_dot_v1_dot_partner__pb2.CosignRequest.SerializeToString,
             xbgw_dot_v1_dot_partner__pb2.CosignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.PartnerGateway/Cancel',
+            xbgw_dot_v1_dot_partner__pb2.CancelTransferRequest.SerializeToString,
+            xbgw_dot_v1_dot_partner__pb2.CancelTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class PartnerGatewayStub:
     """A partner hands back its cosignature of one of this gateway's checkpoints, which it
     verified to be consistent with the last one it saw.
     """
+    Cancel: _grpc.UnaryUnaryMultiCallable[_partner_pb2.CancelTransferRequest, _partner_pb2.CancelTransferResponse]
+    """The sender gives up an unfinished transfer (xbgw cancel on the sending side): the
+    receiver drops what it holds of it and records it cancelled. Only the transfer's sender
+    may cancel it; a committed transfer cannot be cancelled (FAILED_PRECONDITION).
+    """
 
 @_typing.type_check_only
 class PartnerGatewayAsyncStub(PartnerGatewayStub):
@@ -78,6 +83,11 @@ class PartnerGatewayAsyncStub(PartnerGatewayStub):
     Cosign: _aio.UnaryUnaryMultiCallable[_partner_pb2.CosignRequest, _partner_pb2.CosignResponse]  # type: ignore[assignment]
     """A partner hands back its cosignature of one of this gateway's checkpoints, which it
     verified to be consistent with the last one it saw.
+    """
+    Cancel: _aio.UnaryUnaryMultiCallable[_partner_pb2.CancelTransferRequest, _partner_pb2.CancelTransferResponse]  # type: ignore[assignment]
+    """The sender gives up an unfinished transfer (xbgw cancel on the sending side): the
+    receiver drops what it holds of it and records it cancelled. Only the transfer's sender
+    may cancel it; a committed transfer cannot be cancelled (FAILED_PRECONDITION).
     """
 
 class PartnerGatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +153,17 @@ class PartnerGatewayServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_partner_pb2.CosignResponse, _abc.Awaitable[_partner_pb2.CosignResponse]]:
         """A partner hands back its cosignature of one of this gateway's checkpoints, which it
         verified to be consistent with the last one it saw.
+        """
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _partner_pb2.CancelTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_partner_pb2.CancelTransferResponse, _abc.Awaitable[_partner_pb2.CancelTransferResponse]]:
+        """The sender gives up an unfinished transfer (xbgw cancel on the sending side): the
+        receiver drops what it holds of it and records it cancelled. Only the transfer's sender
+        may cancel it; a committed transfer cannot be cancelled (FAILED_PRECONDITION).
         """
 
 def add_PartnerGatewayServicer_to_server(servicer: PartnerGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
