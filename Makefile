@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: setup test lint typecheck unit demo bench proto clean install
+.PHONY: setup test lint typecheck unit demo bench faults proto clean install
 
 $(STAMP): pyproject.toml
 	scripts/setup-env "$(PYTHON)" "$(VENV)"
@@ -35,6 +35,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The fault suite (not in `make test`; runs as root: it mounts a tmpfs). SEED=N replays a run
+# (default: a random seed, printed); several: SEED="1 2". TRANSFERS=N per seed (default 40).
+SEED ?=
+TRANSFERS ?= 40
+faults: $(STAMP)
+	$(PY) -m tests.faults --transfers $(TRANSFERS) $(foreach s,$(SEED),--seed $(s))
 
 clean:
 	rm -rf demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -16,11 +16,12 @@ systemd credential) and a secret-bearing value is never echoed in a message.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
-import stat
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from gateway import tlskey
+from gateway import files, tlskey
 from gateway.compliance import RuleSet, RuleTableError, load_tables, shipped_tables
 from gateway.errors import ConfigError, TlsKeyError
 from gateway.keys import MAX_VERSION, KeyRef, Purpose, check_gateway_id
@@ -250,6 +251,8 @@ class GatewayConfig:
     keys: KeysConfig = field(default_factory=KeysConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    #: SHA-256 of the bytes this was loaded from (the audit record of a reload names it).
+    sha256: str = field(default="", compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -523,8 +526,14 @@ def _socket_path(value: Any, ld: _Loader, path: str) -> Path:
     return resolved
 
 
-def _file(secret: bool = False, parse: Callable[[Path, bytes], Any] | None = None) -> Convert:
-    """An existing file; with ``parse``, its content must parse and ``(path, parsed)`` is returned.
+def _file(
+    limit: int | None = files.NAMED_MAX,
+    secret: bool = False,
+    parse: Callable[[Path, bytes], Any] | None = None,
+) -> Convert:
+    """An existing regular file of at most ``limit`` bytes (``None``: any size); with ``parse``,
+    its content (read bounded, see :mod:`gateway.files`) must parse and ``(path, parsed)`` is
+    returned.
 
     A ``secret`` file this process may not read is accepted: the CLI loads the same config
     as an unprivileged user, and only the daemon's user needs the secret.
@@ -533,16 +542,15 @@ def _file(secret: bool = False, parse: Callable[[Path, bytes], Any] | None = Non
     def convert(value: Any, ld: _Loader, path: str) -> Any:
         file, data = _path(value, ld, path), None
         try:
-            if stat.S_ISDIR(file.stat().st_mode):
-                raise ValueError(f"{file} is a directory, expected a file")
-            data = file.read_bytes() if parse else None
-        except FileNotFoundError:
-            raise ValueError(f"file {file} does not exist") from None
-        except PermissionError:
+            if parse is None:
+                files.check_regular(file, limit)
+                return file
+            data = files.read_bounded(file, limit or files.PEM_MAX)
+        except files.FileDeniedError as exc:
             if not secret:
-                raise ValueError(f"cannot read {file}: permission denied") from None
-        except OSError as exc:
-            raise ValueError(f"cannot read {file}: {exc.strerror}") from None
+                raise ValueError(str(exc)) from None
+        except files.FileError as exc:
+            raise ValueError(str(exc)) from None
         if parse is None:
             return file
         return file, (None if data is None else parse(file, data))
@@ -618,7 +626,7 @@ def _source_name(kind: Literal["env", "credential"], pattern: re.Pattern[str]) -
 
 
 _SOURCE_NAMES: dict[str, Convert] = {
-    "file": lambda v, ld, p: PinSource("file", str(_file(secret=True)(v, ld, p))),
+    "file": lambda v, ld, p: PinSource("file", str(_file(files.SECRET_MAX, secret=True)(v, ld, p))),
     "env": _source_name("env", _ENV_NAME),
     "credential": _source_name("credential", _CREDENTIAL),
 }
@@ -676,13 +684,13 @@ _LISTEN = {
     "metrics": _opt(_address(allow_zero=True)),
 }
 _TLS = {
-    "certificate": _req(_file(parse=_certificates)),
-    "private_key": _req(_file(secret=True, parse=_private_key)),
+    "certificate": _req(_file(files.PEM_MAX, parse=_certificates)),
+    "private_key": _req(_file(tlskey.MAX_KEY_FILE_LEN, secret=True, parse=_private_key)),
     "private_key_passphrase": _opt(_secret_source),
 }
 _HSM_KEYS = {p.value: _opt(_int(1, MAX_VERSION)) for p in Purpose}
 _HSM = {
-    "module": _req(_file()),
+    "module": _req(_file(limit=None)),
     "token": _req(_text()),
     "pin": _req(_secret_source),
     "softhsm_conf": _opt(_file()),
@@ -693,12 +701,15 @@ _PARTNER = {
     "id": _req(_text(check_gateway_id)),
     "endpoint": _req(_address(allow_zero=False)),
     "jurisdiction": _req(_text(_jurisdiction)),
-    "ca": _req(_file(parse=_certificates)),
+    "ca": _req(_file(files.PEM_MAX, parse=_certificates)),
     "identity": _opt(_text(_partner_identity)),
-    "signing_key": _req(_file(parse=_p256_public_key)),
+    "signing_key": _req(_file(files.PEM_MAX, parse=_p256_public_key)),
     "max_transfer_bytes": _opt(_int(1)),
 }
-_ISSUER = {"kid": _req(_text(_signing_kid)), "public_key": _req(_file(parse=_p256_public_key))}
+_ISSUER = {
+    "kid": _req(_text(_signing_kid)),
+    "public_key": _req(_file(files.PEM_MAX, parse=_p256_public_key)),
+}
 _LIMITS = {
     "max_message_bytes": _opt(_int(MIN_SEGMENT_SIZE + FRAME_OVERHEAD, MAX_MESSAGE_BYTES)),
     "segment_size": _opt(_int(MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE)),
@@ -772,7 +783,7 @@ def _table_names(raw: Any, ld: _Loader, path: str) -> tuple[tuple[str, ...], boo
             ok = False
         else:
             try:
-                named.append(str(ld.convert(_file(), item, at)))
+                named.append(str(ld.convert(_file(files.YAML_MAX), item, at)))
             except _ReportedError:
                 ok = False
     return tuple(named), ok
@@ -886,12 +897,33 @@ def _items(doc: dict[Any, Any], key: str) -> list[tuple[int, dict[Any, Any]]]:
 # --- loading --------------------------------------------------------------------------------
 
 
+#: Deeper nesting is refused: PyYAML composes nodes recursively, and a file of ``[[[[...``
+#: would otherwise end in a RecursionError; a gateway.yaml needs fewer than ten levels.
+MAX_YAML_DEPTH = 64
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """``safe_load``'s loader, except that a key given twice is a mistake, not "last wins"."""
+    """``safe_load``'s loader, except that a key given twice is a mistake, not "last wins",
+    and nesting deeper than ``MAX_YAML_DEPTH`` is a syntax error, not a RecursionError."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[str] = []
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_YAML_DEPTH} levels deep",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[str] = set()
@@ -904,8 +936,16 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _syntax_error(label: str, exc: Exception) -> str:
+def _syntax_error(label: str, exc: Exception, text: str) -> str:
     """Position and reason only: PyYAML's own message quotes the line, which may be secret."""
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        # A control character: PyYAML refuses it before parsing and says only "position N".
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return (
+            f"{label}: line {line}, column {column}: invalid YAML: control character "
+            f"U+{exc.character:04X} is not allowed (only tab, newline and printable text)"
+        )
     if not isinstance(exc, yaml.MarkedYAMLError) or not (mark := exc.problem_mark):
         # PyYAML lets a bad timestamp (2024-13-01) escape as a bare ValueError.
         return f"{label}: not valid YAML: {exc if isinstance(exc, ValueError) else 'syntax error'}"
@@ -924,31 +964,40 @@ def load_config(path: str | Path) -> GatewayConfig:
     """
     label, source = str(path), Path(path).absolute()
     try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        raw = files.read_bounded(source, files.YAML_MAX)
+        text = raw.decode("utf-8")
+    except files.FileMissingError:
         raise ConfigError(f"{label}: configuration file does not exist") from None
+    except files.FileError as exc:
+        raise ConfigError(f"{label}: cannot use the configuration file: {exc.why}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{label}: configuration file is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read configuration file: {exc.strerror}") from None
-    loader = _StrictLoader(text)
-    try:
-        doc = loader.get_single_data()
-    except (yaml.YAMLError, ValueError) as exc:
-        raise ConfigError(_syntax_error(label, exc)) from None
-    finally:
-        loader.dispose()
+    doc, duplicates = _parse(label, text)
     if doc is None:
         required = ", ".join(key for key, spec in _TOP.items() if spec.required)
         raise ConfigError(f"{label}: the file is empty; expected a mapping with {required}")
     if not isinstance(doc, dict):
         raise ConfigError(f"{label}: the top level must be a mapping, got {_kind(doc)}")
     ld = _Loader(label, source)
-    ld.problems.extend(f"{label}: {duplicate}" for duplicate in loader.duplicates)
+    ld.problems.extend(f"{label}: {duplicate}" for duplicate in duplicates)
     config: GatewayConfig | None = None
     with contextlib.suppress(_ReportedError):
         config = _record(_TOP, _build_gateway)(doc, ld, "")
     _cross_check(doc, ld)
     if ld.problems or config is None:
         raise ConfigError(ld.problems)
-    return config
+    return dataclasses.replace(config, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _parse(label: str, text: str) -> tuple[Any, list[str]]:
+    """The YAML document and its duplicate keys; every YAML failure is a ``ConfigError``
+    (building the loader too: PyYAML refuses a control character there)."""
+    loader: _StrictLoader | None = None
+    try:
+        loader = _StrictLoader(text)
+        return loader.get_single_data(), loader.duplicates
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(_syntax_error(label, exc, text)) from None
+    finally:
+        if loader is not None:
+            loader.dispose()

@@ -7,7 +7,8 @@ before that is one clear line on stderr and a non-zero exit, so ``systemctl stat
 * **Watchdog**: a thread pings ``WATCHDOG=1`` at half of ``WATCHDOG_USEC`` only after a real
   round trip -- a ``grpc.health.v1`` check through the local socket (the server's own thread
   pool). A wedged server stops the pings and systemd restarts us. The HSM is pinged on the
-  same beat; an HSM that does not answer turns health NOT_SERVING (a restart would not help).
+  same beat; an HSM that does not answer turns health NOT_SERVING, and is logged in to again
+  when it returns; only after ``hsm.restart_after_seconds`` unusable is the watchdog starved.
 * **SIGHUP**: ``RELOADING=1`` + ``MONOTONIC_USEC``; config, partners, issuers and TLS files are
   re-read; new handshakes get the new certificate, streams in flight keep theirs. A config
   with errors is refused and reported; the running one stays. Then ``READY=1``.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import hashlib
 import logging
 import os
 import select
@@ -29,6 +29,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from concurrent import futures
 from pathlib import Path
 from types import FrameType
@@ -51,13 +52,15 @@ from gateway.keyadmin import gateway_key_administration
 from gateway.keyring import KeyRing
 from gateway.keys import Purpose
 from gateway.ledger import Ledger
-from gateway.local import LOCAL_WORKERS, LocalServicer
+from gateway.local import MAX_WAITING_SENDS, LocalServicer, local_workers, send_capacity
 from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
-from gateway.partner import PartnerServicer
+from gateway.partner import PartnerServicer, upload_slots
 from gateway.partner_keys import PartnerKeys
 from gateway.partner_link import GrpcPartnerLink
 from gateway.receiver import Receiver
+from gateway.retention import Lifecycle, Sweeper
+from gateway.send_queue import SendQueue
 from gateway.sender import Sender
 from gateway.spool import Spool
 from gateway.statelock import StateLock
@@ -66,6 +69,9 @@ from gateway.tlskey import load_tls_private_key
 
 log = logging.getLogger("xbgw.daemon")
 PARTNER_RECEIVE_BACKSTOP = 2  # x max_message_bytes; see _start_partner_server
+PARTNER_SHORT_CALL_THREADS = 4  # + max_concurrent_transfers: threads uploads cannot take
+PARTNER_RPC_BACKSTOP = 4  # x the partner threads: RPCs in flight or queued before gRPC refuses
+MIN_PARTNER_PING_MS = 500  # half the shortest keepalive_seconds a partner may configure
 
 PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["PartnerGateway"].full_name
 LOCAL_SERVICE = local_pb2.DESCRIPTOR.services_by_name["LocalGateway"].full_name
@@ -75,6 +81,12 @@ HSM_CHECK_SECONDS = 5.0
 LOCAL_MAX_MESSAGE_BYTES = 16 << 20
 IDLE_WAIT_SECONDS = 10.0
 M_ARENA_MAX = -8  # glibc mallopt parameter
+RELOAD_READ_SECONDS = 30.0  # a reload that cannot read its files in this time is refused
+RELOAD_POLL_SECONDS = 0.1  # how often a reload in progress looks for a stop request
+
+
+class _ReloadAbandonedError(Exception):
+    """A stop was requested while a reload was reading its files: the stop wins."""
 
 
 class Daemon:
@@ -89,6 +101,7 @@ class Daemon:
         self._stop = threading.Event()  # tells the watchdog thread to end
         self._stop_requested = False  # set by signal handlers only
         self._reload_requested = False
+        self._reload_reader: threading.Thread | None = None  # see _read_for_reload
         self._healthy = True
         self.partner_address = ""
         self.metrics_port: int | None = None
@@ -173,6 +186,13 @@ class Daemon:
             hold_inbound=self.receiver.hold,
             hold_outbound=self.sender.hold,
         )
+        # The data lifecycle: cancel and inbox ack|delete for the local API, and the sweep
+        # (expiry, retention) once now and every retention.sweep_every.
+        self.lifecycle = Lifecycle(
+            self._config, self.ledger, self.receiver.ends(), self.sender.hold, self.link
+        )
+        self.sweeper = Sweeper(self.lifecycle, lambda: self.config.retention.sweep_every)
+        self.sweeper.start()
         self.health = health.HealthServicer()
         notify("STATUS=starting listeners")
         self._start_partner_server(config, key_pem)
@@ -216,7 +236,14 @@ class Daemon:
         ]
 
     def _start_partner_server(self, config: GatewayConfig, key_pem: bytes) -> None:
-        workers = config.limits.max_concurrent_transfers * 2 + 4
+        # Uploads are capped by PartnerServicer (upload_slots), below the thread count: the
+        # short calls always have threads of their own, so a Finish -- which comes after the
+        # data crossed -- never waits behind uploads or is refused for load. gRPC's own RPC
+        # limit is only a backstop against a flood, far above what senders that queue their
+        # sends (max_concurrent_transfers each) can have in flight.
+        cap = config.limits.max_concurrent_transfers
+        workers = upload_slots(cap) + cap + PARTNER_SHORT_CALL_THREADS
+        keepalive_ms = config.limits.keepalive_seconds * 1000
         self.partner_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xbgw-partner"),
             # gRPC's own limit is only a backstop: a message it drops ends the request stream
@@ -227,13 +254,28 @@ class Daemon:
                     config,
                     receive_limit=PARTNER_RECEIVE_BACKSTOP * config.limits.max_message_bytes,
                 ),
-                # Find peers that vanished without closing (a dead sender would otherwise hold
-                # its upload slot for gRPC's default two hours and block its own resume).
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                # Find peers that vanished without closing -- a black hole that drops packets
+                # and sends no RST -- in about 2 x keepalive_seconds: a ping after that much
+                # silence, the connection dropped if it is not answered within as long again.
+                # The stream is then cut and saves its resume point, and the sender's resume
+                # does not find its transfer busy on a dead stream.
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                ("grpc.keepalive_timeout_ms", keepalive_ms),
+                # grpcio 1.85 waits for a ping's ack this long (default a minute), whatever
+                # keepalive_timeout_ms says: measured, a black hole went unnoticed without it.
+                ("grpc.http2.ping_timeout_ms", keepalive_ms),
+                # An upload's server half sends no data until it ends: without this, gRPC
+                # stops our keepalive pings after two and the black hole goes unnoticed.
+                ("grpc.http2.max_pings_without_data", 0),
+                # Partners ping us on their own keepalive_seconds (1 s at the least, and
+                # between calls too): accept that, with room for timer jitter, rather than
+                # drop them with GOAWAY "too_many_pings".
+                # (The receiving side's name is this one; "min_recv_..." is not a gRPC
+                # argument and was silently ignored.)
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PARTNER_PING_MS),
             ],
-            maximum_concurrent_rpcs=config.limits.max_concurrent_transfers * 2,
+            maximum_concurrent_rpcs=workers * PARTNER_RPC_BACKSTOP,
         )
         self.partner_servicer = PartnerServicer(
             self._config, self.receiver, self.metrics, self.accepting, witness=self.witness
@@ -260,11 +302,35 @@ class Daemon:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()
+        # A waiting send holds a server thread (grpcio's sync server has no other way to keep
+        # a call open), so the pool has one for every send the queue may admit, on top of the
+        # fetches' and the quick calls': waiting sends can never take health's threads. The
+        # pool starts its threads only as calls come, and the queue's capacity is fixed here:
+        # a reload that raises the limits is held to it (gateway.send_queue).
+        limits = config.limits
+        if limits.max_queued_sends > MAX_WAITING_SENDS:
+            log.warning(
+                "limits.max_queued_sends %d is more than the local server holds: at most %d "
+                "local sends wait, more are refused",
+                limits.max_queued_sends,
+                MAX_WAITING_SENDS,
+            )
+        send_queue = SendQueue(
+            limits.max_concurrent_transfers, limits.max_queued_sends, send_capacity(limits)
+        )
         self.local_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=LOCAL_WORKERS, thread_name_prefix="xbgw-local"),
+            futures.ThreadPoolExecutor(
+                max_workers=local_workers(limits), thread_name_prefix="xbgw-local"
+            ),
             options=[
                 ("grpc.max_send_message_length", LOCAL_MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", LOCAL_MAX_MESSAGE_BYTES),
+                # The data of a send that waits for its slot stays in its client: without
+                # BDP probing the socket's HTTP/2 windows stay at their 64 KiB start instead
+                # of growing to megabytes per stream that gRPC reads ahead and holds (62
+                # waiting 8 MiB sends: 375 MiB RSS with probing, 130 MiB without; a single
+                # local send is no slower, 1 MiB messages open the window they need).
+                ("grpc.http2.bdp_probe", 0),
             ],
         )
         local_pb2_grpc.add_LocalGatewayServicer_to_server(
@@ -278,6 +344,8 @@ class Daemon:
                 self.metrics,
                 self.key_admin,
                 witness=self.witness,
+                send_queue=send_queue,
+                lifecycle=self.lifecycle,
             ),
             self.local_server,
         )
@@ -343,11 +411,20 @@ class Daemon:
         self._reload_requested = True
 
     def _watch(self) -> None:
-        """HSM health and the systemd watchdog, proven by real round trips."""
+        """HSM health and the systemd watchdog, proven by real round trips.
+
+        An HSM that does not answer turns health NOT_SERVING at once (the ping also logs in
+        again, so a token that comes back is SERVING again on the next beat). Only when it
+        has been unusable longer than ``hsm.restart_after_seconds`` is the watchdog starved,
+        so that systemd restarts the daemon: a fresh process is the last resort for a module
+        wedged beyond re-initialising, and waiting first keeps restarts off the start limit.
+        """
         interval = watchdog_interval()
         period = min(interval, HSM_CHECK_SECONDS) if interval else HSM_CHECK_SECONDS
         channel = grpc.insecure_channel(f"unix:{self.config.listen.local_socket}")
         check = health_pb2_grpc.HealthStub(channel).Check
+        unusable_since: float | None = None  # monotonic time of the first failed ping
+        starving = False
         while not self._stop.wait(period):
             hsm_ok = self.hsm.ping()
             if hsm_ok != self._healthy:
@@ -357,36 +434,59 @@ class Daemon:
                 if hsm_ok:
                     log.info("HSM answers again; serving")
                 else:
-                    log.error("HSM does not answer; health is NOT_SERVING")
-            if not interval:
+                    log.error(
+                        "HSM does not answer; health is NOT_SERVING: %s",
+                        self.hsm.problem() or "the signing key is not on the token",
+                    )
+            if hsm_ok:
+                unusable_since = None
+            elif unusable_since is None:
+                unusable_since = time.monotonic()
+            limit = self.config.hsm.restart_after_seconds
+            overdue = unusable_since is not None and time.monotonic() - unusable_since > limit
+            if overdue != starving and interval:
+                starving = overdue
+                if starving:
+                    log.error(
+                        "the HSM has been unusable for more than %ss "
+                        "(hsm.restart_after_seconds): no longer sending WATCHDOG=1, so that "
+                        "systemd restarts xbgw",
+                        limit,
+                    )
+                else:
+                    log.info("HSM answers again; sending WATCHDOG=1 again")
+            if not interval or starving:
                 continue
             try:
                 check(health_pb2.HealthCheckRequest(), timeout=max(1.0, period))
             except grpc.RpcError:
                 log.error("local server did not answer its health check; withholding WATCHDOG=1")
                 continue
-            # The HSM's state drives health (NOT_SERVING), not the watchdog: restarting the
-            # daemon cannot bring a network HSM back, and restarts would hit the start limit.
             notify("WATCHDOG=1")
         channel.close()
 
     def reload(self) -> None:
+        """Re-read everything in a worker thread while this (main) thread keeps watching for
+        SIGTERM: a stop abandons the reload. Any failure -- a ``ConfigError``, or anything
+        unforeseen -- refuses it and the running configuration stays."""
         notify("RELOADING=1", monotonic_usec(), "STATUS=reloading the configuration")
         log.info("reloading %s", self.config_path)
         try:
-            config = load_config(self.config_path)
-            key_pem = self._tls_key(config)
-            fixed = _fixed_until_restart(self.config, config)
-            if fixed:
-                raise ConfigError(
-                    f"{self.config_path}: {', '.join(fixed)} cannot change on reload; "
-                    "restart the service (systemctl restart xbgw)"
-                )
+            config, key_pem = self._read_for_reload()
             self.server_credentials.update(config, key_pem)
+        except _ReloadAbandonedError:
+            log.info("reload abandoned: stopping")
+            return
         except XbgwError as exc:
-            first = str(exc).splitlines()[0]
-            log.error("reload refused, keeping the running configuration: %s", exc)
-            notify("READY=1", f"STATUS=reload refused: {first}")
+            self._refuse_reload(str(exc))
+            return
+        except Exception as exc:  # a reload must never take the daemon down
+            # The type and where, not the message: a foreign message may quote a secret.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self._refuse_reload(
+                f"{self.config_path}: unexpected {type(exc).__name__} while reading it "
+                f"({Path(where.filename).name}:{where.lineno}); please report this"
+            )
             return
         self.config = config
         logging.getLogger().setLevel(config.log.level.upper())
@@ -394,17 +494,66 @@ class Daemon:
         self.sender.reconfigure(config)
         self.ring.policy = config.keys
         self.link.reconfigure(config, key_pem)
-        try:
-            digest = hashlib.sha256(config.path.read_bytes()).hexdigest()
-        except OSError:  # replaced again since it was loaded: record that it was not read
-            digest = "unreadable"
-        record = AuditRecord("config.reloaded", int(time.time()), {"config_sha256": digest})
+        # The digest of the bytes that were loaded, not of a file that may have changed since.
+        record = AuditRecord("config.reloaded", int(time.time()), {"config_sha256": config.sha256})
         try:
             self.ledger.append_audit(record.encode(config.id))
         except XbgwError as exc:  # the reload took effect; a failed record must not undo it
             log.error("the audit record of this reload was not written: %s", exc)
         log.info("configuration reloaded")
         notify("READY=1", f"STATUS=serving as {config.id} on {self.partner_address}")
+
+    def _read_for_reload(self) -> tuple[GatewayConfig, bytes]:
+        """The new configuration and TLS key, read by a worker thread within
+        ``RELOAD_READ_SECONDS``; ``_ReloadAbandonedError`` as soon as a stop is requested.
+
+        Every file is read bounded and non-blocking (:mod:`gateway.files`), but a file on a
+        hung network mount, or an HSM that does not answer, can still block a read: the
+        signal path must not wait for it. A reader that never returns is left behind (a
+        daemon thread) and the next reload is refused until it ends.
+        """
+        if self._reload_reader is not None and self._reload_reader.is_alive():
+            raise ConfigError(
+                f"{self.config_path}: the previous reload is still reading its files "
+                "(a hung mount or HSM?); try again later"
+            )
+        outcome: futures.Future[tuple[GatewayConfig, bytes]] = futures.Future()
+
+        def read() -> None:
+            try:
+                outcome.set_result(self._load_checked())
+            except BaseException as exc:  # handed to the main thread, whatever it is
+                outcome.set_exception(exc)
+
+        self._reload_reader = threading.Thread(target=read, name="xbgw-reload", daemon=True)
+        self._reload_reader.start()
+        deadline = time.monotonic() + RELOAD_READ_SECONDS
+        while not outcome.done():
+            if self._stop_requested:
+                raise _ReloadAbandonedError
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"{self.config_path}: reading the configuration and its files took longer "
+                    f"than {RELOAD_READ_SECONDS:g}s (a hung mount or HSM?)"
+                )
+            futures.wait([outcome], timeout=RELOAD_POLL_SECONDS)
+        return outcome.result()
+
+    def _load_checked(self) -> tuple[GatewayConfig, bytes]:
+        config = load_config(self.config_path)
+        key_pem = self._tls_key(config)
+        fixed = _fixed_until_restart(self.config, config)
+        if fixed:
+            raise ConfigError(
+                f"{self.config_path}: {', '.join(fixed)} cannot change on reload; "
+                "restart the service (systemctl restart xbgw)"
+            )
+        return config, key_pem
+
+    def _refuse_reload(self, reason: str) -> None:
+        first = reason.splitlines()[0]
+        log.error("reload refused, keeping the running configuration: %s", reason)
+        notify("READY=1", f"STATUS=reload refused: {first}")
 
     def shutdown(self) -> None:
         grace = self.config.limits.drain_grace_seconds
@@ -423,6 +572,7 @@ class Daemon:
             log.warning("some partner handlers did not finish; their last durable point stands")
         self.link.close()
         self.witness.join(IDLE_WAIT_SECONDS)
+        self.sweeper.stop(IDLE_WAIT_SECONDS)
         self.checkpointer.stop()  # the last leaves get their checkpoint
         self.ledger.close()
         self.hsm.close()
@@ -445,6 +595,8 @@ def _fixed_until_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
             old.limits.max_concurrent_transfers,
             new.limits.max_concurrent_transfers,
         ),
+        # The partner server's keepalive is set when it starts (the channels' follow reloads).
+        "limits.keepalive_seconds": (old.limits.keepalive_seconds, new.limits.keepalive_seconds),
         "log.format": (old.log.format, new.log.format),
     }
     return [name for name, (before, after) in fields.items() if before != after]

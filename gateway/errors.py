@@ -242,6 +242,26 @@ class UnknownTransferError(TransferError):
     grpc_status = "NOT_FOUND"
 
 
+class TransferEndedError(TransferError):
+    """The transfer was cancelled or expired: final; nothing more is sent or taken for it."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class TransferBusyError(TransferError):
+    """The transfer is being worked on right now (a send, a stream, a rewrap): retry the
+    request once that has ended (ABORTED: a concurrency conflict, not a final refusal)."""
+
+    grpc_status = "ABORTED"
+
+
+class InboxDataDeletedError(TransferError):
+    """A committed transfer's data was removed (``xbgw inbox delete`` or retention); its
+    ledger row, receipt and audit records stay."""
+
+    grpc_status = "NOT_FOUND"
+
+
 class PartialLostError(TransferError):
     """The spool lost bytes its resume point promised; the transfer restarts from zero."""
 
@@ -328,15 +348,47 @@ class StorageError(XbgwError):
         self.grpc_status = status
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> StorageError:
-        """Wrap an ``OSError`` or ``sqlite3.Error`` with a reason an operator can act on."""
+    def from_exception(cls, exc: BaseException, where: object = None) -> StorageError:
+        """Wrap an ``OSError`` or ``sqlite3.Error`` with a reason an operator can act on;
+        ``where`` (the spool directory, the ledger file) is named when storage is full, so
+        the operator knows which file system to free."""
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        full = getattr(exc, "errno", None) == 28  # ENOSPC
+        if is_storage_full(exc):
+            return StorageFullError(
+                f"{STORAGE_FULL}: {where or 'the state directory'} ({reason}); the transfer's "
+                "data so far is kept: free space, then send again to resume"
+            )
         return cls(
             f"this gateway cannot store the transfer right now ({reason}); its data so far "
-            "is kept: resume later",
-            "RESOURCE_EXHAUSTED" if full else "UNAVAILABLE",
+            "is kept: resume later"
         )
+
+
+#: How every storage-full refusal starts, on the wire too: a sender relaying its partner's
+#: refusal says whose storage it is (``gateway.transfer.refused_by``).
+STORAGE_FULL = "this gateway's storage is full"
+
+_ENOSPC, _EDQUOT = 28, 122
+_SQLITE_FULL = 13
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Out of space or over quota: ENOSPC, EDQUOT, or SQLite's SQLITE_FULL (which is how
+    SQLite reports ENOSPC on its own writes)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (_ENOSPC, _EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _SQLITE_FULL
+
+
+class StorageFullError(StorageError):
+    """The file system holding the spool or the ledger is full (or over quota): nothing was
+    half-committed, and the same send resumes once space is freed."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "RESOURCE_EXHAUSTED")
 
 
 class StateLockedError(XbgwError):

@@ -30,7 +30,13 @@ from gateway.errors import StorageError, TransferConflictError
 from gateway.ledger_audit import AuditTables, Cosignature, PartnerCheckpoint, WitnessAlarm
 from gateway.ledger_base import storage_errors
 from gateway.ledger_keys import KeyTables
-from gateway.ledger_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, storage_version_of
+from gateway.ledger_schema import (
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    passport_exp,
+    storage_version_of,
+)
 from gateway.signed import Signed as Receipt
 from gateway.transfer import TransferState
 
@@ -39,10 +45,12 @@ __all__ = [
     "Cosignature",
     "Count",
     "Counter",
+    "Ended",
     "Inbound",
     "Ledger",
     "Outbound",
     "PartnerCheckpoint",
+    "TransferLine",
     "WitnessAlarm",
     "storage_version_of",
 ]
@@ -92,6 +100,34 @@ class Inbound:
     refusal: str | None
     receipt: Receipt | None
     audit_leaf: int | None = None  # the leaf of its commit or delivery record
+    expires_at: int | None = None  # the passport's exp (None: from before schema 6)
+    ended: Ended | None = None  # cancelled or expired
+    fetched_at: int | None = None  # the first Fetch that streamed to the end
+    acknowledged_at: int | None = None
+    deleted_at: int | None = None  # its data removed; ``deleted_cause`` says why
+    deleted_cause: str | None = None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a transfer was cancelled or expired: when, by which gateway's operator (None:
+    expired), and in whose words."""
+
+    at: int
+    by: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class TransferLine:
+    """One line of ``xbgw status``: a transfer either way, newest first."""
+
+    transfer_id: str
+    direction: str  # "in" or "out"
+    partner: str
+    state: TransferState
+    size: int
+    created_at: int
 
 
 @dataclass(frozen=True)
@@ -109,6 +145,8 @@ class Outbound:
     receipt: Receipt | None
     audit_leaf: int | None = None  # the leaf of its commit or delivery record
     evidence: str | None = None  # see deliver_outbound
+    expires_at: int | None = None  # the passport's exp (None: not recorded)
+    ended: Ended | None = None  # cancelled or expired
 
 
 def _receipt(row: sqlite3.Row) -> Receipt | None:
@@ -121,6 +159,7 @@ class Ledger(AuditTables, KeyTables):
     """The SQLite ledger of one gateway."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -132,7 +171,7 @@ class Ledger(AuditTables, KeyTables):
             self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate(path)
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError.from_exception(exc) from None
+            raise StorageError.from_exception(exc, path) from None
 
     @classmethod
     def read_only(cls, path: Path) -> Ledger:
@@ -244,6 +283,7 @@ class Ledger(AuditTables, KeyTables):
                     storage_version_of(stored_header),
                     *_count_values(count),
                     int(time.time()),
+                    passport_exp(passport),
                 ),
                 audit,
             )
@@ -258,7 +298,8 @@ class Ledger(AuditTables, KeyTables):
                 "offered_header_digest, stored_header, byte_limit, classification, "
                 "source_jurisdiction, dataset_sha256, transport_version, storage_version, "
                 "count_exporter, count_year, count_subjects, count_sensitive, "
-                "state, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'receiving',?)",
+                "state, created_at, expires_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'receiving',?,?)",
                 values,
             )
             if audit is not None:
@@ -357,16 +398,18 @@ class Ledger(AuditTables, KeyTables):
         sent_header: bytes,
         stored_header: bytes,
         count: Count | None = None,
+        expires_at: int | None = None,
     ) -> Outbound:
         """``count``: what the send adds to the egress counters once delivered; until then it
-        counts as in flight (:meth:`compliance_counts`)."""
+        counts as in flight (:meth:`compliance_counts`). ``expires_at``: the passport's exp,
+        after which (plus the retention grace) an unfinished send expires."""
         try:
             with self._tx() as db:
                 db.execute(
                     "INSERT INTO outbound (transfer_id, partner, passport_digest, sent_header, "
                     "stored_header, storage_version, count_exporter, count_year, "
-                    "count_subjects, count_sensitive, state, created_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,'sending',?)",
+                    "count_subjects, count_sensitive, state, created_at, expires_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,'sending',?,?)",
                     (
                         transfer_id,
                         partner,
@@ -376,6 +419,7 @@ class Ledger(AuditTables, KeyTables):
                         storage_version_of(stored_header),
                         *_count_values(count),
                         int(time.time()),
+                        expires_at,
                     ),
                 )
         except sqlite3.IntegrityError:
@@ -541,6 +585,179 @@ class Ledger(AuditTables, KeyTables):
             for r in rows
         ]
 
+    # -- data lifecycle (gateway.retention, gateway.receiver.cancel) ------------------------
+
+    def end_transfer(
+        self,
+        direction: str,
+        transfer_id: str,
+        state: TransferState,
+        at: int,
+        by: str | None = None,
+        reason: str | None = None,
+        audit: bytes | None = None,
+    ) -> bool:
+        """Mark an unfinished transfer cancelled or expired, with its audit record, in one
+        transaction; False (nothing changed) if it is not unfinished any more.
+
+        Its stored data key goes with it (the header is emptied and its storage version
+        cleared, so no key retirement waits for it and no rewrap touches it); an outbound
+        transfer's segment tags too. The row, its passport digest and counts stay."""
+        assert state.ended
+        table, unfinished = _UNFINISHED[direction]
+        with self._tx() as db:
+            done = db.execute(
+                f"UPDATE {table} SET state = ?, ended_at = ?, ended_by = ?, "  # noqa: S608
+                "end_reason = ?, stored_header = X'', storage_version = NULL "
+                "WHERE transfer_id = ? AND state = ?",
+                (state.value, at, by, reason, transfer_id, unfinished),
+            )
+            if done.rowcount != 1:
+                return False
+            if direction == "out":
+                db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
+            if audit is not None:
+                audit_store.append(db, audit)
+            return True
+
+    def unfinished_before(self, cutoff: int) -> list[tuple[str, str, str, int | None]]:
+        """(direction, transfer_id, partner, passport exp) of unfinished transfers whose
+        passport expired at or before ``cutoff``; an outbound one from before schema 6 (exp not
+        recorded) counts from its creation, the earliest its passport can have expired."""
+        rows = self._all(
+            "SELECT 'in' AS direction, transfer_id, sender AS partner, expires_at FROM inbound "
+            "WHERE state = 'receiving' AND COALESCE(expires_at, created_at) <= ? "
+            "UNION ALL SELECT 'out', transfer_id, partner, expires_at FROM outbound "
+            "WHERE state = 'sending' AND COALESCE(expires_at, created_at) <= ? "
+            "ORDER BY 2",
+            (cutoff, cutoff),
+        )
+        return [
+            (r["direction"], r["transfer_id"], r["partner"], _int_or_none(r["expires_at"]))
+            for r in rows
+        ]
+
+    def mark_fetched(self, transfer_id: str, at: int) -> None:
+        """Note the first Fetch that streamed a committed transfer to its end (retention's
+        ``fetched`` counts from it). Not fsynced: lost, the next fetch notes it again."""
+        with self._tx(durable=False) as db:
+            db.execute(
+                "UPDATE inbound SET fetched_at = ? "
+                "WHERE transfer_id = ? AND state = 'committed' AND fetched_at IS NULL",
+                (at, transfer_id),
+            )
+
+    def acknowledge_inbox(self, transfer_id: str, at: int, audit: bytes | None = None) -> bool:
+        """``xbgw inbox ack``; False if already acknowledged (not an error: a repeat)."""
+        with self._tx() as db:
+            done = db.execute(
+                "UPDATE inbound SET acknowledged_at = ? WHERE transfer_id = ? "
+                "AND state = 'committed' AND acknowledged_at IS NULL",
+                (at, transfer_id),
+            )
+            if done.rowcount == 1 and audit is not None:
+                audit_store.append(db, audit)
+            return done.rowcount == 1
+
+    def delete_inbox_data(
+        self, transfer_id: str, at: int, cause: str, audit: bytes | None = None
+    ) -> bool:
+        """Record that a committed transfer's data is removed (the caller removes the file
+        after this commits: a crash between leaves a file the next sweep removes); its stored
+        data key goes too. False if it was deleted before."""
+        with self._tx() as db:
+            done = db.execute(
+                "UPDATE inbound SET deleted_at = ?, deleted_cause = ?, stored_header = X'', "
+                "storage_version = NULL "
+                "WHERE transfer_id = ? AND state = 'committed' AND deleted_at IS NULL",
+                (at, cause, transfer_id),
+            )
+            if done.rowcount == 1 and audit is not None:
+                audit_store.append(db, audit)
+            return done.rowcount == 1
+
+    def inbox_due(
+        self, now: int, fetched: int, acknowledged: int, unfetched: int
+    ) -> list[tuple[str, str]]:
+        """(transfer_id, rule) of inbox items whose data retention says to remove now; each
+        rule in seconds, 0 = never. The first rule that applies names the cause."""
+        rules = [
+            ("acknowledged", "acknowledged_at", acknowledged),
+            ("fetched", "fetched_at", fetched),
+            ("unfetched", "committed_at", unfetched),
+        ]
+        due: dict[str, str] = {}
+        for rule, column, seconds in rules:
+            if seconds <= 0:
+                continue
+            rows = self._all(
+                f"SELECT transfer_id FROM inbound WHERE state = 'committed' "  # noqa: S608
+                f"AND deleted_at IS NULL AND {column} IS NOT NULL AND {column} <= ? "
+                "ORDER BY transfer_id",
+                (now - seconds,),
+            )
+            for row in rows:
+                due.setdefault(row["transfer_id"], rule)
+        return sorted(due.items())
+
+    def inbox_page(
+        self, limit: int, after: tuple[int, str] | None, unacknowledged_only: bool = False
+    ) -> list[Inbound]:
+        """Committed inbound transfers whose data is held, oldest commit first, from after
+        the key ``after`` = (committed_at, transfer_id): new commits sort last, so a walk
+        through the pages neither skips nor repeats an item while transfers arrive."""
+        committed_at, transfer_id = after if after is not None else (-1, "")
+        pending = " AND acknowledged_at IS NULL" if unacknowledged_only else ""
+        rows = self._all(
+            "SELECT * FROM inbound WHERE state = 'committed' AND deleted_at IS NULL"  # noqa: S608
+            f"{pending} AND (committed_at, transfer_id) > (?, ?) "
+            "ORDER BY committed_at, transfer_id LIMIT ?",
+            (committed_at, transfer_id, limit),
+        )
+        return [_inbound(row) for row in rows]
+
+    def transfers_page(self, limit: int, before: tuple[int, str, str] | None) -> list[TransferLine]:
+        """Transfers either way, newest first, from before the key ``before`` = (created_at,
+        direction, transfer_id): a transfer created meanwhile sorts before the first page,
+        so a walk neither skips nor repeats one."""
+        created_at, direction, transfer_id = before if before is not None else (1 << 62, "", "")
+        rows = self._all(
+            "SELECT * FROM (SELECT transfer_id, 'in' AS direction, sender AS partner, state, "
+            "received_bytes AS bytes, created_at FROM inbound "
+            "UNION ALL SELECT transfer_id, 'out', partner, state, "
+            "COALESCE(plaintext_size, 0), created_at FROM outbound) "
+            "WHERE (created_at, direction, transfer_id) < (?, ?, ?) "
+            "ORDER BY created_at DESC, direction DESC, transfer_id DESC LIMIT ?",
+            (created_at, direction or "~", transfer_id, limit),
+        )
+        return [
+            TransferLine(
+                r["transfer_id"],
+                r["direction"],
+                r["partner"],
+                TransferState(r["state"]),
+                int(r["bytes"]),
+                int(r["created_at"]),
+            )
+            for r in rows
+        ]
+
+    def without_data(self, transfer_ids: list[str]) -> set[str]:
+        """Of ``transfer_ids`` (files found in the spool), those whose data must not be held:
+        ended, refused, or committed and deleted -- leftovers of a crash between the ledger's
+        decision and the file's removal. A file without a row is not ours to judge."""
+        found: set[str] = set()
+        for start in range(0, len(transfer_ids), 500):
+            batch = transfer_ids[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            rows = self._all(
+                f"SELECT transfer_id FROM inbound WHERE transfer_id IN ({marks}) AND "  # noqa: S608
+                "(state IN ('cancelled', 'expired', 'refused') OR deleted_at IS NOT NULL)",
+                tuple(batch),
+            )
+            found.update(row["transfer_id"] for row in rows)
+        return found
+
 
 def _inbound(row: sqlite3.Row) -> Inbound:
     return Inbound(
@@ -566,7 +783,23 @@ def _inbound(row: sqlite3.Row) -> Inbound:
         refusal=row["refusal"],
         receipt=_receipt(row),
         audit_leaf=None if row["audit_leaf"] is None else int(row["audit_leaf"]),
+        expires_at=_int_or_none(row["expires_at"]),
+        ended=_ended(row),
+        fetched_at=_int_or_none(row["fetched_at"]),
+        acknowledged_at=_int_or_none(row["acknowledged_at"]),
+        deleted_at=_int_or_none(row["deleted_at"]),
+        deleted_cause=row["deleted_cause"],
     )
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _ended(row: sqlite3.Row) -> Ended | None:
+    if row["ended_at"] is None:
+        return None
+    return Ended(int(row["ended_at"]), row["ended_by"], row["end_reason"])
 
 
 def _outbound(row: sqlite3.Row) -> Outbound:
@@ -586,8 +819,13 @@ def _outbound(row: sqlite3.Row) -> Outbound:
         receipt=_receipt(row),
         audit_leaf=None if row["audit_leaf"] is None else int(row["audit_leaf"]),
         evidence=row["evidence"],
+        expires_at=_int_or_none(row["expires_at"]),
+        ended=_ended(row),
     )
 
+
+#: Each direction's table and its unfinished state.
+_UNFINISHED = {"in": ("inbound", "receiving"), "out": ("outbound", "sending")}
 
 _IN_FLIGHT = {
     "egress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM outbound "

@@ -78,7 +78,8 @@ class KeyTables(LedgerBase):
         not wrapped to storage ``version`` (what a rewrap has to do)."""
         rows = self._all(
             "SELECT 'in' AS direction, transfer_id, stored_header FROM inbound "
-            "WHERE state != 'refused' AND COALESCE(storage_version, -1) != ? "
+            "WHERE state != 'refused' AND length(stored_header) > 0 "  # emptied: data gone
+            "AND COALESCE(storage_version, -1) != ? "
             "UNION ALL SELECT 'out', transfer_id, stored_header FROM outbound "
             "WHERE state = 'sending' AND COALESCE(storage_version, -1) != ? "
             "ORDER BY 1, 2",

@@ -11,17 +11,21 @@ import sqlite3
 
 from gateway.audit import store as audit_store
 from gateway.envelope import Header, WrapKind
-from gateway.errors import EnvelopeError
+from gateway.errors import EnvelopeError, XbgwError
 from gateway.passport import inspect
 
 #: 1: the first schema. 2: inbound.dataset_sha256 (the passport's ``sub``, kept at the offer
 #: so that finish need not parse the stored passport again). 3: key lifecycle -- the states of
 #: our key versions, what we learnt of partners' keys, and on each transfer the key versions
-#: it depends on (so a version in use is never retired).
-SCHEMA_VERSION = 5
+#: it depends on (so a version in use is never retired). 4: compliance counters. 5: the audit
+#: log. 6: the data lifecycle -- states CANCELLED and EXPIRED, the passport's exp, who ended a
+#: transfer and why, an inbox item's first fetch, acknowledgement and deletion.
+SCHEMA_VERSION = 6
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS inbound (
+#: The transfer tables, by name: schema 6 rebuilds them under a temporary name (a CHECK
+#: constraint cannot be altered in SQLite).
+INBOUND_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     transfer_id TEXT PRIMARY KEY,
     sender TEXT NOT NULL,
     passport TEXT NOT NULL,
@@ -39,7 +43,8 @@ CREATE TABLE IF NOT EXISTS inbound (
     count_subjects INTEGER NOT NULL DEFAULT 0,
     count_sensitive INTEGER NOT NULL DEFAULT 0,
     audit_leaf INTEGER,  -- the leaf of its commit (or refusal) record in the audit log
-    state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused')),
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'committed', 'refused', 'cancelled',
+                                         'expired')),
     next_segment INTEGER NOT NULL DEFAULT 0,
     received_bytes INTEGER NOT NULL DEFAULT 0,
     final_received INTEGER NOT NULL DEFAULT 0,
@@ -49,9 +54,19 @@ CREATE TABLE IF NOT EXISTS inbound (
     refusal TEXT,
     receipt_body BLOB,
     receipt_signature BLOB,
-    receipt_kid TEXT
+    receipt_kid TEXT,
+    expires_at INTEGER,  -- the passport's exp (None: not known, from before schema 6)
+    ended_at INTEGER,  -- when it was cancelled or expired
+    ended_by TEXT,  -- the gateway whose operator cancelled it
+    end_reason TEXT,  -- the operator's words (kept here, not in the audit log)
+    fetched_at INTEGER,  -- the first Fetch that streamed to the end
+    acknowledged_at INTEGER,  -- xbgw inbox ack
+    deleted_at INTEGER,  -- its data removed (xbgw inbox delete, or retention)
+    deleted_cause TEXT  -- 'operator' or the retention rule, e.g. 'fetched'
 );
-CREATE TABLE IF NOT EXISTS outbound (
+"""
+OUTBOUND_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     transfer_id TEXT PRIMARY KEY,
     partner TEXT NOT NULL,
     passport_digest BLOB NOT NULL,
@@ -64,15 +79,25 @@ CREATE TABLE IF NOT EXISTS outbound (
     count_sensitive INTEGER NOT NULL DEFAULT 0,
     audit_leaf INTEGER,  -- the leaf of its delivery record in the audit log
     evidence TEXT,  -- JSON: the signed manifest, the receipt, the receiver's commit proof
-    state TEXT NOT NULL CHECK (state IN ('sending', 'delivered')),
+    state TEXT NOT NULL CHECK (state IN ('sending', 'delivered', 'cancelled', 'expired')),
     plaintext_size INTEGER,
     plaintext_sha256 BLOB,
     created_at INTEGER NOT NULL,
     delivered_at INTEGER,
     receipt_body BLOB,
     receipt_signature BLOB,
-    receipt_kid TEXT
+    receipt_kid TEXT,
+    expires_at INTEGER,  -- the passport's exp (None: not known, from before schema 6)
+    ended_at INTEGER,  -- when it was cancelled or expired
+    ended_by TEXT,  -- the gateway whose operator cancelled it
+    end_reason TEXT  -- the operator's words (kept here, not in the audit log)
 );
+"""
+
+SCHEMA = (
+    INBOUND_TABLE.format(name="inbound")
+    + OUTBOUND_TABLE.format(name="outbound")
+    + """
 CREATE TABLE IF NOT EXISTS key_versions (
     purpose TEXT NOT NULL CHECK (purpose IN ('transport', 'signing', 'storage')),
     version INTEGER NOT NULL,
@@ -122,7 +147,14 @@ CREATE TABLE IF NOT EXISTS outbound_segments (
     tag BLOB NOT NULL,
     PRIMARY KEY (transfer_id, idx)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbound_inbox ON inbound (committed_at, transfer_id)
+    WHERE state = 'committed' AND deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS inbound_unfinished ON inbound (expires_at) WHERE state = 'receiving';
+CREATE INDEX IF NOT EXISTS outbound_unfinished ON outbound (expires_at) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS inbound_created ON inbound (created_at, transfer_id);
+CREATE INDEX IF NOT EXISTS outbound_created ON outbound (created_at, transfer_id);
 """
+)
 SCHEMA += audit_store.SCHEMA  # schema 5: the audit log (gateway.audit.store)
 
 
@@ -182,6 +214,39 @@ def _to_5(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE outbound ADD COLUMN evidence TEXT")
 
 
+def _to_6(db: sqlite3.Connection) -> None:
+    """Schema 6: both transfer tables rebuilt with the states CANCELLED and EXPIRED (SQLite
+    cannot alter a CHECK constraint) and the lifecycle columns. Unfinished inbound transfers
+    get their passport's ``exp`` from the stored passport; outbound ones keep none (the sender
+    never stored the token): they expire by their creation time (``Ledger.unfinished_before``).
+    Indexes go with the old tables; the schema script makes them again."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for table, template in (("inbound", INBOUND_TABLE), ("outbound", OUTBOUND_TABLE)):
+        if table not in tables:
+            continue
+        columns = ", ".join(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+        db.execute(template.format(name=f"{table}_v6"))
+        db.execute(f"INSERT INTO {table}_v6 ({columns}) SELECT {columns} FROM {table}")  # noqa: S608
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}_v6 RENAME TO {table}")
+    if "inbound" in tables:
+        rows = db.execute("SELECT transfer_id, passport FROM inbound WHERE state = 'receiving'")
+        for row in rows.fetchall():
+            db.execute(
+                "UPDATE inbound SET expires_at = ? WHERE transfer_id = ?",
+                (passport_exp(row[1]), row[0]),
+            )
+
+
+def passport_exp(token: str) -> int | None:
+    """The ``exp`` of a stored passport (verified when it was offered); None if unreadable."""
+    try:
+        exp = inspect(token)[1].get("exp")
+    except XbgwError:
+        return None
+    return exp if isinstance(exp, int) and not isinstance(exp, bool) else None
+
+
 def storage_version_of(stored_header: bytes) -> int | None:
     """The storage key version a stored header's data key is wrapped to (None: none is)."""
     try:
@@ -195,4 +260,4 @@ def storage_version_of(stored_header: bytes) -> int | None:
 
 
 #: (version, step) in order: a ledger of version v - 1 is brought to v by step.
-MIGRATIONS = ((2, _to_2), (3, _to_3), (4, _to_4), (5, _to_5))
+MIGRATIONS = ((2, _to_2), (3, _to_3), (4, _to_4), (5, _to_5), (6, _to_6))

@@ -21,13 +21,22 @@ from gateway import envelope
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
 from gateway.audit.records import AuditRecord
 from gateway.audit.witness import Witness, Witnessed, WitnessError, WitnessReport
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Limits
 from gateway.envelope import KeyHolder
-from gateway.errors import HeaderFormatError, UnknownTransferError, UsageError, XbgwError
+from gateway.errors import (
+    HeaderFormatError,
+    InboxDataDeletedError,
+    UnknownTransferError,
+    UsageError,
+    XbgwError,
+)
 from gateway.keyadmin import KeyAdministration, KeyReport
 from gateway.keys import KeyRef, KeyVersion, Purpose
-from gateway.ledger import Ledger
+from gateway.ledger import Inbound, Ledger
 from gateway.metrics import Metrics
+from gateway.paging import decode_token, encode_token, page_size
+from gateway.retention import Lifecycle, deleted_message
+from gateway.send_queue import REPORT_EVERY, SendQueue, SendQueueFullError, Ticket
 from gateway.sender import Progress, ReceiptSummary, Sender
 from gateway.spool import Spool
 from gateway.status import abort_with, outcome
@@ -36,9 +45,26 @@ from gateway.wire import state_to_wire, to_blob
 
 log = logging.getLogger("xbgw.local")
 FETCH_CHUNK = 1 << 20
-#: Concurrent local sends + fetches; the local server has LOCAL_WORKERS threads.
-STREAM_SLOTS = 24
-LOCAL_WORKERS = 32
+#: Concurrent fetches; one more is refused at once (a fetch is quick to retry, and its reads
+#: are bounded by the caller's flow control: at most a segment or two in memory each).
+FETCH_SLOTS = 8
+#: Threads of the local server for everything but sends and fetches (health -- which the
+#: systemd watchdog rides on --, status, inbox, keys, witness, and refusing sends at once).
+QUICK_WORKERS = 16
+#: The most local sends that wait holding a server thread, whatever limits.max_queued_sends
+#: says (see gateway.send_queue: a waiting send costs no CPU, and 0.2-0.4 MiB of memory for
+#: its thread, its gRPC call and the data gRPC received before the send stopped reading).
+MAX_WAITING_SENDS = 1024
+
+
+def send_capacity(limits: Limits) -> int:
+    """Sends the local server admits at once, running or waiting (the threads it keeps)."""
+    return limits.max_concurrent_transfers + min(limits.max_queued_sends, MAX_WAITING_SENDS)
+
+
+def local_workers(limits: Limits) -> int:
+    """Threads of the local server: every admitted send and fetch, and the quick calls."""
+    return send_capacity(limits) + FETCH_SLOTS + QUICK_WORKERS
 
 
 def _abort(context: grpc.ServicerContext, error: XbgwError, rpc: str, **fields: str) -> None:
@@ -57,8 +83,13 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         metrics: Metrics,
         key_admin: KeyAdministration | None = None,
         witness: Witness | None = None,
+        send_queue: SendQueue | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
+        """``send_queue``: admits local sends (by default sized by the configuration as it
+        is now; the daemon passes one sized for its server's threads)."""
         self._key_admin = key_admin
+        self._lifecycle = lifecycle  # cancel, inbox ack|delete (gateway.retention)
         self._witness = witness
         self._metrics = metrics
         self._config = config
@@ -68,48 +99,94 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         self._keys = keys
         self._accepting = accepting
         self._started = int(time.time())
-        self._streams = 0
-        self._slots_lock = threading.Lock()
+        self._send_queue = send_queue
+        self._fetches = 0
+        self._fetches_lock = threading.Lock()
 
-    def _stream_slot(self, context: grpc.ServicerContext) -> None:
-        """Take one of ``STREAM_SLOTS``; refuse at once when all are taken.
+    @property
+    def _sends(self) -> SendQueue:
+        assert self._send_queue is not None, "made by the first Send"
+        return self._send_queue
 
-        Sends and fetches hold a server thread for their whole length; capping them below
-        the pool keeps threads free for health checks (the systemd watchdog rides on them),
-        status and inbox, whatever local clients do.
+    def _fetch_slot(self, context: grpc.ServicerContext) -> None:
+        """Take one of ``FETCH_SLOTS``; refuse at once when all are taken.
+
+        A fetch holds a server thread for its whole length: the cap keeps threads free for
+        health checks (the systemd watchdog rides on them), status and inbox.
         """
-        with self._slots_lock:
-            if self._streams >= STREAM_SLOTS:
+        with self._fetches_lock:
+            if self._fetches >= FETCH_SLOTS:
                 context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{STREAM_SLOTS} local sends and fetches are running; retry when one ends",
+                    f"{FETCH_SLOTS} local fetches are running; retry when one ends",
                 )
-            self._streams += 1
+            self._fetches += 1
 
-    def _release_slot(self) -> None:
-        with self._slots_lock:
-            self._streams -= 1
+    def _release_fetch_slot(self) -> None:
+        with self._fetches_lock:
+            self._fetches -= 1
 
     def Send(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterator[local_pb2.SendRequest], context: grpc.ServicerContext
     ) -> Iterator[local_pb2.SendEvent]:
-        self._stream_slot(context)
+        """Admit the send (see gateway.send_queue), wait for its slot, then run it.
+
+        Admission comes first, before even the ``start`` message is read, so every thread a
+        send can hold is counted; only ``start`` is read while the send waits.
+        """
+        limits = self._config().limits
+        if self._send_queue is None:
+            self._send_queue = SendQueue(
+                limits.max_concurrent_transfers, limits.max_queued_sends, send_capacity(limits)
+            )
+        self._sends.configure(limits.max_concurrent_transfers, limits.max_queued_sends)
         try:
-            yield from self._send(request_iterator, context)
+            ticket = self._sends.enter()
+        except SendQueueFullError as error:
+            _abort(context, error, "Send")
+            return
+        # A caller that goes away (or a server that stops) ends the wait at once.
+        if not context.add_callback(lambda: self._sends.leave(ticket)):
+            self._sends.leave(ticket)
+            return
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("kind") != "start":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be 'start'")
+                return
+            if not self._accepting():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+                return
+            yield from self._wait_for_slot(ticket)
+            if ticket.gone:
+                return  # the caller went away while waiting
+            if not self._accepting():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+                return
+            yield from self._send(first.start, request_iterator, context)
         finally:
-            self._release_slot()
+            self._sends.leave(ticket)
+
+    def _wait_for_slot(self, ticket: Ticket) -> Iterator[local_pb2.SendEvent]:
+        """``queued`` when the send must wait and whenever its place changes, until it runs
+        or its caller is gone (the callback taken in ``Send`` wakes it)."""
+        reported = None
+        while (place := self._sends.place(ticket)) is not None:
+            if place != reported:
+                reported = place
+                yield local_pb2.SendEvent(
+                    queued=local_pb2.SendQueued(position=place.position, running=place.running)
+                )
+            ticket.wait(REPORT_EVERY)
+        if reported is not None and ticket.running:
+            log.info("local send waited %.1f s for a slot", self._sends.waited(ticket))
 
     def _send(
-        self, request_iterator: Iterator[local_pb2.SendRequest], context: grpc.ServicerContext
+        self,
+        start: local_pb2.SendStart,
+        request_iterator: Iterator[local_pb2.SendRequest],
+        context: grpc.ServicerContext,
     ) -> Iterator[local_pb2.SendEvent]:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "start":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be 'start'")
-            return
-        if not self._accepting():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
-            return
-        start = first.start
         events: queue.Queue[local_pb2.SendEvent | BaseException | None] = queue.Queue(maxsize=64)
 
         def chunks() -> Iterator[bytes]:
@@ -119,7 +196,9 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             for message in request_iterator:
                 if message.WhichOneof("kind") != "data":
                     raise ValueError("only 'data' messages may follow 'start'")
-                yield message.data  # each access copies the bytes out of the message
+                data = message.data  # each access copies the bytes out of the message
+                del message  # so only the copy stays while the pipeline works on it
+                yield data
             if not context.is_active():
                 raise ValueError(
                     "the local client went away before the end of its data; nothing was "
@@ -131,6 +210,17 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 event = local_pb2.SendEvent(
                     accepted=local_pb2.SendAccepted(
                         transfer_id=progress.transfer_id, resume_from=progress.done_bytes
+                    )
+                )
+            elif progress.waiting is not None:
+                waiting = progress.waiting
+                event = local_pb2.SendEvent(
+                    waiting=local_pb2.SendWaiting(
+                        reason=waiting.reason,
+                        attempt=waiting.attempt,
+                        retry_in_ms=round(waiting.retry_in * 1000),
+                        waited_seconds=int(waiting.waited),
+                        wait_seconds=int(waiting.wait),
                     )
                 )
             else:
@@ -149,7 +239,12 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             try:
                 with self._metrics.stream("out"):
                     summary = self._sender.send(
-                        start.partner, start.passport, chunks(), start.size or None, on_progress
+                        start.partner,
+                        start.passport,
+                        chunks(),
+                        start.size or None,
+                        on_progress,
+                        start.wait_seconds if start.HasField("wait_seconds") else None,
                     )
                 self._metrics.transfers.labels("out", partner, "delivered").inc()
                 self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)
@@ -181,29 +276,36 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
     def ListInbox(  # noqa: N802
         self, request: local_pb2.ListInboxRequest, context: grpc.ServicerContext
     ) -> local_pb2.ListInboxResponse:
+        """One page of the inbox (items whose data is held), oldest commit first."""
+        try:
+            size = page_size(request.page_size)
+            after = decode_token("inbox", request.page_token, (int, str))
+            rows = self._ledger.inbox_page(
+                size + 1,
+                None if after is None else (int(after[0]), str(after[1])),
+                request.unacknowledged_only,
+            )
+        except XbgwError as error:
+            _abort(context, error, "ListInbox")
+            raise
+        more = len(rows) > size
+        rows = rows[:size]
+        last = rows[-1] if more else None
         return local_pb2.ListInboxResponse(
-            items=[
-                local_pb2.InboxItem(
-                    transfer_id=row.transfer_id,
-                    sender=row.sender,
-                    size=row.received_bytes,
-                    plaintext_sha256=(row.plaintext_sha256 or b"").hex(),
-                    committed_at=row.committed_at or 0,
-                    classification=row.classification,
-                    source_jurisdiction=row.source_jurisdiction,
-                )
-                for row in self._ledger.committed_inbound()
-            ]
+            items=[self._inbox_item(row) for row in rows],
+            next_page_token=""
+            if last is None
+            else encode_token("inbox", [last.committed_at or 0, last.transfer_id]),
         )
 
     def Fetch(  # noqa: N802
         self, request: local_pb2.FetchRequest, context: grpc.ServicerContext
     ) -> Iterator[local_pb2.FetchChunk]:
-        self._stream_slot(context)
+        self._fetch_slot(context)
         try:
             yield from self._fetch(request, context)
         finally:
-            self._release_slot()
+            self._release_fetch_slot()
 
     def _fetch(
         self, request: local_pb2.FetchRequest, context: grpc.ServicerContext
@@ -214,6 +316,10 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 raise UnknownTransferError(
                     f"no committed transfer {request.transfer_id!r} in the inbox"
                 )
+            if row.deleted_at is not None:
+                # NOT_FOUND: the data is not there and never will be again; the transfer's
+                # row, receipt and records are, which the message says.
+                raise InboxDataDeletedError(deleted_message(row, self._config().retention))
             me = self._config().id
             record = AuditRecord("admin.fetch", int(time.time()), {"transfer_id": row.transfer_id})
             self._ledger.append_audit(record.encode(me))
@@ -222,6 +328,9 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 for plaintext in chunks:
                     for offset in range(0, len(plaintext), FETCH_CHUNK):
                         yield local_pb2.FetchChunk(data=plaintext[offset : offset + FETCH_CHUNK])
+            # Streamed to the end (a client that went away stops the loop above): retention's
+            # "fetched" counts from here.
+            self._ledger.mark_fetched(row.transfer_id, int(time.time()))
         except XbgwError as error:
             _abort(context, error, "Fetch", transfer_id=request.transfer_id)
 
@@ -229,22 +338,39 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         self, request: local_pb2.StatusRequest, context: grpc.ServicerContext
     ) -> local_pb2.StatusResponse:
         config = self._config()
+        try:
+            size = page_size(request.page_size)
+            before = decode_token("transfers", request.page_token, (int, str, str))
+            lines = self._ledger.transfers_page(
+                size + 1,
+                None if before is None else (int(before[0]), str(before[1]), str(before[2])),
+            )
+        except XbgwError as error:
+            _abort(context, error, "Status")
+            raise
+        more = len(lines) > size
+        lines = lines[:size]
+        last = lines[-1] if more else None
         return local_pb2.StatusResponse(
             gateway_id=config.id,
             jurisdiction=config.gateway.jurisdiction,
             version=gateway.__version__,
             started_at=self._started,
+            queued_sends=self._send_queue.waiting if self._send_queue else 0,
             partners=[p.id for p in config.partners],
             transfers=[
                 local_pb2.TransferSummary(
-                    transfer_id=tid,
-                    direction=direction,
-                    partner=partner,
-                    state=state_to_wire(state),
-                    bytes=size,
+                    transfer_id=line.transfer_id,
+                    direction=line.direction,
+                    partner=line.partner,
+                    state=state_to_wire(line.state),
+                    bytes=line.size,
                 )
-                for tid, direction, partner, state, size in self._ledger.recent()
+                for line in lines
             ],
+            next_page_token=""
+            if last is None
+            else encode_token("transfers", [last.created_at, last.direction, last.transfer_id]),
         )
 
     # -- key lifecycle -------------------------------------------------------------------
@@ -398,6 +524,67 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         except XbgwError as error:
             _abort(context, error, "AcknowledgeWitness", partner=request.partner)
             raise
+
+    # -- data lifecycle (gateway.retention) ------------------------------------------------
+
+    def _lifecycle_of(self, context: grpc.ServicerContext) -> Lifecycle:
+        if self._lifecycle is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "the data lifecycle is not available")
+        assert self._lifecycle is not None
+        return self._lifecycle
+
+    def Cancel(  # noqa: N802
+        self, request: local_pb2.CancelRequest, context: grpc.ServicerContext
+    ) -> local_pb2.CancelResponse:
+        lifecycle = self._lifecycle_of(context)
+        try:
+            done = lifecycle.cancel(request.transfer_id, request.reason)
+        except XbgwError as error:
+            _abort(context, error, "Cancel", transfer_id=request.transfer_id)
+            raise
+        return local_pb2.CancelResponse(
+            transfer_id=done.transfer_id,
+            direction=done.direction,
+            state=state_to_wire(done.state),
+            partner_told=done.partner_told,
+            detail=done.detail,
+        )
+
+    def AcknowledgeInbox(  # noqa: N802
+        self, request: local_pb2.InboxItemsRequest, context: grpc.ServicerContext
+    ) -> local_pb2.InboxItemsResponse:
+        lifecycle = self._lifecycle_of(context)
+        try:
+            done = lifecycle.acknowledge(request.transfer_ids)
+        except XbgwError as error:
+            _abort(context, error, "AcknowledgeInbox")
+            raise
+        return local_pb2.InboxItemsResponse(changed=done.changed, unchanged=done.unchanged)
+
+    def DeleteInbox(  # noqa: N802
+        self, request: local_pb2.InboxItemsRequest, context: grpc.ServicerContext
+    ) -> local_pb2.InboxItemsResponse:
+        lifecycle = self._lifecycle_of(context)
+        try:
+            done = lifecycle.delete(request.transfer_ids)
+        except XbgwError as error:
+            _abort(context, error, "DeleteInbox")
+            raise
+        return local_pb2.InboxItemsResponse(changed=done.changed, unchanged=done.unchanged)
+
+    @staticmethod
+    def _inbox_item(row: Inbound) -> local_pb2.InboxItem:
+        return local_pb2.InboxItem(
+            transfer_id=row.transfer_id,
+            sender=row.sender,
+            size=row.received_bytes,
+            plaintext_sha256=(row.plaintext_sha256 or b"").hex(),
+            committed_at=row.committed_at or 0,
+            classification=row.classification,
+            source_jurisdiction=row.source_jurisdiction,
+            fetched_at=row.fetched_at or 0,
+            acknowledged_at=row.acknowledged_at or 0,
+        )
 
 
 def _witness_status(

@@ -29,6 +29,11 @@ log = logging.getLogger("xbgw.partner")
 T = TypeVar("T")
 
 
+def upload_slots(max_concurrent_transfers: int) -> int:
+    """Uploads from all partners together that the partner listener runs at once."""
+    return 2 * max_concurrent_transfers
+
+
 class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
     def __init__(
         self,
@@ -46,25 +51,40 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         self._accepting = accepting
         self._in_flight = 0
         self._by_partner: dict[str, int] = {}
+        self._uploads = 0
         self._in_flight_lock = threading.Condition()
 
     @contextmanager
     def _per_partner(self, partner_id: str) -> Iterator[None]:
-        """At most ``max_concurrent_transfers`` requests per partner: half the server's slots,
-        so one partner holding streams open cannot lock the others out."""
+        """An upload slot: at most ``max_concurrent_transfers`` uploads per partner, so one
+        partner holding streams open cannot lock the others out, and twice that in all
+        (``upload_slots``), so uploads never take the threads the short calls need.
+
+        Only uploads are counted, and they are refused here before any segment is read. The
+        short calls -- above all Finish, which comes after the data crossed -- are never
+        refused for load: they get threads of their own (``gateway.daemon``)."""
         cap = self._config().limits.max_concurrent_transfers
+        total = upload_slots(cap)
         with self._in_flight_lock:
             if self._by_partner.get(partner_id, 0) >= cap:
                 raise PartnerBusyError(
                     f"partner {partner_id} already has {cap} requests in flight, its limit "
-                    "(limits.max_concurrent_transfers); retry when one has finished"
+                    "for uploads (limits.max_concurrent_transfers); retry when one has finished"
+                )
+            if self._uploads >= total:
+                raise PartnerBusyError(
+                    f"this gateway already has {total} requests in flight, its limit for "
+                    "uploads from all partners (2 x limits.max_concurrent_transfers); retry "
+                    "when one has finished"
                 )
             self._by_partner[partner_id] = self._by_partner.get(partner_id, 0) + 1
+            self._uploads += 1
         try:
             yield
         finally:
             with self._in_flight_lock:
                 self._by_partner[partner_id] -= 1
+                self._uploads -= 1
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no handler runs (after the server stopped); False on timeout."""
@@ -86,6 +106,8 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             partner_id = peer.id
             if rpc == "Offer" and not self._accepting():
                 raise DrainingError("the gateway is shutting down; offer again shortly")
+            if rpc != "Upload":
+                return action(peer)
             with self._per_partner(peer.id):
                 return action(peer)
         except XbgwError as error:
@@ -218,3 +240,14 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             return partner_pb2.CosignResponse()
 
         return self._run(context, "Cosign", act)
+
+    def Cancel(  # noqa: N802
+        self, request: partner_pb2.CancelTransferRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.CancelTransferResponse:
+        """The sender gave its transfer up: drop what we hold of it (``receiver.cancel``)."""
+
+        def act(peer: PartnerConfig) -> partner_pb2.CancelTransferResponse:
+            state = self._receiver.ends().cancel(request.transfer_id, request.reason, peer)
+            return partner_pb2.CancelTransferResponse(state=state_to_wire(state))
+
+        return self._run(context, "Cancel", act, request.transfer_id)

@@ -5,15 +5,22 @@ message conversions, and the mapping of ``grpc.RpcError`` to
 :class:`~gateway.errors.PartnerError` with the partner's reason, so the sender never sees
 gRPC.
 
-A reload must not cut sends in flight: the old channels are retired, not closed -- new
-transfers use new channels (new certificate, CA, endpoint) while running streams finish on
-the old ones, which are closed at shutdown.
+A reload must not cut sends in flight: the old channels are retired, not closed at once --
+new transfers use new channels (new certificate, CA, endpoint) while running streams finish
+on the old ones. Each channel counts the calls it carries, and a retired one is closed when
+its last call ends (a reload would otherwise leave one open socket per partner behind).
+
+A partner that restarts must be usable again as soon as it listens: the channel's own
+reconnect backoff is kept as short as the sender's retries (``RECONNECT_BACKOFF_MS``), so
+the first send after the partner is back does not wait out gRPC's default of up to 2 min.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import grpc
 
@@ -39,6 +46,8 @@ from gateway.wire import from_blob, state_from_wire, to_blob
 
 RPC_TIMEOUT_SECONDS = 30
 FINISH_TIMEOUT_SECONDS = RPC_TIMEOUT_SECONDS * 4  # the receiver re-hashes after a restart
+#: gRPC's reconnect backoff on partner channels: (initial = min, max), in milliseconds.
+RECONNECT_BACKOFF_MS = (200, 5_000)
 
 
 def partner_error(exc: grpc.RpcError, partner: str, call: str) -> PartnerError:
@@ -64,45 +73,99 @@ def witness_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:
     return PartnerError(f"partner {partner} refused {what} ({code.name}): {details}", code.name)
 
 
+@dataclass(eq=False)  # one entry is one channel: compared by identity
+class _Channel:
+    """A channel and the calls it carries now (guarded by the link's lock)."""
+
+    channel: grpc.Channel
+    stub: partner_pb2_grpc.PartnerGatewayStub
+    calls: int = 0
+
+
+def channel_options(config: GatewayConfig, partner: PartnerConfig) -> list[tuple[str, object]]:
+    """The partner channel's settings: message limits, keepalive, reconnect backoff.
+
+    Keepalive (``limits.keepalive_seconds``): a ping after that much silence, and the
+    connection dropped when it is not answered within as long again -- so a silent black
+    hole fails the call in about twice the setting rather than at TCP's retransmission
+    timeout. Pings go only while calls run (an idle channel has nothing to lose), but then
+    without limit: a stalled upload sends no data, and must still be probed."""
+    limit = config.limits.max_message_bytes
+    keepalive_ms = config.limits.keepalive_seconds * 1000
+    initial_ms, max_ms = RECONNECT_BACKOFF_MS
+    return [
+        ("grpc.ssl_target_name_override", partner.identity),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_ms),
+        # grpcio 1.85 waits this long for a ping's ack (default a minute) whatever
+        # keepalive_timeout_ms says: without it a black hole is noticed only after 60 s.
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", initial_ms),
+        ("grpc.min_reconnect_backoff_ms", initial_ms),
+        ("grpc.max_reconnect_backoff_ms", max_ms),
+    ]
+
+
 class GrpcPartnerLink:
     """One mutual-TLS channel per partner; the five partner calls in domain types, and the
     two of witnessing (:class:`gateway.audit.witness.WitnessLink`)."""
 
     def __init__(self, config: GatewayConfig, key_pem: bytes) -> None:
         self._lock = threading.Lock()
-        self._channels: dict[str, grpc.Channel] = {}
-        self._retired: list[grpc.Channel] = []
+        self._channels: dict[str, _Channel] = {}
+        self._retired: list[_Channel] = []
         self.reconfigure(config, key_pem)
 
     def reconfigure(self, config: GatewayConfig, key_pem: bytes) -> None:
+        """New calls use new channels; the old ones close once their last call ends."""
         with self._lock:
-            self._retired.extend(self._channels.values())
+            idle = [c for c in self._channels.values() if c.calls == 0]
+            self._retired.extend(c for c in self._channels.values() if c.calls > 0)
             self._config, self._key_pem = config, key_pem
             self._channels = {}
+        for entry in idle:
+            entry.channel.close()
 
-    def _stub(self, partner: PartnerConfig) -> partner_pb2_grpc.PartnerGatewayStub:
+    def open_channels(self) -> int:
+        """Channels not closed yet, current and retired (what a reload must not grow)."""
         with self._lock:
-            channel = self._channels.get(partner.id)
-            if channel is None:
-                limit = self._config.limits.max_message_bytes
+            return len(self._channels) + len(self._retired)
+
+    @contextmanager
+    def _stub(self, partner: PartnerConfig) -> Iterator[partner_pb2_grpc.PartnerGatewayStub]:
+        """The partner's stub for the length of one call, counted on its channel."""
+        with self._lock:
+            entry = self._channels.get(partner.id)
+            if entry is None:
                 channel = grpc.secure_channel(
                     str(partner.endpoint),
                     channel_credentials(self._config, partner, self._key_pem),
-                    options=[
-                        ("grpc.ssl_target_name_override", partner.identity),
-                        ("grpc.max_send_message_length", limit),
-                        ("grpc.max_receive_message_length", limit),
-                        ("grpc.keepalive_time_ms", 30_000),
-                    ],
+                    options=channel_options(self._config, partner),
                 )
-                self._channels[partner.id] = channel
-            return partner_pb2_grpc.PartnerGatewayStub(channel)
+                entry = _Channel(channel, partner_pb2_grpc.PartnerGatewayStub(channel))
+                self._channels[partner.id] = entry
+            entry.calls += 1
+        try:
+            yield entry.stub
+        finally:
+            with self._lock:
+                entry.calls -= 1
+                done = entry.calls == 0 and entry in self._retired
+                if done:
+                    self._retired.remove(entry)
+            if done:
+                entry.channel.close()
 
     def key_set(self, partner: PartnerConfig) -> EndorsedKeySet:
         try:
-            response = self._stub(partner).GetKeySet(
-                partner_pb2.GetKeySetRequest(), timeout=RPC_TIMEOUT_SECONDS
-            )
+            with self._stub(partner) as stub:
+                response = stub.GetKeySet(
+                    partner_pb2.GetKeySetRequest(), timeout=RPC_TIMEOUT_SECONDS
+                )
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "key_set") from None
         signed = from_blob(response.key_set)
@@ -115,10 +178,11 @@ class GrpcPartnerLink:
 
     def offer(self, partner: PartnerConfig, passport: str, header: bytes) -> OfferResult:
         try:
-            response = self._stub(partner).Offer(
-                partner_pb2.OfferRequest(passport=passport, envelope_header=header),
-                timeout=RPC_TIMEOUT_SECONDS,
-            )
+            with self._stub(partner) as stub:
+                response = stub.Offer(
+                    partner_pb2.OfferRequest(passport=passport, envelope_header=header),
+                    timeout=RPC_TIMEOUT_SECONDS,
+                )
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "offer") from None
         state = state_from_wire(response.state)
@@ -138,17 +202,19 @@ class GrpcPartnerLink:
             for s in segments
         )
         try:
-            response = self._stub(partner).Upload(messages, timeout=None)
+            with self._stub(partner) as stub:
+                response = stub.Upload(messages, timeout=None)
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "upload") from None
         return UploadResult(response.next_segment, response.received_bytes, response.final_received)
 
     def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         try:
-            response = self._stub(partner).Finish(
-                partner_pb2.FinishRequest(transfer_id=transfer_id, manifest=to_blob(manifest)),
-                timeout=FINISH_TIMEOUT_SECONDS,
-            )
+            with self._stub(partner) as stub:
+                response = stub.Finish(
+                    partner_pb2.FinishRequest(transfer_id=transfer_id, manifest=to_blob(manifest)),
+                    timeout=FINISH_TIMEOUT_SECONDS,
+                )
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "finish") from None
         proof = None
@@ -161,10 +227,11 @@ class GrpcPartnerLink:
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:
         try:
-            response = self._stub(partner).GetTransfer(
-                partner_pb2.GetTransferRequest(transfer_id=transfer_id),
-                timeout=RPC_TIMEOUT_SECONDS,
-            )
+            with self._stub(partner) as stub:
+                response = stub.GetTransfer(
+                    partner_pb2.GetTransferRequest(transfer_id=transfer_id),
+                    timeout=RPC_TIMEOUT_SECONDS,
+                )
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "status") from None
         state = state_from_wire(response.state)
@@ -182,26 +249,45 @@ class GrpcPartnerLink:
 
     def checkpoint(self, partner: PartnerConfig, known_size: int) -> ServedCheckpoint:
         try:
-            response = self._stub(partner).GetCheckpoint(
-                partner_pb2.GetCheckpointRequest(known_size=known_size),
-                timeout=RPC_TIMEOUT_SECONDS,
-            )
+            with self._stub(partner) as stub:
+                response = stub.GetCheckpoint(
+                    partner_pb2.GetCheckpointRequest(known_size=known_size),
+                    timeout=RPC_TIMEOUT_SECONDS,
+                )
         except grpc.RpcError as exc:
             raise witness_error(exc, partner.id, "the checkpoint request") from None
         return ServedCheckpoint(response.checkpoint, tuple(response.consistency))
 
     def cosign(self, partner: PartnerConfig, checkpoint: str, cosignature: str) -> None:
         try:
-            self._stub(partner).Cosign(
-                partner_pb2.CosignRequest(checkpoint=checkpoint, cosignature=cosignature),
-                timeout=RPC_TIMEOUT_SECONDS,
-            )
+            with self._stub(partner) as stub:
+                stub.Cosign(
+                    partner_pb2.CosignRequest(checkpoint=checkpoint, cosignature=cosignature),
+                    timeout=RPC_TIMEOUT_SECONDS,
+                )
         except grpc.RpcError as exc:
             raise witness_error(exc, partner.id, "the cosignature") from None
 
     def close(self) -> None:
         with self._lock:
-            channels = [*self._channels.values(), *self._retired]
+            entries = [*self._channels.values(), *self._retired]
             self._channels, self._retired = {}, []
-        for channel in channels:
-            channel.close()
+        for entry in entries:
+            entry.channel.close()
+
+    def cancel(self, partner: PartnerConfig, transfer_id: str, reason: str) -> TransferState:
+        """Tell the partner we gave the transfer up (``xbgw cancel``); its state after."""
+        try:
+            with self._stub(partner) as stub:
+                response = stub.Cancel(
+                    partner_pb2.CancelTransferRequest(transfer_id=transfer_id, reason=reason),
+                    timeout=RPC_TIMEOUT_SECONDS,
+                )
+        except grpc.RpcError as exc:
+            raise partner_error(exc, partner.id, "cancel") from None
+        state = state_from_wire(response.state)
+        if state is None:
+            raise refused_by(
+                partner.id, "cancel", "UNKNOWN", f"state {response.state} is not one xbgw knows"
+            )
+        return state

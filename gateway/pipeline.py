@@ -5,6 +5,18 @@ network overlap (``hashlib`` and AES-GCM release the GIL): the producer (cut int
 hash, encrypt), the committer (record each segment's GCM tag durably, then release the batch)
 and the caller's upload, which pulls :meth:`Pipeline.segments`.
 
+Why memory stays bounded whatever the number of sends: encrypted segments waiting for the
+network are the sender's biggest buffers (a slow partner fills every pipeline to its bound).
+Each pipeline holds at most ``AHEAD_BYTES`` (or ``SEGMENTS_AHEAD`` segments) of them, and all
+pipelines of the process together at most ``BUFFER_BUDGET`` bytes (:class:`Budget`): the
+producer reserves room for a segment before it reads the segment's data, and room comes
+back as the upload takes segments. A producer that finds no room while it holds part of a
+batch hands that part on at once instead of waiting (its tags are committed, its segments
+can leave and give their room back): no pipeline waits for room while holding some that
+only it could free, so sends cannot deadlock each other. A send waiting for room has read
+nothing it would have to hold: its data stays in the local client, held back by gRPC flow
+control.
+
 Why tags are recorded before ciphertext leaves (resume safety): segment ``i`` of a
 transfer always has the same nonce, so it must always carry the same plaintext. Same key and
 nonce give the same GCM tag only for the same plaintext, so a resumed send whose source
@@ -25,7 +37,76 @@ from gateway.ledger import Ledger
 from gateway.transfer import SegmentIn
 
 DIGEST_BATCH = 8  # segments whose tags are committed together before they are sent
-PIPELINE_DEPTH = 4  # encrypted segments queued ahead of the network
+SEGMENTS_AHEAD = 32  # the most encrypted segments one pipeline holds ahead of the network
+AHEAD_BYTES = 12 << 20  # ... and the most bytes of them
+BUFFER_BUDGET = 16 << 20  # bytes of segments all pipelines of the process hold together
+_LOOK_EVERY = 0.5  # a producer waiting for room looks at its stop flag this often
+
+
+class Budget:
+    """Room for encrypted segments, shared by pipelines."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self.room = threading.Condition()
+
+
+class Lease:
+    """One pipeline's share of a :class:`Budget`, at most ``limit`` bytes. :meth:`close`
+    returns what it still holds; every way a pipeline ends calls it."""
+
+    def __init__(self, budget: Budget, limit: int) -> None:
+        self._budget = budget
+        self._limit = limit
+        self._held = 0
+        self._closed = False
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, size: int, stop: threading.Event, wait: bool = True) -> bool:
+        """Wait for ``size`` bytes of room; False once ``stop`` is set or the lease closed,
+        or at once when there is no room and not ``wait``.
+
+        A request larger than the limit or the whole budget is granted once the lease holds
+        nothing and the budget is all free, so even a huge segment moves.
+        """
+        budget = self._budget
+        with budget.room:
+            while not (self._closed or stop.is_set()):
+                alone = self._held == 0
+                mine = self._held + size <= self._limit or alone
+                shared = size <= budget.free or (alone and budget.free == budget.total)
+                if mine and shared:
+                    self._held += size
+                    budget.free -= size
+                    return True
+                if not wait:
+                    return False
+                budget.room.wait(_LOOK_EVERY)
+            return False
+
+    def give(self, size: int) -> None:
+        budget = self._budget
+        with budget.room:
+            size = min(size, self._held)
+            self._held -= size
+            budget.free += size
+            budget.room.notify_all()
+
+    def close(self) -> None:
+        budget = self._budget
+        with budget.room:
+            self._closed = True
+            budget.free += self._held
+            self._held = 0
+            budget.room.notify_all()
+
+
+#: Shared by every send of the process (a daemon has one sender).
+BUDGET = Budget(BUFFER_BUDGET)
 
 
 class Pipeline:
@@ -40,14 +121,21 @@ class Pipeline:
         encryptor: envelope.StreamEncryptor,
         start: int,
         on_bytes: Callable[[int], None],
+        budget: Budget = BUDGET,
     ) -> None:
         self._ledger = ledger
         self._transfer_id = transfer_id
         self._encryptor = encryptor
         self._start = start
         self._on_bytes = on_bytes
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=PIPELINE_DEPTH)
-        self._batches: queue.Queue[object] = queue.Queue(maxsize=2)
+        # Room is counted per segment slot: a whole segment and its tag (the last may be
+        # shorter; it still counts whole, which only errs on the safe side).
+        self._slot = encryptor.header.segment_size + envelope.TAG_LEN
+        ahead = max(min(AHEAD_BYTES, SEGMENTS_AHEAD * self._slot), 2 * DIGEST_BATCH * self._slot)
+        self._lease = Lease(budget, ahead)
+        # Unbounded by count: the lease bounds what can be in them.
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._batches: queue.Queue[object] = queue.Queue()
         self._stop = threading.Event()
         self._abandoned = threading.Event()
         self._committer: threading.Thread | None = None
@@ -74,12 +162,24 @@ class Pipeline:
                 continue
 
     def _produce(self, segments: Iterator[tuple[int, bool, bytes]]) -> None:
-        """Hash and encrypt; hand batches to the committer (which may be waiting on fsync)."""
+        """Hash and encrypt; hand batches to the committer (which may be waiting on fsync).
+
+        Room for a segment is taken before it is read from the source; with no room, a
+        part-filled batch is handed on rather than held while waiting (see the module
+        docstring)."""
         try:
             batch: list[tuple[int, bool, bytes]] = []
-            for index, final, plaintext in segments:
-                if self._stop.is_set():
-                    return
+            while True:
+                if not self._lease.take(self._slot, self._stop, wait=not batch):
+                    if not batch:
+                        return  # stopped
+                    self._put(self._batches, (batch, self.size))
+                    batch = []
+                    continue
+                item = next(segments, None)
+                if item is None or self._stop.is_set():
+                    return  # the source always ends with a final segment
+                index, final, plaintext = item
                 self.hasher.update(plaintext)
                 self.size += len(plaintext)
                 self.segment_count = index + 1
@@ -89,6 +189,8 @@ class Pipeline:
                 if len(batch) >= DIGEST_BATCH or final:
                     self._put(self._batches, (batch, self.size))
                     batch = []
+                if final:
+                    return
         except BaseException as exc:
             self._failure = exc
         finally:
@@ -107,6 +209,8 @@ class Pipeline:
                 for segment in batch:
                     if segment[0] >= self._start:
                         self._put(self._queue, segment)
+                    else:
+                        self._lease.give(self._slot)  # the partner holds it: not sent
                 self._on_bytes(done_bytes)
         except BaseException as exc:
             self._failure = exc
@@ -149,14 +253,23 @@ class Pipeline:
         )
 
     def segments(self) -> Iterator[SegmentIn]:
-        """The ciphertext released to the network, from the resume point, in order."""
-        while True:
-            item = self._queue.get()
+        """The ciphertext released to the network, from the resume point, in order.
+
+        A segment's room comes back when the next one is asked for: the upload has taken
+        it by then."""
+        item: object = None
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._END:
+                    return
+                assert isinstance(item, tuple)
+                index, final, ciphertext = item
+                yield SegmentIn(self._transfer_id, index, final, ciphertext)
+                self._lease.give(self._slot)
+        finally:
             if item is self._END:
-                return
-            assert isinstance(item, tuple)
-            index, final, ciphertext = item
-            yield SegmentIn(self._transfer_id, index, final, ciphertext)
+                self._lease.close()
 
     def abandon(self) -> None:
         """The upload failed: tell both threads to stop; never wait on the local client.
@@ -166,7 +279,8 @@ class Pipeline:
         """
         self._stop.set()
         self._abandoned.set()
-        _drain(self._queue)  # a committer blocked on the full queue sees the stop now
+        _drain(self._queue)
+        self._lease.close()  # a producer waiting for room sees the stop now
         if self._committer is not None:
             self._committer.join(timeout=10)
 
@@ -176,6 +290,7 @@ class Pipeline:
             for thread in (self._thread, self._committer):
                 if thread is not None:
                     thread.join()
+        self._lease.close()
         if self._failure is not None:
             raise self._failure
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gateway import files
 from gateway.errors import PinSourceError
 
 
@@ -47,14 +48,18 @@ class PinSource:
 
     @staticmethod
     def _read_file(path: Path) -> str:
+        """Bounded and regular files only (:mod:`gateway.files`): a FIFO or device named as
+        the PIN file must not hang the daemon's start."""
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            text = files.read_bounded(path, files.SECRET_MAX).decode("utf-8")
+        except files.FileMissingError:
             raise PinSourceError(f"HSM PIN: file {path} does not exist") from None
-        except PermissionError:
+        except files.FileDeniedError:
             raise PinSourceError(f"HSM PIN: file {path} is not readable by this user") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PinSourceError(f"HSM PIN: cannot read {path}: {type(exc).__name__}") from None
+        except files.FileError as exc:
+            raise PinSourceError(f"HSM PIN: {path}: {exc.why}") from None
+        except UnicodeDecodeError:
+            raise PinSourceError(f"HSM PIN: file {path} is not UTF-8 text") from None
         return _one_line(text, f"file {path}")
 
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gateway import envelope
 from gateway.audit.evidence import Evidence
@@ -50,6 +51,8 @@ from gateway.ledger import Count, Ledger, Outbound
 from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
+from gateway.retention import refuse_final
+from gateway.retry import REAL_TIMER, Patience, ReplayLostError, SegmentReplay, Timer, Waiting
 from gateway.signed import Signed
 from gateway.transfer import (
     CommitProof,
@@ -58,9 +61,11 @@ from gateway.transfer import (
     PartnerLink,
     TransferState,
     stale_transport_key,
+    transient,
 )
 
 log = logging.getLogger("xbgw.sender")
+T = TypeVar("T")
 
 #: Statuses of an offer refused before the receiver records anything (its passport, party
 #: and rule checks come first; ALREADY_EXISTS, busy or storage errors may follow a record).
@@ -80,10 +85,11 @@ class ReceiptSummary:
 
 @dataclass(frozen=True)
 class Progress:
-    kind: str  # "accepted" | "progress"
+    kind: str  # "accepted" | "progress" | "waiting" (then ``waiting`` says for what)
     transfer_id: str
     done_bytes: int
     total_bytes: int
+    waiting: Waiting | None = None
 
 
 class Sender:
@@ -99,9 +105,12 @@ class Sender:
         clock: Callable[[], float] = time.time,
         partner_keys: PartnerKeys | None = None,
         border: Border | None = None,
+        timer: Timer = REAL_TIMER,
     ) -> None:
         """``partner_keys``: the gateway's one view of its partners' keys, shared with its
-        receiver; by default one that fetches key sets through ``link``."""
+        receiver; by default one that fetches key sets through ``link``. ``timer``: what
+        waits for an unreachable or busy partner sleep on."""
+        self._timer = timer
         # Late-bound: the link's method is looked up at each fetch (a test may replace it).
         fetch = lambda partner: link.key_set(partner)  # noqa: E731, PLW0108
         self._partner_keys = partner_keys or PartnerKeys(config, ledger, fetch, clock)
@@ -135,16 +144,22 @@ class Sender:
         chunks: Iterable[bytes],
         total_size: int | None,
         on_progress: Callable[[Progress], None] = lambda _: None,
+        wait_seconds: float | None = None,
     ) -> ReceiptSummary:
         """Send ``chunks`` to ``partner_id`` under passport ``token``; return the receipt.
 
         ``total_size`` binds: the data must be exactly that long (None: not known ahead).
+        ``wait_seconds``: how long an outage of the partner (unreachable, busy) may last
+        before the send gives up, retrying with backoff meanwhile and resuming where the
+        partner stands (None: ``limits.partner_wait_seconds``; 0: give up at once).
         """
         config = self._config
         partner = config.partner(partner_id)
         passport = self._check_passport(config, partner, token)
+        wait = config.limits.partner_wait_seconds if wait_seconds is None else wait_seconds
+        retry = _Retry(passport.claims.jti, partner.id, Patience(wait, self._timer), on_progress)
         with self._sending(passport.claims.jti):
-            return self._send(partner, passport, chunks, total_size, on_progress)
+            return self._send(partner, passport, chunks, total_size, on_progress, retry)
 
     def _check_passport(
         self, config: GatewayConfig, partner: PartnerConfig, token: str
@@ -212,6 +227,7 @@ class Sender:
         chunks: Iterable[bytes],
         total_size: int | None,
         on_progress: Callable[[Progress], None],
+        retry: _Retry,
     ) -> ReceiptSummary:
         claims = passport.claims
         transfer_id = claims.jti
@@ -228,19 +244,21 @@ class Sender:
             )
         if row is not None and row.partner != partner.id:
             raise PassportReplayError(f"transfer {transfer_id} is in use for {row.partner}")
+        if row is not None and row.state.ended:
+            refuse_final(row)  # xbgw cancel or expiry: its data key is gone
         if row is None:
-            row, data_key = self._prepare(partner, passport)
+            row, data_key = self._prepare(partner, passport, retry)
         else:  # resuming: the data key survives only re-wrapped to our storage key
             data_key = envelope.open_header(
                 envelope.Header.decode(row.stored_header), self.me, self._keys
             )
         try:
-            offer = self._offer(partner, passport, row)
+            offer = self._offer_retried(partner, passport, row, retry)
         except PartnerError as exc:
             if not self._reseal_allowed(exc, partner, transfer_id):
                 raise
-            row, data_key = self._prepare(partner, passport)
-            offer = self._offer(partner, passport, row)
+            row, data_key = self._prepare(partner, passport, retry)
+            offer = self._offer_retried(partner, passport, row, retry)
         sent_header = envelope.Header.decode(row.sent_header)
         total = total_size or 0
         on_progress(Progress("accepted", transfer_id, offer.received_bytes, total))
@@ -261,23 +279,17 @@ class Sender:
         )
         held = chunks if total_size is None else _held_to(chunks, total_size, transfer_id)
         pipeline.start(envelope.cut_segments(held, sent_header.segment_size))
-        segments = pipeline.segments()
         if offer.committed:
             # Delivered before, receipt lost: re-read the source for the manifest only.
-            for _ in segments:
+            for _ in pipeline.segments():
                 pass
         else:
-            # The partner may hold every segment already (the stream or the manifest broke
-            # after the final one): then there is nothing to upload -- an empty upload is
-            # refused -- and the manifest alone finishes the transfer.
-            first = next(segments, None)
-            if first is not None:
-                try:
-                    self._link.upload(partner, itertools.chain([first], segments))
-                except BaseException:
-                    pipeline.abandon()
-                    pipeline.raise_failure()  # the source's failure explains more, if any
-                    raise
+            try:
+                self._upload(partner, passport, row, pipeline, offer.next_segment, retry, total)
+            except BaseException:
+                pipeline.abandon()
+                pipeline.raise_failure()  # the source's failure explains more, if any
+                raise
         pipeline.raise_failure()
         manifest = Manifest(
             transfer_id=transfer_id,
@@ -295,13 +307,56 @@ class Sender:
                 f"{claims.sub[:16]}..., sent {manifest.plaintext_sha256.hex()[:16]}...); "
                 "nothing was committed"
             )
-        return self._finish(partner, manifest)
+        retry.progressed()  # the data has crossed: the manifest gets the whole wait
+        return self._finish(partner, manifest, retry)
+
+    def _upload(
+        self,
+        partner: PartnerConfig,
+        passport: VerifiedPassport,
+        row: Outbound,
+        pipeline: Pipeline,
+        start: int,
+        retry: _Retry,
+        total: int,
+    ) -> None:
+        """Upload from segment ``start``; a stream cut or refused as busy is offered again
+        after a pause and continues from where the partner then stands (the segments in
+        flight are replayed from memory), until the wait runs out.
+
+        The partner may hold every segment already (the stream or the manifest broke after
+        the final one): then there is nothing to upload -- an empty upload is refused -- and
+        the manifest alone finishes the transfer."""
+        replay = SegmentReplay(pipeline.segments())
+        while True:
+            try:
+                segments = replay.attempt(start)
+            except ReplayLostError as exc:
+                raise PartnerError(
+                    f"partner {partner.id} lost part of transfer {row.transfer_id} in the "
+                    f"outage ({exc}): send the same data with the same passport again to "
+                    "resume",
+                    "ABORTED",
+                ) from None
+            first = next(segments, None)
+            if first is None:
+                return
+            try:
+                self._link.upload(partner, itertools.chain([first], segments))
+                return
+            except PartnerError as exc:
+                retry.pause_or_raise(exc)
+            offer = self._offer_retried(partner, passport, row, retry)
+            if offer.next_segment > start:
+                retry.progressed()
+            start = offer.next_segment
+            retry.report(Progress("accepted", row.transfer_id, offer.received_bytes, total))
 
     def _prepare(
-        self, partner: PartnerConfig, passport: VerifiedPassport
+        self, partner: PartnerConfig, passport: VerifiedPassport, retry: _Retry
     ) -> tuple[Outbound, bytes]:
         transfer_id, passport_digest = passport.claims.jti, passport.digest
-        key_set = self._key_set(partner)
+        key_set = retry.call(lambda: self._key_set(partner))
         context = envelope.StreamContext(transfer_id, self.me, partner.id, passport_digest)
         header, data_key = envelope.seal_header(
             context,
@@ -323,6 +378,7 @@ class Sender:
                 sent_header=header.encode(),
                 stored_header=stored.encode(),
                 count=count,
+                expires_at=passport.claims.exp,
             )
         return row, data_key
 
@@ -345,6 +401,11 @@ class Sender:
                 self._ledger.discard_unsent_outbound(row.transfer_id)
             raise
 
+    def _offer_retried(
+        self, partner: PartnerConfig, passport: VerifiedPassport, row: Outbound, retry: _Retry
+    ) -> OfferResult:
+        return retry.call(lambda: self._offer(partner, passport, row))
+
     def _reseal_allowed(
         self, error: PartnerError, partner: PartnerConfig, transfer_id: str
     ) -> bool:
@@ -363,11 +424,13 @@ class Sender:
         )
         return True
 
-    def _finish(self, partner: PartnerConfig, manifest: Manifest) -> ReceiptSummary:
+    def _finish(self, partner: PartnerConfig, manifest: Manifest, retry: _Retry) -> ReceiptSummary:
         signed = sign_manifest(
             self._keys, KeyRef(self.me, Purpose.SIGNING, self._ring.signing), manifest
         )
-        finished = self._link.finish(partner, manifest.transfer_id, signed)
+        # Retried like every call: the partner holds the data, and Finish is idempotent (a
+        # commit whose reply was lost answers again with the same receipt).
+        finished = retry.call(lambda: self._link.finish(partner, manifest.transfer_id, signed))
         receipt_blob = finished.receipt
         # Under the partner's key history; a version not learnt yet, or a signature that does
         # not verify, fetches its key set once before the receipt is refused.
@@ -462,6 +525,54 @@ class Sender:
             )
             return None
         return proof
+
+
+class _Retry:
+    """One send's retries: which failures are worth a pause (``transfer.transient``), and
+    each pause told to the caller and logged."""
+
+    def __init__(
+        self,
+        transfer_id: str,
+        partner: str,
+        patience: Patience,
+        report: Callable[[Progress], None],
+    ) -> None:
+        self._transfer_id = transfer_id
+        self._partner = partner
+        self._patience = patience
+        self.report = report
+
+    def call(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, again after a pause while it fails transiently and the wait lasts."""
+        while True:
+            try:
+                return attempt()
+            except PartnerError as exc:
+                self.pause_or_raise(exc)
+
+    def pause_or_raise(self, error: PartnerError) -> None:
+        """Pause before the next attempt; raise ``error`` if it is final or the wait is spent."""
+        if not transient(error) or not self._patience.pause(str(error), self._waiting):
+            raise error
+
+    def progressed(self) -> None:
+        self._patience.progressed()
+
+    def _waiting(self, waiting: Waiting) -> None:
+        log.info(
+            "partner unreachable or busy; retrying in %.1fs (waited %.0fs of %.0fs): %s",
+            waiting.retry_in,
+            waiting.waited,
+            waiting.wait,
+            waiting.reason,
+            extra={
+                "transfer_id": self._transfer_id,
+                "partner": self._partner,
+                "outcome": "waiting",
+            },
+        )
+        self.report(Progress("waiting", self._transfer_id, 0, 0, waiting))
 
 
 def _held_to(chunks: Iterable[bytes], size: int, transfer_id: str) -> Iterator[bytes]:

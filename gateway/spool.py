@@ -39,12 +39,13 @@ def check_transfer_id(transfer_id: str) -> str:
 
 
 @contextmanager
-def _storing() -> Iterator[None]:
-    """An OSError while writing the spool: the transfer's durable data stays; resume later."""
+def _storing(where: Path) -> Iterator[None]:
+    """An OSError while writing the spool: the transfer's durable data stays; resume later.
+    ``where`` (the spool directory) is named if its file system is full."""
     try:
         yield
     except OSError as exc:
-        raise StorageError.from_exception(exc) from None
+        raise StorageError.from_exception(exc, where) from None
 
 
 @contextmanager
@@ -75,32 +76,67 @@ def _fsync_dir(path: Path) -> None:
 class PartialFile:
     """Append-only writer for one incoming transfer."""
 
-    def __init__(self, path: Path, handle: BinaryIO) -> None:  # BinaryIO: "wb" or "r+b"
+    def __init__(self, path: Path, handle: BinaryIO, length: int) -> None:
         self.path = path
-        self._handle = handle
+        self._handle = handle  # BinaryIO: "wb" or "r+b", positioned at ``length``
+        self._spool = path.parent.parent
+        #: The file's length up to the end of the last append that succeeded: those bytes
+        #: are in the file, none in a buffer (each append is flushed).
+        self.length = length
+        self._synced = length
 
     def append(self, data: bytes) -> None:
-        with _storing():
+        with _storing(self._spool):
             self._handle.write(data)
+            self._handle.flush()
+        self.length += len(data)
 
     def sync(self) -> None:
-        """Make everything appended so far durable (before the ledger moves the resume point)."""
-        with _storing():
-            self._handle.flush()
-            os.fdatasync(self._handle.fileno())
+        """Make everything appended so far durable (before the ledger moves the resume point).
+
+        When the disk is full, the last append's bytes may still sit in the buffer (or be
+        torn in the file): if every earlier append reached the file, those are made durable
+        all the same -- what verified before the disk filled is kept (the torn tail is cut
+        off on the next upload, at the resume point)."""
+        length = self.length
+        try:
+            with _storing(self._spool):
+                self._handle.flush()
+                os.fdatasync(self._handle.fileno())
+        except StorageError:
+            if not self._written(length):
+                raise
+            with _storing(self._spool):
+                os.fdatasync(self._handle.fileno())
+        self._synced = length
+
+    def _written(self, length: int) -> bool:
+        """Whether the file holds ``length`` bytes at least (written past the buffer)."""
+        try:
+            return os.fstat(self._handle.fileno()).st_size >= length
+        except (OSError, ValueError):
+            return False
 
     def close(self) -> None:
-        with _storing():
-            self._handle.close()
+        """Close (the descriptor is released even if the last buffered write fails). A
+        full disk is not an error here once every good append is durable: the bytes that
+        could not be written were never counted."""
+        try:
+            with _storing(self._spool):
+                self._handle.close()
+        except StorageError:
+            if self._synced < self.length:
+                raise
 
 
 class Spool:
     """The spool directory of one gateway."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.incoming = root / "incoming"
         self.inbox = root / "inbox"
-        with _storing():
+        with _storing(root):
             for directory in (root, self.incoming, self.inbox):
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -112,7 +148,7 @@ class Spool:
 
     def open_partial(self, transfer_id: str, header: bytes, durable_length: int) -> PartialFile:
         """Open for appending at ``durable_length`` (the header's length for a new transfer)."""
-        with _storing():
+        with _storing(self.root):
             return self._open_partial(transfer_id, header, durable_length)
 
     def _open_partial(self, transfer_id: str, header: bytes, durable_length: int) -> PartialFile:
@@ -131,7 +167,7 @@ class Spool:
                     f"the partial data of transfer {transfer_id} was lost (crash?); "
                     "offer it again to restart from segment 0"
                 )
-            return PartialFile(path, created)
+            return PartialFile(path, created, durable_length)
         handle: BinaryIO = path.open("r+b")
         size = os.fstat(handle.fileno()).st_size
         if durable_length == len(header) or size < durable_length:
@@ -140,7 +176,7 @@ class Spool:
             handle.truncate(0)
             handle.write(header)
             if durable_length == len(header):
-                return PartialFile(path, handle)
+                return PartialFile(path, handle, durable_length)
             handle.close()
             raise PartialLostError(
                 f"the partial data of transfer {transfer_id} holds {size} bytes, fewer than "
@@ -148,11 +184,11 @@ class Spool:
             )
         handle.truncate(durable_length)
         handle.seek(durable_length)
-        return PartialFile(path, handle)
+        return PartialFile(path, handle, durable_length)
 
     def holds(self, transfer_id: str) -> bool:
         """Whether anything is held of a transfer being finished (see :meth:`read_held`)."""
-        with _storing():
+        with _storing(self.root):
             return (
                 self.partial_path(transfer_id).exists() or self.committed_path(transfer_id).exists()
             )
@@ -165,7 +201,7 @@ class Spool:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StorageError.from_exception(exc) from None
+            raise StorageError.from_exception(exc, self.root) from None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def read_held(self, transfer_id: str) -> BinaryIO:
@@ -185,19 +221,19 @@ class Spool:
         """
         source = self.partial_path(transfer_id)
         target = self.committed_path(transfer_id)
-        with _storing():
+        with _storing(self.root):
             if not source.exists() and target.exists():
                 return target
         with _reading(transfer_id), source.open("rb") as handle:
             os.fsync(handle.fileno())
-        with _storing():
+        with _storing(self.root):
             os.replace(source, target)
             _fsync_dir(self.inbox)  # the new name is durable; the old one may linger, harmlessly
         return target
 
     def discard(self, transfer_id: str) -> None:
         """Remove a refused transfer's partial data."""
-        with _storing():
+        with _storing(self.root):
             self.partial_path(transfer_id).unlink(missing_ok=True)
 
     def open_committed(self, transfer_id: str) -> BinaryIO:

@@ -15,6 +15,7 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from gateway import files
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.errors import ConfigError, PeerNotAuthorizedError
 
@@ -56,7 +57,7 @@ def _certificate_configuration(
     if not roots:
         raise ConfigError(f"{config.path}: partners: at least one partner CA is needed for mTLS")
     return grpc.ssl_server_certificate_configuration(
-        [(key_pem, config.tls.certificate.read_bytes())], root_certificates=roots
+        [(key_pem, _certificate_chain(config))], root_certificates=roots
     )
 
 
@@ -66,8 +67,16 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(
         root_certificates=partner.ca_pem,
         private_key=key_pem,
-        certificate_chain=config.tls.certificate.read_bytes(),
+        certificate_chain=_certificate_chain(config),
     )
+
+
+def _certificate_chain(config: GatewayConfig) -> bytes:
+    """``tls.certificate``, read bounded (a FIFO or device there must not hang a reload)."""
+    try:
+        return files.read_bounded(config.tls.certificate, files.PEM_MAX)
+    except files.FileError as exc:
+        raise ConfigError(f"{config.path}: tls.certificate: {exc}") from None
 
 
 def peer_partner(config: GatewayConfig, context: grpc.ServicerContext) -> PartnerConfig:

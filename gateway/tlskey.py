@@ -66,7 +66,6 @@ import hmac
 import logging
 import os
 import secrets
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +82,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from gateway import files
 from gateway.errors import (
     ConfigError,
     KeyNotFoundError,
@@ -367,29 +367,19 @@ def read_tls_key_file(path: Path, source: str | None = None) -> bytes:
     """
     where = source or str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        return files.read_bounded(path, MAX_KEY_FILE_LEN)
+    except files.FileMissingError:
         raise TlsKeyError(f"{where}: the file does not exist") from None
-    except PermissionError:
+    except files.FileDeniedError:
         raise TlsKeyError(f"{where}: cannot read it: permission denied") from None
-    except OSError as exc:
-        raise TlsKeyError(f"{where}: cannot read it: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TlsKeyError(f"{where}: not a regular file")
-        chunks, size = [], 0
-        while size <= MAX_KEY_FILE_LEN and (chunk := os.read(fd, MAX_KEY_FILE_LEN + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise TlsKeyError(f"{where}: cannot read it: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_KEY_FILE_LEN:
+    except files.NotRegularFileError as exc:
+        raise TlsKeyError(f"{where}: not a regular file ({exc.kind})") from None
+    except files.FileTooLargeError:
         raise TlsKeyFormatError(
             f"{where}: larger than {MAX_KEY_FILE_LEN} bytes: not a TLS private key file"
-        )
-    return b"".join(chunks)
+        ) from None
+    except files.FileError as exc:
+        raise TlsKeyError(f"{where}: cannot read it: {exc.why}") from None
 
 
 def storage_version_of_tls_key(path: Path) -> int | None:
@@ -615,6 +605,6 @@ def load_tls_private_key(
 
 def _read_certificate(path: Path) -> bytes:
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"tls.certificate {path}: cannot read it: {exc.strerror}") from None
+        return files.read_bounded(path, files.PEM_MAX)
+    except files.FileError as exc:
+        raise ConfigError(f"tls.certificate: {exc}") from None

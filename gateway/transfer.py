@@ -17,7 +17,7 @@ from typing import Protocol
 
 from gateway.config import PartnerConfig
 from gateway.envelope import KeyHolder
-from gateway.errors import FETCH_A_FRESH_KEY_SET, PartnerError
+from gateway.errors import FETCH_A_FRESH_KEY_SET, STORAGE_FULL, PartnerError
 from gateway.keys import HasVersions
 from gateway.signed import DigestSigner, Signed
 
@@ -36,6 +36,13 @@ class TransferState(StrEnum):
     REFUSED = "refused"  # receiver: refused for good (byte limit, manifest); passport spent
     SENDING = "sending"  # sender: in progress or resumable
     DELIVERED = "delivered"  # sender: the partner's receipt verified and recorded
+    CANCELLED = "cancelled"  # either side: an operator gave it up (xbgw cancel); final
+    EXPIRED = "expired"  # either side: unfinished past its passport's exp + retention grace
+
+    @property
+    def ended(self) -> bool:
+        """Cancelled or expired: final, its data gone; nothing more is sent or taken for it."""
+        return self in (TransferState.CANCELLED, TransferState.EXPIRED)
 
 
 class SegmentIn:
@@ -123,6 +130,11 @@ class PartnerLink(Protocol):
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus: ...
 
+    def cancel(self, partner: PartnerConfig, transfer_id: str, reason: str) -> TransferState:
+        """Tell the partner we gave the transfer up; the state it holds it in afterwards
+        (CANCELLED, or EXPIRED or REFUSED if it had ended before)."""
+        ...
+
 
 # What each call is called in messages to the operator ("partner X refused the offer ...").
 CALL_NAMES = {
@@ -131,11 +143,17 @@ CALL_NAMES = {
     "upload": "the upload",
     "finish": "the manifest",
     "status": "the status request",
+    "cancel": "the cancel",
 }
 
 
 def refused_by(partner: str, call: str, status: str, details: str) -> PartnerError:
-    """The one wording of "the partner said no" for every link (status: a gRPC code name)."""
+    """The one wording of "the partner said no" for every link (status: a gRPC code name).
+    The partner's "this gateway's storage is full: ..." reads "partner X's storage is full:
+    ..." here: said by us, "this gateway" would blame the wrong side."""
+    if status == "RESOURCE_EXHAUSTED" and details.startswith(STORAGE_FULL):
+        whose = f"partner {partner}'s storage is full"
+        return PartnerError(f"{whose}{details[len(STORAGE_FULL) :]}", status)
     return PartnerError(
         f"partner {partner} refused {CALL_NAMES[call]} ({status}): {details}", status
     )
@@ -159,3 +177,30 @@ def stale_transport_key(error: PartnerError) -> bool:
 def unreachable(partner: str, call: str, details: str) -> PartnerError:
     """The one wording of "the partner could not be reached" for every link."""
     return PartnerError(f"partner {partner} is unreachable during {CALL_NAMES[call]}: {details}")
+
+
+# --- what is worth waiting for --------------------------------------------------------------
+
+#: Statuses that say nothing was decided: the partner could not be reached, or did not answer
+#: in time. Every partner call is safe to repeat (a new offer answers where to resume; Finish
+#: is idempotent), so these are retried within the send's wait.
+TRANSIENT_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+#: The words of the partner's two "busy, come back shortly" refusals, as they reach us: too
+#: many requests from this gateway in flight (``PartnerBusyError``, RESOURCE_EXHAUSTED), and
+#: its one-writer guard while an older stream of the same transfer still runs there after a
+#: reconnect (``TransferConflictError`` from the receiver's ``busy``, FAILED_PRECONDITION).
+#: Any other refusal with these statuses (a byte limit, a full disk, a conflict) is final.
+BUSY_WORDS = {
+    "RESOURCE_EXHAUSTED": " requests in flight, its limit ",
+    "FAILED_PRECONDITION": " is busy on another stream; ",
+}
+
+
+def transient(error: PartnerError) -> bool:
+    """True if ``error`` may go away by itself -- unreachable, timed out, or busy -- so the
+    same call is worth making again after a pause; False for a refusal (never retried)."""
+    if error.grpc_status in TRANSIENT_STATUSES:
+        return True
+    words = BUSY_WORDS.get(error.grpc_status)
+    return words is not None and words in str(error)

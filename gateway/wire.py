@@ -16,6 +16,8 @@ _TO_WIRE: dict[TransferState, common_pb2.TransferState] = {
     TransferState.REFUSED: common_pb2.TRANSFER_STATE_REFUSED,
     TransferState.SENDING: common_pb2.TRANSFER_STATE_SENDING,
     TransferState.DELIVERED: common_pb2.TRANSFER_STATE_DELIVERED,
+    TransferState.CANCELLED: common_pb2.TRANSFER_STATE_CANCELLED,
+    TransferState.EXPIRED: common_pb2.TRANSFER_STATE_EXPIRED,
 }
 _FROM_WIRE: dict[int, TransferState] = {int(wire): state for state, wire in _TO_WIRE.items()}
 

@@ -47,6 +47,7 @@ from gateway.transfer import (
     FinishResult,
     OfferResult,
     SegmentIn,
+    TransferState,
     TransferStatus,
     UploadResult,
     refused_by,
@@ -122,6 +123,12 @@ class LoopbackLink:
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:
         result = self._call(partner, "status", lambda r, p: r.status(p, transfer_id))
         assert isinstance(result, TransferStatus)
+        return result
+
+    def cancel(self, partner: PartnerConfig, transfer_id: str, reason: str) -> TransferState:
+        act = lambda r, p: r.ends().cancel(transfer_id, reason, p)  # noqa: E731
+        result = self._call(partner, "cancel", act)
+        assert isinstance(result, TransferState)
         return result
 
 
@@ -262,7 +269,8 @@ def make_loopback(
 
     ``compliance``: a gateway's ``compliance:`` section by its id (default: the default one).
     """
-    limits = limits or Limits(segment_size=SEGMENT)
+    # No waiting for the partner unless a test asks: a cut or refusal fails the send at once.
+    limits = limits or Limits(segment_size=SEGMENT, partner_wait_seconds=0)
     now = [float(int(time.time()))]
     clock = lambda: now[0]  # noqa: E731 - one shared, movable clock
     issuer = SoftwareHsm()

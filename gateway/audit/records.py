@@ -42,6 +42,16 @@ KINDS: Final[Mapping[str, tuple[str, ...]]] = {
         "receipt_key",
     ),
     "transfer.refused": ("transfer_id", "partner", "error"),
+    "inbox.acknowledged": ("transfer_id",),
+    # cause: "operator" (xbgw inbox delete) or the retention rule ("fetched", "acknowledged",
+    # "unfetched"); the ledger row and its receipt stay
+    "inbox.deleted": ("transfer_id", "cause"),
+    # either side (direction "in" or "out"); "by": the gateway whose operator cancelled it.
+    # The operator's words stay in the ledger: the record holds their SHA-256 only (free text
+    # may name people, and a partner fills it for a cancel of its own transfer).
+    "transfer.cancelled": ("transfer_id", "partner", "direction", "by", "reason_sha256"),
+    # unfinished past its passport's exp ("passport_exp", 0: not known) + retention grace
+    "transfer.expired": ("transfer_id", "partner", "direction", "passport_exp"),
     # the sending side
     "transfer.delivered": (
         "transfer_id",

@@ -372,7 +372,17 @@ def _verb_module(name: str) -> ModuleType:
         from gateway.cli import witness
 
         return witness
+    if name == "transfers":
+        from gateway.cli import transfers
+
+        return transfers
     raise ValueError(f"no verb module {name!r}")
+
+
+def _page_size(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"a page size is 1-1000, not {text!r}")
+    return int(text)
 
 
 def _purpose(text: str) -> str:
@@ -439,10 +449,37 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     send.add_argument("--to", required=True, help="partner gateway id")
     send.add_argument("--passport", required=True, help="the passport token or a file holding it")
     send.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    send.add_argument(
+        "--wait",
+        type=lambda text: int(text) if text.strip().isdigit() else parse_duration(text),
+        metavar="DURATION",
+        help="how long to wait for a partner that is unreachable or busy, retrying and "
+        "resuming by itself (e.g. 60s, 10m; 0: fail at once; default: the gateway's "
+        "limits.partner_wait_seconds)",
+    )
     send.set_defaults(func=_lazy("daemon", "cmd_send"))
 
-    inbox = client("inbox", "list committed inbound transfers")
-    inbox.set_defaults(func=_lazy("daemon", "cmd_inbox"))
+    inbox = client(
+        "inbox", "list committed inbound transfers (every page); acknowledge or delete items"
+    )
+    inbox.add_argument("--pending", action="store_true", help="only items not acknowledged")
+    inbox.add_argument("--page-size", type=_page_size, help="items per request (default 100)")
+    inbox.set_defaults(func=_lazy("transfers", "cmd_inbox"))
+    inbox_actions = inbox.add_subparsers(dest="inbox_verb", metavar="ACTION")
+    for name, help_text in (
+        ("ack", "acknowledge items: their data goes retention.acknowledged later"),
+        ("delete", "remove items' data now (the record and receipt stay)"),
+    ):
+        action = inbox_actions.add_parser(name, help=help_text)
+        where = action.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", default=argparse.SUPPRESS, help="gateway YAML")
+        where.add_argument("--socket", default=argparse.SUPPRESS, help="local socket")
+        action.add_argument("transfer_ids", nargs="+", metavar="ID")
+
+    cancel = client("cancel", "cancel an unfinished transfer, sent or received (audited)")
+    cancel.add_argument("transfer_id", metavar="ID")
+    cancel.add_argument("--reason", default="", help="kept in the ledger; shown to the partner")
+    cancel.set_defaults(func=_lazy("transfers", "cmd_cancel"))
 
     fetch = client("fetch", "write a received transfer's plaintext to a file")
     fetch.add_argument("transfer_id")
@@ -450,7 +487,9 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     fetch.set_defaults(func=_lazy("daemon", "cmd_fetch"))
 
     status = client("status", "gateway identity and recent transfers")
-    status.set_defaults(func=_lazy("daemon", "cmd_status"))
+    status.add_argument("--all", action="store_true", help="every transfer, page after page")
+    status.add_argument("--page-size", type=_page_size, help="transfers per request (default 100)")
+    status.set_defaults(func=_lazy("transfers", "cmd_status"))
 
 
 def _add_policy_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,13 +20,14 @@ import grpc
 
 from gateway._proto.xbgw.v1 import local_pb2
 from gateway.cli.common import read_token
+from gateway.cli.local_socket import connect
 from gateway.cli.local_socket import rpc_error as _rpc_error
 from gateway.cli.local_socket import socket_path as _socket_path
 from gateway.cli.local_socket import stub as _stub
 from gateway.errors import PartnerError, UsageError
-from gateway.wire import state_from_wire
 
 READ_CHUNK = 1 << 20
+MAX_WAIT_SECONDS = 7 * 86_400  # limits.partner_wait_seconds allows no more
 
 
 class ProgressBar:
@@ -83,38 +84,39 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace, src: BinaryIO, size: int) -> int:
     token = read_token(args.passport)
+    start = local_pb2.SendStart(partner=args.to, passport=token, size=size)
+    if args.wait is not None:
+        if args.wait > MAX_WAIT_SECONDS:
+            raise UsageError(f"--wait {args.wait}s is longer than 7 days")
+        start.wait_seconds = args.wait
 
     def requests() -> Iterator[local_pb2.SendRequest]:
-        yield local_pb2.SendRequest(
-            start=local_pb2.SendStart(partner=args.to, passport=token, size=size)
-        )
+        yield local_pb2.SendRequest(start=start)
         while block := src.read(READ_CHUNK):
             yield local_pb2.SendRequest(data=block)
 
-    channel, stub = _stub(args)
     bar = ProgressBar(size, sys.stderr) if not args.quiet else None
     summary = None
-    try:
-        for event in stub.Send(requests()):
-            kind = event.WhichOneof("kind")
-            if kind == "accepted" and event.accepted.resume_from and not args.quiet:
-                print(
-                    f"resuming {event.accepted.transfer_id}: partner holds "
-                    f"{event.accepted.resume_from} bytes",
-                    file=sys.stderr,
-                )
-            elif kind == "progress" and bar is not None:
-                bar.update(event.progress.bytes_sent)
-            elif kind == "done":
-                summary = event.done
-    except grpc.RpcError as exc:
-        if bar is not None:
-            bar.close()
-        raise _rpc_error(exc, _socket_path(args)) from None
-    finally:
-        channel.close()
-    if bar is not None:
-        bar.close()
+    with connect(args) as stub:
+        # The call is ended here, on every path, not left to the garbage collector: a call
+        # still open at interpreter shutdown can hang the exit in grpc's own finaliser.
+        call = stub.Send(requests())
+        try:
+            for event in call:
+                kind = event.WhichOneof("kind")
+                if kind == "progress" and bar is not None:
+                    bar.update(event.progress.bytes_sent)
+                elif kind == "done":
+                    summary = event.done
+                elif not args.quiet and (note := _event_note(event)) is not None:
+                    _show(note, bar)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, _socket_path(args)) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the call ended
+            del call
+            if bar is not None:
+                bar.close()
     if summary is None:
         raise PartnerError("the gateway ended the transfer without a receipt")
     committed = datetime.datetime.fromtimestamp(summary.committed_at, datetime.UTC)
@@ -126,25 +128,30 @@ def _send(args: argparse.Namespace, src: BinaryIO, size: int) -> int:
     return 0
 
 
-def cmd_inbox(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    try:
-        items = stub.ListInbox(local_pb2.ListInboxRequest(), timeout=30).items
-    except grpc.RpcError as exc:
-        raise _rpc_error(exc, _socket_path(args)) from None
-    finally:
-        channel.close()
-    if not items:
-        print("inbox is empty")
-        return 0
-    print(f"{'TRANSFER':<34} {'FROM':<12} {'SIZE':>14} {'CLASS':<10} {'COMMITTED':<20} SHA-256")
-    for item in items:
-        when = datetime.datetime.fromtimestamp(item.committed_at, datetime.UTC)
-        print(
-            f"{item.transfer_id:<34} {item.sender:<12} {item.size:>14} {item.classification:<10} "
-            f"{when:%Y-%m-%d %H:%M:%SZ}  {item.plaintext_sha256[:16]}…"
+def _event_note(event: local_pb2.SendEvent) -> str | None:
+    """The line a send event is worth on stderr (None: shown otherwise, or not at all)."""
+    kind = event.WhichOneof("kind")
+    if kind == "accepted" and event.accepted.resume_from:
+        return (
+            f"resuming {event.accepted.transfer_id}: partner holds "
+            f"{event.accepted.resume_from} bytes"
         )
-    return 0
+    if kind == "queued":
+        return f"queued: position {event.queued.position}, {event.queued.running} sends running"
+    if kind == "waiting":
+        waiting = event.waiting
+        return (
+            f"{waiting.reason}; retrying in {waiting.retry_in_ms / 1000:.1f}s, waited "
+            f"{waiting.waited_seconds}s of {waiting.wait_seconds}s"
+        )
+    return None
+
+
+def _show(note: str, bar: ProgressBar | None) -> None:
+    """A line on stderr; over the bar's line on a terminal (the bar redraws on its next
+    update)."""
+    prefix = "\r\x1b[K" if bar is not None and bar.tty else ""
+    print(f"{prefix}{note}", file=sys.stderr, flush=True)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -168,23 +175,4 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
         channel.close()
     print(f"fetched {args.transfer_id}: {written} bytes to {target}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    try:
-        status = stub.Status(local_pb2.StatusRequest(), timeout=10)
-    except grpc.RpcError as exc:
-        raise _rpc_error(exc, _socket_path(args)) from None
-    finally:
-        channel.close()
-    up = int(time.time()) - status.started_at
-    print(f"gateway   {status.gateway_id} ({status.jurisdiction}), xbgw {status.version}, up {up}s")
-    print(f"partners  {', '.join(status.partners) or 'none'}")
-    for t in status.transfers:
-        known = state_from_wire(t.state)
-        state = known.value if known is not None else "?"
-        arrow = "<-" if t.direction == "in" else "->"
-        print(f"  {t.transfer_id:<34} {arrow} {t.partner:<12} {state:<10} {t.bytes} bytes")
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 
@@ -49,6 +51,18 @@ def stub(args: argparse.Namespace) -> tuple[grpc.Channel, local_pb2_grpc.LocalGa
         ],
     )
     return channel, local_pb2_grpc.LocalGatewayStub(channel)
+
+
+@contextmanager
+def connect(args: argparse.Namespace) -> Iterator[local_pb2_grpc.LocalGatewayStub]:
+    """A stub whose channel is closed when the block ends, however it ends: the CLI exits
+    right after, and a channel left to the garbage collector at interpreter shutdown can
+    hang the exit."""
+    channel, gateway_stub = stub(args)
+    try:
+        yield gateway_stub
+    finally:
+        channel.close()
 
 
 def rpc_error(exc: grpc.RpcError, socket: str) -> XbgwError:

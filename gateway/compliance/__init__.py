@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from gateway import files
 from gateway.compliance.engine import (
     OPERATORS,
     AllOf,
@@ -126,24 +127,40 @@ def _read(table: str | Path, problems: list[str]) -> tuple[str, Any] | None:
         )
     else:
         label = str(table)
-        try:
-            text = Path(table).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            problems.append(f"{label}: cannot read the rule table: {reason}")
+        try:  # bounded, regular files only: a FIFO must not hang a start or a reload
+            text = files.read_bounded(Path(table), files.YAML_MAX).decode("utf-8")
+        except files.FileError as exc:
+            problems.append(f"{label}: cannot read the rule table: {exc.why}")
             return None
-    loader = _StrictLoader(text)
+        except UnicodeDecodeError:
+            problems.append(f"{label}: cannot read the rule table: not UTF-8 text")
+            return None
+    loader: _StrictLoader | None = None
     try:
+        loader = _StrictLoader(text)  # refuses a control character already
         doc = loader.get_single_data()
+        duplicates = loader.duplicates
     except (yaml.YAMLError, ValueError) as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problems.append(f"{label}: {at}invalid YAML: {getattr(exc, 'problem', None) or exc}")
+        reason = getattr(exc, "problem", None) or _reader_problem(exc) or exc
+        problems.append(f"{label}: {at}invalid YAML: {reason}")
+        return None
+    except RecursionError:
+        problems.append(f"{label}: invalid YAML: nested too deeply")
         return None
     finally:
-        loader.dispose()
-    problems.extend(f"{label}: {duplicate}" for duplicate in loader.duplicates)
+        if loader is not None:
+            loader.dispose()
+    problems.extend(f"{label}: {duplicate}" for duplicate in duplicates)
     return label, doc
+
+
+def _reader_problem(exc: Exception) -> str | None:
+    """PyYAML's refusal of a control character, without its "in <unicode string>" tail."""
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        return f"control character U+{exc.character:04X} at offset {exc.position}"
+    return None
 
 
 def load_tables(

@@ -32,6 +32,7 @@ from gateway.keys import KeyState, Purpose
 from gateway.ledger import Ledger
 from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier
+from gateway.receiver.cancel import Ends
 from gateway.receiver.context import Context
 from gateway.receiver.finish import finish as _finish
 from gateway.receiver.offer import Offers
@@ -147,6 +148,10 @@ class Receiver:
             received_bytes=row.received_bytes,
             receipt=row.receipt,
         )
+
+    def ends(self) -> Ends:
+        """Cancel, expiry and data deletion of inbound transfers (``receiver.cancel``)."""
+        return Ends(self._ctx)
 
     def key_set(self) -> EndorsedKeySet:
         """Our key set (see ``documents``): the transport and signing keys in service with

@@ -17,6 +17,7 @@ from gateway.audit.records import AuditRecord
 from gateway.config import PartnerConfig
 from gateway.documents import Manifest, Receipt, read_manifest, read_own_receipt, sign_receipt
 from gateway.errors import ManifestError, TransferConflictError
+from gateway.receiver.cancel import refuse_ended
 from gateway.receiver.context import Context
 from gateway.receiver.upload import held_hash
 from gateway.signed import Signed
@@ -43,6 +44,7 @@ def finish(
             if read_own_receipt(row.receipt, ctx.me).manifest_digest != signed_manifest.digest:
                 raise ManifestError(f"transfer {transfer_id} was committed with another manifest")
             return row.receipt
+        refuse_ended(row)
         if row.state is not TransferState.RECEIVING:
             raise TransferConflictError(f"transfer {transfer_id} is {row.state}")
         if not row.final_received:

@@ -33,6 +33,7 @@ from gateway.errors import (
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Count, Inbound
 from gateway.passport import PassportVerifier, VerifiedPassport
+from gateway.receiver.cancel import refuse_ended
 from gateway.receiver.context import Context
 from gateway.spool import check_transfer_id
 from gateway.transfer import OfferResult, TransferState
@@ -243,6 +244,7 @@ def _resume(row: Inbound, peer: PartnerConfig, offered_digest: bytes) -> OfferRe
         # Say no more than that: another partner's transfer, its outcome and its refusal
         # reason are none of this partner's business.
         raise PassportReplayError(f"passport {row.transfer_id} was already used")
+    refuse_ended(row)
     same_offer = row.offered_header_digest == offered_digest
     if row.state is TransferState.COMMITTED and same_offer:
         # The sender lost our receipt (crash before it arrived): let it ask again.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Iterable
 
 from gateway import envelope
@@ -23,11 +24,15 @@ from gateway.errors import (
     TrailingDataError,
     TransferConflictError,
     TruncatedStreamError,
+    XbgwError,
 )
 from gateway.ledger import Inbound
+from gateway.receiver.cancel import refuse_ended
 from gateway.receiver.context import Context
 from gateway.receiver.intake import Intake
 from gateway.transfer import SegmentIn, TransferState, UploadResult
+
+log = logging.getLogger("xbgw.receiver")
 
 
 def upload(ctx: Context, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
@@ -42,6 +47,7 @@ def upload(ctx: Context, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> 
     ctx.owned(peer, transfer_id, "upload")  # before the guard: no oracle for others' ids
     with ctx.busy(transfer_id, "upload"):
         row = ctx.owned(peer, transfer_id, "upload")  # read under the guard: it is current
+        refuse_ended(row)
         if row.state is not TransferState.RECEIVING:
             raise TransferConflictError(f"transfer {transfer_id} is {row.state}, not receiving")
         return _upload(ctx, row, itertools.chain([first], iterator))
@@ -83,14 +89,42 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
         intake.discard()
         ctx.refuse(transfer_id, row.sender, str(exc), type(exc).__name__)
         raise
-    except BaseException:
-        # Keep what verified: make it durable so a resumed stream continues from here.
+    except BaseException as exc:
+        # Durable first: whatever ended the stream -- the sender gone (the request iterator
+        # raises once gRPC sees the reset, or keepalive the black hole), a bad segment, a
+        # full disk -- every segment that verified is fsynced and becomes the resume point
+        # before the error goes on, so each attempt keeps at least what it brought.
         intake.close()
         _keep_hash(ctx, row, intake)
+        _ended_early(row, intake, _why(exc))
         raise
     intake.close()
     _keep_hash(ctx, row, intake)
+    if not intake.done:
+        # A clean end before the final segment: the sender paused -- or gRPC ended the
+        # request stream when keepalive found the connection dead (it ends it cleanly then).
+        _ended_early(row, intake, "the stream ended before the final segment")
     return UploadResult(intake.next_index, intake.received, intake.done)
+
+
+def _ended_early(row: Inbound, intake: Intake, why: str) -> None:
+    log.info(
+        "upload ended early (%s); resume point %d is durable",
+        why,
+        intake.next_index,
+        extra={
+            "transfer_id": row.transfer_id,
+            "partner": row.sender,
+            "outcome": f"resume at segment {intake.next_index}",
+            "bytes": intake.received,
+        },
+    )
+
+
+def _why(exc: BaseException) -> str:
+    """Why a stream ended: our own errors say it; a gRPC cancellation (the peer is gone)
+    carries no message, only its type."""
+    return str(exc) if isinstance(exc, XbgwError) else f"the stream broke: {type(exc).__name__}"
 
 
 def _keep_hash(ctx: Context, row: Inbound, intake: Intake) -> None:

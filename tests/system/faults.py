@@ -10,7 +10,14 @@ every connection to the receiving gateway. Bytes are counted in the upstream dir
   (the bytes read meanwhile are kept) until :meth:`FaultProxy.release`. The receiver then
   sits mid-stream for as long as the test needs, so a daemon can be killed there without a
   race. If either end closes while held, the connection is closed on both sides, as a
-  router passes on a FIN or a reset.
+  router passes on a FIN or a reset;
+* :meth:`FaultProxy.cut_every` -- a flaky link: reset every connection (TCP RST) each time
+  another ``n`` upstream bytes have gone through, until :meth:`FaultProxy.release`;
+  :attr:`FaultProxy.cuts` counts the resets;
+* :meth:`FaultProxy.black_hole` -- a silent black hole: from now on nothing is forwarded in
+  either direction and nothing is closed (what is read is dropped, as a dead route drops
+  packets), until :meth:`FaultProxy.release` (which resets the connections caught in it).
+  Only keepalive can tell the ends apart from a quiet peer.
 
 The proxy knows nothing of TLS or gRPC: it never reads what it forwards, so mutual TLS is
 verified end to end between the two gateways.
@@ -24,7 +31,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-_PASS, _CUT, _HOLD = "pass", "cut", "hold"
+_PASS, _CUT, _HOLD, _EVERY, _BLACK_HOLE = "pass", "cut", "hold", "every", "black hole"
 _BUFFER = 1 << 16
 
 
@@ -70,6 +77,8 @@ class FaultProxy:
         self._tripped = threading.Event()
         self._upstream = 0
         self._connections = 0
+        self._period = 0  # cut_every's n
+        self._cuts = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._closing = False
@@ -92,6 +101,12 @@ class FaultProxy:
         with self._lock:
             return self._connections
 
+    @property
+    def cuts(self) -> int:
+        """Resets made by :meth:`cut_every` since the proxy started."""
+        with self._lock:
+            return self._cuts
+
     # -- faults ----------------------------------------------------------------------------
 
     def cut_after(self, n: int) -> None:
@@ -101,6 +116,20 @@ class FaultProxy:
     def hold_after(self, n: int) -> None:
         """Stop forwarding upstream once ``n`` more bytes have gone through."""
         self._arm(_HOLD, n)
+
+    def cut_every(self, n: int) -> None:
+        """Reset every connection each time ``n`` more upstream bytes have been forwarded
+        (counted across connections: a new connection gets what the last one left of ``n``)."""
+        if n <= 0:
+            raise ValueError("cut_every needs a positive byte count")
+        with self._lock:
+            self._period = n
+        self._arm(_EVERY, n)
+
+    def black_hole(self) -> None:
+        """Stop forwarding both ways now, silently: no FIN, no RST, bytes read are dropped."""
+        self._arm(_BLACK_HOLE, 0)
+        self._tripped.set()
 
     def _arm(self, mode: str, n: int) -> None:
         with self._lock:
@@ -120,10 +149,14 @@ class FaultProxy:
         return self._tripped.is_set()
 
     def release(self) -> None:
-        """End a hold (or disarm a fault): forward what was held and pass traffic again."""
+        """End a hold (or disarm a fault): forward what was held and pass traffic again.
+        Connections caught in a black hole are reset: what it dropped cannot be replayed."""
         with self._lock:
-            self._mode = _PASS
+            was, self._mode = self._mode, _PASS
             links = list(self._links)
+        if was == _BLACK_HOLE:
+            self.cut_all(reset=True)
+            return
         for link in links:
             with link.lock:
                 if link.held and not link.closed:
@@ -196,7 +229,10 @@ class FaultProxy:
     def _downstream_pump(self, link: _Link) -> None:
         try:
             while data := link.server.recv(_BUFFER):
-                link.client.sendall(data)
+                with self._lock:
+                    dropped = self._mode == _BLACK_HOLE
+                if not dropped:
+                    link.client.sendall(data)
         except OSError:
             pass
         finally:
@@ -217,7 +253,12 @@ class FaultProxy:
         with link.lock:
             with self._lock:
                 now, later, cut = data, b"", False
-                if self._mode == _HOLD and self._tripped.is_set():
+                if self._mode == _BLACK_HOLE:
+                    return True  # dropped: the receiver hears nothing, the sender no reset
+                reset = self._mode == _EVERY
+                if reset:
+                    now, cut = self._every(data)
+                elif self._mode == _HOLD and self._tripped.is_set():
                     now, later = b"", data
                 elif self._mode in (_CUT, _HOLD):
                     if len(data) >= self._budget:
@@ -235,6 +276,18 @@ class FaultProxy:
                 link.server.sendall(now)
             link.held += later
         if cut:
-            self.cut_all()
+            self.cut_all(reset=reset)
             return False
         return True
+
+    def _every(self, data: bytes) -> tuple[bytes, bool]:
+        """cut_every (under ``self._lock``): what of ``data`` goes through, and whether the
+        period ends with it (then the budget starts again for the next connection)."""
+        if len(data) < self._budget:
+            self._budget -= len(data)
+            return data, False
+        now = data[: self._budget]
+        self._budget = self._period
+        self._cuts += 1
+        self._tripped.set()
+        return now, True

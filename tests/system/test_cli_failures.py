@@ -60,7 +60,9 @@ def test_send_to_a_partner_that_is_down_names_the_partner(pair: Pair, tmp_path: 
     token = pair.passport(byte_limit=10_000)
     assert pair.frankfurt.stop() == 0
     try:
-        done = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", token, "-q")
+        done = pair.lingang.cli(
+            "send", str(source), "--to", "frankfurt", "--passport", token, "-q", "--wait", "0"
+        )
     finally:
         pair.frankfurt.start()
     _one_line_failure(done, "partner frankfurt is unreachable")

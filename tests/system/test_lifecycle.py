@@ -541,8 +541,12 @@ def test_sigterm_mid_transfer_drains_and_the_send_resumes(
     try:
         frankfurt.start()
         lingang.start()
+        # --wait 0: this send is to fail when frankfurt stops (waiting for it to come back is
+        # tests/system/test_partner_outage.py's), so that the resend shows the durable point.
         send = subprocess.Popen(
-            cli_command("send", str(source), "--to", "frankfurt", "--passport", token),
+            cli_command(
+                "send", str(source), "--to", "frankfurt", "--passport", token, "--wait", "0"
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -258,7 +258,7 @@ def new_transfer(rig: Rig, label: str) -> tuple[str, str]:
 
 def send(rig: Rig, source: Path, token: str) -> subprocess.CompletedProcess[str]:
     return rig.lingang.cli(
-        "send", str(source), "--to", "frankfurt", "--passport", token, timeout=60
+        "send", str(source), "--to", "frankfurt", "--passport", token, "--wait", "0", timeout=60
     )
 
 
@@ -266,7 +266,7 @@ def send(rig: Rig, source: Path, token: str) -> subprocess.CompletedProcess[str]
 def sending(rig: Rig, source: Path, token: str) -> Iterator[subprocess.Popen[str]]:
     """``xbgw send`` in the background; waited for, or killed by its PID, on the way out."""
     process = subprocess.Popen(
-        [*XBGW, "send", str(source), "--to", "frankfurt", "--passport", token],
+        [*XBGW, "send", str(source), "--to", "frankfurt", "--passport", token, "--wait", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import os
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,10 +24,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.config import Address, GatewayConfig, Identity, Limits, LogConfig, load_config
+from gateway import files, tlskey
+from gateway.config import (
+    MAX_YAML_DEPTH,
+    Address,
+    GatewayConfig,
+    Identity,
+    Limits,
+    LogConfig,
+    load_config,
+)
 from gateway.errors import ConfigError
 from gateway.keys import KeyRef, Purpose
 from gateway.secrets import PinSource
+from tests.unit.test_files import within_deadline
 
 PIN = "836201"  # must never show up in a message
 DELETE = object()
@@ -392,7 +404,7 @@ MISTAKES: list[tuple[str, Mutation, str]] = [
     (
         "directory",
         setting("hsm.softhsm_conf", "hsm"),
-        "hsm.softhsm_conf: {tree}/hsm is a directory, expected a file",
+        "hsm.softhsm_conf: {tree}/hsm is a directory, expected a regular file",
     ),
     (
         "not-a-cert",
@@ -624,23 +636,16 @@ def test_secret_under_unknown_source_is_not_echoed(tree: Path) -> None:
 
 
 def deny(monkeypatch: pytest.MonkeyPatch, *denied: Path) -> None:
-    """Make ``denied`` (and anything below) unreadable, as for a non-root user, even as root."""
-    real_stat, real_read = Path.stat, Path.read_bytes
+    """Make ``denied`` (and anything below) unreadable, as for a non-root user, even as root:
+    ``stat`` works (the directory is searchable), opening fails with EACCES."""
+    real_open = os.open
 
-    def check(path: Path) -> None:
-        if path in denied or any(parent in denied for parent in path.parents):
+    def guarded_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if (p := Path(path)) in denied or any(parent in denied for parent in p.parents):
             raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
 
-    def stat(self: Path, *, follow_symlinks: bool = True) -> os.stat_result:
-        check(self)
-        return real_stat(self, follow_symlinks=follow_symlinks)
-
-    def read_bytes(self: Path) -> bytes:
-        check(self)
-        return real_read(self)
-
-    monkeypatch.setattr(Path, "stat", stat)
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", guarded_open)
 
 
 def test_unreadable_secret_files_are_left_to_the_daemon(
@@ -884,3 +889,159 @@ def test_each_compliance_mistake_is_reported_with_file_and_key(
     doc["compliance"] = section
     write(tree, doc)
     assert problems() == [f"gateway.yaml: {expected}"]
+
+
+# --- files that are not regular files, or too large (issue 12) -------------------------------
+#
+# Every key that names a file, and every wrong kind of file there: each is one problem with
+# the file and key, found at once -- a FIFO must not block, /dev/zero must not be read.
+
+SetPath = Callable[[dict[str, Any], str], None]
+#: key path in messages -> (how to name the file there, its cap or None: any size)
+FILE_KEYS: dict[str, tuple[SetPath, int | None]] = {
+    "tls.certificate": (lambda d, p: edit(d, "tls.certificate", p), files.PEM_MAX),
+    "tls.private_key": (lambda d, p: edit(d, "tls.private_key", p), tlskey.MAX_KEY_FILE_LEN),
+    "tls.private_key_passphrase.file": (
+        lambda d, p: edit(d, "tls.private_key_passphrase", {"file": p}),
+        files.SECRET_MAX,
+    ),
+    "hsm.module": (lambda d, p: edit(d, "hsm.module", p), None),
+    "hsm.softhsm_conf": (lambda d, p: edit(d, "hsm.softhsm_conf", p), files.NAMED_MAX),
+    "hsm.pin.file": (lambda d, p: edit(d, "hsm.pin", {"file": p}), files.SECRET_MAX),
+    "partners[0].ca": (lambda d, p: edit(d, "partners.0.ca", p), files.PEM_MAX),
+    "partners[0].signing_key": (lambda d, p: edit(d, "partners.0.signing_key", p), files.PEM_MAX),
+    "issuers[0].public_key": (lambda d, p: edit(d, "issuers.0.public_key", p), files.PEM_MAX),
+    "compliance.tables[0]": (lambda d, p: edit(d, "compliance.tables", [p]), files.YAML_MAX),
+}
+
+
+def bad_file(tree: Path, kind: str, cap: int | None) -> tuple[Path, str] | None:
+    """A file of ``kind`` under ``tree`` and how the loader must describe it (None: n/a)."""
+    if kind == "directory":
+        (path := tree / "a-directory.yaml").mkdir()
+        return path, f"{path} is a directory, expected a regular file"
+    if kind == "fifo":
+        os.mkfifo(path := tree / "a-fifo.yaml")
+        return path, f"{path} is a FIFO, expected a regular file"
+    if kind == "socket":
+        path = tree / "a-socket.yaml"
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        server.close()  # the socket file stays
+        return path, f"{path} is a socket, expected a regular file"
+    if kind == "device":
+        return Path("/dev/zero"), "/dev/zero is a character device, expected a regular file"
+    if cap is None:
+        return None  # a PKCS#11 module may be any size: the dynamic loader maps it
+    with (path := tree / "huge.yaml").open("wb") as out:
+        out.truncate(cap + 1)
+    size = f"{cap // files.MIB} MiB" if cap % files.MIB == 0 else f"{cap // files.KIB} KiB"
+    return (
+        path,
+        f"{path} is larger than {size}, the most such a file may hold (is it the right file?)",
+    )
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "socket", "device", "huge"])
+@pytest.mark.parametrize("key", list(FILE_KEYS))
+def test_every_named_file_must_be_a_regular_file_within_its_cap(
+    tree: Path, key: str, kind: str
+) -> None:
+    set_path, cap = FILE_KEYS[key]
+    made = bad_file(tree, kind, cap)
+    if made is None:
+        assert kind == "huge" and key == "hsm.module"
+        return
+    path, reason = made
+    doc = full_config()
+    set_path(doc, str(path))
+    write(tree, doc)
+    got = within_deadline(problems)
+    assert isinstance(got, list), got
+    (found,) = got
+    assert found.startswith(f"gateway.yaml: {key}: {reason}"), found
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "socket", "device", "huge"])
+def test_the_config_file_itself_must_be_a_regular_file_within_4_mib(tree: Path, kind: str) -> None:
+    made = bad_file(tree, kind, files.YAML_MAX)
+    assert made is not None
+    path, reason = made
+    why = reason.removeprefix(f"{path} is ")
+    got = within_deadline(lambda: problems(path))
+    assert got == [f"{path}: cannot use the configuration file: {why}"], got
+
+
+def test_a_huge_file_is_refused_unread(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size is judged by fstat: the content of an over-cap file is never read."""
+    with (tree / "huge.pem").open("wb") as out:
+        out.truncate(files.PEM_MAX + 1)
+    doc = full_config()
+    edit(doc, "partners.0.ca", "huge.pem")
+    write(tree, doc)
+    real_read = os.read
+    reads: list[int] = []
+
+    def counting_read(fd: int, size: int) -> bytes:
+        data = real_read(fd, size)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "read", counting_read)
+    (found,) = problems()
+    assert "huge.pem is larger than 1 MiB" in found
+    assert sum(reads) < files.PEM_MAX  # the config file and the other small files only
+
+
+# --- YAML that PyYAML itself cannot take (issue 12) ------------------------------------------
+
+
+def test_a_control_character_is_a_config_error_with_its_position(tree: Path) -> None:
+    """PyYAML refuses it while building its loader, before parsing: that must be a
+    ConfigError too (it was a ReaderError traceback), naming the place, not the line."""
+    path = write(tree, full_config())
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines.insert(3, f'  note: "{PIN}\x01"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (found,) = problems()
+    assert found == (
+        "gateway.yaml: line 4, column 16: invalid YAML: control character U+0001 is not "
+        "allowed (only tab, newline and printable text)"
+    )
+    assert PIN not in found
+
+
+@pytest.mark.parametrize("character", ["\x00", "\x1b", "\x7f", "\ufffe"])
+def test_other_unprintable_characters_are_config_errors(tree: Path, character: str) -> None:
+    (tree / "gateway.yaml").write_text(f"gateway:\n  id: a{character}b\n", encoding="utf-8")
+    (found,) = problems()
+    assert found.startswith("gateway.yaml: line 2, column 8: invalid YAML: control character")
+
+
+@pytest.mark.parametrize("newline", ["", "\n"])
+def test_deep_nesting_is_a_config_error_not_a_recursion_error(tree: Path, newline: str) -> None:
+    opening = f"[{newline}" * 5000
+    (tree / "gateway.yaml").write_text(f"extra: {opening}{']' * 5000}\n", encoding="utf-8")
+    (found,) = problems()
+    assert found.startswith("gateway.yaml: line "), found
+    assert found.endswith(f"invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep"), found
+
+
+def test_nesting_within_the_limit_is_parsed(tree: Path) -> None:
+    doc = full_config()
+    nested: object = 1
+    for _ in range(MAX_YAML_DEPTH - 2):  # the top-level mapping and "extra"'s list count too
+        nested = [nested]
+    doc["extra"] = nested
+    write(tree, doc)
+    (found,) = problems()
+    assert found.startswith("gateway.yaml: extra: unknown key"), found
+
+
+def test_the_digest_is_of_the_bytes_that_were_loaded(tree: Path) -> None:
+    path = write(tree, full_config())
+    edit_pin = full_config()
+    edit(edit_pin, "hsm.pin", {"env": "XBGW_PIN"})
+    write(tree, edit_pin)
+    config = load_config(path)
+    assert config.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -398,7 +398,7 @@ def test_a_version_1_ledger_gains_the_dataset_digest_from_its_stored_passports(p
     finally:
         opened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
 
 
 def test_a_ledger_from_a_newer_xbgw_is_refused(path: Path) -> None:

@@ -416,12 +416,15 @@ class Aborted(Exception):
 
 @dataclass
 class LocalContext:
-    """The two things ``LocalServicer.Send`` asks of its gRPC context."""
+    """What ``LocalServicer.Send`` asks of its gRPC context."""
 
     active: bool = True
 
     def is_active(self) -> bool:
         return self.active
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return True  # the call never ends early here: Send's own ``finally`` frees its slot
 
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise Aborted(code, details)

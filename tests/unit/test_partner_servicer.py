@@ -113,6 +113,13 @@ class ServicerLink:
             response.transfer_id, state, response.next_segment, response.received_bytes, receipt
         )
 
+    def cancel(self, partner: PartnerConfig, transfer_id: str, reason: str) -> TransferState:
+        request = partner_pb2.CancelTransferRequest(transfer_id=transfer_id, reason=reason)
+        response = self._call(partner, "cancel", lambda c: self.servicer.Cancel(request, c))
+        state = state_from_wire(response.state)
+        assert state is not None
+        return state
+
 
 @dataclasses.dataclass
 class Wired:

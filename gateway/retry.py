@@ -1,0 +1,190 @@
+"""Waiting for a partner that is unreachable or busy: capped exponential backoff with jitter,
+within one deadline the operator sets.
+
+Why a module of its own: the sender decides *what* is worth retrying (see
+``gateway.transfer.transient``); this decides *when* and *for how long*, with a clock and a
+sleep passed in, so unit tests run hours of backoff in microseconds and a real send and a
+test follow the same schedule.
+
+The wait is a budget for one outage, not for the whole send: once an attempt moves the
+transfer forward (:meth:`Patience.progressed`), the next outage gets the whole wait again --
+a long transfer over a flaky link keeps going for as long as each outage is shorter than the
+wait, and a partner that never comes back is given up on after exactly the wait.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.transfer import SegmentIn
+
+
+class Timer(Protocol):
+    """A monotonic clock and a way to let time pass on it."""
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class RealTimer:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+REAL_TIMER: Timer = RealTimer()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """``initial`` doubling (``factor``) up to ``cap`` seconds; each delay is drawn from
+    [1 - jitter, 1] of its step, so senders cut off together do not come back together."""
+
+    initial: float = 0.2
+    factor: float = 2.0
+    cap: float = 5.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, draw: float) -> float:
+        """The pause after the ``attempt``-th failure (1-based); ``draw`` in [0, 1)."""
+        step = min(self.cap, self.initial * self.factor ** max(attempt - 1, 0))
+        return step * (1.0 - self.jitter * draw)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One wait, as the caller is told of it (``xbgw send`` shows it; the local API sends it
+    as ``SendWaiting``)."""
+
+    reason: str  # what the last attempt met, for a person
+    attempt: int  # failed attempts in this outage so far
+    retry_in: float  # seconds until the next attempt
+    waited: float  # seconds this outage has lasted so far
+    wait: float  # the budget: the send gives up once an outage lasts this long
+
+
+class Patience:
+    """The backoff schedule of one send; see the module docstring."""
+
+    def __init__(
+        self,
+        wait_seconds: float,
+        timer: Timer = REAL_TIMER,
+        backoff: Backoff | None = None,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.wait = max(float(wait_seconds), 0.0)
+        self._timer = timer
+        self._backoff = backoff or Backoff()
+        self._draw = draw
+        self._attempt = 0
+        self._since: float | None = None
+
+    def progressed(self) -> None:
+        """The transfer moved forward: the next outage starts a fresh wait."""
+        self._attempt = 0
+        self._since = None
+
+    def pause(self, reason: str, report: Callable[[Waiting], None]) -> bool:
+        """After a transient failure: report the wait and sleep it, then True (try again);
+        False, without sleeping, if the wait is spent (give up with the failure's error).
+
+        The last pause is shortened to end at the deadline, so the last attempt is made at
+        it rather than after it."""
+        now = self._timer.monotonic()
+        if self._since is None:
+            self._since = now
+        self._attempt += 1
+        waited = now - self._since
+        remaining = self.wait - waited
+        if remaining <= 0:
+            return False
+        delay = min(self._backoff.delay(self._attempt, self._draw()), remaining)
+        report(Waiting(reason, self._attempt, delay, waited, self.wait))
+        self._timer.sleep(delay)
+        return True
+
+
+#: Ciphertext a send keeps after releasing it, so a stream cut mid-upload can resume within
+#: the same send from the partner's resume point: what was in flight (HTTP/2 windows, socket
+#: buffers, a proxy) when the stream broke. Bounded per send; a partner that lost more than
+#: this (killed before its periodic sync) is resumed by sending again.
+REPLAY_BYTES = 8 << 20
+
+
+class ReplayLostError(Exception):
+    """The partner resumes from a segment this send no longer holds."""
+
+
+class SegmentReplay:
+    """One send's released segments, readable again from any kept index.
+
+    Each upload attempt reads through :meth:`attempt`. A failed gRPC call may leave its
+    request thread pulling one more segment after the call ended; that segment is kept here
+    and the thread's stream stops at once (a newer attempt exists), so nothing is lost and no
+    two attempts interleave on the wire.
+    """
+
+    def __init__(self, source: Iterator[SegmentIn], keep_bytes: int = REPLAY_BYTES) -> None:
+        self._source = source
+        self._keep_bytes = keep_bytes
+        self._kept: deque[SegmentIn] = deque()
+        self._kept_bytes = 0
+        self._next_index: int | None = None  # index of the next segment the source gives
+        self._ended = False
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def attempt(self, start: int) -> Iterator[SegmentIn]:
+        """The segments from index ``start`` on: kept ones first, then the source's."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            oldest = self._kept[0].index if self._kept else self._next_index
+            if oldest is not None and start < oldest:
+                raise ReplayLostError(
+                    f"the partner resumes from segment {start}; this send keeps segments "
+                    f"from {oldest} on"
+                )
+        return self._read(generation, start)
+
+    def _read(self, generation: int, position: int) -> Iterator[SegmentIn]:
+        while True:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                segment = self._kept_at(position) or self._pull()
+            if segment is None:
+                return
+            if segment.index < position:
+                continue  # the source starts before this attempt (the partner has these)
+            position = segment.index + 1
+            yield segment
+
+    def _kept_at(self, index: int) -> SegmentIn | None:
+        if not self._kept or not self._kept[0].index <= index <= self._kept[-1].index:
+            return None
+        return self._kept[index - self._kept[0].index]
+
+    def _pull(self) -> SegmentIn | None:
+        if self._ended:
+            return None
+        segment = next(self._source, None)
+        if segment is None:
+            self._ended = True
+            return None
+        self._next_index = segment.index + 1
+        self._kept.append(segment)
+        self._kept_bytes += len(segment.ciphertext)
+        while len(self._kept) > 1 and self._kept_bytes > self._keep_bytes:
+            self._kept_bytes -= len(self._kept.popleft().ciphertext)
+        return segment
