@@ -41,9 +41,17 @@ GATEWAYS = (("lingang", "CN-SH"), ("frankfurt", "EU-DE"))
 ISSUER = "dpo"
 
 
-def measure(transfers: int, *, recycle: bool = True, timeout: float = 3600.0) -> dict[str, Any]:
+def measure(
+    transfers: int,
+    *,
+    recycle: bool = True,
+    warmup: int = WARMUP,
+    every: int = EVERY,
+    timeout: float = 3600.0,
+) -> dict[str, Any]:
     """Run this module in a child process (a fresh RSS and PKCS#11 state); its JSON result."""
     args = [sys.executable, "-m", "bench.leaks", str(transfers)]
+    args += ["--warmup", str(warmup), "--every", str(every)]
     if not recycle:
         args.append("--no-recycle")
     done = subprocess.run(

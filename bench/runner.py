@@ -17,7 +17,11 @@ mutual TLS on loopback, SQLite ledgers -- into a temporary directory (or ``--dir
    and latency percentiles (nearest rank) from submit to verified receipt.
 4. **Memory** (unless ``--skip-memory``): a fresh daemon pair per transfer, one of
    ``--bulk-size`` and one of ``--mem-large``; each daemon's ``VmHWM`` (peak RSS) afterwards.
-5. **HSM counts**: the daemons once more, their Prometheus endpoint now enabled; the
+5. **Load** (issue 12): ``--load-sends`` concurrent sends of ``--load-size`` through fresh
+   daemons with the default limits (:mod:`bench.load`): failures, queueing, peak RSS of each.
+6. **Leaks**: ``--leak-transfers`` small transfers in one process against real SoftHSM
+   tokens (:mod:`bench.leaks`): RSS growth per transfer after ``--leak-warmup``.
+7. **HSM counts**: the daemons once more, their Prometheus endpoint now enabled; the
    ``xbgw_hsm_operation_seconds`` histogram scraped around a one-segment and a
    multi-segment transfer gives the calls of each operation per transfer.
 
@@ -52,7 +56,7 @@ from typing import Any
 
 import grpc
 
-from bench import REPO, hsmbench
+from bench import REPO, hsmbench, leaks
 from bench.audit import BATCH as AUDIT_BATCH
 from bench.audit import bench_audit
 from bench.compliance import TARGET_DECISION_MS, bench_compliance
@@ -66,6 +70,7 @@ from bench.daemons import (
     hsm_metrics,
     self_cpu_seconds,
 )
+from bench.load import bench_load
 from bench.localapi import LocalClient, file_chunks
 from bench.passports import issue_many
 from devtools.pair import Pair, provision_pair
@@ -86,6 +91,10 @@ TARGET_SMALL_RATE = 200.0
 TARGET_P99_MS = 50.0
 TARGET_PEAK_RSS_MIB = 150.0
 TARGET_RSS_FLATNESS = 0.10
+# Targets of issue 12: both daemons under 200 MiB whatever the concurrency; native memory
+# flat over many transfers (it grew ~1.4 KiB per transfer before SoftHSM was recycled).
+TARGET_LOAD_RSS_MIB = 200.0
+TARGET_LEAK_BYTES = 100.0
 
 FULL = {
     "bulk_size": 1 << 30,
@@ -95,6 +104,10 @@ FULL = {
     "small_size": 4 << 10,
     "small_concurrency": 8,
     "hsm_iterations": 2000,
+    "load_sends": 64,
+    "load_size": 8 * MIB,
+    "leak_transfers": 6000,
+    "leak_warmup": 1000,
 }
 SMOKE = {
     "bulk_size": 4 * MIB,
@@ -104,6 +117,10 @@ SMOKE = {
     "small_size": 4 << 10,
     "small_concurrency": 8,
     "hsm_iterations": 50,
+    "load_sends": 8,
+    "load_size": MIB,
+    "leak_transfers": 40,
+    "leak_warmup": 20,
 }
 
 
@@ -116,6 +133,10 @@ class Options:
     small_size: int
     small_concurrency: int
     hsm_iterations: int
+    load_sends: int
+    load_size: int
+    leak_transfers: int
+    leak_warmup: int
     skip_memory: bool
     json_path: Path
     dir: Path | None
@@ -135,6 +156,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--small-size", type=size, help="small transfer size (default 4KiB)")
     parser.add_argument("--small-concurrency", type=int, help="in flight at once (default 8)")
     parser.add_argument("--hsm-iterations", type=int, help="calls per HSM operation (2000)")
+    parser.add_argument("--load-sends", type=int, help="concurrent sends under load (default 64)")
+    parser.add_argument("--load-size", type=size, help="size of each of them (default 8MiB)")
+    parser.add_argument("--leak-transfers", type=int, help="transfers for the leak check (6000)")
+    parser.add_argument("--leak-warmup", type=int, help="growth counted after these (1000)")
     parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
@@ -145,7 +170,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="CI preset: 4MiB bulk, 8MiB large, 1 pair, 20 small transfers, 50 HSM calls",
+        help=(
+            "CI preset: 4MiB bulk, 8MiB large, 1 pair, 20 small transfers, 50 HSM calls, "
+            "8 x 1MiB under load, 40 transfers for leaks"
+        ),
     )
     args = parser.parse_args(argv)
     preset = SMOKE if args.smoke else FULL
@@ -637,6 +665,31 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"<= {TARGET_ROTATION_COST * 100:g}",
         cost <= TARGET_ROTATION_COST * 100,
     )
+    load = results["load"]
+    row(
+        f"load: {load['sends']} concurrent sends of {human(load['size_bytes'])}, failed",
+        load["failed"],
+        "",
+        "0",
+        load["failed"] == 0,
+    )
+    for name in ("lingang", "frankfurt"):
+        peak = mib(load["peak_rss_kib"][name])
+        row(
+            f"load: peak RSS {name}",
+            peak,
+            "MiB",
+            f"< {TARGET_LOAD_RSS_MIB:g}",
+            peak < TARGET_LOAD_RSS_MIB,
+        )
+    leak = results["leaks"]["bytes_per_transfer"]
+    row(
+        f"leaks: RSS growth per transfer ({results['leaks']['transfers']} transfers)",
+        leak,
+        "B",
+        f"< {TARGET_LEAK_BYTES:g}",
+        leak < TARGET_LEAK_BYTES,
+    )
     memory = results["memory"]
     if not memory.get("skipped"):
         for name in ("lingang", "frankfurt"):
@@ -808,6 +861,20 @@ def run(opts: Options) -> dict[str, Any]:
             sizes_text = f"{human(opts.bulk_size)}, then {human(opts.mem_large)}"
             say(f"==> memory: fresh daemons for {sizes_text}")
             results["memory"] = bench_memory(setup, opts)
+
+        sends, size = opts.load_sends, opts.load_size
+        say(f"==> load: {sends} concurrent sends of {human(size)} through fresh daemons")
+        results["load"] = asdict(bench_load(root / "load", sends, size))
+        load = results["load"]
+        say(
+            f"    {load['failed']} failed, {load['saw_queued']} queued; peak RSS lingang "
+            f"{mib(load['peak_rss_kib']['lingang']):.1f} MiB, frankfurt "
+            f"{mib(load['peak_rss_kib']['frankfurt']):.1f} MiB"
+        )
+        count = opts.leak_transfers
+        say(f"==> leaks: {count} small transfers in one process, real SoftHSM tokens")
+        results["leaks"] = leaks.measure(count, warmup=opts.leak_warmup, every=max(1, count // 10))
+        say(f"    {results['leaks']['bytes_per_transfer']:.0f} bytes of RSS per transfer")
 
         say("==> HSM operations per transfer (from the daemons' metrics endpoints)")
         results["hsm"] = {"rates": rates, "counts": bench_hsm_counts(setup, opts)}

@@ -77,4 +77,10 @@ def rpc_error(exc: grpc.RpcError, socket: str) -> XbgwError:
                 f"permission denied on {socket}: add yourself to group xbgw (and log in again)"
             )
         return DaemonUnavailableError(f"the gateway at {socket} does not answer: is it running?")
+    if code is grpc.StatusCode.UNAVAILABLE and details.startswith("stream removed"):
+        # The daemon's end of this very call went away: it stopped or died mid-call.
+        return DaemonUnavailableError(
+            f"the gateway at {socket} went away during the call ({exc.details()}): check "
+            "that it runs again, then repeat the command (a send resumes where it stopped)"
+        )
     return PartnerError(f"{exc.details()} [{code.name}]", code.name)

@@ -120,6 +120,15 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
     for name in ("lingang", "frankfurt"):
         assert isinstance(memory["flat"][name]["within_10_percent"], bool)
 
+    load = data["load"]
+    assert (load["sends"], load["size_bytes"]) == (8, 1 << 20)
+    assert load["failed"] == 0, load["first_failures"]  # queued, not refused
+    for name in ("lingang", "frankfurt"):
+        _positive(load["peak_rss_kib"][name], f"load {name} peak")
+    leaks = data["leaks"]
+    assert leaks["transfers"] == 40 and leaks["live_session_objects_end"] == 0, leaks
+    assert math.isfinite(leaks["bytes_per_transfer"])
+
     hsm = data["hsm"]
     for op in ("ecdh", "sign", "wrap", "unwrap"):
         _positive(hsm["rates"][op]["ops_per_s"], f"hsm rate {op}")
@@ -140,9 +149,11 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
     assert data["audit"]["checkpoint_ms"] > 0
     assert {row["metric"].split(":")[0] for row in rows} >= {"audit", "compliance", "rotation"}
     for row in rows:
-        if row["metric"].startswith(("rotation:", "audit:")):
+        if row["metric"].startswith(("rotation:", "audit:", "leaks:")):
             # Differences of two measurements: noise can make them negative, never NaN.
             assert math.isfinite(row["value"]), row
+        elif row["metric"].endswith(", failed"):
+            assert row["value"] == 0, row
         elif row["unit"] == "%":  # a spread between two peaks may be exactly zero
             assert row["value"] >= 0, row
         else:
