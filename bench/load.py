@@ -2,7 +2,7 @@
 and how much memory each daemon needs meanwhile.
 
 The demo pair (:mod:`devtools.pair`: SoftHSM tokens, mutual TLS on loopback, SQLite) with
-the default limits (``max_concurrent_transfers`` 16, ``max_queued_sends`` 1024) and 1 MiB
+the default limits (``max_concurrent_transfers`` 8, ``max_queued_sends`` 1024) and 1 MiB
 segments. ``--sends`` local clients (default 64) each send ``--size`` bytes (default 8 MiB)
 at the same moment, each under its own passport and on its own connection to the local
 socket -- what that many ``xbgw send`` processes would do, without that many interpreters.
@@ -35,6 +35,7 @@ from bench.daemons import RssSampler, each_peak_rss_kib, each_rss_kib
 from bench.passports import issue_many
 from devtools.pair import provision_pair
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
+from gateway.config import Limits
 
 MIB = 1 << 20
 CHUNK = MIB  # what `xbgw send` writes per message
@@ -162,7 +163,9 @@ def bench_load(
     return LoadResult(
         sends=sends,
         size_bytes=size,
-        max_concurrent_transfers=(limits or {}).get("max_concurrent_transfers", 16),
+        max_concurrent_transfers=(limits or {}).get(
+            "max_concurrent_transfers", Limits().max_concurrent_transfers
+        ),
         seconds=seconds,
         failed=len(failures),
         failures_by_status=dict(collections.Counter(o.status or "no receipt" for o in failures)),
@@ -180,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=64, help="concurrent sends (default 64)")
     parser.add_argument("--size-mib", type=int, default=8, help="MiB per send (default 8)")
     parser.add_argument(
-        "--max-concurrent", type=int, help="limits.max_concurrent_transfers (default: 16)"
+        "--max-concurrent", type=int, help="limits.max_concurrent_transfers (default: the config's)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--dir", type=Path, help="work directory, kept (default: temporary)")

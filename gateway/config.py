@@ -140,7 +140,13 @@ class Limits:
     segment_size: int = DEFAULT_SEGMENT_SIZE
     passport_leeway_seconds: int = 60
     drain_grace_seconds: int = 20
-    max_concurrent_transfers: int = 16
+    #: Sends running at once (more wait in a queue), and uploads accepted per partner. Why 8:
+    #: a bulk send is CPU-bound (SHA-256, AES-GCM, TLS, gRPC), so a 2-core machine is busy
+    #: with a handful; past that, more sends only add memory (a running send holds a few MiB
+    #: of buffers). Measured with ``python -m bench.load`` (64 sends of 8 MiB, 2 cores): 16
+    #: running took 3.5-4.0 s with the sender at 178-196 MiB peak RSS, 8 took 3.2-4.0 s at
+    #: 164-176 MiB. Raise it with the cores, or for many small sends to slow partners.
+    max_concurrent_transfers: int = 8
     max_passport_bytes: int = 32768  # a passport with every compliance fact fits
     #: How long a send waits, retrying with backoff, for a partner that is unreachable or
     #: busy (``xbgw send --wait`` overrides it per send; 0 fails at once).

@@ -116,13 +116,22 @@ class Patience:
 
 #: Ciphertext a send keeps after releasing it, so a stream cut mid-upload can resume within
 #: the same send from the partner's resume point: what was in flight (HTTP/2 windows, socket
-#: buffers, a proxy) when the stream broke. Bounded per send; a partner that lost more than
-#: this (killed before its periodic sync) is resumed by sending again.
-REPLAY_BYTES = 8 << 20
+#: buffers, a proxy) when the stream broke. Bounded per send, and in the daemon paid out of
+#: the pipelines' shared budget (``gateway.pipeline``: under load each send keeps less); a
+#: partner that lost more than this (killed before its periodic sync) is resumed by sending
+#: again.
+REPLAY_BYTES = 4 << 20
 
 
 class ReplayLostError(Exception):
     """The partner resumes from a segment this send no longer holds."""
+
+
+class ReplayRoom(Protocol):
+    """Where a window's kept bytes are paid for (``gateway.pipeline.Lease``): the source
+    already paid for each segment it hands over; the window returns it with :meth:`drop`."""
+
+    def drop(self, size: int) -> None: ...
 
 
 class SegmentReplay:
@@ -132,17 +141,30 @@ class SegmentReplay:
     request thread pulling one more segment after the call ended; that segment is kept here
     and the thread's stream stops at once (a newer attempt exists), so nothing is lost and no
     two attempts interleave on the wire.
+
+    The source is read outside the window's lock (it may block on the pipeline), so
+    :meth:`shed` -- called by the pipeline's producer when it needs room -- never waits for
+    the upload.
     """
 
-    def __init__(self, source: Iterator[SegmentIn], keep_bytes: int = REPLAY_BYTES) -> None:
+    def __init__(
+        self,
+        source: Iterator[SegmentIn],
+        keep_bytes: int = REPLAY_BYTES,
+        room: ReplayRoom | None = None,
+    ) -> None:
         self._source = source
         self._keep_bytes = keep_bytes
+        self._room = room
         self._kept: deque[SegmentIn] = deque()
         self._kept_bytes = 0
+        #: The newest kept segment when its room was shed: it stays kept (see shed) unpaid.
+        self._unpaid: SegmentIn | None = None
         self._next_index: int | None = None  # index of the next segment the source gives
         self._ended = False
         self._generation = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the window's state
+        self._pulling = threading.Lock()  # one reader of the source at a time
 
     def attempt(self, start: int) -> Iterator[SegmentIn]:
         """The segments from index ``start`` on: kept ones first, then the source's."""
@@ -157,12 +179,31 @@ class SegmentReplay:
                 )
         return self._read(generation, start)
 
+    def shed(self) -> bool:
+        """Give kept room back under pressure: the oldest kept segment, or else the room of
+        the newest, which stays kept unpaid (a failed call's thread may just have taken it,
+        and the next attempt starts there). False when there is nothing to give, or the
+        window is busy this instant (the caller looks again).
+
+        So a window never makes a pipeline wait for room only it holds: beyond the budget
+        each send holds at most the one segment its upload is sending."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if len(self._kept) > 1:
+                self._forget_oldest()
+                return True
+            if self._kept and self._kept[0] is not self._unpaid:
+                self._unpaid = self._kept[0]
+                self._pay_back(self._unpaid)
+                return True
+            return False
+        finally:
+            self._lock.release()
+
     def _read(self, generation: int, position: int) -> Iterator[SegmentIn]:
         while True:
-            with self._lock:
-                if generation != self._generation:
-                    return
-                segment = self._kept_at(position) or self._pull()
+            segment = self._next(generation, position)
             if segment is None:
                 return
             if segment.index < position:
@@ -170,21 +211,51 @@ class SegmentReplay:
             position = segment.index + 1
             yield segment
 
+    def _next(self, generation: int, position: int) -> SegmentIn | None:
+        """The kept segment at ``position``, else the source's next; None once the source
+        ended or a newer attempt exists."""
+        with self._lock:
+            if generation != self._generation:
+                return None
+            segment = self._kept_at(position)
+        if segment is not None:
+            return segment
+        with self._pulling:
+            with self._lock:  # another reader may have pulled it meanwhile
+                if generation != self._generation:
+                    return None
+                segment = self._kept_at(position)
+                if segment is not None or self._ended:
+                    return segment
+            return self._pull()
+
     def _kept_at(self, index: int) -> SegmentIn | None:
         if not self._kept or not self._kept[0].index <= index <= self._kept[-1].index:
             return None
         return self._kept[index - self._kept[0].index]
 
     def _pull(self) -> SegmentIn | None:
-        if self._ended:
-            return None
+        """The source's next segment, kept (called holding ``_pulling`` only)."""
         segment = next(self._source, None)
-        if segment is None:
-            self._ended = True
-            return None
-        self._next_index = segment.index + 1
-        self._kept.append(segment)
-        self._kept_bytes += len(segment.ciphertext)
-        while len(self._kept) > 1 and self._kept_bytes > self._keep_bytes:
-            self._kept_bytes -= len(self._kept.popleft().ciphertext)
-        return segment
+        with self._lock:
+            if segment is None:
+                self._ended = True
+                return None
+            self._next_index = segment.index + 1
+            self._kept.append(segment)
+            self._kept_bytes += len(segment.ciphertext)
+            while len(self._kept) > 1 and self._kept_bytes > self._keep_bytes:
+                self._forget_oldest()
+            return segment
+
+    def _forget_oldest(self) -> None:
+        segment = self._kept.popleft()
+        self._kept_bytes -= len(segment.ciphertext)
+        if segment is self._unpaid:
+            self._unpaid = None
+        else:
+            self._pay_back(segment)
+
+    def _pay_back(self, segment: SegmentIn) -> None:
+        if self._room is not None:
+            self._room.drop(len(segment.ciphertext))

@@ -52,7 +52,7 @@ from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
 from gateway.retention import refuse_final
-from gateway.retry import REAL_TIMER, Patience, ReplayLostError, SegmentReplay, Timer, Waiting
+from gateway.retry import REAL_TIMER, Patience, ReplayLostError, Timer, Waiting
 from gateway.signed import Signed
 from gateway.transfer import (
     CommitProof,
@@ -327,7 +327,7 @@ class Sender:
         The partner may hold every segment already (the stream or the manifest broke after
         the final one): then there is nothing to upload -- an empty upload is refused -- and
         the manifest alone finishes the transfer."""
-        replay = SegmentReplay(pipeline.segments())
+        replay = pipeline.replay()
         while True:
             try:
                 segments = replay.attempt(start)

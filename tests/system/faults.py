@@ -32,6 +32,7 @@ import threading
 from dataclasses import dataclass, field
 
 _PASS, _CUT, _HOLD, _EVERY, _BLACK_HOLE = "pass", "cut", "hold", "every", "black hole"
+_HOLE_AFTER = "black hole after"
 _BUFFER = 1 << 16
 
 
@@ -130,6 +131,11 @@ class FaultProxy:
         """Stop forwarding both ways now, silently: no FIN, no RST, bytes read are dropped."""
         self._arm(_BLACK_HOLE, 0)
         self._tripped.set()
+
+    def black_hole_after(self, n: int) -> None:
+        """:meth:`black_hole` once ``n`` more upstream bytes have been forwarded: the fault
+        lands at an exact byte, however fast the sender is."""
+        self._arm(_HOLE_AFTER, n)
 
     def _arm(self, mode: str, n: int) -> None:
         with self._lock:
@@ -260,12 +266,14 @@ class FaultProxy:
                     now, cut = self._every(data)
                 elif self._mode == _HOLD and self._tripped.is_set():
                     now, later = b"", data
-                elif self._mode in (_CUT, _HOLD):
+                elif self._mode in (_CUT, _HOLD, _HOLE_AFTER):
                     if len(data) >= self._budget:
                         now, later = data[: self._budget], data[self._budget :]
                         self._tripped.set()
                         if self._mode == _CUT:
                             cut, later, self._mode = True, b"", _PASS
+                        elif self._mode == _HOLE_AFTER:  # the rest falls into the hole
+                            later, self._mode = b"", _BLACK_HOLE
                     self._budget -= len(now)
                 flush = self._mode == _PASS and bool(link.held)
                 self._upstream += len(now) + (len(link.held) if flush else 0)

@@ -294,15 +294,12 @@ def test_a_black_hole_is_noticed_by_keepalive_and_the_point_is_kept(
     source = tmp_path / "data.bin"
     digest = dataset(source)
     transfer_id, token = new_transfer(rig, "hole")
-    start = rig.proxy.upstream_bytes
+    # The hole opens at an exact byte, past two segments (and the offer's bytes), whatever
+    # the sender's speed: armed before the send starts.
+    rig.proxy.black_hole_after(2 * SEGMENT + (64 << 10))
     cli = rig.lingang.cli_background("send", str(source), "--to", "frankfurt", "--passport", token)
     try:
-        wait_until(
-            lambda: rig.proxy.upstream_bytes - start >= 2 * SEGMENT + (64 << 10),
-            DEADLINE,
-            "two segments to cross the proxy",
-        )
-        rig.proxy.black_hole()
+        rig.proxy.wait_tripped(DEADLINE)
         holed = time.monotonic()
         wait_until(lambda: streams_in(rig) == 1, DEADLINE, "frankfurt to hold the stream")
         no_stream_in(rig, timeout=6 * KEEPALIVE)
