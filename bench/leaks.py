@@ -265,16 +265,32 @@ def _print_sample(sample: Sample) -> None:
     )
 
 
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """The least-squares slope of ``ys`` over ``xs`` (0 with fewer than two points)."""
+    if len(xs) < 2:
+        return 0.0
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+
+
 def summarise(samples: list[Sample], warmup: int, recycle: bool) -> dict[str, Any]:
     first = next(sample for sample in samples if sample.transfers >= warmup)
     last = samples[-1]
-    span = last.transfers - first.transfers
+    measured = [sample for sample in samples if sample.transfers >= warmup]
     return {
         "transfers": last.transfers,
         "recycle": recycle,
         "rss_kib_after_warmup": first.rss_kib,
         "rss_kib_end": last.rss_kib,
-        "bytes_per_transfer": (last.rss_kib - first.rss_kib) * 1024 / span if span else 0.0,
+        # The least-squares slope over every sample after the warm-up, not the difference of
+        # two: RSS moves by a megabyte either way as SoftHSM is restarted and the allocator
+        # returns memory, and two samples would read that noise as growth or shrinkage.
+        "bytes_per_transfer": _slope(
+            [float(s.transfers) for s in measured], [s.rss_kib * 1024.0 for s in measured]
+        ),
         "live_session_objects_end": last.session_objects,
         "library_restarts": last.library_restarts,
         "samples": [sample.__dict__ for sample in samples],

@@ -106,8 +106,8 @@ FULL = {
     "hsm_iterations": 2000,
     "load_sends": 64,
     "load_size": 8 * MIB,
-    "leak_transfers": 6000,
-    "leak_warmup": 1000,
+    "leak_transfers": 10000,
+    "leak_warmup": 2000,
 }
 SMOKE = {
     "bulk_size": 4 * MIB,
@@ -158,8 +158,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--hsm-iterations", type=int, help="calls per HSM operation (2000)")
     parser.add_argument("--load-sends", type=int, help="concurrent sends under load (default 64)")
     parser.add_argument("--load-size", type=size, help="size of each of them (default 8MiB)")
-    parser.add_argument("--leak-transfers", type=int, help="transfers for the leak check (6000)")
-    parser.add_argument("--leak-warmup", type=int, help="growth counted after these (1000)")
+    parser.add_argument("--leak-transfers", type=int, help="transfers for the leak check (10000)")
+    parser.add_argument("--leak-warmup", type=int, help="growth counted after these (2000)")
     parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
