@@ -117,6 +117,7 @@ class Checkpointer:
         return signed
 
     def _run(self) -> None:
+        failing = ""  # the error of the last failed round: one log line per run of failures
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
@@ -127,8 +128,14 @@ class Checkpointer:
                 latest = self.latest
                 if self._ledger.audit_size() > (0 if latest is None else latest.size):
                     self.sign_now()
+                    if failing:
+                        log.info("audit checkpoint signed again after: %s", failing)
+                        failing = ""
             except (XbgwError, NoteError) as exc:
-                # The HSM (a malformed signature from it too) or the disk: again at the next tick.
-                log.error("audit checkpoint not signed: %s", exc)
+                # The HSM (a malformed signature from it too) or the disk: again at the next
+                # tick -- logged when the reason changes, not every second of an HSM outage.
+                if str(exc) != failing:
+                    log.error("audit checkpoint not signed: %s", exc)
+                failing = str(exc)
             if stopping:
                 return
