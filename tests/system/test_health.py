@@ -1,7 +1,7 @@
 """Health follows the HSM: a token that disappears turns both listeners NOT_SERVING.
 
-(SoftHSM's file store does not pick a token up again once its directory came back, so the
-way back to SERVING is not observable with it; a real HSM reconnecting is.)
+The way back (SERVING again once the token returns, the watchdog starved after
+``hsm.restart_after_seconds``) is tests/system/test_hsm_loss.py's.
 """
 
 from __future__ import annotations
