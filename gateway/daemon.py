@@ -55,7 +55,7 @@ from gateway.ledger import Ledger
 from gateway.local import MAX_WAITING_SENDS, LocalServicer, local_workers, send_capacity
 from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
-from gateway.partner import PartnerServicer, upload_slots
+from gateway.partner import PartnerHealth, PartnerServicer, upload_slots
 from gateway.partner_keys import PartnerKeys
 from gateway.partner_link import GrpcPartnerLink
 from gateway.receiver import Receiver
@@ -132,6 +132,7 @@ class Daemon:
             config.id, self.ledger, self.hsm, config.keys, pinned=config.hsm.key_versions
         )
         self.hsm.check_versions(self.ring.current().as_dict())
+        self.ring.check_attributes(self.hsm.list_keys())  # refuses widenable keys in service
         key_pem = self._tls_key(config)
         self.link = GrpcPartnerLink(config, key_pem)
         # One view of the partners' keys for both sides: what the sender learns from a key
@@ -283,7 +284,11 @@ class Daemon:
         partner_pb2_grpc.add_PartnerGatewayServicer_to_server(
             self.partner_servicer, self.partner_server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.partner_server)
+        # Configured partners only: a certificate from a partner's CA naming no partner is not
+        # told anything (``PartnerHealth``).
+        health_pb2_grpc.add_HealthServicer_to_server(
+            PartnerHealth(self._config, self.health), self.partner_server
+        )
         self.server_credentials = ReloadableServerCredentials(config, key_pem)
         address = str(config.listen.partner)
         _check_bindable(config.listen.partner)

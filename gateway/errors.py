@@ -286,6 +286,13 @@ class ManifestError(TransferError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class DatasetMismatchError(TransferError):
+    """The data to send is not the data set the passport names (its ``sub``), or not the
+    data whose digest the caller declared."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
 class PolicyDeniedError(TransferError):
     """The jurisdiction/classification rules refuse this transfer."""
 

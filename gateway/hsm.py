@@ -16,8 +16,13 @@ Why it looks like this (see FIELD-NOTES.md):
 * Every session object made here is destroyed at once, yet SoftHSM 2.6 frees its memory only
   in ``C_Finalize``: the library is started afresh every ``RECYCLE_AFTER_SESSION_OBJECTS``.
 * Key objects are created only here, with explicit templates: private, sensitive, never
-  extractable, and only the capability of their purpose. A key version is its own object:
-  label ``xbgw-<purpose>``, ``CKA_ID`` = the version as 4 big-endian bytes.
+  extractable, not modifiable, not copyable, and only the capability of their purpose (every
+  other capability, SIGN_RECOVER included, explicitly off: a token's defaults are not ours).
+  Without ``CKA_MODIFIABLE`` false anyone with the PIN could add ``CKA_SIGN`` to the transport
+  key with one ``C_SetAttributeValue`` and use it. A key version is its own object: label
+  ``xbgw-<purpose>``, ``CKA_ID`` = purpose code byte + the version as 4 big-endian bytes
+  (unique per key pair, so generic PKCS#11 tools pick the right key); keys made before that
+  carry the bare 4-byte version and are still found.
 * Foreign errors become :mod:`gateway.errors` types here, with messages a person can act on.
 
 Secrets that must leave the HSM by design (the ECDH shared secret of an ECDH-ES unwrap, an
@@ -77,8 +82,10 @@ class KeyInfo:
     always_sensitive: bool
     extractable: bool
     never_extractable: bool
-    capabilities: tuple[str, ...]
+    capabilities: tuple[str, ...]  # every capability attribute the token reports true
     public_point: bytes | None  # uncompressed P-256 point for EC keys
+    modifiable: bool  # CKA_MODIFIABLE: capabilities could be added with the PIN
+    copyable: bool | None  # CKA_COPYABLE; None where the token does not report it
 
     @property
     def safe(self) -> bool:
@@ -90,24 +97,108 @@ class KeyInfo:
             and self.never_extractable
         )
 
+    @property
+    def extra_capabilities(self) -> tuple[str, ...]:
+        """Capabilities beyond the one its purpose needs: a key that can do more than its job."""
+        wanted = PURPOSE_CAPABILITIES[self.purpose]
+        return tuple(name for name in self.capabilities if name not in wanted)
 
+    @property
+    def faults(self) -> list[str]:
+        """What says this key was tampered with or made by another tool, for a person to read:
+        it could have left the HSM, or it can do more than its purpose.
+
+        A modifiable key's ``sign_recover`` is not counted: keys made before generation was
+        locked carry SoftHSM's default there (the old template never turned it off), so it
+        marks them as old, not as tampered; they are reported as modifiable instead.
+        """
+        extra = self.extra_capabilities
+        if self.modifiable:
+            extra = tuple(name for name in extra if name not in _OLD_TEMPLATE_DEFAULTS)
+        found = []
+        if not self.safe:
+            found.append("could have left the HSM in clear (not sensitive or extractable)")
+        if extra:
+            found.append("has extra capability " + ", ".join(extra))
+        return found
+
+    @property
+    def problems(self) -> list[str]:
+        """Everything to report: not safe, every extra capability, modifiable (anyone with the
+        PIN can widen it: keys made before generation was locked). Empty: nothing.
+
+        ``copyable`` is reported but is no problem by itself: a copy of an unmodifiable key
+        cannot be made modifiable (PKCS#11 2.40, 4.4.1), so it cannot gain a capability.
+        """
+        found = []
+        if not self.safe:
+            found.append("could have left the HSM in clear (not sensitive or extractable)")
+        if self.extra_capabilities:
+            found.append("has extra capability " + ", ".join(self.extra_capabilities))
+        if self.modifiable:
+            found.append("is modifiable (CKA_MODIFIABLE true: capabilities can be added)")
+        return found
+
+
+#: Every PKCS#11 capability attribute of a key object, in the order they are reported.
 _CAPABILITY_ATTRS = {
     "sign": Attribute.SIGN,
+    "sign_recover": Attribute.SIGN_RECOVER,
     "verify": Attribute.VERIFY,
-    "derive": Attribute.DERIVE,
+    "verify_recover": Attribute.VERIFY_RECOVER,
     "encrypt": Attribute.ENCRYPT,
     "decrypt": Attribute.DECRYPT,
     "wrap": Attribute.WRAP,
     "unwrap": Attribute.UNWRAP,
+    "derive": Attribute.DERIVE,
 }
 
-_ALL_OFF: dict[Attribute, Any] = {attr: False for attr in _CAPABILITY_ATTRS.values()}
-# PKCS#11 defines only some capability attributes on each side of a key pair.
+#: Capabilities keys made by the old, unlocked template carry by SoftHSM's default.
+_OLD_TEMPLATE_DEFAULTS = frozenset({"sign_recover"})
+
+#: The capabilities each purpose's private/secret key needs, and no more.
+PURPOSE_CAPABILITIES: dict[Purpose, tuple[str, ...]] = {
+    Purpose.TRANSPORT: ("derive",),
+    Purpose.SIGNING: ("sign",),
+    Purpose.STORAGE: ("wrap", "unwrap"),
+}
+
+# Locked: with CKA_MODIFIABLE true, C_SetAttributeValue adds capabilities with the PIN alone.
+# SoftHSM 2.6 accepts both on generation and then refuses every C_SetAttributeValue.
+_LOCKED: dict[Attribute, Any] = {Attribute.MODIFIABLE: False, Attribute.COPYABLE: False}
+_ALL_OFF: dict[Attribute, Any] = {
+    attr: False
+    for attr in (
+        Attribute.SIGN,
+        Attribute.VERIFY,
+        Attribute.ENCRYPT,
+        Attribute.DECRYPT,
+        Attribute.WRAP,
+        Attribute.UNWRAP,
+        Attribute.DERIVE,
+    )
+}
+# PKCS#11 defines only some capability attributes on each side of a key pair (SoftHSM 2.6
+# answers AttributeTypeInvalid for the others). EC private keys default to SIGN_RECOVER true.
 _PRIVATE_OFF: dict[Attribute, Any] = {
-    attr: False for attr in (Attribute.SIGN, Attribute.DECRYPT, Attribute.UNWRAP, Attribute.DERIVE)
+    attr: False
+    for attr in (
+        Attribute.SIGN,
+        Attribute.SIGN_RECOVER,
+        Attribute.DECRYPT,
+        Attribute.UNWRAP,
+        Attribute.DERIVE,
+    )
 }
 _PUBLIC_OFF: dict[Attribute, Any] = {
-    attr: False for attr in (Attribute.VERIFY, Attribute.ENCRYPT, Attribute.WRAP, Attribute.DERIVE)
+    attr: False
+    for attr in (
+        Attribute.VERIFY,
+        Attribute.VERIFY_RECOVER,
+        Attribute.ENCRYPT,
+        Attribute.WRAP,
+        Attribute.DERIVE,
+    )
 }
 
 _SECRET_TEMPLATE: dict[Attribute, Any] = {
@@ -115,18 +206,19 @@ _SECRET_TEMPLATE: dict[Attribute, Any] = {
     Attribute.PRIVATE: True,
     Attribute.SENSITIVE: True,
     Attribute.EXTRACTABLE: False,
+    **_LOCKED,
 }
 
 _PUBLIC_TEMPLATE: dict[Attribute, Any] = {
     Attribute.TOKEN: True,
     Attribute.PRIVATE: False,
+    **_LOCKED,
 }
 
 # The capability each purpose's private/secret key gets; everything else is off.
 _PURPOSE_CAPABILITY: dict[Purpose, dict[Attribute, Any]] = {
-    Purpose.TRANSPORT: {Attribute.DERIVE: True},
-    Purpose.SIGNING: {Attribute.SIGN: True},
-    Purpose.STORAGE: {Attribute.WRAP: True, Attribute.UNWRAP: True},
+    purpose: {_CAPABILITY_ATTRS[name]: True for name in names}
+    for purpose, names in PURPOSE_CAPABILITIES.items()
 }
 
 # Ephemeral objects that carry a secret out of the HSM on purpose, destroyed after one read.
@@ -492,11 +584,15 @@ class Hsm:
         """Objects matching ``template``; an empty answer from a vanished token is a loss."""
         found = list(self._session.get_objects(template))
         if not found:
-            try:
-                self._module.lib.get_token(token_label=self.token_label)
-            except p11e.PKCS11Error as exc:
-                raise _TokenGoneError(_describe(exc, self.token_label)) from None
+            self._check_token_locked()
         return found
+
+    def _check_token_locked(self) -> None:
+        """Raise ``_TokenGoneError`` if the token vanished (an empty search may mean that)."""
+        try:
+            self._module.lib.get_token(token_label=self.token_label)
+        except p11e.PKCS11Error as exc:
+            raise _TokenGoneError(_describe(exc, self.token_label)) from None
 
     def _session_object(self) -> None:
         self._module.session_objects += 1
@@ -508,10 +604,11 @@ class Hsm:
         return self._run(
             "list",
             lambda: sorted(
-                int.from_bytes(obj[Attribute.ID], "big")
+                version
                 for obj in self._find_locked(
                     {Attribute.LABEL: purpose.label, Attribute.CLASS: _key_class(purpose)}
                 )
+                if (version := _version_of(purpose, bytes(obj[Attribute.ID]))) is not None
             ),
         )
 
@@ -527,7 +624,9 @@ class Hsm:
             for obj in self._find_locked(
                 {Attribute.LABEL: purpose.label, Attribute.CLASS: _key_class(purpose)}
             ):
-                version = int.from_bytes(obj[Attribute.ID], "big")
+                version = _version_of(purpose, bytes(obj[Attribute.ID]))
+                if version is None:
+                    continue
                 point = None
                 if purpose is not Purpose.STORAGE:
                     point = self._public_point_locked(purpose, version)
@@ -540,8 +639,10 @@ class Hsm:
                         always_sensitive=bool(obj[Attribute.ALWAYS_SENSITIVE]),
                         extractable=bool(obj[Attribute.EXTRACTABLE]),
                         never_extractable=bool(obj[Attribute.NEVER_EXTRACTABLE]),
-                        capabilities=_capabilities(obj, purpose),
+                        capabilities=_capabilities(obj),
                         public_point=point,
+                        modifiable=bool(_attribute(obj, Attribute.MODIFIABLE, True)),
+                        copyable=_attribute(obj, Attribute.COPYABLE, None),
                     )
                 )
         return infos
@@ -555,7 +656,7 @@ class Hsm:
             raise ValueError(f"{purpose.label} version {version} already exists on the token")
         if not 1 <= version <= MAX_VERSION:
             raise ValueError(f"key version must be between 1 and {MAX_VERSION}, got {version}")
-        key_id = version_id(version)
+        key_id = key_object_id(purpose, version)
 
         def generate() -> None:
             if purpose is Purpose.STORAGE:
@@ -594,9 +695,7 @@ class Hsm:
         """Delete every object of one key version (private/secret and public halves)."""
 
         def destroy() -> None:
-            objects = self._find_locked(
-                {Attribute.LABEL: purpose.label, Attribute.ID: version_id(version)}
-            )
+            objects = self._find_version_locked(purpose, version, None)
             if not objects:
                 raise KeyNotFoundError(
                     f"key {purpose.label} version {version} is not on HSM token "
@@ -614,13 +713,7 @@ class Hsm:
         key = (purpose, version)
         handle = self._handles.get(key)
         if handle is None:
-            objects = self._find_locked(
-                {
-                    Attribute.LABEL: purpose.label,
-                    Attribute.ID: version_id(version),
-                    Attribute.CLASS: _key_class(purpose),
-                }
-            )
+            objects = self._find_version_locked(purpose, version, _key_class(purpose))
             if not objects:
                 raise KeyNotFoundError(
                     f"key {purpose.label} version {version} is not on HSM token "
@@ -635,14 +728,23 @@ class Hsm:
             self._handles[key] = handle
         return handle
 
+    def _find_version_locked(
+        self, purpose: Purpose, version: int, key_class: ObjectClass | None
+    ) -> list[Any]:
+        """The objects of one version: ``CKA_ID`` purpose + version, or the bare version of
+        keys made before per-purpose ids (tokens in service keep working)."""
+        found: list[Any] = []
+        for key_id in (key_object_id(purpose, version), version_id(version)):
+            template: dict[Attribute, Any] = {Attribute.LABEL: purpose.label, Attribute.ID: key_id}
+            if key_class is not None:
+                template[Attribute.CLASS] = key_class
+            found.extend(self._session.get_objects(template))
+        if not found:
+            self._check_token_locked()
+        return found
+
     def _public_point_locked(self, purpose: Purpose, version: int) -> bytes:
-        objects = self._find_locked(
-            {
-                Attribute.LABEL: purpose.label,
-                Attribute.ID: version_id(version),
-                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-            }
-        )
+        objects = self._find_version_locked(purpose, version, ObjectClass.PUBLIC_KEY)
         if len(objects) != 1:
             raise KeyNotFoundError(
                 f"public key {purpose.label} version {version} is not on HSM token "
@@ -856,13 +958,38 @@ def _check_softhsm_conf() -> None:
         raise HsmConfigError(f"SOFTHSM2_CONF names {conf}, which does not exist")
 
 
-def _capabilities(obj: Any, purpose: Purpose) -> tuple[str, ...]:
-    names = (
-        ("wrap", "unwrap", "encrypt", "decrypt", "sign", "verify", "derive")
-        if purpose is Purpose.STORAGE
-        else ("sign", "decrypt", "unwrap", "derive")
-    )
-    return tuple(name for name in names if obj[_CAPABILITY_ATTRS[name]])
+def key_object_id(purpose: Purpose, version: int) -> bytes:
+    """``CKA_ID`` of a key version made now: purpose code byte + 4-byte big-endian version.
+
+    Unique per key pair across purposes: with the bare version every purpose's v1 had the
+    same id, and generic PKCS#11 tools (which pair and pick keys by id) took the wrong one.
+    """
+    return bytes([purpose.code]) + version_id(version)
+
+
+def _version_of(purpose: Purpose, key_id: bytes) -> int | None:
+    """The version a ``CKA_ID`` names for ``purpose``: ours, or the bare version of old keys.
+
+    None for an id with another purpose's code: not this purpose's key whatever its label.
+    """
+    if len(key_id) == 5:
+        if key_id[0] != purpose.code:
+            return None
+        return int.from_bytes(key_id[1:], "big")
+    return int.from_bytes(key_id, "big")
+
+
+def _attribute(obj: Any, attr: Attribute, missing: Any) -> Any:
+    """An attribute's value, or ``missing`` where the object type does not define it."""
+    try:
+        return obj[attr]
+    except p11e.AttributeTypeInvalid:
+        return missing
+
+
+def _capabilities(obj: Any) -> tuple[str, ...]:
+    """Every capability attribute the object reports true (undefined ones count as off)."""
+    return tuple(name for name, attr in _CAPABILITY_ATTRS.items() if _attribute(obj, attr, False))
 
 
 def _key_class(purpose: Purpose) -> ObjectClass:

@@ -20,6 +20,13 @@ written in the same fsync discipline as the transfers that depend on the keys.
   received that were offered to a transport version, a grace period not yet over (partners
   still sealing to the old transport key or checking receipts under the old signing key).
 * **Destroy** deletes the HSM object of a retired version; nothing can use it afterwards.
+* **Locked attributes.** At start the daemon checks every version in service as the token
+  reports it (:meth:`KeyRing.check_attributes`). A key that could have left the HSM, or can
+  do more than its purpose, is refused whatever its state: that is a tampered or foreign key.
+  A *modifiable* key (made before keys were generated locked, or by another tool) is refused
+  while it is active -- new work only under keys no one can widen; ``xbgw keys rotate``
+  replaces it -- and only warned about while replaced, so that old data stays readable until
+  it is rewrapped and the version retired.
 
 Every step is one log line on ``xbgw.keys`` with the key reference and its new state.
 """
@@ -29,14 +36,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.audit.records import AuditRecord
 from gateway.config import KeysConfig
-from gateway.errors import KeyLifecycleError, KeyNotFoundError
+from gateway.errors import ConfigError, KeyLifecycleError, KeyNotFoundError
 from gateway.keys import CurrentKeys, HasVersions, KeyRef, KeyState, KeyVersion, Purpose
 from gateway.ledger import Ledger
+
+if TYPE_CHECKING:  # the HSM adapter loads pkcs11; the ring itself must not need it
+    from gateway.hsm import KeyInfo
 
 log = logging.getLogger("xbgw.keys")
 
@@ -135,6 +145,45 @@ class KeyRing:
             if now - since >= self.policy.rotate_every[purpose]:
                 due.append(purpose)
         return due
+
+    def check_attributes(self, infos: Iterable[KeyInfo]) -> None:
+        """Refuse keys in service that are not locked to their one capability (module doc).
+
+        ``infos`` is what the token reports now (``Hsm.list_keys``). Raises ``ConfigError``
+        with one line naming every refused key and how to get rid of it; logs a warning for
+        each modifiable replaced version.
+        """
+        reported = {(info.purpose, info.version): info for info in infos}
+        refused = []
+        for version in self.versions():
+            info = reported.get((version.purpose, version.version))
+            if not version.state.in_service or info is None or not info.problems:
+                continue
+            ref = self._ref(version.purpose, version.version)
+            hard = info.faults
+            if hard:
+                refused.append(
+                    f"{ref} {' and '.join(hard)} (rotate it away: 'xbgw keys rotate "
+                    f"{version.purpose.value}', then retire and destroy it)"
+                )
+            elif version.state is KeyState.ACTIVE:
+                refused.append(
+                    f"{ref} is modifiable: made before keys were locked, its capabilities can "
+                    f"be widened with the PIN (replace it: 'xbgw keys rotate "
+                    f"{version.purpose.value} -c CONFIG' while the daemon is stopped)"
+                )
+            else:
+                log.warning(
+                    "key %s (%s) is modifiable: made before keys were locked; retire it once "
+                    "nothing needs it ('xbgw keys retire %s %d')",
+                    ref,
+                    version.state.value,
+                    version.purpose.value,
+                    version.version,
+                    extra={"key_ref": ref, "outcome": "modifiable"},
+                )
+        if refused:
+            raise ConfigError("HSM key attributes refused: " + "; ".join(refused))
 
     # -- lifecycle steps -------------------------------------------------------------------
 

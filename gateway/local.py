@@ -245,6 +245,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                         start.size or None,
                         on_progress,
                         start.wait_seconds if start.HasField("wait_seconds") else None,
+                        start.plaintext_sha256 or None,  # empty: not declared
                     )
                 self._metrics.transfers.labels("out", partner, "delivered").inc()
                 self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 
 from gateway._proto.xbgw.v1 import partner_pb2, partner_pb2_grpc
 from gateway.audit.witness import Witness, WitnessError
@@ -251,3 +253,35 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             return partner_pb2.CancelTransferResponse(state=state_to_wire(state))
 
         return self._run(context, "Cancel", act, request.transfer_id)
+
+
+class PartnerHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Health on the partner port, for configured partners only.
+
+    The partner port trusts every partner's CA, and a CA may issue certificates that name no
+    partner of ours: such a caller gets no RPC answered (``PartnerServicer._run``), and so no
+    health answer either -- it is told PERMISSION_DENIED, as for any other call. A configured
+    partner gets what ``health`` (the daemon's one HealthServicer) says.
+    """
+
+    def __init__(self, config: Callable[[], GatewayConfig], health: HealthServicer) -> None:
+        self._config = config
+        self._health = health
+
+    def _caller(self, context: grpc.ServicerContext) -> None:
+        try:
+            peer_partner(self._config(), context)
+        except XbgwError as error:
+            abort_with(context, error, log, "Health", rpc="Health")
+
+    def Check(  # noqa: N802 - gRPC method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        self._caller(context)
+        return self._health.Check(request, context)
+
+    def Watch(  # noqa: N802
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> Iterator[health_pb2.HealthCheckResponse]:
+        self._caller(context)
+        return self._health.Watch(request, context)  # type: ignore[no-any-return]

@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from gateway import envelope
-from gateway.errors import SourceChangedError
+from gateway.errors import DatasetMismatchError, SourceChangedError
 from gateway.ledger import Ledger
 from gateway.retry import REPLAY_BYTES, SegmentReplay
 from gateway.transfer import SegmentIn
@@ -180,7 +180,12 @@ class Pipeline:
         start: int,
         on_bytes: Callable[[int], None],
         budget: Budget = BUDGET,
+        expect_sha256: bytes | None = None,
     ) -> None:
+        """``expect_sha256``: the SHA-256 the caller declared for all the data; the final
+        segment is not released unless the data hashes to it (checked here, on the hash the
+        manifest needs anyway, so a declared digest costs no second pass)."""
+        self._expect_sha256 = expect_sha256
         self._ledger = ledger
         self._transfer_id = transfer_id
         self._encryptor = encryptor
@@ -240,6 +245,8 @@ class Pipeline:
                 index, final, plaintext = item
                 self.hasher.update(plaintext)
                 self.size += len(plaintext)
+                if final:
+                    self._check_digest()
                 self.segment_count = index + 1
                 batch.append(
                     (index, final, self._encryptor.encrypt_segment(index, plaintext, final))
@@ -253,6 +260,22 @@ class Pipeline:
             self._failure = exc
         finally:
             self._put(self._batches, self._END)
+
+    def _check_digest(self) -> None:
+        """Before the final segment is encrypted: the data must be what the caller declared
+        (a file changed between its hashing and its sending, or a wrong digest declared).
+        Raised here the error ends the stream without a final segment: nothing commits."""
+        expected = self._expect_sha256
+        if expected is None:
+            return
+        streamed = self.hasher.digest()
+        if streamed != expected:
+            raise DatasetMismatchError(
+                f"the data of transfer {self._transfer_id} does not hash to the SHA-256 "
+                f"declared for it (declared {expected.hex()[:16]}..., streamed "
+                f"{streamed.hex()[:16]}...): the final segment was not sent and nothing was "
+                "delivered; if the file changed while it was sent, send it again"
+            )
 
     def _commit(self) -> None:
         """Record tags durably, then release the batch's ciphertext to the network."""

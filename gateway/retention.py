@@ -44,7 +44,8 @@ from gateway.errors import (
     XbgwError,
 )
 from gateway.ledger import Inbound, Ledger, Outbound
-from gateway.receiver.cancel import Ends, check_reason, ended_message, reason_digest, when
+from gateway.receiver.cancel import Ends, check_reason, ended_message, reason_digest
+from gateway.receiver.context import when
 from gateway.transfer import PartnerLink, TransferState, transient
 
 log = logging.getLogger("xbgw.retention")

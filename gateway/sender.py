@@ -7,7 +7,13 @@ processes, sockets or a token.
 
 * **Before the offer** the passport is verified as the receiver will verify it (issuer,
   signature, time, audience = the partner), its sender must be this gateway, the egress rules
-  must allow it, and the data must fit its byte limit: a refusal here spends nothing.
+  must allow it, and the data must fit its byte limit and, when the caller declared the
+  data's SHA-256 and the passport names one (``sub``), be that data set: a refusal here
+  spends nothing. A declared digest also binds the stream: ``pipeline`` never releases the
+  final segment of data that does not hash to it.
+* **Within the passport**: every partner call of the transfer (offer, each upload attempt,
+  manifest) is made only before ``exp`` plus ``limits.passport_leeway_seconds`` -- the
+  receiver refuses after it -- and no wait for a busy or unreachable partner sleeps past it.
 * **Resume**: the data key survives crashes re-wrapped to our own storage key (the outbound
   record); segment ``i`` must carry the same plaintext on every attempt -- see ``pipeline``.
 * **After the upload** the manifest is signed in the HSM and the receipt verified under the
@@ -37,13 +43,16 @@ from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import KeySet, Manifest, read_own_receipt, sign_manifest
 from gateway.errors import (
     ByteLimitError,
+    DatasetMismatchError,
     ManifestError,
     PartnerError,
+    PassportExpiredError,
     PassportReplayError,
     PeerNotAuthorizedError,
     SignatureError,
     SourceSizeError,
     TransferConflictError,
+    UsageError,
 )
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
@@ -51,6 +60,7 @@ from gateway.ledger import Count, Ledger, Outbound
 from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
+from gateway.receiver.context import when
 from gateway.retention import refuse_final
 from gateway.retry import REAL_TIMER, Patience, ReplayLostError, Timer, Waiting
 from gateway.signed import Signed
@@ -145,6 +155,7 @@ class Sender:
         total_size: int | None,
         on_progress: Callable[[Progress], None] = lambda _: None,
         wait_seconds: float | None = None,
+        plaintext_sha256: bytes | None = None,
     ) -> ReceiptSummary:
         """Send ``chunks`` to ``partner_id`` under passport ``token``; return the receipt.
 
@@ -152,14 +163,23 @@ class Sender:
         ``wait_seconds``: how long an outage of the partner (unreachable, busy) may last
         before the send gives up, retrying with backoff meanwhile and resuming where the
         partner stands (None: ``limits.partner_wait_seconds``; 0: give up at once).
+        ``plaintext_sha256``: the SHA-256 of all of ``chunks``, if the caller could compute
+        it first (None: not declared); binding like ``total_size``.
         """
         config = self._config
         partner = config.partner(partner_id)
         passport = self._check_passport(config, partner, token)
         wait = config.limits.partner_wait_seconds if wait_seconds is None else wait_seconds
-        retry = _Retry(passport.claims.jti, partner.id, Patience(wait, self._timer), on_progress)
-        with self._sending(passport.claims.jti):
-            return self._send(partner, passport, chunks, total_size, on_progress, retry)
+        claims = passport.claims
+        until = _PassportTime(
+            claims.jti, claims.exp, config.limits.passport_leeway_seconds, self._clock
+        )
+        patience = Patience(wait, until.bounding(self._timer))
+        retry = _Retry(claims.jti, partner.id, patience, on_progress, until)
+        with self._sending(claims.jti):
+            return self._send(
+                partner, passport, chunks, total_size, on_progress, retry, plaintext_sha256
+            )
 
     def _check_passport(
         self, config: GatewayConfig, partner: PartnerConfig, token: str
@@ -197,6 +217,7 @@ class Sender:
             sender=(self.me, config.gateway.jurisdiction),
             receiver=(partner.id, partner.jurisdiction),
             again=again,
+            has_digest=passport.claims.sub is not None,
         )
 
     def hold(self, transfer_id: str) -> AbstractContextManager[None]:
@@ -228,6 +249,7 @@ class Sender:
         total_size: int | None,
         on_progress: Callable[[Progress], None],
         retry: _Retry,
+        declared_sha256: bytes | None,
     ) -> ReceiptSummary:
         claims = passport.claims
         transfer_id = claims.jti
@@ -237,6 +259,7 @@ class Sender:
                 f"the data is {total_size} bytes; passport {transfer_id} allows "
                 f"{claims.xbgw.byte_limit}"
             )
+        _check_declared(transfer_id, claims.sub, declared_sha256)
         row = self._ledger.outbound(transfer_id)
         if row is not None and row.state is TransferState.DELIVERED:
             raise PassportReplayError(
@@ -276,6 +299,7 @@ class Sender:
             envelope.StreamEncryptor(sent_header, data_key),
             offer.next_segment,
             lambda done: on_progress(Progress("progress", transfer_id, done, total)),
+            expect_sha256=declared_sha256,
         )
         held = chunks if total_size is None else _held_to(chunks, total_size, transfer_id)
         pipeline.start(envelope.cut_segments(held, sent_header.segment_size))
@@ -342,6 +366,7 @@ class Sender:
             if first is None:
                 return
             try:
+                retry.within_passport("upload")
                 self._link.upload(partner, itertools.chain([first], segments))
                 return
             except PartnerError as exc:
@@ -404,7 +429,7 @@ class Sender:
     def _offer_retried(
         self, partner: PartnerConfig, passport: VerifiedPassport, row: Outbound, retry: _Retry
     ) -> OfferResult:
-        return retry.call(lambda: self._offer(partner, passport, row))
+        return retry.call(lambda: self._offer(partner, passport, row), "offer")
 
     def _reseal_allowed(
         self, error: PartnerError, partner: PartnerConfig, transfer_id: str
@@ -430,7 +455,9 @@ class Sender:
         )
         # Retried like every call: the partner holds the data, and Finish is idempotent (a
         # commit whose reply was lost answers again with the same receipt).
-        finished = retry.call(lambda: self._link.finish(partner, manifest.transfer_id, signed))
+        finished = retry.call(
+            lambda: self._link.finish(partner, manifest.transfer_id, signed), "manifest"
+        )
         receipt_blob = finished.receipt
         # Under the partner's key history; a version not learnt yet, or a signature that does
         # not verify, fetches its key set once before the receipt is refused.
@@ -537,23 +564,44 @@ class _Retry:
         partner: str,
         patience: Patience,
         report: Callable[[Progress], None],
+        until: _PassportTime,
     ) -> None:
         self._transfer_id = transfer_id
         self._partner = partner
         self._patience = patience
         self.report = report
+        self._until = until
+        self._last_failure: str | None = None  # of this outage, for the expiry's message
 
-    def call(self, attempt: Callable[[], T]) -> T:
-        """``attempt()``, again after a pause while it fails transiently and the wait lasts."""
+    def call(self, attempt: Callable[[], T], doing: str | None = None) -> T:
+        """``attempt()``, again after a pause while it fails transiently and the wait lasts.
+
+        ``doing``: the partner call of the transfer this is (offer, manifest), made only
+        within the passport; None for one that is not the transfer's (the key set)."""
         while True:
+            if doing is not None:
+                self.within_passport(doing)
             try:
-                return attempt()
+                done = attempt()
             except PartnerError as exc:
                 self.pause_or_raise(exc)
+                continue
+            self._last_failure = None
+            return done
+
+    def within_passport(self, doing: str) -> None:
+        """Raise ``PassportExpiredError`` if the passport no longer covers the ``doing``."""
+        self._until.check(doing, cause=self._last_failure)
 
     def pause_or_raise(self, error: PartnerError) -> None:
-        """Pause before the next attempt; raise ``error`` if it is final or the wait is spent."""
-        if not transient(error) or not self._patience.pause(str(error), self._waiting):
+        """Pause before the next attempt; raise ``error`` if it is final or the wait is spent,
+        and ``PassportExpiredError`` if the passport ended while the partner was away (no
+        attempt after it could succeed: waiting on would only hide why the send failed)."""
+        if not transient(error):
+            raise error
+        self._last_failure = str(error)
+        self._until.check("send", cause=self._last_failure)
+        if not self._patience.pause(str(error), self._waiting):
             raise error
 
     def progressed(self) -> None:
@@ -573,6 +621,68 @@ class _Retry:
             },
         )
         self.report(Progress("waiting", self._transfer_id, 0, 0, waiting))
+
+
+class _PassportTime:
+    """The end of a transfer's passport for its partner calls: ``exp`` plus
+    ``limits.passport_leeway_seconds`` on this gateway's clock -- the rule the receiver applies
+    to each call, so the sender stops with the receiver's words instead of sending a call
+    that can only be refused (or, with an older receiver, accepted past the passport)."""
+
+    def __init__(self, transfer_id: str, exp: int, leeway: int, clock: Callable[[], float]) -> None:
+        self._transfer_id = transfer_id
+        self._exp = exp
+        self._leeway = leeway
+        self._clock = clock
+
+    def left(self) -> float:
+        """Seconds until the passport ends (<= 0: it has)."""
+        return self._exp + self._leeway - self._clock()
+
+    def check(self, doing: str, cause: str | None = None) -> None:
+        if self.left() > 0:
+            return
+        during = "" if cause is None else f" while waiting for the partner ({cause})"
+        raise PassportExpiredError(
+            f"passport {self._transfer_id} expired at {when(self._exp)} (leeway "
+            f"{self._leeway} s also passed){during}; the {doing} was not made: a transfer "
+            "must finish within its passport -- send the data again under a new passport"
+        )
+
+    def bounding(self, timer: Timer) -> Timer:
+        """``timer`` whose sleeps end when the passport does: a ``--wait`` longer than what
+        is left of the passport never waits past it."""
+        return _SleepWithin(timer, self)
+
+
+class _SleepWithin:
+    def __init__(self, timer: Timer, until: _PassportTime) -> None:
+        self._timer = timer
+        self._until = until
+
+    def monotonic(self) -> float:
+        return self._timer.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self._timer.sleep(max(0.0, min(seconds, self._until.left())))
+
+
+def _check_declared(transfer_id: str, sub: str | None, declared: bytes | None) -> None:
+    """A declared digest against the data set the passport names, before anything is sent.
+
+    A passport with ``sub`` and no declared digest (a program streaming data it cannot hash
+    first) is checked only at the manifest, after the data has crossed."""
+    if declared is None:
+        return
+    if len(declared) != 32:
+        raise UsageError(
+            f"the declared plaintext_sha256 must be 32 bytes (a SHA-256), got {len(declared)}"
+        )
+    if sub is not None and sub != declared.hex():
+        raise DatasetMismatchError(
+            f"the data is not the data set passport {transfer_id} names (sub {sub}, this "
+            f"file {declared.hex()}); nothing was sent, the passport is still usable"
+        )
 
 
 def _held_to(chunks: Iterable[bytes], size: int, transfer_id: str) -> Iterator[bytes]:

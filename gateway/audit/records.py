@@ -52,6 +52,8 @@ KINDS: Final[Mapping[str, tuple[str, ...]]] = {
     "transfer.cancelled": ("transfer_id", "partner", "direction", "by", "reason_sha256"),
     # unfinished past its passport's exp ("passport_exp", 0: not known) + retention grace
     "transfer.expired": ("transfer_id", "partner", "direction", "passport_exp"),
+    # a partner's upload or finish ("call") refused: its passport's exp + leeway had passed
+    "call.refused": ("transfer_id", "partner", "call", "error", "status", "passport_exp"),
     # the sending side
     "transfer.delivered": (
         "transfer_id",

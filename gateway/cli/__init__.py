@@ -67,8 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys = verbs.add_parser("keys", help="HSM key versions").add_subparsers(
         dest="keys_verb", required=True, metavar="ACTION"
     )
-    init = keys.add_parser("init", help="create version 1 of every key purpose on a token")
+    init = keys.add_parser("init", help="create version 1 of each key purpose on a token")
     add_hsm_arguments(init)
+    init.add_argument(
+        "--purposes",
+        type=_purpose_list,
+        metavar="LIST",
+        help="comma-separated purposes to create (default all; an issuer token: signing)",
+    )
     init.set_defaults(func=cmd_keys_init)
     listing = keys.add_parser("list", help="key versions with the flags the HSM reports")
     add_hsm_arguments(listing)
@@ -385,6 +391,10 @@ def _page_size(text: str) -> int:
     return int(text)
 
 
+def _purpose_list(text: str) -> list[Purpose]:
+    return [Purpose(_purpose(part.strip())) for part in text.split(",")]
+
+
 def _purpose(text: str) -> str:
     if text not in {p.value for p in Purpose}:
         raise argparse.ArgumentTypeError(
@@ -483,7 +493,9 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
 
     fetch = client("fetch", "write a received transfer's plaintext to a file")
     fetch.add_argument("transfer_id")
-    fetch.add_argument("-o", "--output", required=True)
+    fetch.add_argument(
+        "-o", "--output", required=True, help="file to write, created 0600 (owner only)"
+    )
     fetch.set_defaults(func=_lazy("daemon", "cmd_fetch"))
 
     status = client("status", "gateway identity and recent transfers")

@@ -8,7 +8,10 @@ pay.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
+import hashlib
+import json
 import os
 import sys
 import time
@@ -82,9 +85,43 @@ def cmd_send(args: argparse.Namespace) -> int:
         return _send(args, src, os.fstat(src.fileno()).st_size)
 
 
+def _named_digest(token: str) -> str | None:
+    """The passport's ``sub``, read unverified and only to decide whether to hash the file
+    first: the daemon verifies the passport and compares."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None  # not a passport: the daemon says why
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) else None
+
+
+def _declared_digest(token: str, src: BinaryIO) -> bytes:
+    """The file's SHA-256 when the passport names a data set (``sub``), else nothing.
+
+    Declared, the daemon refuses the wrong file before the offer -- nothing crosses and the
+    passport stays usable -- and never sends the final segment of data that no longer hashes
+    to it. It costs a second read of the file (measured: SHA-256 at about 1.3 GB/s here,
+    against about 0.23 GB/s for a send), so only a passport that names a digest pays it; a
+    file that cannot be read twice (a pipe) is not hashed, and is checked at the manifest."""
+    if _named_digest(token) is None or not src.seekable():
+        return b""
+    hasher = hashlib.sha256()
+    while block := src.read(READ_CHUNK):
+        hasher.update(block)
+    src.seek(0)
+    return hasher.digest()
+
+
 def _send(args: argparse.Namespace, src: BinaryIO, size: int) -> int:
     token = read_token(args.passport)
-    start = local_pb2.SendStart(partner=args.to, passport=token, size=size)
+    start = local_pb2.SendStart(
+        partner=args.to,
+        passport=token,
+        size=size,
+        plaintext_sha256=_declared_digest(token, src),
+    )
     if args.wait is not None:
         if args.wait > MAX_WAIT_SECONDS:
             raise UsageError(f"--wait {args.wait}s is longer than 7 days")
@@ -162,7 +199,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     channel, stub = _stub(args)
     written = 0
     try:
-        with partial.open("wb") as dst:
+        # Decrypted data: readable by the caller only (0600, whatever the umask), from the
+        # first byte on; os.replace keeps the mode.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover partial file keeps its old mode otherwise
+        with os.fdopen(fd, "wb") as dst:
             for chunk in stub.Fetch(local_pb2.FetchRequest(transfer_id=args.transfer_id)):
                 dst.write(chunk.data)
                 written += len(chunk.data)

@@ -17,9 +17,11 @@ from gateway.keys import Purpose
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
+    # An issuer's token needs only a signing key: keys it never uses are only attack surface.
+    wanted = set(args.purposes or Purpose)
     with open_hsm(args) as hsm:
         made = []
-        for purpose in Purpose:
+        for purpose in (p for p in Purpose if p in wanted):
             if hsm.versions(purpose):
                 print(f"{purpose.label}: already has versions {hsm.versions(purpose)}; kept")
                 continue
@@ -34,6 +36,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         infos = hsm.list_keys()
     states = _key_states(args)
     unsafe = [info for info in infos if not info.safe]
+    flawed = [info for info in infos if info.problems]
     if args.json:
         print(
             json.dumps(
@@ -46,6 +49,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                         "always_sensitive": i.always_sensitive,
                         "extractable": i.extractable,
                         "never_extractable": i.never_extractable,
+                        "modifiable": i.modifiable,
+                        "copyable": i.copyable,
                         "capabilities": list(i.capabilities),
                     }
                     for i in infos
@@ -57,8 +62,18 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         _print_key_table(infos, states)
     if unsafe:
         print(f"WARNING: {len(unsafe)} key(s) could have left the HSM in clear", file=sys.stderr)
-        return EXIT_FAILURE
-    return 0
+    for info in flawed:
+        print(
+            f"WARNING: {info.purpose.value} v{info.version} " + " and ".join(info.problems),
+            file=sys.stderr,
+        )
+    if any(info.modifiable or info.extra_capabilities for info in flawed):
+        print(
+            "replace such keys with 'xbgw keys rotate PURPOSE' (see README, Rotating keys)",
+            file=sys.stderr,
+        )
+    # Exit 1 on anything to report, so that monitoring and scripts see it without parsing.
+    return EXIT_FAILURE if flawed else 0
 
 
 def _key_states(args: argparse.Namespace) -> dict[tuple[Purpose, int], str]:

@@ -65,7 +65,12 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     try:
         border = Border(config.compliance, ledger)
         facts = border.facts(
-            direction, claims.xbgw, transfer_id=claims.jti, sender=sender, receiver=receiver
+            direction,
+            claims.xbgw,
+            transfer_id=claims.jti,
+            sender=sender,
+            receiver=receiver,
+            has_digest=claims.sub is not None,
         )
         year = border.year(facts.now)
         egress = direction is Direction.EGRESS

@@ -88,8 +88,12 @@ class Border:
         transfer_id: str,
         sender: tuple[str, str],
         receiver: tuple[str, str],
+        has_digest: bool = False,
     ) -> TransferFacts:
-        """The facts of one transfer as this gateway sees them now (counters included)."""
+        """The facts of one transfer as this gateway sees them now (counters included).
+
+        ``has_digest``: the passport names its data set's digest (``sub``, outside the
+        ``xbgw`` claims)."""
         terms = compliance_terms(claims)
         now = int(self._clock())
         year = self.year(now)
@@ -106,6 +110,7 @@ class Border:
             year_subjects=subjects,
             year_sensitive=sensitive,
         )
+        facts = replace(facts, has_digest=has_digest)
         if self._config.zone is not None:
             facts = replace(facts, zone=self._config.zone)
         return facts
@@ -129,6 +134,7 @@ class Border:
         sender: tuple[str, str],
         receiver: tuple[str, str],
         again: bool = False,
+        has_digest: bool = False,
     ) -> Count:
         """Decide the transfer; what it will count. ``PolicyDeniedError`` (the rule ids, the
         articles and the missing evidence) if refused -- unless this is ingress in
@@ -138,7 +144,12 @@ class Border:
         before it is recorded (the counters may have moved since the first judgement): logged
         and counted in the metrics only if the outcome changed to a refusal."""
         facts = self.facts(
-            direction, claims, transfer_id=transfer_id, sender=sender, receiver=receiver
+            direction,
+            claims,
+            transfer_id=transfer_id,
+            sender=sender,
+            receiver=receiver,
+            has_digest=has_digest,
         )
         rules = self._config.rules
         key = (direction, transfer_id)

@@ -94,6 +94,9 @@ class TransferFacts:
     # this calendar year, for this exporter, before this transfer (ledger counters)
     year_subjects: int  # non-sensitive personal information
     year_sensitive: int  # sensitive personal information
+    # the passport names the data set's SHA-256 (``sub``), binding the transfer to that data:
+    # a table may require it for a classification ({fact: has_digest, is: false} -> refuse)
+    has_digest: bool = False
 
 
 # --- what a rule may name: the fields above and the derived facts, with their kinds -----------
@@ -179,6 +182,7 @@ FACTS: Mapping[str, Fact] = {
         *(_field(n, Kind.TEXT) for n in ("receiver_jurisdiction", "passport_src")),
         *(_field(n, Kind.TEXT) for n in ("passport_dst", "zone", "exporter", "purpose")),
         _field("ciio", Kind.FLAG),
+        _field("has_digest", Kind.FLAG),
         _field("cn_class", Kind.CHOICE, CN_CLASSES),
         _field("cn_pi", Kind.CHOICE, CN_PI),
         _field("eu_class", Kind.CHOICE, EU_CLASSES),

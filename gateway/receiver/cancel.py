@@ -12,7 +12,6 @@ stored data key go. A later offer, upload or finish is refused with the reason
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import logging
 import os
@@ -20,6 +19,7 @@ import os
 from gateway.audit.records import AuditRecord
 from gateway.config import PartnerConfig
 from gateway.errors import (
+    PassportExpiredError,
     StorageError,
     TransferConflictError,
     TransferEndedError,
@@ -28,18 +28,13 @@ from gateway.errors import (
     UsageError,
 )
 from gateway.ledger import Inbound
-from gateway.receiver.context import Context
+from gateway.receiver.context import Context, when
 from gateway.transfer import TransferState
 
 log = logging.getLogger("xbgw.receiver")
 
 #: The longest reason an operator may give (it is shown to the partner and kept in the ledger).
 MAX_REASON = 500
-
-
-def when(at: int) -> str:
-    """A time as operators read it in messages (UTC)."""
-    return f"{datetime.datetime.fromtimestamp(at, datetime.UTC):%Y-%m-%d %H:%M:%SZ}"
 
 
 def check_reason(reason: str) -> str:
@@ -86,6 +81,49 @@ def refuse_ended(row: Inbound) -> None:
         )
 
 
+def refuse_late(ctx: Context, row: Inbound, doing: str) -> None:
+    """The other hook of upload and finish: a transfer finishes within its passport.
+
+    Refused once ``exp`` plus ``limits.passport_leeway_seconds`` has passed -- the rule the
+    offer applies (``PassportVerifier``), with the same status -- so a stream opened in time
+    cannot run on past it. The refusal is audited (``call.refused``, as a refused offer is)
+    and changes nothing: what is held stays until the expiry sweep
+    (``retention.unfinished_grace``) ends the transfer. A row from before schema 6 whose
+    passport could not be read has no ``expires_at`` and is not checked.
+    """
+    if row.expires_at is None:
+        return
+    leeway = ctx.config.limits.passport_leeway_seconds
+    now = ctx.clock()
+    if now < row.expires_at + leeway:
+        return
+    error = PassportExpiredError(
+        f"passport {row.transfer_id} expired at {when(row.expires_at)} (leeway {leeway} s "
+        f"also passed); the {doing} is refused: a transfer must finish within its passport; "
+        "send the data again under a new passport"
+    )
+    record = AuditRecord(
+        "call.refused",
+        int(now),
+        {
+            "transfer_id": row.transfer_id,
+            "partner": row.sender,
+            "call": doing,
+            "error": type(error).__name__,
+            "status": error.grpc_status,
+            "passport_exp": row.expires_at,
+        },
+    )
+    ctx.ledger.append_audit(record.encode(ctx.me))
+    log.warning(
+        "%s refused: the passport expired at %s",
+        doing,
+        when(row.expires_at),
+        extra={"transfer_id": row.transfer_id, "partner": row.sender, "outcome": "refused"},
+    )
+    raise error
+
+
 class Ends:
     """Cancel, expiry and data deletion of one receiver's transfers."""
 
@@ -104,7 +142,7 @@ class Ends:
         check_reason(reason)
         row = self._row(transfer_id, peer)
         if row.state is TransferState.RECEIVING:
-            with ctx.busy(transfer_id, "cancel"):
+            with ctx.busy(transfer_id, "cancel", row.sender):
                 row = self._row(transfer_id, peer)  # current under the guard
                 if row.state is TransferState.RECEIVING:
                     self._end(row, TransferState.CANCELLED, peer.id if peer else ctx.me, reason)

@@ -9,6 +9,7 @@ again from the row and the spool (``data_key`` and ``upload.rehash``).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import threading
@@ -21,7 +22,11 @@ from gateway import envelope
 from gateway.audit.records import AuditRecord
 from gateway.compliance.border import Border
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.errors import PartialLostError, TransferConflictError, UnknownTransferError
+from gateway.errors import (
+    PartialLostError,
+    TransferConflictError,
+    UnknownTransferError,
+)
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
@@ -41,6 +46,11 @@ class _Held:
     # The plaintext hash of the held segments: valid up to a segment, and only while the
     # partial file is the one it was computed over (its fingerprint, see Spool.fingerprint).
     hashed: tuple[int, hashlib._Hash, object] | None = None
+
+
+def when(at: int) -> str:
+    """A time as operators read it in messages (UTC); both sides name times this way."""
+    return f"{datetime.datetime.fromtimestamp(at, datetime.UTC):%Y-%m-%d %H:%M:%SZ}"
 
 
 class WorkingSet:
@@ -123,7 +133,7 @@ class Context:
         self.partner_keys = partner_keys  # verifies the senders' manifests
         self.border = border  # the compliance rules at ingress
         self.working = WorkingSet()
-        self._active: set[str] = set()
+        self._active: set[tuple[str, str]] = set()  # (sender, transfer id)
         self._active_lock = threading.Lock()
 
     @property
@@ -140,23 +150,32 @@ class Context:
         return row
 
     @contextmanager
-    def busy(self, transfer_id: str, doing: str) -> Iterator[None]:
+    def busy(self, transfer_id: str, doing: str, sender: str | None = None) -> Iterator[None]:
         """One writer per transfer: creating it, uploading to it, or committing it.
 
         Never waits: a second writer is refused at once (the sender retries), so a stale
         stream cannot block a gRPC thread, and no step sees a row another step is changing.
+        Keyed by (sender, transfer id), and every partner call checks ownership before it
+        comes here: another partner naming the same id never meets this guard, so it can
+        neither learn that the transfer is active nor make its sender's calls fail.
+        ``sender``: the partner whose transfer it is; None (this gateway's own work: expiry,
+        deletion, rewrap) takes it from the ledger row.
         """
+        if sender is None:
+            row = self.ledger.inbound(transfer_id)
+            sender = "" if row is None else row.sender
+        key = (sender, transfer_id)
         with self._active_lock:
-            if transfer_id in self._active:
+            if key in self._active:
                 raise TransferConflictError(
                     f"transfer {transfer_id} is busy on another stream; {doing} again shortly"
                 )
-            self._active.add(transfer_id)
+            self._active.add(key)
         try:
             yield
         finally:
             with self._active_lock:
-                self._active.discard(transfer_id)
+                self._active.discard(key)
 
     def data_key(self, row: Inbound) -> bytes:
         """The data key: handed over by the offer, else unwrapped with our storage key."""

@@ -6,6 +6,11 @@ gateway received (and with the passport's data set digest, kept at the offer). A
 disagreement refuses the transfer for good. Otherwise the spool file moves into the inbox
 atomically, the ledger commits, and the receipt -- signed in the HSM -- goes back. A repeated
 Finish with the same manifest gets the same receipt (the sender lost it).
+
+A transfer commits within its passport: once ``exp`` plus ``limits.passport_leeway_seconds``
+has passed, Finish is refused (PERMISSION_DENIED, as an expired passport is at the offer;
+audited as ``call.refused``) and nothing commits -- checked when the finish starts and again
+just before the commit. Only the repeat of a commit made in time still gets its receipt.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from gateway.audit.records import AuditRecord
 from gateway.config import PartnerConfig
 from gateway.documents import Manifest, Receipt, read_manifest, read_own_receipt, sign_receipt
 from gateway.errors import ManifestError, TransferConflictError
-from gateway.receiver.cancel import refuse_ended
+from gateway.receiver.cancel import refuse_ended, refuse_late
 from gateway.receiver.context import Context
 from gateway.receiver.upload import held_hash
 from gateway.signed import Signed
@@ -38,13 +43,14 @@ def finish(
     # call, so before the guard.
     ctx.partner_keys.verify(peer, signed_manifest, "manifest")
     manifest = read_manifest(signed_manifest)
-    with ctx.busy(transfer_id, "finish"):
+    with ctx.busy(transfer_id, "finish", peer.id):
         row = ctx.owned(peer, transfer_id, "finish")
         if row.state is TransferState.COMMITTED and row.receipt is not None:
             if read_own_receipt(row.receipt, ctx.me).manifest_digest != signed_manifest.digest:
                 raise ManifestError(f"transfer {transfer_id} was committed with another manifest")
             return row.receipt
         refuse_ended(row)
+        refuse_late(ctx, row, "finish")
         if row.state is not TransferState.RECEIVING:
             raise TransferConflictError(f"transfer {transfer_id} is {row.state}")
         if not row.final_received:
@@ -71,6 +77,7 @@ def finish(
             reason = "manifest disagrees with what arrived: " + "; ".join(problems)
             ctx.refuse(transfer_id, peer.id, reason, ManifestError.__name__)
             raise ManifestError(reason)
+        refuse_late(ctx, row, "finish")  # again: the hash above may have taken a while
         committed_at = int(ctx.clock())
         receipt = sign_receipt(
             ctx.keys,

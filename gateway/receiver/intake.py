@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gateway import envelope
 from gateway.errors import ByteLimitError, OfferMismatchError, TrailingDataError
@@ -91,8 +91,12 @@ class Intake:
         partial: PartialFile,
         received: int,
         byte_limit: int,
+        in_time: Callable[[], None] | None = None,
     ) -> None:
+        """``in_time``: raises once the transfer's passport has run out; asked before each
+        segment is taken, so no segment is accepted after it."""
         self._ledger = ledger
+        self._in_time = in_time
         self.transfer_id = transfer_id
         self.decryptor = decryptor
         self.hasher = hasher
@@ -153,6 +157,8 @@ class Intake:
             )
         if self.decryptor.done:
             raise TrailingDataError(f"segment {segment.index} arrived after the final segment")
+        if self._in_time is not None:
+            self._in_time()
         plaintext = self.decryptor.decrypt_segment(segment.index, segment.ciphertext, segment.final)
         if self.received + len(plaintext) > self._byte_limit:
             raise ByteLimitError(

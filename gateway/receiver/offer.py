@@ -118,7 +118,7 @@ class Offers:
         existing = ctx.ledger.inbound(transfer_id)
         if existing is not None:
             return _resume(existing, peer, offered_digest)
-        with ctx.busy(transfer_id, "offer"):
+        with ctx.busy(transfer_id, "offer", peer.id):
             return self._create(peer, passport, header, offered_digest)
 
     def _create(
@@ -208,6 +208,7 @@ class Offers:
             sender=(peer.id, peer.jurisdiction),
             receiver=(self._ctx.me, self._ctx.config.gateway.jurisdiction),
             again=again,
+            has_digest=passport.claims.sub is not None,  # as the sender judged it
         )
 
     def _open_offered(self, header: envelope.Header) -> tuple[bytes, int]:

@@ -2,9 +2,12 @@
 
 Each segment is decrypted and authenticated before its ciphertext is appended to the spool;
 the passport's byte limit is enforced while streaming; the resume point moves only after an
-fsync (see ``intake``). A broken stream keeps what verified. A byte-limit breach refuses the
-transfer for good. Held data that no longer verifies (disk corruption) or that the spool lost
-restarts the transfer from segment 0.
+fsync (see ``intake``). The passport bounds the stream in time: an upload is refused at its
+start, and at any segment, once the passport's ``exp`` plus ``limits.passport_leeway_seconds``
+has passed (``cancel.refuse_late``) -- a transfer finishes within its passport, never on
+a stream opened before it ran out. A broken stream keeps what verified. A byte-limit breach
+refuses the transfer for good. Held data that no longer verifies (disk corruption) or that the
+spool lost restarts the transfer from segment 0.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from gateway.errors import (
     XbgwError,
 )
 from gateway.ledger import Inbound
-from gateway.receiver.cancel import refuse_ended
+from gateway.receiver.cancel import refuse_ended, refuse_late
 from gateway.receiver.context import Context
 from gateway.receiver.intake import Intake
 from gateway.transfer import SegmentIn, TransferState, UploadResult
@@ -45,11 +48,12 @@ def upload(ctx: Context, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> 
         )
     transfer_id = first.transfer_id
     ctx.owned(peer, transfer_id, "upload")  # before the guard: no oracle for others' ids
-    with ctx.busy(transfer_id, "upload"):
+    with ctx.busy(transfer_id, "upload", peer.id):
         row = ctx.owned(peer, transfer_id, "upload")  # read under the guard: it is current
         refuse_ended(row)
         if row.state is not TransferState.RECEIVING:
             raise TransferConflictError(f"transfer {transfer_id} is {row.state}, not receiving")
+        refuse_late(ctx, row, "upload")
         return _upload(ctx, row, itertools.chain([first], iterator))
 
 
@@ -82,6 +86,7 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
         partial,
         row.received_bytes,
         row.byte_limit,
+        in_time=lambda: refuse_late(ctx, row, "upload"),
     )
     try:
         intake.run(segments)

@@ -210,7 +210,9 @@ class P11Object:
 
     @property
     def version(self) -> int:
-        return int(self.attrs["ID"], 16)
+        # CKA_ID: purpose code byte + 4-byte version (issue 13), or the bare version (older).
+        key_id = bytes.fromhex(self.attrs["ID"])
+        return int.from_bytes(key_id[1:] if len(key_id) == 5 else key_id, "big")
 
     @property
     def usage(self) -> tuple[str, ...]:
@@ -265,7 +267,7 @@ class Row:
 
 
 JSON_FIELDS = {"purpose", "version", "state", "capabilities", "sensitive", "always_sensitive",
-               "extractable", "never_extractable"}  # fmt: skip
+               "extractable", "never_extractable", "modifiable", "copyable"}  # fmt: skip
 TABLE_HEADER = ["PURPOSE", "VER", "STATE", "SENSITIVE", "EXTRACTABLE", "USAGE"]
 
 

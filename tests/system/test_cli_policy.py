@@ -271,7 +271,8 @@ def test_check_reports_every_mistake_of_a_broken_table_with_its_file(rig: Rig) -
         "xbgw: broken.yaml: version: version 2 is not supported (supported: 1)",
         "broken.yaml: rules[0].when.fact: unknown fact 'colour' (known: direction, now, "
         "sender, receiver, sender_jurisdiction, receiver_jurisdiction, passport_src, "
-        "passport_dst, zone, exporter, purpose, ciio, cn_class, cn_pi, eu_class, subjects, "
+        "passport_dst, zone, exporter, purpose, ciio, has_digest, cn_class, cn_pi, eu_class, "
+        "subjects, "
         "byte_limit, year_subjects, year_sensitive, categories, year_subjects_after, "
         "year_sensitive_after, sender_country, receiver_country, evidence_kinds, "
         "exemptions_claimed)",

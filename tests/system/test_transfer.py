@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +39,4 @@ def test_send_fetch_round_trip(pair: Pair, tmp_path: Path) -> None:
     fetched = pair.frankfurt.cli("fetch", transfer_id, "-o", str(target))
     assert fetched.returncode == 0, fetched.stderr
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # decrypted data: owner only
