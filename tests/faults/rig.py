@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.pair import Gateway, Pair, edit_config, provision_pair
-from tests.system.faults import FaultProxy
+from tests.system.faults import FaultProxy, privileged, tmpfs_options
 
 #: Room left on the spool while it is "full": less than one segment, so the next write fails.
 FULL_SLACK = 16 << 10
@@ -108,7 +108,7 @@ class Tmpfs:
 
     def mount(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _run("mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0700", "tmpfs", str(self.path))
+        _run("mount", "-t", "tmpfs", "-o", tmpfs_options(self.size), "tmpfs", str(self.path))
         self.mounted = True
 
     def used(self) -> int:
@@ -143,14 +143,16 @@ class Tmpfs:
     def unmount(self) -> None:
         if not self.mounted:
             return
-        done = subprocess.run(["umount", str(self.path)], capture_output=True, check=False)
+        umount = privileged("umount", str(self.path))
+        done = subprocess.run(umount, capture_output=True, check=False)
         if done.returncode != 0:  # still busy (a process we lost track of): detach it anyway
             _run("umount", "-l", str(self.path))
         self.mounted = False
 
 
 def _run(*command: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    """A mount command, as root (see :func:`tests.system.faults.privileged`)."""
+    done = subprocess.run(privileged(*command), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()}")
 

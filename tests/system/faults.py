@@ -26,6 +26,7 @@ verified end to end between the two gateways.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import threading
@@ -299,3 +300,21 @@ class FaultProxy:
         self._cuts += 1
         self._tripped.set()
         return now, True
+
+
+# -- full disks --------------------------------------------------------------------------------
+
+
+def privileged(*command: str) -> list[str]:
+    """``command`` as root: itself when the tests run as root, else through ``sudo -n`` (CI
+    machines that install packages with sudo). Mounting a small tmpfs is how a test fills a
+    disk for real; without root or password-less sudo it fails with the reason."""
+    if os.geteuid() == 0:
+        return list(command)
+    return ["sudo", "-n", *command]
+
+
+def tmpfs_options(size: int) -> str:
+    """A tmpfs of ``size`` bytes owned by the test's user (the daemons it starts write there)
+    and closed to everyone else."""
+    return f"size={size},mode=0700,uid={os.getuid()},gid={os.getgid()}"

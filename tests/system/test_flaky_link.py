@@ -37,7 +37,7 @@ import pytest
 
 from devtools.pair import edit_config, provision_pair
 from gateway.envelope import TAG_LEN
-from tests.system.faults import FaultProxy
+from tests.system.faults import FaultProxy, privileged, tmpfs_options
 from tests.system.harness import Gateway, Pair, wait_until
 
 SEGMENT = 256 << 10
@@ -75,8 +75,9 @@ class Rig:
 
 
 def _umount(path: Path) -> None:
-    if subprocess.run(["umount", str(path)], check=False, capture_output=True).returncode:
-        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, check=True)
+    umount = privileged("umount", str(path))
+    if subprocess.run(umount, check=False, capture_output=True).returncode:
+        subprocess.run(privileged("umount", "--lazy", str(path)), capture_output=True, check=True)
 
 
 @contextlib.contextmanager
@@ -88,7 +89,7 @@ def tmpfs(path: Path, size: int) -> Iterator[Path]:
     path.rename(saved)
     path.mkdir(mode=0o700)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        privileged("mount", "-t", "tmpfs", "-o", tmpfs_options(size), "tmpfs", str(path)),
         check=True,
         capture_output=True,
     )
