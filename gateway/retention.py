@@ -44,7 +44,12 @@ from gateway.errors import (
     XbgwError,
 )
 from gateway.ledger import Inbound, Ledger, Outbound
-from gateway.receiver.cancel import Ends, check_reason, ended_message, reason_digest
+from gateway.receiver.cancel import (
+    Ends,
+    check_reason,
+    ended_error,
+    reason_digest,
+)
 from gateway.receiver.context import when
 from gateway.transfer import PartnerLink, TransferState, transient
 
@@ -408,17 +413,8 @@ def _join(*parts: str) -> str:
 
 def refuse_final(row: Inbound | Outbound) -> None:
     """The refusal of anything more for an ended (or refused) transfer: why it ended."""
-    if row.ended is not None:
-        raise TransferEndedError(
-            ended_message(
-                row.transfer_id,
-                row.state,
-                row.ended.at,
-                row.ended.by,
-                row.ended.reason,
-                row.expires_at,
-            )
-        )
+    if (error := ended_error(row)) is not None:
+        raise error
     refusal = getattr(row, "refusal", None)
     raise TransferEndedError(
         f"transfer {row.transfer_id} was refused for good ({refusal}); there is nothing to cancel"

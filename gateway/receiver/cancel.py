@@ -27,7 +27,7 @@ from gateway.errors import (
     UnknownTransferError,
     UsageError,
 )
-from gateway.ledger import Inbound
+from gateway.ledger import Inbound, Outbound
 from gateway.receiver.context import Context, when
 from gateway.transfer import TransferState
 
@@ -66,19 +66,21 @@ def ended_message(transfer_id: str, state: TransferState, at: int, by: str | Non
     )
 
 
+def ended_error(row: Inbound | Outbound) -> TransferEndedError | None:
+    """Why a transfer that ended (cancelled, expired) takes nothing more; None if it did not."""
+    if row.ended is None:
+        return None
+    ended = row.ended
+    message = ended_message(
+        row.transfer_id, row.state, ended.at, ended.by, ended.reason, row.expires_at
+    )
+    return TransferEndedError(message)
+
+
 def refuse_ended(row: Inbound) -> None:
     """The hook of offer, upload and finish: a cancelled or expired transfer takes nothing."""
-    if row.state.ended and row.ended is not None:
-        raise TransferEndedError(
-            ended_message(
-                row.transfer_id,
-                row.state,
-                row.ended.at,
-                row.ended.by,
-                row.ended.reason,
-                row.expires_at,
-            )
-        )
+    if row.state.ended and (error := ended_error(row)) is not None:
+        raise error
 
 
 def refuse_late(ctx: Context, row: Inbound, doing: str) -> None:
