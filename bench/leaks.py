@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,7 @@ class _Rig:
 
     def __init__(self, root: Path) -> None:
         from devtools.provision import SOFTHSM_MODULE
+        from gateway.config import Limits
         from gateway.hsm import Hsm
         from gateway.keyring import KeyRing
         from gateway.keys import Purpose
@@ -113,7 +115,7 @@ class _Rig:
         from gateway.receiver import Receiver
         from gateway.sender import Sender
         from gateway.spool import Spool
-        from tests.loopback import LoopbackLink
+        from tests.loopback import LoopbackLink, gateway_config
 
         module = SOFTHSM_MODULE
         self.issuer = Hsm.open(module, ISSUER, USER_PIN)
@@ -130,7 +132,9 @@ class _Rig:
         self.spools: dict[str, Any] = {}
         for me, peer in (GATEWAYS, GATEWAYS[::-1]):
             state = root / me[0]
-            config = _config(state, me, peer, self.hsms[peer[0]], self.issuer)
+            config = gateway_config(
+                state, me, peer, self.hsms[peer[0]], self.issuer, Limits(partner_wait_seconds=0)
+            )
             hsm = self.hsms[me[0]]
             ledger = Ledger(state / "ledger.sqlite3")
             ring = KeyRing(me[0], ledger, hsm, config.keys)
@@ -178,54 +182,6 @@ class _Rig:
             hsm.close()
 
 
-def _config(
-    state: Path, me: tuple[str, str], peer: tuple[str, str], peer_hsm: Any, issuer: Any
-) -> Any:
-    from gateway.config import (
-        Address,
-        GatewayConfig,
-        HsmConfig,
-        Identity,
-        IssuerConfig,
-        Limits,
-        Listen,
-        PartnerConfig,
-        TlsConfig,
-    )
-    from gateway.keys import KeyRef, Purpose
-    from gateway.secrets import PinSource
-
-    unused = state / "unused"  # paths the in-process parts never open
-    return GatewayConfig(
-        path=state / "gateway.yaml",
-        gateway=Identity(me[0], me[1]),
-        listen=Listen(Address("127.0.0.1", 0), state / "local.sock"),
-        tls=TlsConfig(unused, unused),
-        hsm=HsmConfig(unused, me[0], PinSource("env", "XBGW_BENCH_PIN")),
-        state_dir=state,
-        partners=(
-            PartnerConfig(
-                id=peer[0],
-                endpoint=Address("127.0.0.1", 1),
-                jurisdiction=peer[1],
-                ca=unused,
-                ca_pem=b"",
-                identity=f"{peer[0]}.example",
-                signing_key=unused,
-                signing_public_key=peer_hsm.public_key(Purpose.SIGNING, 1),
-            ),
-        ),
-        issuers=(
-            IssuerConfig(
-                kid=KeyRef(ISSUER, Purpose.SIGNING, 1),
-                public_key_path=unused,
-                public_key=issuer.public_key(Purpose.SIGNING, 1),
-            ),
-        ),
-        limits=Limits(partner_wait_seconds=0),
-    )
-
-
 def _passport(issuer: Any, jti: str) -> str:
     from gateway.keys import KeyRef, Purpose
     from gateway.passport import issue
@@ -265,17 +221,6 @@ def _print_sample(sample: Sample) -> None:
     )
 
 
-def _slope(xs: list[float], ys: list[float]) -> float:
-    """The least-squares slope of ``ys`` over ``xs`` (0 with fewer than two points)."""
-    if len(xs) < 2:
-        return 0.0
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    if spread == 0:
-        return 0.0
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
-
-
 def summarise(samples: list[Sample], warmup: int, recycle: bool) -> dict[str, Any]:
     first = next(sample for sample in samples if sample.transfers >= warmup)
     last = samples[-1]
@@ -288,9 +233,9 @@ def summarise(samples: list[Sample], warmup: int, recycle: bool) -> dict[str, An
         # The least-squares slope over every sample after the warm-up, not the difference of
         # two: RSS moves by a megabyte either way as SoftHSM is restarted and the allocator
         # returns memory, and two samples would read that noise as growth or shrinkage.
-        "bytes_per_transfer": _slope(
+        "bytes_per_transfer": statistics.linear_regression(
             [float(s.transfers) for s in measured], [s.rss_kib * 1024.0 for s in measured]
-        ),
+        ).slope,
         "live_session_objects_end": last.session_objects,
         "library_restarts": last.library_restarts,
         "samples": [sample.__dict__ for sample in samples],

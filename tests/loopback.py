@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import (
     Address,
@@ -219,15 +221,21 @@ class Loopback:
             side.ledger.close()
 
 
-def _config(
+class HoldsPublicKeys(Protocol):
+    def public_key(self, purpose: Purpose, version: int) -> ec.EllipticCurvePublicKey: ...
+
+
+def gateway_config(
     root: Path,
     me: tuple[str, str],
     peer: tuple[str, str],
-    peer_keys: SoftwareHsm,
-    issuer: SoftwareHsm,
+    peer_keys: HoldsPublicKeys,
+    issuer: HoldsPublicKeys,
     limits: Limits,
     compliance: ComplianceConfig | None = None,
 ) -> GatewayConfig:
+    """The configuration of one gateway wired in process to ``peer`` (a software or a real
+    HSM: only their public keys are read); the benchmark of leaks uses it too."""
     unused = root / "unused"  # paths the in-process parts never open
     return GatewayConfig(
         path=root / "gateway.yaml",
@@ -280,7 +288,7 @@ def make_loopback(
     for me, peer in ((LINGANG, FRANKFURT), (FRANKFURT, LINGANG)):
         state = root / me[0]
         rules = (compliance or {}).get(me[0])
-        config = _config(state, me, peer, keys[peer[0]], issuer, limits, rules)
+        config = gateway_config(state, me, peer, keys[peer[0]], issuer, limits, rules)
         mine = keys[me[0]]
         ledger = Ledger(state / "ledger.sqlite3")
         ring = KeyRing(me[0], ledger, mine, config.keys, clock=clock)
