@@ -55,7 +55,7 @@ from gateway.metrics import Metrics
 from gateway.partner_keys import PartnerKeys
 from gateway.transfer import unreachable
 from tests.fakes import SoftwareHsm
-from tests.loopback import FRANKFURT, LINGANG, _config
+from tests.loopback import FRANKFURT, LINGANG, gateway_config
 
 NOW = 1_750_000_000  # 2025-06-15T15:06:40Z
 ME, PARTNER = LINGANG[0], FRANKFURT[0]
@@ -134,7 +134,7 @@ class Setup:
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
     mine, theirs, issuer = SoftwareHsm(), SoftwareHsm(), SoftwareHsm()
-    config = _config(tmp_path, LINGANG, FRANKFURT, theirs, issuer, Limits())
+    config = gateway_config(tmp_path, LINGANG, FRANKFURT, theirs, issuer, Limits())
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     link = FakeLink(theirs)
     alarms: list[str] = []
@@ -491,7 +491,7 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path, setup: Setup) -> Iterator[Served]:
     issuer = SoftwareHsm()
-    config = _config(tmp_path / "f", FRANKFURT, LINGANG, setup.mine, issuer, Limits())
+    config = gateway_config(tmp_path / "f", FRANKFURT, LINGANG, setup.mine, issuer, Limits())
     ledger = Ledger(tmp_path / "f" / "ledger.sqlite3")
     checkpointer = Checkpointer(PARTNER, ledger, setup.theirs, lambda: 1, clock=lambda: NOW)
     witness = Witness(
