@@ -162,8 +162,17 @@ class ControlClient:
     """One mutual-TLS channel to the control server, connected (handshake done) up front."""
 
     def __init__(
-        self, address: str, tls: TlsFiles, server_name: str, max_message_bytes: int
+        self,
+        address: str,
+        tls: TlsFiles,
+        server_name: str,
+        max_message_bytes: int,
+        *,
+        own_connection: bool = False,
     ) -> None:
+        """``own_connection``: a TCP connection of this client's own. Channels of one process
+        with equal arguments share one connection (FIELD-NOTES.md, "Long links"); a local
+        subchannel pool keeps this one apart, as the long-link bench's N connections need."""
         credentials = grpc.ssl_channel_credentials(
             root_certificates=tls.ca.read_bytes(),
             private_key=tls.private_key.read_bytes(),
@@ -175,6 +184,7 @@ class ControlClient:
             options=[
                 ("grpc.ssl_target_name_override", server_name),
                 *_options(max_message_bytes),
+                *([("grpc.use_local_subchannel_pool", 1)] if own_connection else []),
             ],
         )
         self._upload = self._channel.stream_unary(UPLOAD, None, None)  # raw bytes
@@ -196,8 +206,12 @@ class ControlClient:
                     left -= len(block)
                     yield block
 
+        return self.upload_chunks(chunks(), size)
+
+    def upload_chunks(self, chunks: Iterator[bytes], size: int) -> UploadResult:
+        """One upload of ``chunks`` (``size`` bytes in all); timed, and checked by the count."""
         started = time.perf_counter()
-        received = self._upload(chunks())
+        received = self._upload(chunks)
         seconds = time.perf_counter() - started
         counted = int.from_bytes(received, "big")
         if counted != size:

@@ -142,12 +142,37 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
             for op, n in counts.items():
                 _positive(n, f"hsm count {name} {op}")
 
+    link = data["longlink"]
+    assert link["stripes"] == 1 and link["control_connections"] == 2
+    (run,) = link["runs"]
+    assert run["rtt_ms"] == 20
+    for key in ("gateway", "control", "control_n"):
+        _positive(run[key]["mbps"], f"long link {key} MB/s")
+        assert run[key]["proxy"]["relayed"] >= run["size_bytes"], run[key]["proxy"]
+    # The split control really used separate TCP connections (the proxy counted them).
+    assert (run["control"]["proxy"]["connections"], run["control_n"]["proxy"]["connections"]) == (
+        1,
+        2,
+    )
+    assert link["small"]["count"] == 2
+    # A small transfer cannot beat the path: one round trip at least.
+    assert link["small"]["latency_ms"]["p50"] >= 20
+    _positive(link["small"]["round_trips_p50"], "long link small round trips")
+    per_gib = data["bulk"]["cpu_s_per_gib"]
+    for side, names in (
+        ("gateway", ("lingang", "frankfurt", "client")),
+        ("control", ("control_server", "control_client")),
+    ):
+        assert set(per_gib[side]) == {*names, "total"}
+        _positive(per_gib[side]["total"], f"bulk {side} CPU-s/GiB")
+
     rows = data["targets"]
     assert {row["metric"].split(":")[0] for row in rows} >= {"bulk", "small"}
     assert all(isinstance(row["met"], bool) for row in rows if row["target"])
     assert data["rotation"]["rotations"] >= 1
     assert data["audit"]["checkpoint_ms"] > 0
     assert {row["metric"].split(":")[0] for row in rows} >= {"audit", "compliance", "rotation"}
+    assert "long link 20 ms" in {row["metric"].split(":")[0] for row in rows}
     for row in rows:
         if row["metric"].startswith(("rotation:", "audit:", "leaks:")):
             # Differences of two measurements: noise can make them negative, never NaN.
