@@ -1,5 +1,9 @@
 """The harness as a local application: ``LocalGateway.Send`` over the daemon's Unix socket.
 
+Two ways in, as ``xbgw send`` has them: :meth:`LocalClient.send` streams the data through
+the socket (a program producing data on the fly), :meth:`LocalClient.send_file` hands the
+open file to the daemon (``gateway.fdpass``), which reads it itself.
+
 A transfer is timed from the moment the ``Send`` call is made (the ``start`` message and the
 first data chunks are handed to gRPC then) until the ``done`` event arrives: the daemon sends
 ``done`` only after the partner's signed receipt has verified against its pinned key and
@@ -10,6 +14,7 @@ against the bytes it submitted.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ from pathlib import Path
 import grpc
 
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
+from gateway.fdpass import fd_socket_path, hand_over
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class LocalClient:
     """One channel to a daemon's local socket, shared by any number of threads."""
 
     def __init__(self, socket_path: Path, max_message_bytes: int) -> None:
+        self._fd_socket = fd_socket_path(socket_path)
         self._channel = grpc.insecure_channel(
             f"unix:{socket_path}",
             options=[
@@ -66,17 +73,46 @@ class LocalClient:
         timeout: float | None = None,
     ) -> SendResult:
         """Send ``size`` bytes from ``chunks``; return the time to the verified receipt."""
+        start = local_pb2.SendStart(partner=partner, passport=passport, size=size)
+        return self._run(start, chunks, sha256, time.perf_counter(), timeout)
+
+    def send_file(
+        self,
+        partner: str,
+        passport: str,
+        path: Path,
+        sha256: bytes,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Send the file at ``path`` by handing its open descriptor to the daemon; the time
+        counts from the handover to the verified receipt."""
+        with path.open("rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            started = time.perf_counter()
+            ticket = hand_over(self._fd_socket, src.fileno())
+        start = local_pb2.SendStart(
+            partner=partner, passport=passport, size=size, file_ticket=ticket
+        )
+        return self._run(start, [], sha256, started, timeout)
+
+    def _run(
+        self,
+        start: local_pb2.SendStart,
+        chunks: Iterable[bytes],
+        sha256: bytes,
+        started: float,
+        timeout: float | None,
+    ) -> SendResult:
+        """One ``Send``: ``start``, then ``chunks`` as data; checks the receipt summary."""
+        size = start.size
 
         def requests() -> Iterator[local_pb2.SendRequest]:
-            yield local_pb2.SendRequest(
-                start=local_pb2.SendStart(partner=partner, passport=passport, size=size)
-            )
+            yield local_pb2.SendRequest(start=start)
             for block in chunks:
                 yield local_pb2.SendRequest(data=block)
 
         summary = None
         seconds = 0.0
-        started = time.perf_counter()
         for event in self._stub.Send(requests(), timeout=timeout):
             if event.WhichOneof("kind") == "done":
                 seconds = time.perf_counter() - started

@@ -45,6 +45,8 @@ FRAME_OVERHEAD = 64 * KIB  # room for gRPC framing and message fields around one
 MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE, DEFAULT_SEGMENT_SIZE = 64, 16 * MIB, MIB
 MAX_MESSAGE_BYTES = 16 * MIB
 MAX_UNIX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+#: The file-handover socket is the local socket's path plus this (``gateway.fdpass``).
+FD_SOCKET_SUFFIX = ".fd"
 
 _JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")

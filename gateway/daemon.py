@@ -47,6 +47,7 @@ from gateway.audit.witness import Witness
 from gateway.compliance.border import Border
 from gateway.config import Address, GatewayConfig, load_config
 from gateway.errors import ConfigError, ListenError, XbgwError
+from gateway.fdpass import FileTickets, HandoverListener, fd_socket_path
 from gateway.hsm import Hsm
 from gateway.keyadmin import gateway_key_administration
 from gateway.keyring import KeyRing
@@ -323,6 +324,7 @@ class Daemon:
         send_queue = SendQueue(
             limits.max_concurrent_transfers, limits.max_queued_sends, send_capacity(limits)
         )
+        self.file_tickets = FileTickets()
         self.local_server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=local_workers(limits), thread_name_prefix="xbgw-local"
@@ -351,6 +353,7 @@ class Daemon:
                 witness=self.witness,
                 send_queue=send_queue,
                 lifecycle=self.lifecycle,
+                file_tickets=self.file_tickets,
             ),
             self.local_server,
         )
@@ -362,6 +365,12 @@ class Daemon:
             raise ConfigError(f"cannot listen on the local socket {socket_path}")
         os.chmod(socket_path, 0o660)
         self.local_server.start()
+        # `xbgw send FILE` hands the open file over here (gateway.fdpass): same owner, group
+        # and mode as the local socket.
+        self.handover = HandoverListener(
+            fd_socket_path(socket_path), self.file_tickets, socket_path
+        )
+        self.handover.start()
 
     def _set_serving(self, serving: bool) -> None:
         status = (
@@ -568,6 +577,7 @@ class Daemon:
         self._set_serving(False)
         self.witness.stop()  # no new round; the one running ends when the link closes
         started = time.monotonic()
+        self.handover.stop()  # no new handovers; the files of unclaimed tickets are closed
         local_done = self.local_server.stop(grace)
         partner_done = self.partner_server.stop(grace)
         local_done.wait()

@@ -30,6 +30,7 @@ from gateway.errors import (
     UsageError,
     XbgwError,
 )
+from gateway.fdpass import FileTickets, HandedFile
 from gateway.keyadmin import KeyAdministration, KeyReport
 from gateway.keys import KeyRef, KeyVersion, Purpose
 from gateway.ledger import Inbound, Ledger
@@ -85,9 +86,13 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         witness: Witness | None = None,
         send_queue: SendQueue | None = None,
         lifecycle: Lifecycle | None = None,
+        file_tickets: FileTickets | None = None,
     ) -> None:
         """``send_queue``: admits local sends (by default sized by the configuration as it
-        is now; the daemon passes one sized for its server's threads)."""
+        is now; the daemon passes one sized for its server's threads). ``file_tickets``:
+        files handed over on the side socket (``gateway.fdpass``); None: a send naming a
+        ticket is refused."""
+        self._file_tickets = file_tickets
         self._key_admin = key_admin
         self._lifecycle = lifecycle  # cancel, inbox ack|delete (gateway.retention)
         self._witness = witness
@@ -149,11 +154,16 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         if not context.add_callback(lambda: self._sends.leave(ticket)):
             self._sends.leave(ticket)
             return
+        handed: HandedFile | None = None
         try:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("kind") != "start":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be 'start'")
                 return
+            if first.start.file_ticket:
+                # Claimed before the wait for a slot: the ticket expires, this call does not.
+                # From here the descriptor belongs to this call, closed when it ends.
+                handed = self._claim(first.start, context)
             if not self._accepting():
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
                 return
@@ -163,9 +173,84 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             if not self._accepting():
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
                 return
-            yield from self._send(first.start, request_iterator, context)
+            if handed is None:
+                yield from self._send(first.start, request_iterator, context)
+            else:
+                yield from self._send_file(first.start, handed, request_iterator, context)
         finally:
+            if handed is not None:
+                handed.close()  # reads hold its lock: none runs on a closed descriptor
             self._sends.leave(ticket)
+
+    def _claim(self, start: local_pb2.SendStart, context: grpc.ServicerContext) -> HandedFile:
+        """The file ``start.file_ticket`` names, checked against ``start.size``."""
+        if self._file_tickets is None:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this gateway takes no handed-over files: stream the data",
+            )
+        assert self._file_tickets is not None
+        try:
+            handed = self._file_tickets.take(start.file_ticket)
+        except XbgwError as error:
+            _abort(context, error, "Send", partner=start.partner)
+            raise
+        if start.size and start.size != handed.size:
+            handed.close()
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the send declares {start.size} bytes; the handed-over file has {handed.size}",
+            )
+        return handed
+
+    def _send_file(
+        self,
+        start: local_pb2.SendStart,
+        handed: HandedFile,
+        request_iterator: Iterator[local_pb2.SendRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[local_pb2.SendEvent]:
+        """Send a handed-over file: read here with ``pread`` in segment-size reads (so the
+        sender never re-cuts them), from offset 0 -- the manifest's SHA-256 covers the whole
+        file and a resumed send re-checks the tags of segments the partner holds -- up to
+        the size it had at the handover."""
+        if next(request_iterator, None) is not None:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a send with a file_ticket carries no 'data' messages: end the request stream "
+                "after 'start'",
+            )
+        size = handed.size
+        step = self._config().limits.segment_size
+        peer = handed.peer
+        log.info(
+            "local send of a handed-over file of %d bytes (uid %d, pid %d)",
+            size,
+            peer.uid,
+            peer.pid,
+            extra={"partner": start.partner, "bytes": size, "outcome": "fd-handover"},
+        )
+
+        def chunks() -> Iterator[bytes]:
+            offset = 0
+            while offset < size:
+                # Nothing else tells a file send that its caller went away (nobody reads the
+                # request stream): a send the caller abandoned stops here.
+                if not context.is_active():
+                    raise ValueError(
+                        "the local client went away during the send; nothing was delivered: "
+                        "send the same file with the same passport to resume"
+                    )
+                block = handed.read_at(offset, min(step, size - offset))
+                if not block:
+                    return  # the file shrank: the sender says by how much (declared size)
+                offset += len(block)
+                yield block
+
+        declared = local_pb2.SendStart()
+        declared.CopyFrom(start)
+        declared.size = size
+        yield from self._send(declared, iter(()), context, chunks())
 
     def _wait_for_slot(self, ticket: Ticket) -> Iterator[local_pb2.SendEvent]:
         """``queued`` when the send must wait and whenever its place changes, until it runs
@@ -186,7 +271,10 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         start: local_pb2.SendStart,
         request_iterator: Iterator[local_pb2.SendRequest],
         context: grpc.ServicerContext,
+        source: Iterator[bytes] | None = None,
     ) -> Iterator[local_pb2.SendEvent]:
+        """Run the send in its own thread, relaying its events; the data is ``source`` if
+        given, else the ``data`` messages of ``request_iterator``."""
         events: queue.Queue[local_pb2.SendEvent | BaseException | None] = queue.Queue(maxsize=64)
 
         def chunks() -> Iterator[bytes]:
@@ -241,7 +329,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     summary = self._sender.send(
                         start.partner,
                         start.passport,
-                        chunks(),
+                        chunks() if source is None else source,
                         start.size or None,
                         on_progress,
                         start.wait_seconds if start.HasField("wait_seconds") else None,

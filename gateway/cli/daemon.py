@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import grpc
 
 from gateway._proto.xbgw.v1 import local_pb2
 from gateway.cli.common import read_token
-from gateway.cli.local_socket import connect
+from gateway.cli.local_socket import connect, hand_over_file
 from gateway.cli.local_socket import rpc_error as _rpc_error
 from gateway.cli.local_socket import socket_path as _socket_path
 from gateway.cli.local_socket import stub as _stub
@@ -82,7 +83,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     with src:
-        return _send(args, src, os.fstat(src.fileno()).st_size)
+        info = os.fstat(src.fileno())
+        # A regular file is handed to the daemon open (gateway.fdpass) and read there; a
+        # pipe, a FIFO or a device is streamed, as a program producing data on the fly.
+        regular = stat.S_ISREG(info.st_mode)
+        return _send(args, src, info.st_size, regular)
 
 
 def _named_digest(token: str) -> str | None:
@@ -114,7 +119,7 @@ def _declared_digest(token: str, src: BinaryIO) -> bytes:
     return hasher.digest()
 
 
-def _send(args: argparse.Namespace, src: BinaryIO, size: int) -> int:
+def _send(args: argparse.Namespace, src: BinaryIO, size: int, regular: bool = False) -> int:
     token = read_token(args.passport)
     start = local_pb2.SendStart(
         partner=args.to,
@@ -126,9 +131,14 @@ def _send(args: argparse.Namespace, src: BinaryIO, size: int) -> int:
         if args.wait > MAX_WAIT_SECONDS:
             raise UsageError(f"--wait {args.wait}s is longer than 7 days")
         start.wait_seconds = args.wait
+    if regular:
+        # None: the daemon has no file-handover socket (an older one): stream instead.
+        start.file_ticket = hand_over_file(args, src.fileno()) or b""
 
     def requests() -> Iterator[local_pb2.SendRequest]:
         yield local_pb2.SendRequest(start=start)
+        if start.file_ticket:
+            return  # the daemon reads the file itself; the stream ends after 'start'
         while block := src.read(READ_CHUNK):
             yield local_pb2.SendRequest(data=block)
 

@@ -31,6 +31,30 @@ def socket_path(args: argparse.Namespace) -> str:
     return os.environ.get("XBGW_SOCKET", DEFAULT_SOCKET)
 
 
+def hand_over_file(args: argparse.Namespace, fd: int) -> bytes | None:
+    """Hand the open file ``fd`` to the daemon (``gateway.fdpass``); its ticket, or None when
+    the daemon has no file-handover socket (a daemon older than this xbgw: stream instead)."""
+    from gateway.fdpass import fd_socket_path, hand_over
+
+    path = fd_socket_path(socket_path(args))
+    try:
+        return hand_over(path, fd)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    except PermissionError:
+        raise DaemonUnavailableError(
+            f"permission denied on {path}: add yourself to group xbgw (and log in again)"
+        ) from None
+    except TimeoutError:
+        raise DaemonUnavailableError(
+            f"the gateway's file-handover socket {path} does not answer: is it running?"
+        ) from None
+    except OSError as exc:
+        raise DaemonUnavailableError(
+            f"cannot hand the file to the gateway at {path}: {exc.strerror or exc}"
+        ) from None
+
+
 def stub(args: argparse.Namespace) -> tuple[grpc.Channel, local_pb2_grpc.LocalGatewayStub]:
     path = socket_path(args)
     try:

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SendStart(_message.Message):
-    __slots__ = ("partner", "passport", "size", "wait_seconds", "plaintext_sha256")
+    __slots__ = ("partner", "passport", "size", "wait_seconds", "plaintext_sha256", "file_ticket")
     PARTNER_FIELD_NUMBER: _ClassVar[int]
     PASSPORT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FILE_TICKET_FIELD_NUMBER: _ClassVar[int]
     partner: str
     passport: str
     size: int
     wait_seconds: int
     plaintext_sha256: bytes
-    def __init__(self, partner: _Optional[str] = ..., passport: _Optional[str] = ..., size: _Optional[int] = ..., wait_seconds: _Optional[int] = ..., plaintext_sha256: _Optional[bytes] = ...) -> None: ...
+    file_ticket: bytes
+    def __init__(self, partner: _Optional[str] = ..., passport: _Optional[str] = ..., size: _Optional[int] = ..., wait_seconds: _Optional[int] = ..., plaintext_sha256: _Optional[bytes] = ..., file_ticket: _Optional[bytes] = ...) -> None: ...
 
 class SendRequest(_message.Message):
     __slots__ = ("start", "data")
