@@ -531,6 +531,13 @@ def _socket_path(value: Any, ld: _Loader, path: str) -> Path:
     resolved = _path(value, ld, path)
     if (size := len(os.fsencode(resolved))) > MAX_UNIX_SOCKET_PATH:
         raise ValueError(f"{resolved} is {size} bytes; Unix sockets allow {MAX_UNIX_SOCKET_PATH}")
+    if size + len(FD_SOCKET_SUFFIX) > MAX_UNIX_SOCKET_PATH:
+        limit = MAX_UNIX_SOCKET_PATH - len(FD_SOCKET_SUFFIX)
+        raise ValueError(
+            f"{resolved} is {size} bytes; the local socket may have at most {limit}, for the "
+            f"file-handover socket beside it ({resolved.name}{FD_SOCKET_SUFFIX}) to fit in "
+            f"the {MAX_UNIX_SOCKET_PATH} bytes Unix sockets allow: choose a shorter path"
+        )
     return resolved
 
 
@@ -988,13 +995,25 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"{label}: the top level must be a mapping, got {_kind(doc)}")
     ld = _Loader(label, source)
     ld.problems.extend(f"{label}: {duplicate}" for duplicate in duplicates)
+    config = _load_document(doc, ld)
+    return dataclasses.replace(config, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def load_config_document(doc: dict[Any, Any], path: str | Path) -> GatewayConfig:
+    """A config from its parsed YAML ``doc`` as if read from ``path`` (relative paths resolve
+    against its directory): ``xbgw check`` loads a file again without the entries that
+    failed, so that one broken partner does not stop the HSM and TLS checks."""
+    return _load_document(doc, _Loader(str(path), Path(path).absolute()))
+
+
+def _load_document(doc: dict[Any, Any], ld: _Loader) -> GatewayConfig:
     config: GatewayConfig | None = None
     with contextlib.suppress(_ReportedError):
         config = _record(_TOP, _build_gateway)(doc, ld, "")
     _cross_check(doc, ld)
     if ld.problems or config is None:
         raise ConfigError(ld.problems)
-    return dataclasses.replace(config, sha256=hashlib.sha256(raw).hexdigest())
+    return config
 
 
 def _parse(label: str, text: str) -> tuple[Any, list[str]]:

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+import gateway
 from gateway import DEFAULT_SOCKET
 from gateway.cli.common import (
     EXIT_CONFIG,
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xbgw",
         description="Cross-border data exchange gateway: keys, passports, transfers.",
     )
+    parser.add_argument("--version", action="version", version=f"xbgw {gateway.__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     keys = verbs.add_parser("keys", help="HSM key versions").add_subparsers(
@@ -162,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--legal-basis", help="free text for the audit record (here or in --claims)")
     issue.add_argument("--byte-limit", type=parse_size, required=True, help="e.g. 64MiB")
     issue.add_argument("--ttl", type=parse_duration, default=3600, help="lifetime, e.g. 2h")
-    issue.add_argument("--jti", help="transfer id (default: random)")
+    issue.add_argument(
+        "--jti", help="name of the transfer; its id is <issuer>_<name> (default: random)"
+    )
     dataset = issue.add_mutually_exclusive_group()
     dataset.add_argument("--sub", help="dataset SHA-256 (hex)")
     dataset.add_argument("--file", help="compute the dataset SHA-256 from this file")
@@ -181,12 +185,35 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_passport_verify)
 
     _add_tls_verbs(verbs)
+    _add_check_verb(verbs)
     _add_daemon_verbs(verbs)
     _add_policy_verbs(verbs)
     _add_receipt_verbs(verbs)
     _add_audit_verbs(verbs)
     _add_witness_verbs(verbs)
     return parser
+
+
+def _add_check_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Everything ``serve`` needs at start, checked without starting it (the verb lives in
+    :mod:`gateway.cli.check`, imported only when it runs)."""
+    check = verbs.add_parser(
+        "check",
+        help="check a config: files, HSM and PIN, keys, TLS key and dates, partners, ledger",
+        description="Runs every check it can, also while the daemon runs, and prints one "
+        "line per problem (exit 1) or 'ok:' lines (exit 0). Example: "
+        "xbgw check -c /etc/xbgw/gateway.yaml",
+    )
+    check.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    check.add_argument(
+        "--expiry-warning",
+        type=_days,
+        default=30,
+        metavar="DAYS",
+        help="warn about certificates that expire within DAYS (default: 30)",
+    )
+    check.add_argument("--strict", action="store_true", help="warnings fail the check too (exit 1)")
+    check.set_defaults(func=_lazy("check", "cmd_check"))
 
 
 def _add_witness_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -382,7 +409,17 @@ def _verb_module(name: str) -> ModuleType:
         from gateway.cli import transfers
 
         return transfers
+    if name == "check":
+        from gateway.cli import check
+
+        return check
     raise ValueError(f"no verb module {name!r}")
+
+
+def _days(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}")
+    return int(text)
 
 
 def _page_size(text: str) -> int:
