@@ -185,12 +185,12 @@ class _Rig:
 def _passport(issuer: Any, jti: str) -> str:
     from gateway.keys import KeyRef, Purpose
     from gateway.passport import issue
-    from gateway.passport_claims import PassportClaims, XbgwClaims
+    from gateway.passport_claims import PassportClaims, XbgwClaims, scoped_jti
 
     now = int(time.time())
     claims = PassportClaims(
         iss=ISSUER,
-        jti=jti,
+        jti=scoped_jti(ISSUER, jti),
         iat=now,
         nbf=now,
         exp=now + 3600,

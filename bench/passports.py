@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.hsm import Hsm
     from gateway.keys import KeyRef
     from gateway.passport import issue
-    from gateway.passport_claims import PassportClaims, XbgwClaims
+    from gateway.passport_claims import PassportClaims, XbgwClaims, scoped_jti
     from gateway.secrets import PinSource
 
     kid = KeyRef.parse(args.kid)
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             now = int(time.time())
             claims = PassportClaims(
                 iss=kid.owner,
-                jti=uuid.uuid4().hex,
+                jti=scoped_jti(kid.owner, uuid.uuid4().hex),
                 iat=now,
                 nbf=now - 5,
                 exp=now + args.ttl,

@@ -142,9 +142,12 @@ def _xbgw(args: list[str], conf: Path) -> None:
         raise RuntimeError(f"xbgw {' '.join(args[:2])} failed ({done.returncode}): {done.stderr}")
 
 
-def _keys(conf: Path, token: str, pin_file: Path, public_out: Path) -> None:
+def _keys(
+    conf: Path, token: str, pin_file: Path, public_out: Path, purposes: str | None = None
+) -> None:
+    """Keys on ``token`` (every purpose, or ``purposes``) and its signing key's public half."""
     hsm = ["--module", SOFTHSM_MODULE, "--token", token, "--pin-file", str(pin_file)]
-    _xbgw(["keys", "init", *hsm], conf)
+    _xbgw(["keys", "init", *hsm, *(["--purposes", purposes] if purposes else [])], conf)
     _xbgw(["keys", "public", *hsm, "--purpose", "signing", "-o", str(public_out)], conf)
 
 
@@ -254,7 +257,7 @@ class DemoCa:
 def provision_issuer(root: Path, issuer_id: str) -> Issuer:
     conf, pin_file = _softhsm(root, issuer_id)
     public = root / "signing.pem"
-    _keys(conf, issuer_id, pin_file, public)
+    _keys(conf, issuer_id, pin_file, public, purposes="signing")  # an issuer only signs
     return Issuer(issuer_id, f"{issuer_id}/signing/1", conf, issuer_id, pin_file, public)
 
 

@@ -142,6 +142,24 @@ _EVIDENCE_OPTIONAL: Final = frozenset({"expires", "article", "module", "tia"})
 # --- claims ---------------------------------------------------------------------------------
 
 
+#: Between the issuer's id and the name it gives a transfer in ``jti``. Gateway ids never hold
+#: an underscore, so the issuer of a transfer id is everything before its first one.
+JTI_SEPARATOR: Final = "_"
+
+
+def scoped_jti(iss: str, name: str) -> str:
+    """The transfer id issuer ``iss`` gives the transfer it calls ``name``.
+
+    Why: a passport is spent once per transfer id, and a receiver may trust several issuers.
+    Were ids free, one issuer's passport could spend (or block) an id another issuer had
+    chosen; an id that begins with its issuer's own id is unique across issuers by
+    construction, and every verifier checks the prefix against the signing key's owner. A
+    ``name`` that already carries this issuer's prefix is taken as the whole id.
+    """
+    prefix = iss + JTI_SEPARATOR
+    return name if name.startswith(prefix) and len(name) > len(prefix) else prefix + name
+
+
 def short_repr(value: object, limit: int = 40) -> str:
     """``repr`` cut to ``limit`` characters: messages name a bad value without echoing a blob."""
     text = repr(value)
@@ -498,7 +516,8 @@ class PassportClaims:
     """
 
     iss: str  #: issuer: the gateway id that owns the signing key
-    jti: str  #: transfer id, 1-64 characters of A-Z a-z 0-9 . _ -
+    #: transfer id, 1-64 characters of A-Z a-z 0-9 . _ -: ``<iss>_<name>`` (:func:`scoped_jti`)
+    jti: str
     iat: int  #: issued at, seconds since the epoch
     nbf: int  #: not valid before
     exp: int  #: not valid at or after
@@ -514,6 +533,12 @@ class PassportClaims:
             _JTI,
             "1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
         )
+        if not self.jti.startswith(self.iss + JTI_SEPARATOR) or len(self.jti) == len(self.iss) + 1:
+            raise _claim_error(
+                "jti",
+                f"must be the issuer's id, '_' and a name ({self.iss}_...), so that no issuer "
+                f"can take another's transfer ids; got {short_repr(self.jti)}",
+            )
         for name in ("iat", "nbf", "exp"):
             _check_int(name, getattr(self, name), 0, MAX_TIME)
         if self.exp <= self.nbf:

@@ -39,7 +39,7 @@ from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Ledger
 from gateway.passport import issue
-from gateway.passport_claims import PassportClaims, XbgwClaims
+from gateway.passport_claims import PassportClaims, XbgwClaims, scoped_jti
 from gateway.receiver import Receiver
 from gateway.secrets import PinSource
 from gateway.sender import ReceiptSummary, Sender
@@ -158,6 +158,8 @@ class Loopback:
     link: LoopbackLink
     issuer: SoftwareHsm
     now: list[float]  # the clock both sides read; tests move it
+    #: issuers both sides trust besides ISSUER, by id (``make_loopback(more_issuers=...)``)
+    more_issuers: Mapping[str, SoftwareHsm] = field(default_factory=dict)
 
     def passport(
         self,
@@ -169,9 +171,11 @@ class Loopback:
         to: str = "frankfurt",
         ttl: int = 3600,
         terms: Mapping[str, Any] | None = None,
+        issuer: str = ISSUER,
     ) -> str:
         """``terms``: ``xbgw`` claims that replace the plain ones below (classification, pi,
-        subjects, exporter, evidence, ...: the compliance facts)."""
+        subjects, exporter, evidence, ...: the compliance facts). ``issuer``: ISSUER or one of
+        ``more_issuers``; ``jti`` is the name, scoped to the issuer's id (``scoped_jti``)."""
         now = int(self.now[0])
         plain: dict[str, Any] = {
             "sender": sender,
@@ -185,8 +189,8 @@ class Loopback:
             "byte_limit": byte_limit,
         }
         claims = PassportClaims(
-            iss=ISSUER,
-            jti=jti,
+            iss=issuer,
+            jti=scoped_jti(issuer, jti),
             iat=now,
             nbf=now,
             exp=now + ttl,
@@ -194,7 +198,8 @@ class Loopback:
             sub=sub,
             xbgw=XbgwClaims(**{**plain, **(terms or {})}),
         )
-        return issue(claims, self.issuer, KeyRef(ISSUER, Purpose.SIGNING, 1))
+        signer = self.issuer if issuer == ISSUER else self.more_issuers[issuer]
+        return issue(claims, signer, KeyRef(issuer, Purpose.SIGNING, 1))
 
     def send(self, jti: str, data: bytes, *, chunk: int = 50, **passport: object) -> ReceiptSummary:
         """Send ``data`` from lingang to frankfurt under a new passport ``jti``."""
@@ -233,6 +238,7 @@ def gateway_config(
     issuer: HoldsPublicKeys,
     limits: Limits,
     compliance: ComplianceConfig | None = None,
+    more_issuers: Mapping[str, HoldsPublicKeys] | None = None,
 ) -> GatewayConfig:
     """The configuration of one gateway wired in process to ``peer`` (a software or a real
     HSM: only their public keys are read); the benchmark of leaks uses it too."""
@@ -256,12 +262,13 @@ def gateway_config(
                 signing_public_key=peer_keys.public_key(Purpose.SIGNING, 1),
             ),
         ),
-        issuers=(
+        issuers=tuple(
             IssuerConfig(
-                kid=KeyRef(ISSUER, Purpose.SIGNING, 1),
+                kid=KeyRef(issuer_id, Purpose.SIGNING, 1),
                 public_key_path=unused,
-                public_key=issuer.public_key(Purpose.SIGNING, 1),
-            ),
+                public_key=keys.public_key(Purpose.SIGNING, 1),
+            )
+            for issuer_id, keys in {ISSUER: issuer, **(more_issuers or {})}.items()
         ),
         limits=limits,
         compliance=compliance or ComplianceConfig(),
@@ -272,23 +279,26 @@ def make_loopback(
     root: Path,
     limits: Limits | None = None,
     compliance: Mapping[str, ComplianceConfig] | None = None,
+    more_issuers: tuple[str, ...] = (),
 ) -> Loopback:
     """lingang (CN-SH) and frankfurt (EU-DE), each sending to and receiving from the other.
 
     ``compliance``: a gateway's ``compliance:`` section by its id (default: the default one).
+    ``more_issuers``: ids of passport issuers both trust besides ISSUER, each with its own key.
     """
     # No waiting for the partner unless a test asks: a cut or refusal fails the send at once.
     limits = limits or Limits(segment_size=SEGMENT, partner_wait_seconds=0)
     now = [float(int(time.time()))]
     clock = lambda: now[0]  # noqa: E731 - one shared, movable clock
     issuer = SoftwareHsm()
+    others = {issuer_id: SoftwareHsm() for issuer_id in more_issuers}
     link = LoopbackLink()
     keys = {LINGANG[0]: SoftwareHsm(), FRANKFURT[0]: SoftwareHsm()}
     sides: dict[str, Side] = {}
     for me, peer in ((LINGANG, FRANKFURT), (FRANKFURT, LINGANG)):
         state = root / me[0]
         rules = (compliance or {}).get(me[0])
-        config = gateway_config(state, me, peer, keys[peer[0]], issuer, limits, rules)
+        config = gateway_config(state, me, peer, keys[peer[0]], issuer, limits, rules, others)
         mine = keys[me[0]]
         ledger = Ledger(state / "ledger.sqlite3")
         ring = KeyRing(me[0], ledger, mine, config.keys, clock=clock)
@@ -305,7 +315,7 @@ def make_loopback(
     for me, peer in ((LINGANG, FRANKFURT), (FRANKFURT, LINGANG)):
         receiver_side = sides[peer[0]]
         link.receivers[peer[0]] = (receiver_side.receiver, receiver_side.config.partner(me[0]))
-    return Loopback(sides[LINGANG[0]], sides[FRANKFURT[0]], link, issuer, now)
+    return Loopback(sides[LINGANG[0]], sides[FRANKFURT[0]], link, issuer, now, others)
 
 
 # --- segment stream faults (for LoopbackLink.tamper) -----------------------------------------

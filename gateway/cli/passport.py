@@ -22,7 +22,7 @@ from gateway.keys import Purpose
 
 def cmd_passport_issue(args: argparse.Namespace) -> int:
     from gateway.passport import issue
-    from gateway.passport_claims import PassportClaims, XbgwClaims
+    from gateway.passport_claims import PassportClaims, XbgwClaims, scoped_jti
 
     kid = key_ref(args.kid, "--kid")
     if kid.purpose is not Purpose.SIGNING:
@@ -47,7 +47,7 @@ def cmd_passport_issue(args: argparse.Namespace) -> int:
             raise UsageError(f"--file: cannot read {args.file}: {exc.strerror}") from None
     claims = PassportClaims(
         iss=kid.owner,
-        jti=args.jti or uuid.uuid4().hex,
+        jti=scoped_jti(kid.owner, args.jti or uuid.uuid4().hex),
         iat=now,
         nbf=now,  # exp - nbf is exactly --ttl; verifiers allow for clock skew (leeway)
         exp=now + args.ttl,

@@ -110,7 +110,7 @@ def make_plan(
         faults = sorted(
             (_fault(rng, kind, size, max_seconds) for kind in chosen), key=lambda f: f.at
         )
-        transfer_id = f"faults-s{seed}-t{index:03d}"
+        transfer_id = f"dpo_faults-s{seed}-t{index:03d}"
         plans.append(TransferPlan(index, transfer_id, size, tuple(faults)))
     return Plan(seed, tuple(plans), kinds)
 

@@ -24,7 +24,7 @@ KID = KeyRef(ISSUER, Purpose.SIGNING, 1)
 def make_claims(jti: str, now: int) -> PassportClaims:
     return PassportClaims(
         iss=ISSUER,
-        jti=jti,
+        jti=f"{ISSUER}_{jti}",
         iat=now,
         nbf=now,
         exp=now + 3600,
@@ -95,7 +95,7 @@ def test_two_hundred_passports(hsm: Hsm, verifier: PassportVerifier) -> None:
     digests = {verifier.verify(token).digest for token in tokens}
     assert len(digests) == 200
     assert [verifier.verify(token).claims.jti for token in tokens[:3]] == [
-        "tx-loop-000",
-        "tx-loop-001",
-        "tx-loop-002",
+        "issuer-sh_tx-loop-000",
+        "issuer-sh_tx-loop-001",
+        "issuer-sh_tx-loop-002",
     ]

@@ -33,7 +33,7 @@ from gateway import envelope
 from gateway._proto.xbgw.v1 import common_pb2, partner_pb2, partner_pb2_grpc
 from gateway.keys import KeyRef, Purpose
 from gateway.passport import DigestSigner, issue, passport_digest
-from gateway.passport_claims import PassportClaims, XbgwClaims
+from gateway.passport_claims import PassportClaims, XbgwClaims, scoped_jti
 from gateway.signed import Signed, sign, verify
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -256,7 +256,7 @@ def claims(
     nbf = now - 5 if not_before is None else not_before
     return PassportClaims(
         iss=issuer,
-        jti=jti,
+        jti=scoped_jti(issuer, jti),
         iat=nbf,
         nbf=nbf,
         exp=now + 3600 if expires is None else expires,

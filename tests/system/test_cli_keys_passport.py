@@ -544,7 +544,7 @@ def passport(prov: Provisioned) -> Issued:
 def test_passport_issue_writes_a_compact_jws(passport: Issued) -> None:
     assert passport.issued.returncode == 0, outcome(passport.issued)
     assert passport.issued.stdout == ""
-    assert passport.issued.stderr == f"passport t-0001 written to {passport.path}\n"
+    assert passport.issued.stderr == f"passport dpo_t-0001 written to {passport.path}\n"
     assert re.fullmatch(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{86}", passport.token)
 
 
@@ -574,7 +574,7 @@ def test_passport_issue_to_stdout_with_sub(prov: Provisioned) -> None:
     claims = unverified_claims(token)
     assert claims["sub"] == digest
     assert claims["exp"] - claims["iat"] == 3600  # the default --ttl
-    assert re.fullmatch(r"[0-9a-f]{32}", claims["jti"])  # random by default
+    assert re.fullmatch(r"dpo_[0-9a-f]{32}", claims["jti"])  # random by default, in its id space
 
 
 def test_passport_issue_with_a_key_version_not_on_the_token(prov: Provisioned) -> None:
@@ -721,7 +721,7 @@ def test_passport_inspect_shows_header_and_claims_unverified(
     assert {k: claims[k] for k in ("iss", "aud", "jti", "sub")} == {
         "iss": ISSUER,
         "aud": AUDIENCE,
-        "jti": "t-0001",
+        "jti": "dpo_t-0001",  # --jti t-0001: the issuer's id comes first
         "sub": passport.dataset_sha256,
     }
     assert claims["xbgw"] == {
@@ -740,14 +740,14 @@ def test_passport_inspect_shows_header_and_claims_unverified(
 
 def test_passport_inspect_reads_stdin(offline: Results) -> None:
     assert offline["inspect-stdin"].stdout == offline["inspect-file"].stdout
-    assert _inspected(offline["inspect-stdin"])["claims"]["jti"] == "t-0001"
+    assert _inspected(offline["inspect-stdin"])["claims"]["jti"] == "dpo_t-0001"
 
 
 def test_passport_verify_from_file(offline: Results) -> None:
     done = offline["verify-file"]
     assert done.returncode == 0, outcome(done)
     assert done.stdout.startswith(
-        f"valid passport t-0001: lingang (CN-SH) -> {AUDIENCE} (EU-DE), important, "
+        f"valid passport dpo_t-0001: lingang (CN-SH) -> {AUDIENCE} (EU-DE), important, "
         f"up to {64 * 2**20} bytes, signed by {KID}, expires "
     ), outcome(done)
     assert done.stderr == ""
@@ -761,7 +761,7 @@ def test_passport_verify_from_stdin(offline: Results) -> None:
 
 def test_passport_verify_wrong_audience(offline: Results) -> None:
     done = offline["verify-wrong-audience"]  # the token itself as the argument
-    assert_clean_failure(done, 1, f"passport t-0001 is for '{AUDIENCE}', not for 'paris'")
+    assert_clean_failure(done, 1, f"passport dpo_t-0001 is for '{AUDIENCE}', not for 'paris'")
     assert "valid passport" not in done.stdout
 
 

@@ -254,11 +254,11 @@ def test_provisioning_helper_issues_from_a_claims_file(issued: Issued) -> None:
     claims_file = issued.root / "helper-claims.yaml"
     claims_file.write_text(CLAIMS_YAML + "purpose: supplier quality report\n", encoding="utf-8")
     token = issue_passport(
-        issued.issuer, lingang, frankfurt, 64 * 2**20, jti="t-helper", claims_file=claims_file
+        issued.issuer, lingang, frankfurt, 64 * 2**20, jti="dpo_t-helper", claims_file=claims_file
     )
     payload = token.split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    assert claims["jti"] == "t-helper"
+    assert claims["jti"] == "dpo_t-helper"
     assert claims["xbgw"] == FULL_XBGW
     demo = issue_passport(issued.issuer, lingang, frankfurt, 1024, jti="t-demo")
     payload = demo.split(".")[1]

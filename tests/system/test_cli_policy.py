@@ -96,11 +96,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     pair = provision_pair(root / "pair", configure=zone)
     paris = GatewaySpec("paris", "EU-FR", "Paris", 0)
     tokens = {
-        "example": pair.passport(1 << 20, jti="t-example", extra=EXAMPLE),
-        "general": pair.passport(1 << 20, jti="t-general"),
-        "acme": pair.passport(1 << 20, jti="t-acme", extra=ACME),
-        "acme-next": pair.passport(1 << 20, jti="t-acme-next", extra=ACME),
-        "to-paris": issue_passport(pair.issuer, pair.lingang.spec, paris, 1024, jti="t-paris"),
+        "example": pair.passport(1 << 20, jti="dpo_t-example", extra=EXAMPLE),
+        "general": pair.passport(1 << 20, jti="dpo_t-general"),
+        "acme": pair.passport(1 << 20, jti="dpo_t-acme", extra=ACME),
+        "acme-next": pair.passport(1 << 20, jti="dpo_t-acme-next", extra=ACME),
+        "to-paris": issue_passport(pair.issuer, pair.lingang.spec, paris, 1024, jti="dpo_t-paris"),
     }
     files = {}
     for name, token in tokens.items():
@@ -124,7 +124,7 @@ def test_explain_refuses_the_issues_example_naming_the_articles(rig: Rig) -> Non
     assert done.stderr == "", outcome(done)
     lines = done.stdout.splitlines()
     assert lines[0] == (
-        "passport t-example: lingang (CN-SH) -> frankfurt (EU-DE), egress at lingang (enforced)"
+        "passport dpo_t-example: lingang (CN-SH) -> frankfurt (EU-DE), egress at lingang (enforced)"
     )
     assert lines[1] == (
         "  verified: signed by dpo/signing/1, audience frankfurt (the partner it is addressed to)"
@@ -178,7 +178,7 @@ def test_explain_json_carries_decision_trail_and_facts(rig: Rig) -> None:
     assert done.returncode == 1, outcome(done)
     data = json.loads(done.stdout)
     assert (data["passport"], data["gateway"], data["direction"]) == (
-        "t-example",
+        "dpo_t-example",
         "lingang",
         "egress",
     )
@@ -227,15 +227,15 @@ def test_explain_before_any_daemon_ran_reads_counts_of_zero_and_creates_nothing(
             "to-paris",
             "frankfurt",
             (),
-            "xbgw: passport 't-paris' is neither sent by this gateway (frankfurt) nor addressed "
-            "to it (sender 'lingang', audience 'paris'): explain it with the configuration of "
-            "the gateway that sends or receives it\n",
+            "xbgw: passport 'dpo_t-paris' is neither sent by this gateway (frankfurt) nor "
+            "addressed to it (sender 'lingang', audience 'paris'): explain it with the "
+            "configuration of the gateway that sends or receives it\n",
         ),
         (
             "example",
             "frankfurt",
             ("--direction", "egress"),
-            "xbgw: passport t-example is for sender 'lingang', not this gateway (frankfurt)\n",
+            "xbgw: passport dpo_t-example is for sender 'lingang', not this gateway (frankfurt)\n",
         ),
     ],
 )

@@ -130,7 +130,7 @@ def committed_file(gateway: Gateway, transfer_id: str) -> Path:
 
 
 def new_transfer(rig: Rig, label: str, ttl: str = "1h") -> tuple[str, str]:
-    transfer_id = f"life-{label}-{uuid.uuid4().hex[:10]}"
+    transfer_id = f"dpo_life-{label}-{uuid.uuid4().hex[:10]}"
     token = rig.pair.passport(byte_limit=4 * SIZE, jti=transfer_id, extra=["--ttl", ttl])
     return transfer_id, token
 

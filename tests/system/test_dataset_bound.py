@@ -28,19 +28,19 @@ def test_the_wrong_file_is_refused_before_the_offer_and_the_passport_then_sends_
     right.write_bytes(os.urandom(300_000))
     wrong.write_bytes(os.urandom(300_000))
     digest = hashlib.sha256(right.read_bytes()).hexdigest()
-    token = pair.passport(byte_limit=1_000_000, jti="bound-1", extra=["--sub", digest])
+    token = pair.passport(byte_limit=1_000_000, jti="dpo_bound-1", extra=["--sub", digest])
 
     refused = pair.lingang.cli("send", str(wrong), "--to", "frankfurt", "--passport", token)
     assert refused.returncode != 0
-    assert "is not the data set passport bound-1 names" in refused.stderr, refused.stderr
+    assert "is not the data set passport dpo_bound-1 names" in refused.stderr, refused.stderr
     assert "nothing was sent, the passport is still usable" in refused.stderr
     assert "delivered" not in refused.stdout
     # Nothing crossed: frankfurt has no record of the transfer, nor a line about it.
-    assert ledger_row(pair.frankfurt.paths.state_dir, "bound-1") is None
-    assert "bound-1" not in pair.frankfurt.log_text()
+    assert ledger_row(pair.frankfurt.paths.state_dir, "dpo_bound-1") is None
+    assert "dpo_bound-1" not in pair.frankfurt.log_text()
 
     sent = pair.lingang.cli("send", str(right), "--to", "frankfurt", "--passport", token)
     assert sent.returncode == 0, sent.stderr + pair.lingang.log_text()
     assert digest in sent.stdout
-    row = ledger_row(pair.frankfurt.paths.state_dir, "bound-1")
+    row = ledger_row(pair.frankfurt.paths.state_dir, "dpo_bound-1")
     assert row is not None and row[0] == "committed"

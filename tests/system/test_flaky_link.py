@@ -220,7 +220,7 @@ def dataset(path: Path, size: int = SIZE) -> str:
 
 
 def new_transfer(rig: Rig, label: str) -> tuple[str, str]:
-    transfer_id = f"flaky-{label}-{uuid.uuid4().hex[:12]}"
+    transfer_id = f"dpo_flaky-{label}-{uuid.uuid4().hex[:12]}"
     return transfer_id, rig.pair.passport(byte_limit=2 * SIZE, jti=transfer_id)
 
 

@@ -533,7 +533,7 @@ def test_sigterm_mid_transfer_drains_and_the_send_resumes(
     size = 64 << 20
     source = tmp_path / "big.bin"
     digest = dataset(source, size)
-    transfer_id = uuid.uuid4().hex
+    transfer_id = f"dpo_{uuid.uuid4().hex}"
     token = world.passport(byte_limit=size * 2, jti=transfer_id)
     state_dir = world.frankfurt.state_dir
     frankfurt, lingang = DaemonProcess(world.frankfurt), DaemonProcess(world.lingang)

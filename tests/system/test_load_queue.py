@@ -84,7 +84,7 @@ class Sends:
         self.all: list[Send] = []
 
     def start(self, held: bool = False) -> Send:
-        transfer_id = f"queue-{uuid.uuid4().hex[:16]}"
+        transfer_id = f"dpo_queue-{uuid.uuid4().hex[:16]}"
         token = self.pair.passport(byte_limit=SIZE, jti=transfer_id)
         data = os.urandom(SIZE)
         source = self.dir / transfer_id

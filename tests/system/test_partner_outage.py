@@ -62,7 +62,7 @@ def _source(tmp_path: Path, size: int) -> tuple[Path, str]:
 
 
 def _send_args(made: Pair, source: Path, *extra: str) -> tuple[str, list[str]]:
-    jti = f"outage-{uuid.uuid4().hex[:12]}"
+    jti = f"dpo_outage-{uuid.uuid4().hex[:12]}"
     token = made.passport(byte_limit=1 << 26, jti=jti)
     return jti, ["send", str(source), "--to", "frankfurt", "--passport", token, *extra]
 

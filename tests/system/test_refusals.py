@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.provision import DemoCa, GatewaySpec, issue_passport
 from gateway import envelope
@@ -95,7 +96,7 @@ class Bench:
         receiver: GatewaySpec | None = None,
     ) -> tuple[str, str]:
         """A new transfer id and a passport for it from the real ``xbgw passport issue``."""
-        jti = f"refusal-{uuid.uuid4().hex[:16]}"
+        jti = f"dpo_refusal-{uuid.uuid4().hex[:16]}"
         token = issue_passport(
             self.pair.issuer,
             sender or self.lingang,
@@ -382,12 +383,31 @@ def test_certificate_of_no_partner(bench: Bench) -> None:
     assert_not_recorded(bench, jti)
 
 
+def test_health_answers_only_configured_partners(bench: Bench) -> None:
+    """Health on the partner port: SERVING for lingang; for the certificate that names no
+    partner, the same PERMISSION_DENIED as any other call (no probe of what runs there)."""
+    request = health_pb2.HealthCheckRequest(service="")
+    with bench.client_as(bench.lingang_tls) as client:
+        answer = health_pb2_grpc.HealthStub(client.channel).Check(request, timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    identity = TlsIdentity.load(*bench.pair.frankfurt.paths.stand_in())
+    mark = bench.log_mark()
+    with bench.client_as(identity) as client:
+        got = refused(lambda: health_pb2_grpc.HealthStub(client.channel).Check(request, timeout=10))
+    details = assert_status(
+        got, grpc.StatusCode.PERMISSION_DENIED, "frankfurt", "no configured partner"
+    )
+    assert_logged(
+        bench, mark, "Health", "PERMISSION_DENIED", "PeerNotAuthorizedError", details, partner=None
+    )
+
+
 # --- the passport ----------------------------------------------------------------------------
 
 
 def test_forged_passport(bench: Bench) -> None:
     """Signed by a key that is not the trusted issuer's, under the trusted key id."""
-    jti = f"refusal-{uuid.uuid4().hex[:16]}"
+    jti = f"dpo_refusal-{uuid.uuid4().hex[:16]}"
     claims = rogue.claims(
         issuer=bench.pair.issuer.id,
         sender=bench.lingang.id,

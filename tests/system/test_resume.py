@@ -252,7 +252,7 @@ def dataset(path: Path, size: int = SIZE) -> str:
 
 def new_transfer(rig: Rig, label: str) -> tuple[str, str]:
     """A fresh transfer id and a passport for it."""
-    transfer_id = f"resume-{label}-{uuid.uuid4().hex[:12]}"
+    transfer_id = f"dpo_resume-{label}-{uuid.uuid4().hex[:12]}"
     return transfer_id, rig.pair.passport(byte_limit=4 * SIZE, jti=transfer_id)
 
 

@@ -48,15 +48,15 @@ def test_a_stream_that_ends_early_keeps_every_verified_segment(
     lb: Loopback, caplog: pytest.LogCaptureFixture, tamper: Tamper, why: str
 ) -> None:
     data = os.urandom(12 * SEGMENT + 3)
-    token = lb.passport("early-end")
+    token = lb.passport("dpo_early-end")
     lb.link.tamper = tamper
     with caplog.at_level(logging.INFO, "xbgw.receiver"), pytest.raises(PartnerError):
         lb.resend(token, data)
-    row = lb.frankfurt.ledger.inbound("early-end")
+    row = lb.frankfurt.ledger.inbound("dpo_early-end")
     assert row is not None and (row.next_segment, row.received_bytes) == (5, 5 * SEGMENT)
     [line] = [r for r in caplog.records if "upload ended early" in r.getMessage()]
     assert line.getMessage() == f"upload ended early ({why}); resume point 5 is durable"
-    assert line.transfer_id == "early-end"  # type: ignore[attr-defined]
+    assert line.transfer_id == "dpo_early-end"  # type: ignore[attr-defined]
 
     lb.resend(token, data)  # continues from segment 5
-    assert lb.fetch("early-end") == data
+    assert lb.fetch("dpo_early-end") == data

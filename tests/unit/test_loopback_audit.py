@@ -76,16 +76,16 @@ def evidence_of(lb: Loopback, transfer_id: str) -> Evidence:
 
 
 def test_a_delivered_transfer_keeps_a_commit_proof_that_checks(lb: Loopback) -> None:
-    summary = lb.send("audit-proof", PAYLOAD)
-    assert_delivered(lb, "audit-proof", PAYLOAD, summary)
-    inbound = lb.frankfurt.ledger.inbound("audit-proof")
-    outbound = lb.lingang.ledger.outbound("audit-proof")
+    summary = lb.send("dpo_audit-proof", PAYLOAD)
+    assert_delivered(lb, "dpo_audit-proof", PAYLOAD, summary)
+    inbound = lb.frankfurt.ledger.inbound("dpo_audit-proof")
+    outbound = lb.lingang.ledger.outbound("dpo_audit-proof")
     assert inbound is not None and outbound is not None
     assert inbound.audit_leaf is not None and outbound.audit_leaf is not None
 
-    evidence = evidence_of(lb, "audit-proof")
+    evidence = evidence_of(lb, "dpo_audit-proof")
     assert (evidence.transfer_id, evidence.sender, evidence.receiver) == (
-        "audit-proof",
+        "dpo_audit-proof",
         "lingang",
         "frankfurt",
     )
@@ -105,7 +105,7 @@ def test_a_delivered_transfer_keeps_a_commit_proof_that_checks(lb: Loopback) -> 
     assert checkpoint.size > proof.leaf
     assert checkpoint.root_hash == root([leaf_hash(r) for r in records(lb.frankfurt.ledger)])
     # ... and it checks as the sender and the offline verifier check it.
-    assert check_commit_proof(proof, evidence.receipt, "frankfurt", "audit-proof", [key]) == (
+    assert check_commit_proof(proof, evidence.receipt, "frankfurt", "dpo_audit-proof", [key]) == (
         checkpoint.size
     )
     # Under lingang's key it is nobody's checkpoint.
@@ -114,27 +114,29 @@ def test_a_delivered_transfer_keeps_a_commit_proof_that_checks(lb: Loopback) -> 
             proof,
             evidence.receipt,
             "frankfurt",
-            "audit-proof",
+            "dpo_audit-proof",
             [lb.lingang.keys.public_key(Purpose.SIGNING, 1)],
         )
 
 
 def test_without_a_checkpointer_the_receipt_comes_without_a_proof(lb: Loopback) -> None:
     lb.frankfurt.receiver.checkpointer = None
-    summary = lb.send("audit-no-proof", PAYLOAD)
-    assert_delivered(lb, "audit-no-proof", PAYLOAD, summary)
-    assert evidence_of(lb, "audit-no-proof").proof is None
+    summary = lb.send("dpo_audit-no-proof", PAYLOAD)
+    assert_delivered(lb, "dpo_audit-no-proof", PAYLOAD, summary)
+    assert evidence_of(lb, "dpo_audit-no-proof").proof is None
 
 
 def test_consecutive_transfers_each_get_their_own_proof(lb: Loopback) -> None:
     for n in range(3):
-        lb.send(f"audit-seq-{n}", os.urandom(2 * SEGMENT + n))
+        lb.send(f"dpo_audit-seq-{n}", os.urandom(2 * SEGMENT + n))
     key = lb.frankfurt.keys.public_key(Purpose.SIGNING, 1)
     leaves = []
     for n in range(3):
-        evidence = evidence_of(lb, f"audit-seq-{n}")
+        evidence = evidence_of(lb, f"dpo_audit-seq-{n}")
         assert evidence.proof is not None
-        check_commit_proof(evidence.proof, evidence.receipt, "frankfurt", f"audit-seq-{n}", [key])
+        check_commit_proof(
+            evidence.proof, evidence.receipt, "frankfurt", f"dpo_audit-seq-{n}", [key]
+        )
         leaves.append(evidence.proof.leaf)
     assert leaves == sorted(leaves) and len(set(leaves)) == 3
 
@@ -143,7 +145,7 @@ def test_consecutive_transfers_each_get_their_own_proof(lb: Loopback) -> None:
 
 
 def test_the_records_on_both_sides_are_the_expected_kinds_in_order(lb: Loopback) -> None:
-    summary = lb.send("audit-kinds", PAYLOAD)
+    summary = lb.send("dpo_audit-kinds", PAYLOAD)
     assert kinds(lb.frankfurt.ledger) == [*KEYS_ACTIVATED, "offer.accepted", "transfer.committed"]
     assert kinds(lb.lingang.ledger) == [*KEYS_ACTIVATED, "transfer.delivered"]
 
@@ -153,7 +155,7 @@ def test_the_records_on_both_sides_are_the_expected_kinds_in_order(lb: Loopback)
     assert (offer["gw"], offer["partner"], offer["transfer_id"]) == (
         "frankfurt",
         "lingang",
-        "audit-kinds",
+        "dpo_audit-kinds",
     )
     assert (committed["gw"], committed["partner"]) == ("frankfurt", "lingang")
     assert (delivered["gw"], delivered["partner"]) == ("lingang", "frankfurt")
@@ -173,16 +175,16 @@ def test_the_records_on_both_sides_are_the_expected_kinds_in_order(lb: Loopback)
     assert committed["receipt_digest"] == summary.receipt.digest.hex()
     assert offer["passport_digest"] == committed["passport_digest"]
     # Each side's ledger row names its record's leaf.
-    inbound = lb.frankfurt.ledger.inbound("audit-kinds")
-    outbound = lb.lingang.ledger.outbound("audit-kinds")
+    inbound = lb.frankfurt.ledger.inbound("dpo_audit-kinds")
+    outbound = lb.lingang.ledger.outbound("dpo_audit-kinds")
     assert inbound is not None and outbound is not None
     assert inbound.audit_leaf == len(KEYS_ACTIVATED) + 1
     assert outbound.audit_leaf == len(KEYS_ACTIVATED)
 
 
 def test_no_record_holds_payload_bytes(lb: Loopback) -> None:
-    lb.send("audit-no-payload", PAYLOAD)
-    lb.send("audit-no-payload-2", PAYLOAD[: SEGMENT + 3])
+    lb.send("dpo_audit-no-payload", PAYLOAD)
+    lb.send("dpo_audit-no-payload-2", PAYLOAD[: SEGMENT + 3])
     kept = records(lb.frankfurt.ledger) + records(lb.lingang.ledger)
     assert len(kept) == 2 * len(KEYS_ACTIVATED) + 3 * 2
     needles = [b"PERSONAL-DATA", b"Zhang San", b"5555-0101"]
@@ -214,34 +216,36 @@ def test_a_commit_whose_record_cannot_be_written_is_not_committed(
         return append(db, record)
 
     monkeypatch.setattr(audit_store, "append", failing_append)
-    token = lb.passport("audit-atomic")
+    token = lb.passport("dpo_audit-atomic")
     with pytest.raises(PartnerError) as first:
         lb.resend(token, PAYLOAD)
     assert_partner_error(first.value, "UNAVAILABLE", "disk I/O error")
     assert len(failed) == 1
     # Neither the commit nor its record: the transfer is still being received ...
-    inbound = lb.frankfurt.ledger.inbound("audit-atomic")
+    inbound = lb.frankfurt.ledger.inbound("dpo_audit-atomic")
     assert inbound is not None
     assert inbound.state is TransferState.RECEIVING
     assert (inbound.receipt, inbound.audit_leaf, inbound.committed_at) == (None, None, None)
-    assert "audit-atomic" not in [r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()]
+    assert "dpo_audit-atomic" not in [
+        r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()
+    ]
     assert kinds(lb.frankfurt.ledger) == [*KEYS_ACTIVATED, "offer.accepted"]
     # ... nothing counted, and the sender still sending.
-    outbound = lb.lingang.ledger.outbound("audit-atomic")
+    outbound = lb.lingang.ledger.outbound("dpo_audit-atomic")
     assert outbound is not None and outbound.state is TransferState.SENDING
     assert kinds(lb.lingang.ledger) == KEYS_ACTIVATED
 
     monkeypatch.undo()
     summary = lb.resend(token, PAYLOAD)
-    assert_delivered(lb, "audit-atomic", PAYLOAD, summary)
+    assert_delivered(lb, "dpo_audit-atomic", PAYLOAD, summary)
     assert kinds(lb.frankfurt.ledger) == [*KEYS_ACTIVATED, "offer.accepted", "transfer.committed"]
-    inbound = lb.frankfurt.ledger.inbound("audit-atomic")
+    inbound = lb.frankfurt.ledger.inbound("dpo_audit-atomic")
     assert inbound is not None and inbound.audit_leaf == len(KEYS_ACTIVATED) + 1
     assert kinds(lb.lingang.ledger) == [*KEYS_ACTIVATED, "transfer.delivered"]
-    evidence = evidence_of(lb, "audit-atomic")
+    evidence = evidence_of(lb, "dpo_audit-atomic")
     assert evidence.proof is not None and evidence.proof.leaf == inbound.audit_leaf
     key = lb.frankfurt.keys.public_key(Purpose.SIGNING, 1)
-    check_commit_proof(evidence.proof, evidence.receipt, "frankfurt", "audit-atomic", [key])
+    check_commit_proof(evidence.proof, evidence.receipt, "frankfurt", "dpo_audit-atomic", [key])
 
 
 # -- a partner's bad proof -----------------------------------------------------------------------
@@ -266,11 +270,11 @@ def test_a_tampered_proof_is_logged_and_not_kept_the_transfer_is_delivered(
 
     monkeypatch.setattr(lb.link, "finish", tampering_finish)
     caplog.set_level(logging.INFO, logger="xbgw")
-    summary = lb.send("audit-tampered", PAYLOAD)
+    summary = lb.send("dpo_audit-tampered", PAYLOAD)
 
-    assert_delivered(lb, "audit-tampered", PAYLOAD, summary)
-    assert evidence_of(lb, "audit-tampered").proof is None
-    row = lb.lingang.ledger.outbound("audit-tampered")
+    assert_delivered(lb, "dpo_audit-tampered", PAYLOAD, summary)
+    assert evidence_of(lb, "dpo_audit-tampered").proof is None
+    row = lb.lingang.ledger.outbound("dpo_audit-tampered")
     assert row is not None and row.evidence is not None
     assert json.loads(row.evidence)["proof"] is None
     assert kinds(lb.lingang.ledger) == [*KEYS_ACTIVATED, "transfer.delivered"]
@@ -287,7 +291,7 @@ def test_a_tampered_proof_is_logged_and_not_kept_the_transfer_is_delivered(
         f"proof for leaf {proof.leaf} of "
     )
     assert getattr(errors[0], "outcome", None) == "bad-proof"
-    assert getattr(errors[0], "transfer_id", None) == "audit-tampered"
+    assert getattr(errors[0], "transfer_id", None) == "dpo_audit-tampered"
     # The delivery itself was logged as usual.
     assert any(
         r.name == "xbgw.sender" and r.getMessage() == "transfer delivered" for r in caplog.records
@@ -307,11 +311,11 @@ def test_a_proof_signed_by_an_unknown_key_is_not_kept(
     rogue.start()
     try:
         caplog.set_level(logging.ERROR, logger="xbgw")
-        summary = lb.send("audit-unknown-key", PAYLOAD)
+        summary = lb.send("dpo_audit-unknown-key", PAYLOAD)
     finally:
         rogue.stop()
-    assert_delivered(lb, "audit-unknown-key", PAYLOAD, summary)
-    assert evidence_of(lb, "audit-unknown-key").proof is None
+    assert_delivered(lb, "dpo_audit-unknown-key", PAYLOAD, summary)
+    assert evidence_of(lb, "dpo_audit-unknown-key").proof is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         "the commit proof of frankfurt does not check out: the checkpoint of frankfurt does "
         "not verify: checkpoint of 'frankfurt' has no signature by a known log key"

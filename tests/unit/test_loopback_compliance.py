@@ -144,7 +144,7 @@ def test_the_issue_example_is_refused_at_lingangs_egress(
     lb = rig.lb
     caplog.set_level(logging.INFO, logger="xbgw.compliance")
     data = os.urandom(300)
-    token = lb.passport("issue-10-example", terms=ISSUE_EXAMPLE)
+    token = lb.passport("dpo_issue-10-example", terms=ISSUE_EXAMPLE)
 
     with pytest.raises(PolicyDeniedError) as refused:
         rig.send(token, data)
@@ -152,8 +152,8 @@ def test_the_issue_example_is_refused_at_lingangs_egress(
     assert str(refused.value) == ISSUE_EXAMPLE_REFUSED
     assert refused.value.grpc_status == "PERMISSION_DENIED"
     assert rig.last_calls == []  # frankfurt was asked nothing, not even its key set
-    assert lb.lingang.ledger.outbound("issue-10-example") is None
-    assert lb.frankfurt.ledger.inbound("issue-10-example") is None  # the passport is unspent
+    assert lb.lingang.ledger.outbound("dpo_issue-10-example") is None
+    assert lb.frankfurt.ledger.inbound("dpo_issue-10-example") is None  # the passport is unspent
     assert_counts_nothing(lb)
     assert lb.lingang.ledger.compliance_counts("egress", "lingang", this_year(lb)) == (0, 0)
     (line,) = compliance_lines(caplog)
@@ -176,7 +176,7 @@ def test_the_issue_example_is_refused_at_lingangs_egress(
     ]
     relax(lb, {"cn-core-data": {"disable": True}, "cn-spi-10k": {"when": {"all": raised}}})
     summary = rig.send(token, data)
-    assert_delivered(lb, "issue-10-example", data, summary)
+    assert_delivered(lb, "dpo_issue-10-example", data, summary)
 
 
 # --- frankfurt's own rules at ingress ---------------------------------------------------------
@@ -186,7 +186,7 @@ def test_a_transfer_lingang_allows_is_refused_at_frankfurts_offer(
     strict_frankfurt: Loopback,
 ) -> None:
     lb = strict_frankfurt
-    token = lb.passport("house-rule", terms=PERSONAL_1200)
+    token = lb.passport("dpo_house-rule", terms=PERSONAL_1200)
 
     with pytest.raises(PartnerError) as refused:
         lb.resend(token, os.urandom(300))
@@ -197,16 +197,18 @@ def test_a_transfer_lingang_allows_is_refused_at_frankfurts_offer(
         f"partner frankfurt refused the offer (PERMISSION_DENIED): {FRANKFURT_REFUSAL}",
     )
     assert lb.link.calls == ["key_set", "offer"]
-    assert lb.frankfurt.ledger.inbound("house-rule") is None  # refused at the offer: unspent
-    assert_not_visible(lb, "house-rule")
+    assert lb.frankfurt.ledger.inbound("dpo_house-rule") is None  # refused at the offer: unspent
+    assert_not_visible(lb, "dpo_house-rule")
     assert_counts_nothing(lb)
     assert lb.frankfurt.ledger.compliance_counts("ingress", "acme", this_year(lb)) == (0, 0)
 
     # The rule is what refused: with the contract in the passport, frankfurt takes it.
     contract = (EvidenceClaim("pi-standard-contract", "SC-2026-0007"),)
     data = os.urandom(300)
-    summary = lb.send("house-rule-contract", data, terms={**PERSONAL_1200, "evidence": contract})
-    assert_delivered(lb, "house-rule-contract", data, summary)
+    summary = lb.send(
+        "dpo_house-rule-contract", data, terms={**PERSONAL_1200, "evidence": contract}
+    )
+    assert_delivered(lb, "dpo_house-rule-contract", data, summary)
 
 
 def test_frankfurt_in_record_mode_takes_the_transfer_and_logs_the_refusal(
@@ -216,9 +218,9 @@ def test_frankfurt_in_record_mode_takes_the_transfer_and_logs_the_refusal(
     caplog.set_level(logging.INFO, logger="xbgw.compliance")
     try:
         data = os.urandom(300)
-        summary = lb.send("house-rule-recorded", data, terms=PERSONAL_1200)
+        summary = lb.send("dpo_house-rule-recorded", data, terms=PERSONAL_1200)
 
-        assert_delivered(lb, "house-rule-recorded", data, summary)
+        assert_delivered(lb, "dpo_house-rule-recorded", data, summary)
         lines = compliance_lines(caplog)
         assert [(line["msg"].split()[1], line["outcome"]) for line in lines] == [
             ("egress", "allowed"),
@@ -252,8 +254,8 @@ def test_frankfurt_in_record_mode_takes_the_transfer_and_logs_the_refusal(
 def test_a_delivered_transfer_counts_on_both_sides(rig: Rig) -> None:
     lb = rig.lb
     data = os.urandom(300)
-    summary = rig.send(lb.passport("counted", terms=PERSONAL_1200), data)
-    assert_delivered(lb, "counted", data, summary)
+    summary = rig.send(lb.passport("dpo_counted", terms=PERSONAL_1200), data)
+    assert_delivered(lb, "dpo_counted", data, summary)
     year = this_year(lb)
     assert lb.lingang.ledger.compliance_counters() == [Counter("egress", "acme", year, 1200, 0)]
     assert lb.frankfurt.ledger.compliance_counters() == [Counter("ingress", "acme", year, 1200, 0)]
@@ -266,11 +268,11 @@ def test_a_transfer_refused_after_the_offer_counts_nothing(rig: Rig) -> None:
     """Frankfurt refuses for good mid-stream (the data runs past the passport's limit): its
     reservation goes with the refusal and nothing is committed on either side."""
     lb = rig.lb
-    token = lb.passport("over-limit", byte_limit=300, terms=PERSONAL_1200)
+    token = lb.passport("dpo_over-limit", byte_limit=300, terms=PERSONAL_1200)
     with pytest.raises(PartnerError) as refused:
         rig.send_chunks(token, iter([os.urandom(SHORT_FINAL)]), None)
     assert_partner_error(refused.value, "RESOURCE_EXHAUSTED", "exceeds its limit of 300 bytes")
-    row = lb.frankfurt.ledger.inbound("over-limit")
+    row = lb.frankfurt.ledger.inbound("dpo_over-limit")
     assert row is not None and row.state is TransferState.REFUSED
     assert_counts_nothing(lb)
     assert lb.frankfurt.ledger.compliance_counts("ingress", "acme", this_year(lb)) == (0, 0)
@@ -280,11 +282,11 @@ def test_a_cut_send_counts_in_flight_only_and_once_resumed(rig: Rig) -> None:
     lb = rig.lb
     year = this_year(lb)
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("cut-then-resumed", terms=PERSONAL_1200)
+    token = lb.passport("dpo_cut-then-resumed", terms=PERSONAL_1200)
     lb.link.tamper = broken_after(3)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    assert_held(lb, "cut-then-resumed", rig.sent(0)[:3])
+    assert_held(lb, "dpo_cut-then-resumed", rig.sent(0)[:3])
 
     # Cut, never finished: reserved while in flight, nothing committed.
     assert_counts_nothing(lb)
@@ -293,7 +295,7 @@ def test_a_cut_send_counts_in_flight_only_and_once_resumed(rig: Rig) -> None:
 
     summary = rig.send(token, data)  # resumed: judged again on both sides, not against itself
     assert rig.last_held == 3 * SEGMENT
-    assert_delivered(lb, "cut-then-resumed", data, summary)
+    assert_delivered(lb, "dpo_cut-then-resumed", data, summary)
     assert lb.lingang.ledger.compliance_counters() == [Counter("egress", "acme", year, 1200, 0)]
     assert lb.frankfurt.ledger.compliance_counters() == [Counter("ingress", "acme", year, 1200, 0)]
     assert lb.lingang.ledger.compliance_counts("egress", "acme", year) == (1200, 0)
@@ -306,23 +308,23 @@ def test_a_resume_near_the_threshold_is_not_refused_by_its_own_reservation(rig: 
     lb = rig.lb
     year = this_year(lb)
     for n in range(2):
-        rig.send(lb.passport(f"earlier-{n}", terms={**PERSONAL_1200, "subjects": 49_000}), b"x")
+        rig.send(lb.passport(f"dpo_earlier-{n}", terms={**PERSONAL_1200, "subjects": 49_000}), b"x")
     assert lb.lingang.ledger.compliance_counts("egress", "acme", year) == (98_000, 0)
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("near", terms={**PERSONAL_1200, "subjects": 1500})
+    token = lb.passport("dpo_near", terms={**PERSONAL_1200, "subjects": 1500})
     lb.link.tamper = broken_after(2)
     with pytest.raises(PartnerError):
         rig.send(token, data)
 
     summary = rig.send(token, data)
 
-    assert_delivered(lb, "near", data, summary)
+    assert_delivered(lb, "dpo_near", data, summary)
     assert lb.lingang.ledger.compliance_counters() == [Counter("egress", "acme", year, 99_500, 0)]
     assert lb.frankfurt.ledger.compliance_counters() == [
         Counter("ingress", "acme", year, 99_500, 0)
     ]
     with pytest.raises(PolicyDeniedError, match=r"^cn-pi-100k: .* reaches 100000, at or above"):
-        rig.send(lb.passport("one-too-many", terms={**PERSONAL_1200, "subjects": 500}), b"x")
+        rig.send(lb.passport("dpo_one-too-many", terms={**PERSONAL_1200, "subjects": 500}), b"x")
 
 
 def test_a_send_refused_at_the_offer_releases_its_reservation(
@@ -330,5 +332,5 @@ def test_a_send_refused_at_the_offer_releases_its_reservation(
 ) -> None:
     lb = strict_frankfurt
     with pytest.raises(PartnerError):
-        lb.send("house-rule", os.urandom(300), terms=PERSONAL_1200)
+        lb.send("dpo_house-rule", os.urandom(300), terms=PERSONAL_1200)
     assert lb.lingang.ledger.compliance_counts("egress", "acme", this_year(lb)) == (0, 0)

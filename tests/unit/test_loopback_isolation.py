@@ -77,25 +77,25 @@ def test_another_partner_learns_nothing_of_an_active_upload_and_cannot_disturb_i
     lb: Loopback,
 ) -> None:
     mallory = peer_of(lb, "mallory")
-    h = hand(lb, "victim-1")
+    h = hand(lb, "dpo_victim-1")
     segments = h.segments(DATA)
     told: list[list[str]] = []
 
     def stream() -> Iterator[SegmentIn]:
         """Lingang's upload, with mallory probing its id while the stream is open."""
         yield from segments[:3]
-        told.append(probes(lb, mallory, "victim-1", h))
+        told.append(probes(lb, mallory, "dpo_victim-1", h))
         yield from segments[3:]
 
     done = lb.frankfurt.receiver.upload(h.peer, stream())
     assert done.final_received
-    unknown = [t.replace("nobody-1", "victim-1") for t in probes(lb, mallory, "nobody-1", h)]
+    unknown = [t.replace("nobody-1", "dpo_victim-1") for t in probes(lb, mallory, "nobody-1", h)]
     assert told == [unknown]
     assert all(
-        t.startswith("UnknownTransferError NOT_FOUND no transfer 'victim-1'") for t in unknown
+        t.startswith("UnknownTransferError NOT_FOUND no transfer 'dpo_victim-1'") for t in unknown
     )
     receipt = h.finish(lingang_signs(lb, h.manifest(DATA)))
-    row = lb.frankfurt.ledger.inbound("victim-1")
+    row = lb.frankfurt.ledger.inbound("dpo_victim-1")
     assert row is not None and row.state is TransferState.COMMITTED and row.receipt == receipt
 
 
@@ -107,8 +107,8 @@ def test_another_partners_offer_of_the_same_id_is_not_told_it_is_busy(
     for an id nobody uses -- here its header's unknown transport key -- not "busy on another
     stream", and lingang's offer must go on undisturbed."""
     mallory = peer_of(lb, "mallory")
-    token = lb.passport("victim-2", sender="mallory")
-    header, _key = seal(lb, token, "victim-2", sender="mallory", version=99)
+    token = lb.passport("dpo_victim-2", sender="mallory")
+    header, _key = seal(lb, token, "dpo_victim-2", sender="mallory", version=99)
     keys = lb.frankfurt.keys
     real_ecdh = keys.ecdh
     told: list[XbgwError] = []
@@ -122,14 +122,14 @@ def test_another_partners_offer_of_the_same_id_is_not_told_it_is_busy(
         return real_ecdh(version, point)
 
     monkeypatch.setattr(keys, "ecdh", ecdh)
-    h = hand(lb, "victim-2")  # lingang's offer, accepted
+    h = hand(lb, "dpo_victim-2")  # lingang's offer, accepted
     monkeypatch.setattr(keys, "ecdh", real_ecdh)
     [error] = told
     assert isinstance(error, TransportKeyNotAcceptedError), repr(error)
     assert "busy" not in str(error)
     assert h.upload(h.segments(DATA)).final_received
     h.finish(lingang_signs(lb, h.manifest(DATA)))
-    row = lb.frankfurt.ledger.inbound("victim-2")
+    row = lb.frankfurt.ledger.inbound("dpo_victim-2")
     assert row is not None and row.state is TransferState.COMMITTED and row.sender == "lingang"
 
 
@@ -177,18 +177,18 @@ def assert_refused_late(lb: Loopback, error: XbgwError, transfer_id: str, call: 
 
 
 def test_an_upload_after_the_passport_expired_is_refused(lb: Loopback) -> None:
-    h = hand(lb, "late-upload")
+    h = hand(lb, "dpo_late-upload")
     segments = h.segments(DATA)
     h.upload(segments[:2])
     lb.now[0] = expired_at(lb)
     error = refusal(lambda: h.upload(segments[2:]))
-    assert_refused_late(lb, error, "late-upload", "upload")
-    row = lb.frankfurt.ledger.inbound("late-upload")
+    assert_refused_late(lb, error, "dpo_late-upload", "upload")
+    row = lb.frankfurt.ledger.inbound("dpo_late-upload")
     assert row is not None and row.next_segment == 2  # nothing more taken
 
 
 def test_a_stream_open_when_the_passport_expires_takes_no_further_segment(lb: Loopback) -> None:
-    h = hand(lb, "late-stream")
+    h = hand(lb, "dpo_late-stream")
     segments = h.segments(DATA)
     late = expired_at(lb)
 
@@ -198,26 +198,26 @@ def test_a_stream_open_when_the_passport_expires_takes_no_further_segment(lb: Lo
         yield from segments[3:]
 
     error = refusal(lambda: lb.frankfurt.receiver.upload(h.peer, stream()))
-    assert_refused_late(lb, error, "late-stream", "upload")
-    row = lb.frankfurt.ledger.inbound("late-stream")
+    assert_refused_late(lb, error, "dpo_late-stream", "upload")
+    row = lb.frankfurt.ledger.inbound("dpo_late-stream")
     # The worker may not have taken the first three when the clock moved: at most those.
     assert row is not None and row.next_segment <= 3 and not row.final_received
 
 
 def test_a_finish_after_the_passport_expired_commits_nothing(lb: Loopback) -> None:
-    h = hand(lb, "late-finish")
+    h = hand(lb, "dpo_late-finish")
     h.upload(h.segments(DATA))
     manifest = lingang_signs(lb, h.manifest(DATA))
     lb.now[0] = expired_at(lb)
     error = refusal(lambda: h.finish(manifest))
-    assert_refused_late(lb, error, "late-finish", "finish")
+    assert_refused_late(lb, error, "dpo_late-finish", "finish")
     assert lb.frankfurt.ledger.committed_inbound() == []
 
 
 def test_a_finish_within_the_leeway_commits(lb: Loopback) -> None:
-    h = hand(lb, "just-in-time")
+    h = hand(lb, "dpo_just-in-time")
     h.upload(h.segments(DATA[:SHORT_FINAL]))
     lb.now[0] = expired_at(lb) - 1
     h.finish(lingang_signs(lb, h.manifest(DATA[:SHORT_FINAL])))
-    row = lb.frankfurt.ledger.inbound("just-in-time")
+    row = lb.frankfurt.ledger.inbound("dpo_just-in-time")
     assert row is not None and row.state is TransferState.COMMITTED

@@ -80,18 +80,18 @@ def assert_error(error: BaseException, kind: type[XbgwError], status: str, *word
 
 
 def test_sender_cancel_ends_both_sides_and_refuses_a_resend(lb: Loopback) -> None:
-    token = interrupted(lb, "t-out")
-    done = lifecycle(lb, lb.lingang).cancel("t-out", "wrong file")
+    token = interrupted(lb, "dpo_t-out")
+    done = lifecycle(lb, lb.lingang).cancel("dpo_t-out", "wrong file")
     assert (done.direction, done.state.value, done.partner_told) == ("out", "cancelled", True)
-    out = lb.lingang.ledger.outbound("t-out")
+    out = lb.lingang.ledger.outbound("dpo_t-out")
     assert out is not None and out.state.value == "cancelled" and out.stored_header == b""
     assert out.ended is not None and (out.ended.by, out.ended.reason) == ("lingang", "wrong file")
-    assert lb.lingang.ledger.segment_tags("t-out", 0, 100) == {}
-    held = lb.frankfurt.ledger.inbound("t-out")
+    assert lb.lingang.ledger.segment_tags("dpo_t-out", 0, 100) == {}
+    held = lb.frankfurt.ledger.inbound("dpo_t-out")
     assert held is not None and held.state.value == "cancelled" and held.stored_header == b""
-    assert not lb.frankfurt.spool.partial_path("t-out").exists()
-    [mine] = [r for r in kinds(lb.lingang, "t-out") if r["kind"] == "transfer.cancelled"]
-    [theirs] = [r for r in kinds(lb.frankfurt, "t-out") if r["kind"] == "transfer.cancelled"]
+    assert not lb.frankfurt.spool.partial_path("dpo_t-out").exists()
+    [mine] = [r for r in kinds(lb.lingang, "dpo_t-out") if r["kind"] == "transfer.cancelled"]
+    [theirs] = [r for r in kinds(lb.frankfurt, "dpo_t-out") if r["kind"] == "transfer.cancelled"]
     assert (mine["direction"], mine["by"], theirs["direction"], theirs["by"]) == (
         "out",
         "lingang",
@@ -105,42 +105,42 @@ def test_sender_cancel_ends_both_sides_and_refuses_a_resend(lb: Loopback) -> Non
 
 
 def test_a_second_cancel_only_tells_the_partner_again(lb: Loopback) -> None:
-    interrupted(lb, "t-again")
+    interrupted(lb, "dpo_t-again")
     life = lifecycle(lb, lb.lingang)
-    life.cancel("t-again", "")
+    life.cancel("dpo_t-again", "")
     size = lb.lingang.ledger.audit_size()
-    again = life.cancel("t-again", "")
+    again = life.cancel("dpo_t-again", "")
     assert again.state.value == "cancelled" and again.partner_told
     assert "already cancelled by lingang" in again.detail
     assert lb.lingang.ledger.audit_size() == size  # one record per cancel decided
 
 
 def test_a_send_running_now_is_busy_not_cancelled(lb: Loopback) -> None:
-    interrupted(lb, "t-busy")
-    with lb.lingang.sender.hold("t-busy"), pytest.raises(TransferBusyError) as caught:
-        lifecycle(lb, lb.lingang).cancel("t-busy", "")
+    interrupted(lb, "dpo_t-busy")
+    with lb.lingang.sender.hold("dpo_t-busy"), pytest.raises(TransferBusyError) as caught:
+        lifecycle(lb, lb.lingang).cancel("dpo_t-busy", "")
     assert_error(caught.value, TransferBusyError, "ABORTED", "being sent right now", "again")
-    out = lb.lingang.ledger.outbound("t-busy")
+    out = lb.lingang.ledger.outbound("dpo_t-busy")
     assert out is not None and out.state.value == "sending"
 
 
 def test_an_unreachable_partner_is_reported_and_the_cancel_stands(lb: Loopback) -> None:
-    interrupted(lb, "t-away")
+    interrupted(lb, "dpo_t-away")
     lb.link.lose_reply.add("cancel")  # the partner acted, the answer never came
-    done = lifecycle(lb, lb.lingang).cancel("t-away", "")
+    done = lifecycle(lb, lb.lingang).cancel("dpo_t-away", "")
     assert done.state.value == "cancelled" and not done.partner_told
     assert "unreachable" in done.detail and "expires the transfer itself" in done.detail
 
 
 def test_a_delivered_transfer_cannot_be_cancelled(lb: Loopback) -> None:
-    lb.send("t-done", DATA)
+    lb.send("dpo_t-done", DATA)
     with pytest.raises(TransferError) as sent:
-        lifecycle(lb, lb.lingang).cancel("t-done", "")
-    assert_error(sent.value, TransferError, "FAILED_PRECONDITION", "xbgw inbox delete t-done")
+        lifecycle(lb, lb.lingang).cancel("dpo_t-done", "")
+    assert_error(sent.value, TransferError, "FAILED_PRECONDITION", "xbgw inbox delete dpo_t-done")
     with pytest.raises(TransferError) as received:
-        lifecycle(lb, lb.frankfurt).cancel("t-done", "")
+        lifecycle(lb, lb.frankfurt).cancel("dpo_t-done", "")
     assert_error(received.value, TransferError, "FAILED_PRECONDITION", "committed", "delete")
-    row = lb.frankfurt.ledger.inbound("t-done")
+    row = lb.frankfurt.ledger.inbound("dpo_t-done")
     assert row is not None and row.state.value == "committed"
 
 
@@ -148,10 +148,10 @@ def test_a_delivered_transfer_cannot_be_cancelled(lb: Loopback) -> None:
 
 
 def test_receiver_cancel_refuses_the_senders_resume_with_the_reason(lb: Loopback) -> None:
-    token = interrupted(lb, "t-in")
-    done = lifecycle(lb, lb.frankfurt).cancel("t-in", "not expected")
+    token = interrupted(lb, "dpo_t-in")
+    done = lifecycle(lb, lb.frankfurt).cancel("dpo_t-in", "not expected")
     assert (done.direction, done.state.value) == ("in", "cancelled")
-    assert not lb.frankfurt.spool.partial_path("t-in").exists()
+    assert not lb.frankfurt.spool.partial_path("dpo_t-in").exists()
     with pytest.raises(PartnerError) as caught:
         lb.resend(token, DATA)
     assert_error(
@@ -161,50 +161,50 @@ def test_receiver_cancel_refuses_the_senders_resume_with_the_reason(lb: Loopback
         "cancelled by frankfurt at",
         "(not expected)",
     )
-    [record] = [r for r in kinds(lb.frankfurt, "t-in") if r["kind"] == "transfer.cancelled"]
+    [record] = [r for r in kinds(lb.frankfurt, "dpo_t-in") if r["kind"] == "transfer.cancelled"]
     assert (record["by"], record["partner"]) == ("frankfurt", "lingang")
 
 
 def test_only_the_transfers_sender_may_cancel_it_at_the_receiver(lb: Loopback) -> None:
-    interrupted(lb, "t-own")
+    interrupted(lb, "dpo_t-own")
     ends = lb.frankfurt.receiver.ends()
     stranger = dataclasses.replace(lb.frankfurt.config.partner("lingang"), id="rome")
     with pytest.raises(UnknownTransferError) as other:
-        ends.cancel("t-own", "", stranger)
+        ends.cancel("dpo_t-own", "", stranger)
     with pytest.raises(UnknownTransferError) as none:
         ends.cancel("t-nope", "", stranger)
     assert other.value.grpc_status == none.value.grpc_status == "NOT_FOUND"
-    assert str(other.value).replace("t-own", "X") == str(none.value).replace("t-nope", "X")
-    row = lb.frankfurt.ledger.inbound("t-own")
+    assert str(other.value).replace("dpo_t-own", "X") == str(none.value).replace("t-nope", "X")
+    row = lb.frankfurt.ledger.inbound("dpo_t-own")
     assert row is not None and row.state.value == "receiving"
 
 
 def test_upload_and_finish_of_a_cancelled_transfer_are_refused(lb: Loopback) -> None:
-    interrupted(lb, "t-late")
-    lifecycle(lb, lb.frankfurt).cancel("t-late", "")
+    interrupted(lb, "dpo_t-late")
+    lifecycle(lb, lb.frankfurt).cancel("dpo_t-late", "")
     peer = lb.frankfurt.config.partner("lingang")
     from gateway.transfer import SegmentIn
 
     with pytest.raises(TransferEndedError, match="cancelled by frankfurt"):
-        lb.frankfurt.receiver.upload(peer, iter([SegmentIn("t-late", 3, False, b"x" * 80)]))
+        lb.frankfurt.receiver.upload(peer, iter([SegmentIn("dpo_t-late", 3, False, b"x" * 80)]))
 
 
 # -- expiry -----------------------------------------------------------------------------------
 
 
 def test_unfinished_transfers_expire_after_exp_plus_grace_on_both_sides(lb: Loopback) -> None:
-    token = interrupted(lb, "t-exp", ttl=10)
+    token = interrupted(lb, "dpo_t-exp", ttl=10)
     sender, receiver = (lifecycle(lb, s, unfinished_grace=60) for s in (lb.lingang, lb.frankfurt))
     lb.now[0] += 10 + 59
     assert sender.sweep().expired == 0 and receiver.sweep().expired == 0
     lb.now[0] += 1
     assert sender.sweep().expired == 1 and receiver.sweep().expired == 1
-    out, held = lb.lingang.ledger.outbound("t-exp"), lb.frankfurt.ledger.inbound("t-exp")
+    out, held = lb.lingang.ledger.outbound("dpo_t-exp"), lb.frankfurt.ledger.inbound("dpo_t-exp")
     assert out is not None and out.state.value == "expired"
     assert held is not None and held.state.value == "expired"
-    assert not lb.frankfurt.spool.partial_path("t-exp").exists()
+    assert not lb.frankfurt.spool.partial_path("dpo_t-exp").exists()
     for side in (lb.lingang, lb.frankfurt):
-        [record] = [r for r in kinds(side, "t-exp") if r["kind"] == "transfer.expired"]
+        [record] = [r for r in kinds(side, "dpo_t-exp") if r["kind"] == "transfer.expired"]
         assert record["passport_exp"] == held.expires_at
     assert sender.sweep().expired == 0  # once
     with pytest.raises(XbgwError):
@@ -212,10 +212,10 @@ def test_unfinished_transfers_expire_after_exp_plus_grace_on_both_sides(lb: Loop
 
 
 def test_a_transfer_being_received_is_not_expired_under_it(lb: Loopback) -> None:
-    interrupted(lb, "t-held", ttl=1)
+    interrupted(lb, "dpo_t-held", ttl=1)
     lb.now[0] += 2
     receiver = lifecycle(lb, lb.frankfurt, unfinished_grace=0)
-    with lb.frankfurt.receiver.hold("t-held"):
+    with lb.frankfurt.receiver.hold("dpo_t-held"):
         assert receiver.sweep().busy == 1
     assert receiver.sweep().expired == 1
 
@@ -224,54 +224,54 @@ def test_a_transfer_being_received_is_not_expired_under_it(lb: Loopback) -> None
 
 
 def test_fetched_items_go_after_retention_fetched(lb: Loopback) -> None:
-    lb.send("t-f", DATA)
+    lb.send("dpo_t-f", DATA)
     life = lifecycle(lb, lb.frankfurt, fetched=100)
     assert life.sweep().deleted == 0  # never fetched: kept
-    lb.frankfurt.ledger.mark_fetched("t-f", int(lb.now[0]))
+    lb.frankfurt.ledger.mark_fetched("dpo_t-f", int(lb.now[0]))
     lb.now[0] += 99
     assert life.sweep().deleted == 0
     lb.now[0] += 1
     assert life.sweep().deleted == 1
-    row = lb.frankfurt.ledger.inbound("t-f")
+    row = lb.frankfurt.ledger.inbound("dpo_t-f")
     assert row is not None and row.deleted_cause == "fetched" and row.stored_header == b""
     assert row.receipt is not None  # the record and its receipt stay
-    assert not lb.frankfurt.spool.committed_path("t-f").exists()
-    [record] = [r for r in kinds(lb.frankfurt, "t-f") if r["kind"] == "inbox.deleted"]
+    assert not lb.frankfurt.spool.committed_path("dpo_t-f").exists()
+    [record] = [r for r in kinds(lb.frankfurt, "dpo_t-f") if r["kind"] == "inbox.deleted"]
     assert record["cause"] == "fetched"
 
 
 def test_acknowledged_and_unfetched_rules(lb: Loopback) -> None:
-    lb.send("t-a", DATA)
-    lb.send("t-u", DATA)
+    lb.send("dpo_t-a", DATA)
+    lb.send("dpo_t-u", DATA)
     life = lifecycle(lb, lb.frankfurt, acknowledged=10, unfetched=DAY, fetched=0)
-    done = life.acknowledge(["t-a", "t-a"])
-    assert (done.changed, done.unchanged) == (["t-a"], [])
-    assert life.acknowledge(["t-a"]).unchanged == ["t-a"]
+    done = life.acknowledge(["dpo_t-a", "dpo_t-a"])
+    assert (done.changed, done.unchanged) == (["dpo_t-a"], [])
+    assert life.acknowledge(["dpo_t-a"]).unchanged == ["dpo_t-a"]
     lb.now[0] += 10
     assert life.sweep().deleted == 1
     lb.now[0] += DAY
     assert life.sweep().deleted == 1
-    causes = {t: lb.frankfurt.ledger.inbound(t).deleted_cause for t in ("t-a", "t-u")}  # type: ignore[union-attr]
-    assert causes == {"t-a": "acknowledged", "t-u": "unfetched"}
+    causes = {t: lb.frankfurt.ledger.inbound(t).deleted_cause for t in ("dpo_t-a", "dpo_t-u")}  # type: ignore[union-attr]
+    assert causes == {"dpo_t-a": "acknowledged", "dpo_t-u": "unfetched"}
 
 
 def test_inbox_delete_is_now_audited_and_all_or_nothing_on_unknown_ids(lb: Loopback) -> None:
-    lb.send("t-d", DATA)
+    lb.send("dpo_t-d", DATA)
     life = lifecycle(lb, lb.frankfurt)
     with pytest.raises(UnknownTransferError, match="nothing was changed"):
-        life.delete(["t-d", "t-unknown"])
-    assert lb.frankfurt.spool.committed_path("t-d").exists()
-    done = life.delete(["t-d"])
-    assert done.changed == ["t-d"] and not lb.frankfurt.spool.committed_path("t-d").exists()
-    assert life.delete(["t-d"]).unchanged == ["t-d"]
-    [record] = [r for r in kinds(lb.frankfurt, "t-d") if r["kind"] == "inbox.deleted"]
+        life.delete(["dpo_t-d", "t-unknown"])
+    assert lb.frankfurt.spool.committed_path("dpo_t-d").exists()
+    done = life.delete(["dpo_t-d"])
+    assert done.changed == ["dpo_t-d"] and not lb.frankfurt.spool.committed_path("dpo_t-d").exists()
+    assert life.delete(["dpo_t-d"]).unchanged == ["dpo_t-d"]
+    [record] = [r for r in kinds(lb.frankfurt, "dpo_t-d") if r["kind"] == "inbox.deleted"]
     assert record["cause"] == "operator"
     assert lb.frankfurt.ledger.inbox_page(10, None) == []
 
 
 def test_a_file_left_by_a_crash_after_the_decision_is_swept(lb: Loopback) -> None:
-    lb.send("t-left", DATA)
-    lb.frankfurt.ledger.delete_inbox_data("t-left", int(lb.now[0]), "operator")  # no unlink
-    assert lb.frankfurt.spool.committed_path("t-left").exists()
+    lb.send("dpo_t-left", DATA)
+    lb.frankfurt.ledger.delete_inbox_data("dpo_t-left", int(lb.now[0]), "operator")  # no unlink
+    assert lb.frankfurt.spool.committed_path("dpo_t-left").exists()
     assert lifecycle(lb, lb.frankfurt).sweep().leftovers == 1
-    assert not lb.frankfurt.spool.committed_path("t-left").exists()
+    assert not lb.frankfurt.spool.committed_path("dpo_t-left").exists()

@@ -88,8 +88,8 @@ def test_a_partner_unreachable_at_a_call_is_waited_for(
     lb = r.lb
     made = _failing(monkeypatch, lb, call, 5, _unreachable(call))
     events: list[Progress] = []
-    summary = _send(lb, lb.passport(f"outage-{call}"), data, 60, events)
-    assert_delivered(lb, f"outage-{call}", data, summary)
+    summary = _send(lb, lb.passport(f"dpo_outage-{call}"), data, 60, events)
+    assert_delivered(lb, f"dpo_outage-{call}", data, summary)
     assert made[0] == 6
     waits = _waits(events)
     assert [w.attempt for w in waits] == [1, 2, 3, 4, 5]
@@ -116,8 +116,8 @@ def test_a_stream_cut_again_and_again_resumes_by_itself(
 
     monkeypatch.setattr(lb.link, "upload", cutting)
     events: list[Progress] = []
-    summary = _send(lb, lb.passport("cut-thrice"), data, 30, events)
-    assert_delivered(lb, "cut-thrice", data, summary)
+    summary = _send(lb, lb.passport("dpo_cut-thrice"), data, 30, events)
+    assert_delivered(lb, "dpo_cut-thrice", data, summary)
     assert uploads[0] == 4
     assert len(_waits(events)) == 3
     starts = [attempt[0].index for attempt in r.uploads]
@@ -144,7 +144,7 @@ def test_busy_partner_is_waited_for_and_its_one_writer_guard_too(
         ),
     )
     # The manifest meets the receiver's real one-writer guard (an older stream still there).
-    guard = lb.frankfurt.receiver._ctx.busy("busy-twice", "upload")
+    guard = lb.frankfurt.receiver._ctx.busy("dpo_busy-twice", "upload")
     original_finish = lb.link.finish
     finishes = [0]
 
@@ -158,8 +158,8 @@ def test_busy_partner_is_waited_for_and_its_one_writer_guard_too(
 
     monkeypatch.setattr(lb.link, "finish", finish)
     events: list[Progress] = []
-    summary = _send(lb, lb.passport("busy-twice"), data, 30, events)
-    assert_delivered(lb, "busy-twice", data, summary)
+    summary = _send(lb, lb.passport("dpo_busy-twice"), data, 30, events)
+    assert_delivered(lb, "dpo_busy-twice", data, summary)
     reasons = [w.reason for w in _waits(events)]
     assert sum("requests in flight" in x for x in reasons) == 2
     assert any("busy on another stream" in x for x in reasons)
@@ -182,7 +182,7 @@ def test_a_refusal_is_never_retried(
     )
     events: list[Progress] = []
     with pytest.raises(PartnerError, match="PERMISSION_DENIED"):
-        _send(lb, lb.passport("refused"), data, 60, events)
+        _send(lb, lb.passport("dpo_refused"), data, 60, events)
     assert made[0] == 1 and timer.slept == [] and _waits(events) == []
 
 
@@ -194,7 +194,7 @@ def test_the_send_gives_up_when_the_wait_is_spent(
     made = _failing(monkeypatch, lb, "offer", 10_000, _unreachable("the offer"))
     events: list[Progress] = []
     with pytest.raises(PartnerError, match="unreachable during the offer"):
-        _send(lb, lb.passport("never-back"), data, 20, events)
+        _send(lb, lb.passport("dpo_never-back"), data, 20, events)
     assert sum(timer.slept) == pytest.approx(20)
     assert made[0] == len(timer.slept) + 1
     assert _waits(events)[-1].waited + _waits(events)[-1].retry_in == pytest.approx(20)
@@ -207,7 +207,7 @@ def test_zero_wait_fails_at_the_first_failure(
     lb = r.lb
     made = _failing(monkeypatch, lb, "offer", 1, _unreachable("the offer"))
     with pytest.raises(PartnerError, match="unreachable"):
-        _send(lb, lb.passport("no-wait"), data, 0)
+        _send(lb, lb.passport("dpo_no-wait"), data, 0)
     assert made[0] == 1 and timer.slept == []
 
 
@@ -228,5 +228,5 @@ def test_a_conflict_that_is_not_busy_is_final(
         ),
     )
     with pytest.raises(PartnerError, match="refused for good"):
-        _send(lb, lb.passport("conflict"), data, 60)
+        _send(lb, lb.passport("dpo_conflict"), data, 60)
     assert made[0] == 1 and timer.slept == []

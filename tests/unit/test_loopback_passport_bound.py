@@ -128,7 +128,7 @@ def test_a_partner_away_past_the_passport_is_not_waited_for_past_it(
     passport's end with the receiver's words, not at the end of the wait, and makes no call
     after it."""
     timer = _with_timer(lb)
-    token = lb.passport(f"away-{call}", ttl=TTL)
+    token = lb.passport(f"dpo_away-{call}", ttl=TTL)
     deadline = lb.now[0] + TTL + LEEWAY
     attempts: list[float] = []
 
@@ -140,7 +140,7 @@ def test_a_partner_away_past_the_passport_is_not_waited_for_past_it(
     with pytest.raises(PassportExpiredError) as caught:
         _send(lb, token, b"x" * 500, wait=3600)
     doing = {"offer": "offer", "upload": "offer", "finish": "manifest"}[call]
-    _expired_words(caught.value, f"away-{call}", doing)
+    _expired_words(caught.value, f"dpo_away-{call}", doing)
     assert "while waiting for the partner (partner frankfurt is unreachable" in str(caught.value)
     assert len(attempts) > 3  # it did wait and retry meanwhile
     assert max(attempts) < deadline  # every call within the passport
@@ -153,7 +153,7 @@ def test_no_manifest_is_sent_once_the_passport_has_ended(
 ) -> None:
     """The upload ran into the end of the passport: the manifest is not sent (it could only
     be refused, or with an older receiver commit past the passport)."""
-    token = lb.passport("late-manifest", ttl=TTL)
+    token = lb.passport("dpo_late-manifest", ttl=TTL)
     original = lb.link.upload
 
     def slow(partner: PartnerConfig, segments: Iterator[SegmentIn]) -> UploadResult:
@@ -164,9 +164,9 @@ def test_no_manifest_is_sent_once_the_passport_has_ended(
     monkeypatch.setattr(lb.link, "upload", slow)
     with pytest.raises(PassportExpiredError) as caught:
         _send(lb, token, b"y" * 500)
-    _expired_words(caught.value, "late-manifest", "manifest")
+    _expired_words(caught.value, "dpo_late-manifest", "manifest")
     assert "finish" not in lb.link.calls
-    held = lb.frankfurt.ledger.inbound("late-manifest")
+    held = lb.frankfurt.ledger.inbound("dpo_late-manifest")
     assert held is not None and held.state is not TransferState.COMMITTED  # never committed
 
 
@@ -176,7 +176,7 @@ def test_a_new_upload_attempt_is_not_made_after_the_passport(
     """The stream broke at the passport's end: the sender offers again only to learn it may
     not, and uploads nothing more."""
     _with_timer(lb)
-    token = lb.passport("late-upload", ttl=TTL)
+    token = lb.passport("dpo_late-upload", ttl=TTL)
     original = lb.link.upload
     attempts: list[int] = []
 
@@ -197,7 +197,7 @@ def test_a_new_upload_attempt_is_not_made_after_the_passport(
 
 def test_a_send_within_the_passport_is_unchanged(lb: Loopback) -> None:
     data = b"w" * 300
-    summary = _send(lb, lb.passport("in-time", ttl=TTL), data)
+    summary = _send(lb, lb.passport("dpo_in-time", ttl=TTL), data)
     assert summary.plaintext_sha256 == _sha(data)
 
 
@@ -208,18 +208,18 @@ def test_the_wrong_file_is_refused_before_the_offer_and_the_passport_stays_usabl
     lb: Loopback, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     right, wrong = b"the data set named" * 40, b"some other file...." * 40
-    token = lb.passport("named", sub=_sha(right).hex())
+    token = lb.passport("dpo_named", sub=_sha(right).hex())
     seen = _uploads(lb, monkeypatch)
     with pytest.raises(DatasetMismatchError) as caught:
         _send(lb, token, wrong, declared=_sha(wrong))
     text = str(caught.value)
-    assert "the data is not the data set passport named names" in text
+    assert "the data is not the data set passport dpo_named names" in text
     assert f"sub {_sha(right).hex()}, this file {_sha(wrong).hex()}" in text
     assert text.endswith("nothing was sent, the passport is still usable")
     assert caught.value.grpc_status == "INVALID_ARGUMENT"
     assert lb.link.calls == [] and seen == []  # not even the partner's key set was asked for
-    assert lb.lingang.ledger.outbound("named") is None
-    assert lb.frankfurt.ledger.inbound("named") is None
+    assert lb.lingang.ledger.outbound("dpo_named") is None
+    assert lb.frankfurt.ledger.inbound("dpo_named") is None
     summary = _send(lb, token, right, declared=_sha(right))  # the same passport, now right
     assert summary.plaintext_sha256 == _sha(right)
 
@@ -230,7 +230,7 @@ def test_a_declared_digest_binds_the_stream_the_final_segment_never_leaves(
     """The file changed between its hashing and its sending (same size, other bytes): no
     final segment leaves, nothing commits."""
     hashed, streamed = b"a" * (SEGMENT * 5), b"a" * (SEGMENT * 4) + b"b" * SEGMENT
-    token = lb.passport("changed")
+    token = lb.passport("dpo_changed")
     seen = _uploads(lb, monkeypatch)
     with pytest.raises(DatasetMismatchError) as caught:
         _send(lb, token, streamed, declared=_sha(hashed))
@@ -242,13 +242,13 @@ def test_a_declared_digest_binds_the_stream_the_final_segment_never_leaves(
 
 def test_a_declared_digest_of_the_right_data_delivers_without_sub(lb: Loopback) -> None:
     data = b"q" * 333
-    summary = _send(lb, lb.passport("declared-only"), data, declared=_sha(data))
+    summary = _send(lb, lb.passport("dpo_declared-only"), data, declared=_sha(data))
     assert summary.plaintext_sha256 == _sha(data)
 
 
 def test_a_declared_digest_must_be_a_sha256(lb: Loopback) -> None:
     with pytest.raises(UsageError, match="must be 32 bytes"):
-        _send(lb, lb.passport("short-digest"), b"d" * 10, declared=b"\x01" * 16)
+        _send(lb, lb.passport("dpo_short-digest"), b"d" * 10, declared=b"\x01" * 16)
     assert lb.link.calls == []
 
 
@@ -256,7 +256,7 @@ def test_without_a_declared_digest_sub_is_still_checked_at_the_manifest(lb: Loop
     """A program streaming data it cannot hash first: today's check, after the upload."""
     right, wrong = b"r" * 200, b"s" * 200
     with pytest.raises(Exception, match="not the data set passport"):
-        _send(lb, lb.passport("late-check", sub=_sha(right).hex()), wrong)
+        _send(lb, lb.passport("dpo_late-check", sub=_sha(right).hex()), wrong)
     assert "finish" not in lb.link.calls
 
 
@@ -287,10 +287,10 @@ def test_a_table_can_require_a_digest_for_a_classification(tmp_path: Path) -> No
         data = b"i" * 200
         important = {"classification": "important"}
         with pytest.raises(PolicyDeniedError, match="needs a passport naming its data set"):
-            lb.send("no-sub", data, terms=important)
+            lb.send("dpo_no-sub", data, terms=important)
         assert lb.link.calls == []
-        assert lb.send("with-sub", data, terms=important, sub=_sha(data).hex())
-        assert lb.send("general", data)  # other classifications are not touched
+        assert lb.send("dpo_with-sub", data, terms=important, sub=_sha(data).hex())
+        assert lb.send("dpo_general", data)  # other classifications are not touched
     finally:
         lb.close()
 
@@ -313,7 +313,7 @@ def test_the_receiver_judges_has_digest_as_the_sender_did(tmp_path: Path) -> Non
         data = b"i" * 200
         important = {"classification": "important"}
         with pytest.raises(Exception, match="needs a passport naming its data set"):
-            lb.send("ingress-no-sub", data, terms=important)
-        assert lb.send("ingress-with-sub", data, terms=important, sub=_sha(data).hex())
+            lb.send("dpo_ingress-no-sub", data, terms=important)
+        assert lb.send("dpo_ingress-with-sub", data, terms=important, sub=_sha(data).hex())
     finally:
         lb.close()

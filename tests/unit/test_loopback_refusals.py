@@ -289,7 +289,7 @@ def test_hand_driven_transfer_is_accepted(rig: Rig) -> None:
     """The hand-driven sender below is right when it means to be: a refusal is the answer to
     the one thing a test breaks."""
     lb = rig.lb
-    transfer = hand(lb, "hand-ok")
+    transfer = hand(lb, "dpo_hand-ok")
     data = os.urandom(2 * SEGMENT + 23)
     uploaded = transfer.upload(transfer.segments(data))
     assert (uploaded.next_segment, uploaded.received_bytes, uploaded.final_received) == (
@@ -303,29 +303,29 @@ def test_hand_driven_transfer_is_accepted(rig: Rig) -> None:
     receipt, kid = open_receipt(receipt_blob, frankfurt_key, "frankfurt")
     assert str(kid) == "frankfurt/signing/1"
     assert receipt.confirms(transfer.manifest(data), signed.digest)
-    assert [r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()] == ["hand-ok"]
-    assert lb.frankfurt.spool.committed_path("hand-ok").exists()
-    assert not lb.frankfurt.spool.partial_path("hand-ok").exists()
-    assert lb.fetch("hand-ok") == data
+    assert [r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()] == ["dpo_hand-ok"]
+    assert lb.frankfurt.spool.committed_path("dpo_hand-ok").exists()
+    assert not lb.frankfurt.spool.partial_path("dpo_hand-ok").exists()
+    assert lb.fetch("dpo_hand-ok") == data
     assert transfer.finish(signed) == receipt_blob  # Finish again: the same receipt
 
 
 def test_empty_transfer_end_to_end(rig: Rig) -> None:
     """Zero bytes: one empty final segment 0, committed, fetched empty; resumable too."""
     lb = rig.lb
-    summary = rig.send(lb.passport("empty"), b"")
+    summary = rig.send(lb.passport("dpo_empty"), b"")
     assert rig.last_uploaded == [0]
     assert [len(s.ciphertext) for s in rig.uploads[-1]] == [16]
-    assert_delivered(lb, "empty", b"", summary)
+    assert_delivered(lb, "dpo_empty", b"", summary)
 
-    token = lb.passport("empty-broken")
+    token = lb.passport("dpo_empty-broken")
     lb.link.tamper = broken_after(0)
     with pytest.raises(PartnerError):
         rig.send(token, b"")
-    assert_held(lb, "empty-broken", [])
+    assert_held(lb, "dpo_empty-broken", [])
     summary = rig.send(token, b"")
     assert (rig.last_held, rig.last_uploaded) == (0, [0])
-    assert_delivered(lb, "empty-broken", b"", summary)
+    assert_delivered(lb, "dpo_empty-broken", b"", summary)
 
 
 # -- the passport ----------------------------------------------------------------------------
@@ -335,37 +335,37 @@ def test_forged_passport_is_refused(rig: Rig) -> None:
     """Signed by a key that is not the issuer's, under the issuer's key id."""
     lb = rig.lb
     issuer, lb.issuer = lb.issuer, SoftwareHsm()
-    token = lb.passport("forged")
+    token = lb.passport("dpo_forged")
     lb.issuer = issuer
     words = ("passport signature does not verify with key dpo/signing/1",)
     with pytest.raises(PassportSignatureError) as local:
         rig.send(token, b"data")
     assert_error(local.value, PassportSignatureError, "PERMISSION_DENIED", *words)
-    assert_nothing_spent(rig, "forged")
+    assert_nothing_spent(rig, "dpo_forged")
 
-    header, _key = seal(lb, token, "forged")
+    header, _key = seal(lb, token, "dpo_forged")
     with pytest.raises(PassportSignatureError) as remote:
         lb.frankfurt.receiver.offer(peer_of(lb), token, header.encode())
     assert_error(remote.value, PassportSignatureError, "PERMISSION_DENIED", *words)
-    assert_not_recorded(lb, "forged")
+    assert_not_recorded(lb, "dpo_forged")
 
 
 def test_expired_passport_is_refused(rig: Rig) -> None:
     lb = rig.lb
-    token = lb.passport("late", ttl=ONE_HOUR)
+    token = lb.passport("dpo_late", ttl=ONE_HOUR)
     expires = int(lb.now[0]) + ONE_HOUR
     lb.now[0] += ONE_HOUR + lb.frankfurt.config.limits.passport_leeway_seconds
-    words = (f"passport late expired at {expires}",)
+    words = (f"passport dpo_late expired at {expires}",)
     with pytest.raises(PassportExpiredError) as local:
         rig.send(token, b"data")
     assert_error(local.value, PassportExpiredError, "PERMISSION_DENIED", *words)
-    assert_nothing_spent(rig, "late")
+    assert_nothing_spent(rig, "dpo_late")
 
-    header, _key = seal(lb, token, "late")
+    header, _key = seal(lb, token, "dpo_late")
     with pytest.raises(PassportExpiredError) as remote:
         lb.frankfurt.receiver.offer(peer_of(lb), token, header.encode())
     assert_error(remote.value, PassportExpiredError, "PERMISSION_DENIED", *words)
-    assert_not_recorded(lb, "late")
+    assert_not_recorded(lb, "dpo_late")
 
 
 def test_passport_expiring_mid_transfer_stops_the_resume(rig: Rig) -> None:
@@ -373,7 +373,7 @@ def test_passport_expiring_mid_transfer_stops_the_resume(rig: Rig) -> None:
     every offer); frankfurt keeps the partial transfer as it was, never committed."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("expiring", ttl=ONE_HOUR)
+    token = lb.passport("dpo_expiring", ttl=ONE_HOUR)
     lb.link.tamper = broken_after(3)
     with pytest.raises(PartnerError):
         rig.send(token, data)
@@ -382,34 +382,34 @@ def test_passport_expiring_mid_transfer_stops_the_resume(rig: Rig) -> None:
     with pytest.raises(PassportExpiredError, match="expired"):
         rig.send(token, data)
     assert rig.last_calls == []
-    outbound = lb.lingang.ledger.outbound("expiring")
+    outbound = lb.lingang.ledger.outbound("dpo_expiring")
     assert outbound is not None
     with pytest.raises(PassportExpiredError, match="expired"):
         lb.frankfurt.receiver.offer(peer_of(lb), token, outbound.sent_header)
-    assert_held(lb, "expiring", rig.sent(0)[:3])
+    assert_held(lb, "dpo_expiring", rig.sent(0)[:3])
 
 
 def test_misaddressed_passport_is_refused(rig: Rig) -> None:
     """The passport's audience is another gateway; the header is sealed to frankfurt."""
     lb = rig.lb
-    token = lb.passport("misaddressed", to="paris")
-    words = ("passport misaddressed is for 'paris', not for 'frankfurt'",)
+    token = lb.passport("dpo_misaddressed", to="paris")
+    words = ("passport dpo_misaddressed is for 'paris', not for 'frankfurt'",)
     with pytest.raises(PassportAudienceError) as local:
         rig.send(token, b"data")
     assert_error(local.value, PassportAudienceError, "PERMISSION_DENIED", *words)
-    assert_nothing_spent(rig, "misaddressed")
+    assert_nothing_spent(rig, "dpo_misaddressed")
 
-    header, _key = seal(lb, token, "misaddressed")
+    header, _key = seal(lb, token, "dpo_misaddressed")
     with pytest.raises(PassportAudienceError) as remote:
         lb.frankfurt.receiver.offer(peer_of(lb), token, header.encode())
     assert_error(remote.value, PassportAudienceError, "PERMISSION_DENIED", *words)
-    assert_not_recorded(lb, "misaddressed")
+    assert_not_recorded(lb, "dpo_misaddressed")
 
 
 def test_passport_for_another_sender(rig: Rig) -> None:
     """The passport authorises paris to send; lingang's sender and frankfurt both refuse."""
     lb = rig.lb
-    token = lb.passport("not-lingangs", sender="paris")
+    token = lb.passport("dpo_not-lingangs", sender="paris")
     with pytest.raises(PeerNotAuthorizedError) as local:
         rig.send(token, b"data")
     assert_error(
@@ -418,9 +418,9 @@ def test_passport_for_another_sender(rig: Rig) -> None:
         "PERMISSION_DENIED",
         "is for sender 'paris', not this gateway (lingang)",
     )
-    assert_nothing_spent(rig, "not-lingangs")
+    assert_nothing_spent(rig, "dpo_not-lingangs")
 
-    header, _key = seal(lb, token, "not-lingangs")
+    header, _key = seal(lb, token, "dpo_not-lingangs")
     with pytest.raises(PeerNotAuthorizedError) as remote:
         lb.frankfurt.receiver.offer(peer_of(lb), token, header.encode())
     assert_error(
@@ -429,7 +429,7 @@ def test_passport_for_another_sender(rig: Rig) -> None:
         "PERMISSION_DENIED",
         "names sender 'paris', but the connection is from partner 'lingang'",
     )
-    assert_not_recorded(lb, "not-lingangs")
+    assert_not_recorded(lb, "dpo_not-lingangs")
 
 
 # -- the envelope header at the offer --------------------------------------------------------
@@ -439,8 +439,8 @@ def test_unknown_key_version_spends_nothing(rig: Rig) -> None:
     """The data key is wrapped to frankfurt/transport/99, which frankfurt does not hold:
     nothing recorded, the passport not spent -- the right header is accepted afterwards."""
     lb = rig.lb
-    token = lb.passport("key-version")
-    header, _key = seal(lb, token, "key-version", version=99)
+    token = lb.passport("dpo_key-version")
+    header, _key = seal(lb, token, "dpo_key-version", version=99)
     with pytest.raises(NoUsableWrappedKeyError) as refused:
         lb.frankfurt.receiver.offer(peer_of(lb), token, header.encode())
     assert_error(
@@ -451,17 +451,17 @@ def test_unknown_key_version_spends_nothing(rig: Rig) -> None:
         "versions in service: [1]",
         "fetch a fresh key set",
     )
-    assert_not_recorded(lb, "key-version")
+    assert_not_recorded(lb, "dpo_key-version")
 
     summary = rig.send(token, b"now with the current key")
-    assert_delivered(lb, "key-version", b"now with the current key", summary)
+    assert_delivered(lb, "dpo_key-version", b"now with the current key", summary)
 
 
 def test_header_wrapped_only_to_our_storage_key_is_refused(rig: Rig) -> None:
     """A partner's header may use frankfurt's transport keys only, never its storage key."""
     lb = rig.lb
-    token = lb.passport("storage-wrap")
-    header, data_key = seal(lb, token, "storage-wrap")
+    token = lb.passport("dpo_storage-wrap")
+    header, data_key = seal(lb, token, "dpo_storage-wrap")
     storage = KeyRef("frankfurt", Purpose.STORAGE, 1)
     stored = rewrap_for_storage(header, data_key, storage, lb.frankfurt.keys)
     with pytest.raises(NoUsableWrappedKeyError) as refused:
@@ -469,7 +469,7 @@ def test_header_wrapped_only_to_our_storage_key_is_refused(rig: Rig) -> None:
     assert_error(
         refused.value, NoUsableWrappedKeyError, "FAILED_PRECONDITION", "frankfurt/storage/1"
     )
-    assert_not_recorded(lb, "storage-wrap")
+    assert_not_recorded(lb, "dpo_storage-wrap")
 
 
 @pytest.mark.parametrize(
@@ -480,11 +480,11 @@ def test_header_wrapped_only_to_our_storage_key_is_refused(rig: Rig) -> None:
             "lingang",
             "frankfurt",
             None,
-            "header transfer id 'someone-else' is not the passport's jti 'context'",
+            "header transfer id 'someone-else' is not the passport's jti 'dpo_context'",
             id="transfer-id",
         ),
         pytest.param(
-            "context",
+            "dpo_context",
             "paris",
             "frankfurt",
             None,
@@ -492,7 +492,7 @@ def test_header_wrapped_only_to_our_storage_key_is_refused(rig: Rig) -> None:
             id="sender",
         ),
         pytest.param(
-            "context",
+            "dpo_context",
             "lingang",
             "paris",
             None,
@@ -500,7 +500,7 @@ def test_header_wrapped_only_to_our_storage_key_is_refused(rig: Rig) -> None:
             id="receiver",
         ),
         pytest.param(
-            "context",
+            "dpo_context",
             "lingang",
             "frankfurt",
             hashlib.sha256(b"another passport").digest(),
@@ -514,12 +514,12 @@ def test_header_not_matching_the_passport(
 ) -> None:
     """The header's context must be the passport's: refused before anything is stored."""
     lb = rig.lb
-    token = lb.passport("context")
+    token = lb.passport("dpo_context")
     header, _key = seal(lb, token, jti, sender=sender, receiver=receiver, digest=digest)
     with pytest.raises(OfferMismatchError) as refused:
         lb.frankfurt.receiver.offer(peer_of(lb), token, header.encode())
     assert_error(refused.value, OfferMismatchError, "INVALID_ARGUMENT", words)
-    assert_not_recorded(lb, "context")
+    assert_not_recorded(lb, "dpo_context")
 
 
 # -- single use ------------------------------------------------------------------------------
@@ -529,9 +529,9 @@ def test_replay_of_a_delivered_passport_is_refused_by_the_sender(rig: Rig) -> No
     """Lingang's own record says delivered: refused before any partner call; inbox unchanged."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("replay-sender")
+    token = lb.passport("dpo_replay-sender")
     summary = rig.send(token, data)
-    committed = lb.frankfurt.spool.committed_path("replay-sender").read_bytes()
+    committed = lb.frankfurt.spool.committed_path("dpo_replay-sender").read_bytes()
 
     with pytest.raises(PassportReplayError) as again:
         rig.send(token, data)
@@ -539,8 +539,8 @@ def test_replay_of_a_delivered_passport_is_refused_by_the_sender(rig: Rig) -> No
         again.value, PassportReplayError, "ALREADY_EXISTS", "already delivered to frankfurt"
     )
     assert rig.last_calls == []
-    assert lb.frankfurt.spool.committed_path("replay-sender").read_bytes() == committed
-    assert_delivered(lb, "replay-sender", data, summary)
+    assert lb.frankfurt.spool.committed_path("dpo_replay-sender").read_bytes() == committed
+    assert_delivered(lb, "dpo_replay-sender", data, summary)
 
 
 def test_replay_of_a_committed_passport_is_refused_by_the_receiver(rig: Rig) -> None:
@@ -548,10 +548,10 @@ def test_replay_of_a_committed_passport_is_refused_by_the_receiver(rig: Rig) -> 
     header: frankfurt refuses it as spent; nothing partial appears, the inbox is unchanged."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("replay-receiver")
+    token = lb.passport("dpo_replay-receiver")
     summary = rig.send(token, data)
-    committed = lb.frankfurt.spool.committed_path("replay-receiver").read_bytes()
-    delete_outbound(lb, "replay-receiver")
+    committed = lb.frankfurt.spool.committed_path("dpo_replay-receiver").read_bytes()
+    delete_outbound(lb, "dpo_replay-receiver")
 
     with pytest.raises(PartnerError) as again:
         rig.send(token, data)
@@ -559,15 +559,17 @@ def test_replay_of_a_committed_passport_is_refused_by_the_receiver(rig: Rig) -> 
         again.value,
         "ALREADY_EXISTS",
         "refused the offer",
-        "passport replay-receiver was already used: the transfer was committed",
+        "passport dpo_replay-receiver was already used: the transfer was committed",
     )
     assert "upload" not in rig.last_calls and "finish" not in rig.last_calls
-    assert not lb.frankfurt.spool.partial_path("replay-receiver").exists()
-    assert lb.frankfurt.spool.committed_path("replay-receiver").read_bytes() == committed
-    row = lb.frankfurt.ledger.inbound("replay-receiver")
+    assert not lb.frankfurt.spool.partial_path("dpo_replay-receiver").exists()
+    assert lb.frankfurt.spool.committed_path("dpo_replay-receiver").read_bytes() == committed
+    row = lb.frankfurt.ledger.inbound("dpo_replay-receiver")
     assert row is not None and row.receipt == summary.receipt
-    assert [r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()] == ["replay-receiver"]
-    assert lb.fetch("replay-receiver") == data
+    assert [r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()] == [
+        "dpo_replay-receiver"
+    ]
+    assert lb.fetch("dpo_replay-receiver") == data
 
 
 def test_replay_of_a_refused_passport(rig: Rig) -> None:
@@ -575,7 +577,7 @@ def test_replay_of_a_refused_passport(rig: Rig) -> None:
     lb = rig.lb
     receiver, peer = lb.link.receivers["frankfurt"]
     lb.link.receivers["frankfurt"] = (receiver, replace(peer, max_transfer_bytes=100))
-    token = lb.passport("replay-refused")
+    token = lb.passport("dpo_replay-refused")
     data = os.urandom(SHORT_FINAL)
     with pytest.raises(PartnerError, match="RESOURCE_EXHAUSTED"):
         rig.send(token, data)
@@ -586,11 +588,11 @@ def test_replay_of_a_refused_passport(rig: Rig) -> None:
     assert_partner_error(
         again.value,
         "ALREADY_EXISTS",
-        "passport replay-refused was already used: the transfer was refused (transfer "
-        "replay-refused exceeds its limit of 100 bytes",
+        "passport dpo_replay-refused was already used: the transfer was refused (transfer "
+        "dpo_replay-refused exceeds its limit of 100 bytes",
     )
     assert rig.last_calls == ["offer"]
-    assert_refused_for_good(lb, "replay-refused", "exceeds its limit of 100 bytes")
+    assert_refused_for_good(lb, "dpo_replay-refused", "exceeds its limit of 100 bytes")
 
 
 def test_same_passport_from_another_partner(rig: Rig) -> None:
@@ -598,13 +600,13 @@ def test_same_passport_from_another_partner(rig: Rig) -> None:
     a passport for paris with the same id finds it spent. Lingang's transfer is untouched."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("shared-id")
+    token = lb.passport("dpo_shared-id")
     lb.link.tamper = broken_after(3)
     with pytest.raises(PartnerError):
         rig.send(token, data)
     paris = peer_of(lb, "paris")
 
-    header, _key = seal(lb, token, "shared-id", sender="paris")
+    header, _key = seal(lb, token, "dpo_shared-id", sender="paris")
     with pytest.raises(PeerNotAuthorizedError) as stolen:
         lb.frankfurt.receiver.offer(paris, token, header.encode())
     assert_error(
@@ -613,18 +615,21 @@ def test_same_passport_from_another_partner(rig: Rig) -> None:
         "PERMISSION_DENIED",
         "names sender 'lingang', but the connection is from partner 'paris'",
     )
-    theirs = lb.passport("shared-id", sender="paris")
-    header, _key = seal(lb, theirs, "shared-id", sender="paris")
+    theirs = lb.passport("dpo_shared-id", sender="paris")
+    header, _key = seal(lb, theirs, "dpo_shared-id", sender="paris")
     with pytest.raises(PassportReplayError) as spent:
         lb.frankfurt.receiver.offer(paris, theirs, header.encode())
     assert_error(
-        spent.value, PassportReplayError, "ALREADY_EXISTS", "passport shared-id was already used"
+        spent.value,
+        PassportReplayError,
+        "ALREADY_EXISTS",
+        "passport dpo_shared-id was already used",
     )
-    assert_held(lb, "shared-id", rig.sent(0)[:3])
+    assert_held(lb, "dpo_shared-id", rig.sent(0)[:3])
 
     summary = rig.send(token, data)
     assert rig.last_held == 3 * SEGMENT
-    assert_delivered(lb, "shared-id", data, summary)
+    assert_delivered(lb, "dpo_shared-id", data, summary)
 
 
 def test_different_header_for_a_transfer_in_progress(rig: Rig) -> None:
@@ -632,39 +637,39 @@ def test_different_header_for_a_transfer_in_progress(rig: Rig) -> None:
     lost its record) is FAILED_PRECONDITION and changes nothing held."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("other-header")
+    token = lb.passport("dpo_other-header")
     lb.link.tamper = broken_after(3)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    before = lb.frankfurt.ledger.inbound("other-header")
+    before = lb.frankfurt.ledger.inbound("dpo_other-header")
     assert before is not None
 
-    header, _key = seal(lb, token, "other-header")
+    header, _key = seal(lb, token, "dpo_other-header")
     with pytest.raises(TransferConflictError) as by_hand:
         lb.frankfurt.receiver.offer(peer_of(lb), token, header.encode())
     assert_error(
         by_hand.value,
         TransferConflictError,
         "FAILED_PRECONDITION",
-        "transfer other-header is in progress with a different envelope header",
+        "transfer dpo_other-header is in progress with a different envelope header",
     )
-    outbound = lb.lingang.ledger.outbound("other-header")
+    outbound = lb.lingang.ledger.outbound("dpo_other-header")
     assert outbound is not None
-    delete_outbound(lb, "other-header")
+    delete_outbound(lb, "dpo_other-header")
     with pytest.raises(PartnerError) as forgetful:
         rig.send(token, data)
     assert_partner_error(
         forgetful.value, "FAILED_PRECONDITION", "in progress with a different envelope header"
     )
-    after = lb.frankfurt.ledger.inbound("other-header")
+    after = lb.frankfurt.ledger.inbound("dpo_other-header")
     assert after == before
 
     # The sender's record back (as it was), the original header resumes.
     path = lb.lingang.config.state_dir / "ledger.sqlite3"
     with contextlib.closing(sqlite3.connect(path, timeout=5)) as db, db:
-        db.execute("DELETE FROM outbound WHERE transfer_id = ?", ("other-header",))
+        db.execute("DELETE FROM outbound WHERE transfer_id = ?", ("dpo_other-header",))
     restored = lb.lingang.ledger.create_outbound(
-        transfer_id="other-header",
+        transfer_id="dpo_other-header",
         partner="frankfurt",
         passport_digest=outbound.passport_digest,
         sent_header=outbound.sent_header,
@@ -673,7 +678,7 @@ def test_different_header_for_a_transfer_in_progress(rig: Rig) -> None:
     assert restored.sent_header == outbound.sent_header
     summary = rig.send(token, data)
     assert rig.last_held == 3 * SEGMENT
-    assert_delivered(lb, "other-header", data, summary)
+    assert_delivered(lb, "dpo_other-header", data, summary)
 
 
 # -- the segment stream ----------------------------------------------------------------------
@@ -768,7 +773,7 @@ STREAM_FAULTS = [
     pytest.param(
         lambda s: _with(s, 2, _relabel(s[2], transfer_id="someone-elses")),
         "INVALID_ARGUMENT",
-        "segment for 'someone-elses' inside the upload of 'stream-fault'",
+        "segment for 'someone-elses' inside the upload of 'dpo_stream-fault'",
         2,
         id="other-transfer-id",
     ),
@@ -791,21 +796,21 @@ def test_stream_fault_keeps_what_verified(
     verified are held; nothing is in the inbox. A resend delivers the data."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("stream-fault")
+    token = lb.passport("dpo_stream-fault")
     lb.link.tamper = rewrite(change)
     with pytest.raises(PartnerError) as refused:
         rig.send(token, data)
     assert_partner_error(refused.value, status, "partner frankfurt refused the upload", words)
     assert rig.last_calls == ["key_set", "offer", "upload"]
-    assert_held(lb, "stream-fault", rig.sent(0)[:kept])
-    status_now = lb.frankfurt.receiver.status(peer_of(lb), "stream-fault")
+    assert_held(lb, "dpo_stream-fault", rig.sent(0)[:kept])
+    status_now = lb.frankfurt.receiver.status(peer_of(lb), "dpo_stream-fault")
     assert (status_now.state, status_now.next_segment) == (TransferState.RECEIVING, kept)
     assert status_now.receipt is None
 
     summary = rig.send(token, data)
     assert rig.last_held == min(kept * SEGMENT, len(data))
     assert rig.last_uploaded == list(range(kept, 7))
-    assert_delivered(lb, "stream-fault", data, summary)
+    assert_delivered(lb, "dpo_stream-fault", data, summary)
 
 
 def test_truncated_stream_then_finish_says_incomplete(rig: Rig) -> None:
@@ -813,7 +818,7 @@ def test_truncated_stream_then_finish_says_incomplete(rig: Rig) -> None:
     incomplete (not for good), and a resend sends only what is missing."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("truncated")
+    token = lb.passport("dpo_truncated")
     lb.link.tamper = rewrite(lambda s: s[:-1])
     with pytest.raises(PartnerError) as refused:
         rig.send(token, data)
@@ -821,19 +826,19 @@ def test_truncated_stream_then_finish_says_incomplete(rig: Rig) -> None:
         refused.value,
         "FAILED_PRECONDITION",
         "refused the manifest",
-        "transfer truncated is incomplete: next segment is 6; resume the upload",
+        "transfer dpo_truncated is incomplete: next segment is 6; resume the upload",
     )
     assert rig.last_calls == ["key_set", "offer", "upload", "finish"]
-    assert_held(lb, "truncated", rig.sent(0)[:6])
+    assert_held(lb, "dpo_truncated", rig.sent(0)[:6])
 
     summary = rig.send(token, data)
     assert rig.last_uploaded == [6]
-    assert_delivered(lb, "truncated", data, summary)
+    assert_delivered(lb, "dpo_truncated", data, summary)
 
 
 def test_empty_upload_and_upload_after_the_final_segment_are_refused(rig: Rig) -> None:
     lb = rig.lb
-    transfer = hand(lb, "hand-upload")
+    transfer = hand(lb, "dpo_hand-upload")
     with pytest.raises(OfferMismatchError) as empty:
         transfer.upload([])
     assert_error(
@@ -851,15 +856,15 @@ def test_empty_upload_and_upload_after_the_final_segment_are_refused(rig: Rig) -
             "OUT_OF_RANGE",
             "already received its final segment; send the manifest",
         )
-    row = lb.frankfurt.ledger.inbound("hand-upload")
+    row = lb.frankfurt.ledger.inbound("dpo_hand-upload")
     assert row is not None and (row.next_segment, row.received_bytes) == (3, len(data))
     transfer.finish(lingang_signs(lb, transfer.manifest(data)))
-    assert lb.fetch("hand-upload") == data
+    assert lb.fetch("dpo_hand-upload") == data
 
 
 def test_second_writer_is_refused_while_a_stream_runs(rig: Rig) -> None:
     """While an upload streams, a second upload or a Finish of the same transfer is refused at
-    once (FAILED_PRECONDITION, "busy"); the first stream is not disturbed."""
+    once (FAILED_PRECONDITION, "dpo_busy"); the first stream is not disturbed."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
     peer = peer_of(lb)
@@ -879,20 +884,22 @@ def test_second_writer_is_refused_while_a_stream_runs(rig: Rig) -> None:
                 # Signed for real: the signature is checked before the guard is taken.
                 early = lingang_signs(
                     lb,
-                    Manifest("busy", "lingang", "frankfurt", bytes(32), bytes(32), bytes(32), 0, 1),
+                    Manifest(
+                        "dpo_busy", "lingang", "frankfurt", bytes(32), bytes(32), bytes(32), 0, 1
+                    ),
                 )
-                intrude(lambda: receiver.finish(peer, "busy", early))  # noqa: B023
+                intrude(lambda: receiver.finish(peer, "dpo_busy", early))  # noqa: B023
             yield segment
 
     lb.link.tamper = meddle
-    summary = rig.send(lb.passport("busy"), data)
+    summary = rig.send(lb.passport("dpo_busy"), data)
     assert [type(r) for r in refusals] == [TransferConflictError, TransferConflictError]
     assert_error(
         refusals[0], TransferConflictError, "FAILED_PRECONDITION", "busy on another stream"
     )
     assert "upload again shortly" in str(refusals[0])
     assert "finish again shortly" in str(refusals[1])
-    assert_delivered(lb, "busy", data, summary)
+    assert_delivered(lb, "dpo_busy", data, summary)
 
 
 # -- the manifest ----------------------------------------------------------------------------
@@ -900,7 +907,7 @@ def test_second_writer_is_refused_while_a_stream_runs(rig: Rig) -> None:
 MANIFEST_FIELDS = [
     pytest.param(
         lambda m: replace(m, transfer_id="someone-else"),
-        "transfer id 'someone-else' (expected 'manifest-field')",
+        "transfer id 'someone-else' (expected 'dpo_manifest-field')",
         id="transfer-id",
     ),
     pytest.param(
@@ -950,21 +957,21 @@ def test_manifest_mismatch_refuses_for_good(
     INVALID_ARGUMENT, refused for good, partial deleted, passport spent."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("manifest-field")
+    token = lb.passport("dpo_manifest-field")
     real = held_back_manifest(rig, monkeypatch, token, data)
-    assert_held(lb, "manifest-field", rig.sent(0))
+    assert_held(lb, "dpo_manifest-field", rig.sent(0))
     lingang_key = lb.frankfurt.config.partner("lingang").signing_public_key
     forged = lingang_signs(lb, change(open_manifest(real, lingang_key, "lingang")))
 
     with pytest.raises(ManifestError) as refused:
-        lb.frankfurt.receiver.finish(peer_of(lb), "manifest-field", forged)
+        lb.frankfurt.receiver.finish(peer_of(lb), "dpo_manifest-field", forged)
     assert_error(
         refused.value,
         ManifestError,
         "INVALID_ARGUMENT",
         "manifest disagrees with what arrived: " + words,
     )
-    assert_refused_for_good(lb, "manifest-field", "manifest disagrees with what arrived")
+    assert_refused_for_good(lb, "dpo_manifest-field", "manifest disagrees with what arrived")
     with pytest.raises(PartnerError) as again:
         rig.send(token, data)
     assert_partner_error(again.value, "ALREADY_EXISTS", "the transfer was refused (manifest")
@@ -991,7 +998,7 @@ def test_manifest_not_signed_by_the_sender(
     final -- the transfer stays receiving and the real sender then finishes it."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("manifest-signer")
+    token = lb.passport("dpo_manifest-signer")
     real = held_back_manifest(rig, monkeypatch, token, data)
     keys = SoftwareHsm() if signer == "another-key" else lb.lingang.keys
     lingang_key = lb.frankfurt.config.partner("lingang").signing_public_key
@@ -999,25 +1006,25 @@ def test_manifest_not_signed_by_the_sender(
     forged = sign_manifest(keys, KeyRef(owner, Purpose.SIGNING, 1), manifest)
 
     with pytest.raises(SignatureError) as refused:
-        lb.frankfurt.receiver.finish(peer_of(lb), "manifest-signer", forged)
+        lb.frankfurt.receiver.finish(peer_of(lb), "dpo_manifest-signer", forged)
     assert_error(refused.value, SignatureError, "UNAUTHENTICATED", words)
-    assert_held(lb, "manifest-signer", rig.sent(0))
+    assert_held(lb, "dpo_manifest-signer", rig.sent(0))
 
     summary = rig.send(token, data)
     assert rig.last_calls == ["offer", "finish"]
-    assert_delivered(lb, "manifest-signer", data, summary)
+    assert_delivered(lb, "dpo_manifest-signer", data, summary)
 
 
 def test_finish_with_another_manifest_after_commit(rig: Rig) -> None:
     """Once committed, a different (validly signed) manifest is refused; the commit stands."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("after-commit")
+    token = lb.passport("dpo_after-commit")
     summary = rig.send(token, data)
-    outbound = lb.lingang.ledger.outbound("after-commit")
+    outbound = lb.lingang.ledger.outbound("dpo_after-commit")
     assert outbound is not None
     manifest = Manifest(
-        transfer_id="after-commit",
+        transfer_id="dpo_after-commit",
         sender="lingang",
         receiver="frankfurt",
         header_core_digest=Header.decode(outbound.sent_header).core_digest(),
@@ -1026,18 +1033,20 @@ def test_finish_with_another_manifest_after_commit(rig: Rig) -> None:
         plaintext_size=len(data),
         segment_count=7,
     )
-    same = lb.frankfurt.receiver.finish(peer_of(lb), "after-commit", lingang_signs(lb, manifest))
+    same = lb.frankfurt.receiver.finish(
+        peer_of(lb), "dpo_after-commit", lingang_signs(lb, manifest)
+    )
     assert same.receipt == summary.receipt
     other = lingang_signs(lb, replace(manifest, plaintext_size=1))
     with pytest.raises(ManifestError) as refused:
-        lb.frankfurt.receiver.finish(peer_of(lb), "after-commit", other)
+        lb.frankfurt.receiver.finish(peer_of(lb), "dpo_after-commit", other)
     assert_error(
         refused.value,
         ManifestError,
         "INVALID_ARGUMENT",
-        "transfer after-commit was committed with another manifest",
+        "transfer dpo_after-commit was committed with another manifest",
     )
-    assert_delivered(lb, "after-commit", data, summary)
+    assert_delivered(lb, "dpo_after-commit", data, summary)
 
 
 def test_sub_not_matching_the_data(rig: Rig) -> None:
@@ -1047,24 +1056,24 @@ def test_sub_not_matching_the_data(rig: Rig) -> None:
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
     named = hashlib.sha256(b"the data set the DPO approved").hexdigest()
-    token = lb.passport("sub-mismatch", sub=named)
+    token = lb.passport("dpo_sub-mismatch", sub=named)
     with pytest.raises(ManifestError) as local:
         rig.send(token, data)
     assert_error(
         local.value,
         ManifestError,
         "INVALID_ARGUMENT",
-        "the data sent is not the data set passport sub-mismatch names",
+        "the data sent is not the data set passport dpo_sub-mismatch names",
         f"sub {named[:16]}...",
         "nothing was committed",
     )
     assert rig.last_calls == ["key_set", "offer", "upload"]
-    assert_held(lb, "sub-mismatch", rig.sent(0))
+    assert_held(lb, "dpo_sub-mismatch", rig.sent(0))
 
-    outbound = lb.lingang.ledger.outbound("sub-mismatch")
+    outbound = lb.lingang.ledger.outbound("dpo_sub-mismatch")
     assert outbound is not None
     truthful = Manifest(
-        transfer_id="sub-mismatch",
+        transfer_id="dpo_sub-mismatch",
         sender="lingang",
         receiver="frankfurt",
         header_core_digest=Header.decode(outbound.sent_header).core_digest(),
@@ -1074,17 +1083,17 @@ def test_sub_not_matching_the_data(rig: Rig) -> None:
         segment_count=7,
     )
     with pytest.raises(ManifestError) as remote:
-        lb.frankfurt.receiver.finish(peer_of(lb), "sub-mismatch", lingang_signs(lb, truthful))
+        lb.frankfurt.receiver.finish(peer_of(lb), "dpo_sub-mismatch", lingang_signs(lb, truthful))
     assert_error(
         remote.value,
         ManifestError,
         "INVALID_ARGUMENT",
         "manifest disagrees with what arrived: data set SHA-256 is not the passport's sub",
     )
-    assert_refused_for_good(lb, "sub-mismatch", "data set SHA-256 is not the passport's sub")
+    assert_refused_for_good(lb, "dpo_sub-mismatch", "data set SHA-256 is not the passport's sub")
 
-    summary = rig.send(lb.passport("sub-match", sub=hashlib.sha256(data).hexdigest()), data)
-    assert_delivered(lb, "sub-match", data, summary)
+    summary = rig.send(lb.passport("dpo_sub-match", sub=hashlib.sha256(data).hexdigest()), data)
+    assert_delivered(lb, "dpo_sub-match", data, summary)
 
 
 # -- the byte limit --------------------------------------------------------------------------
@@ -1094,20 +1103,20 @@ def test_declared_size_over_the_limit_is_refused_before_the_offer(rig: Rig) -> N
     """Nothing spent: no partner call, no row; the same passport then carries data that fits
     (exactly at the limit)."""
     lb = rig.lb
-    token = lb.passport("too-big", byte_limit=400)
+    token = lb.passport("dpo_too-big", byte_limit=400)
     with pytest.raises(ByteLimitError) as refused:
         rig.send(token, os.urandom(401))
     assert_error(
         refused.value,
         ByteLimitError,
         "RESOURCE_EXHAUSTED",
-        "the data is 401 bytes; passport too-big allows 400",
+        "the data is 401 bytes; passport dpo_too-big allows 400",
     )
-    assert_nothing_spent(rig, "too-big")
+    assert_nothing_spent(rig, "dpo_too-big")
 
     data = os.urandom(400)
     summary = rig.send(token, data)
-    assert_delivered(lb, "too-big", data, summary)
+    assert_delivered(lb, "dpo_too-big", data, summary)
 
 
 @pytest.mark.parametrize("how", ["partner-limit", "understated-size"])
@@ -1120,9 +1129,9 @@ def test_byte_limit_exceeded_in_stream_refuses_for_good(rig: Rig, how: str) -> N
     if how == "partner-limit":
         receiver, peer = lb.link.receivers["frankfurt"]
         lb.link.receivers["frankfurt"] = (receiver, replace(peer, max_transfer_bytes=200))
-        token, limit = lb.passport("over-limit"), 200
+        token, limit = lb.passport("dpo_over-limit"), 200
     else:
-        token, limit = lb.passport("over-limit", byte_limit=300), 300
+        token, limit = lb.passport("dpo_over-limit", byte_limit=300), 300
     with pytest.raises(PartnerError) as refused:
         if how == "partner-limit":
             rig.send(token, data)
@@ -1132,9 +1141,9 @@ def test_byte_limit_exceeded_in_stream_refuses_for_good(rig: Rig, how: str) -> N
         refused.value,
         "RESOURCE_EXHAUSTED",
         "refused the upload",
-        f"transfer over-limit exceeds its limit of {limit} bytes",
+        f"transfer dpo_over-limit exceeds its limit of {limit} bytes",
     )
-    assert_refused_for_good(lb, "over-limit", f"exceeds its limit of {limit} bytes")
+    assert_refused_for_good(lb, "dpo_over-limit", f"exceeds its limit of {limit} bytes")
 
 
 # -- unknown transfers -----------------------------------------------------------------------
@@ -1172,7 +1181,7 @@ def test_transfer_of_lingang_is_not_found_for_another_partner(
     all (no oracle for others' ids), and lingang's transfer is untouched."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("lingangs")
+    token = lb.passport("dpo_lingangs")
     if stage == "in-progress":
         lb.link.tamper = broken_after(3)
         with pytest.raises(PartnerError):
@@ -1181,15 +1190,15 @@ def test_transfer_of_lingang_is_not_found_for_another_partner(
         summary = rig.send(token, data)
     paris = peer_of(lb, "paris")
 
-    theirs = _ask(lb, paris, call, "lingangs")
+    theirs = _ask(lb, paris, call, "dpo_lingangs")
     none = _ask(lb, paris, call, "nobody")
-    assert_error(theirs, UnknownTransferError, "NOT_FOUND", "no transfer 'lingangs' from paris")
-    assert str(theirs).replace("lingangs", "ID") == str(none).replace("nobody", "ID")
+    assert_error(theirs, UnknownTransferError, "NOT_FOUND", "no transfer 'dpo_lingangs' from paris")
+    assert str(theirs).replace("dpo_lingangs", "ID") == str(none).replace("nobody", "ID")
 
     if stage == "in-progress":
-        assert_held(lb, "lingangs", rig.sent(0)[:3])
+        assert_held(lb, "dpo_lingangs", rig.sent(0)[:3])
         summary = rig.send(token, data)
-    assert_delivered(lb, "lingangs", data, summary)
+    assert_delivered(lb, "dpo_lingangs", data, summary)
 
 
 # -- signed documents on the way back -------------------------------------------------------
@@ -1230,9 +1239,9 @@ def test_tampered_receipt_is_not_recorded_as_delivered(
     """Frankfurt committed; the receipt is changed on the way back. Lingang refuses it and
     does not record the transfer delivered; a resend fetches the true receipt."""
     lb = rig.lb
-    other = rig.send(lb.passport("earlier"), b"an earlier transfer").receipt
+    other = rig.send(lb.passport("dpo_earlier"), b"an earlier transfer").receipt
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("receipt")
+    token = lb.passport("dpo_receipt")
     original = lb.link.finish
 
     def finish(partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
@@ -1249,17 +1258,17 @@ def test_tampered_receipt_is_not_recorded_as_delivered(
     with pytest.raises(error) as refused:
         rig.send(token, data)
     assert words in str(refused.value)
-    outbound = lb.lingang.ledger.outbound("receipt")
+    outbound = lb.lingang.ledger.outbound("dpo_receipt")
     assert outbound is not None
     assert (outbound.state, outbound.receipt) == (TransferState.SENDING, None)
-    row = lb.frankfurt.ledger.inbound("receipt")
+    row = lb.frankfurt.ledger.inbound("dpo_receipt")
     assert row is not None and row.state is TransferState.COMMITTED
 
     monkeypatch.setattr(lb.link, "finish", original)
     summary = rig.send(token, data)
     assert rig.last_calls == ["offer", "finish"]
     assert summary.receipt == row.receipt
-    assert_delivered(lb, "receipt", data, summary)
+    assert_delivered(lb, "dpo_receipt", data, summary)
 
 
 @pytest.mark.parametrize("forgery", ["wrong-key", "other-gateway"])
@@ -1290,7 +1299,7 @@ def test_key_set_not_signed_by_the_partner_is_refused(
         )
 
     monkeypatch.setattr(lb.link, "key_set", key_set)
-    token = lb.passport("key-set")
+    token = lb.passport("dpo_key-set")
     with pytest.raises(SignatureError) as refused:
         rig.send(token, b"data")
     words = (
@@ -1300,9 +1309,9 @@ def test_key_set_not_signed_by_the_partner_is_refused(
     )
     assert_error(refused.value, SignatureError, "UNAUTHENTICATED", words)
     assert rig.last_calls == ["key_set"]
-    assert lb.lingang.ledger.outbound("key-set") is None
-    assert_not_recorded(lb, "key-set")
+    assert lb.lingang.ledger.outbound("dpo_key-set") is None
+    assert_not_recorded(lb, "dpo_key-set")
 
     monkeypatch.setattr(lb.link, "key_set", original)
     summary = rig.send(token, b"data")
-    assert_delivered(lb, "key-set", b"data", summary)
+    assert_delivered(lb, "dpo_key-set", b"data", summary)

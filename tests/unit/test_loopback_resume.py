@@ -109,7 +109,7 @@ def test_resume_at_every_segment_boundary(rig: Rig, size: int, cut: int) -> None
     lb = rig.lb
     data = os.urandom(size)
     count = count_segments(size)
-    token = lb.passport("resume-boundary")
+    token = lb.passport("dpo_resume-boundary")
     lb.link.tamper = broken_after(cut)
     with pytest.raises(PartnerError) as first:
         rig.send(token, data)
@@ -118,7 +118,7 @@ def test_resume_at_every_segment_boundary(rig: Rig, size: int, cut: int) -> None
     )
     assert rig.last_calls == ["key_set", "offer", "upload"]
     assert len(rig.sent(0)) == count
-    assert_held(lb, "resume-boundary", rig.sent(0)[:cut])
+    assert_held(lb, "dpo_resume-boundary", rig.sent(0)[:cut])
 
     summary = rig.send(token, data)
     held = min(cut * SEGMENT, size)
@@ -128,40 +128,40 @@ def test_resume_at_every_segment_boundary(rig: Rig, size: int, cut: int) -> None
     else:
         assert rig.last_calls == ["offer", "upload", "finish"]
     assert rig.last_uploaded == list(range(cut, count))
-    assert_delivered(lb, "resume-boundary", data, summary)
+    assert_delivered(lb, "dpo_resume-boundary", data, summary)
 
 
 def test_link_drop_with_the_pipeline_full_resumes(rig: Rig) -> None:
     """A real mid-stream drop: the sender abandons a pipeline whose queue is still full."""
     lb = rig.lb
     data = os.urandom(40 * SEGMENT + 5)
-    token = lb.passport("resume-full-pipeline")
+    token = lb.passport("dpo_resume-full-pipeline")
     lb.link.tamper = cut_after(5)
     with pytest.raises(PartnerError) as first:
         rig.send(token, data)
     assert_partner_error(first.value, "UNAVAILABLE", "unreachable", "after 5 segments")
-    assert_held(lb, "resume-full-pipeline", rig.sent(0)[:5])
+    assert_held(lb, "dpo_resume-full-pipeline", rig.sent(0)[:5])
 
     summary = rig.send(token, data)
     assert rig.last_held == 5 * SEGMENT
     assert rig.last_uploaded == list(range(5, 41))
-    assert_delivered(lb, "resume-full-pipeline", data, summary)
+    assert_delivered(lb, "dpo_resume-full-pipeline", data, summary)
 
 
 def test_break_after_the_final_segment_finishes_with_the_manifest_alone(rig: Rig) -> None:
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("resume-final")
+    token = lb.passport("dpo_resume-final")
     lb.link.tamper = broken_after(7)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    assert_held(lb, "resume-final", rig.sent(0))
+    assert_held(lb, "dpo_resume-final", rig.sent(0))
 
     summary = rig.send(token, data)
     assert rig.last_calls == ["offer", "finish"]
     assert "upload" not in rig.last_calls and rig.last_uploaded == []
     assert rig.last_held == len(data)
-    assert_delivered(lb, "resume-final", data, summary)
+    assert_delivered(lb, "dpo_resume-final", data, summary)
 
 
 def test_manifest_refused_after_the_final_segment_then_finishes(rig: Rig) -> None:
@@ -169,7 +169,7 @@ def test_manifest_refused_after_the_final_segment_then_finishes(rig: Rig) -> Non
     upload -- not a refusal for good. With the right key back, no segment goes again."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("resume-unauthenticated")
+    token = lb.passport("dpo_resume-unauthenticated")
     receiver, peer = lb.link.receivers["frankfurt"]
     wrong = replace(peer, signing_public_key=SoftwareHsm().public_key(Purpose.SIGNING, 1))
     lb.link.receivers["frankfurt"] = (receiver, wrong)
@@ -182,13 +182,13 @@ def test_manifest_refused_after_the_final_segment_then_finishes(rig: Rig) -> Non
         "does not verify under the pinned key of lingang",
     )
     assert rig.last_calls == ["key_set", "offer", "upload", "finish"]
-    assert_held(lb, "resume-unauthenticated", rig.sent(0))
+    assert_held(lb, "dpo_resume-unauthenticated", rig.sent(0))
 
     lb.link.receivers["frankfurt"] = (receiver, peer)
     summary = rig.send(token, data)
     assert rig.last_calls == ["offer", "finish"]
     assert rig.last_held == len(data)
-    assert_delivered(lb, "resume-unauthenticated", data, summary)
+    assert_delivered(lb, "dpo_resume-unauthenticated", data, summary)
 
 
 @pytest.mark.parametrize("call", ["offer", "upload", "finish"])
@@ -197,22 +197,22 @@ def test_reply_lost_after_the_partner_acted(rig: Rig, call: str) -> None:
     receipt the partner signed the first time."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("resume-lost-reply")
+    token = lb.passport("dpo_resume-lost-reply")
     commits: list[tuple[str, int]] = []
     lb.frankfurt.receiver.on_commit = lambda partner, size: commits.append((partner, size))
     lb.link.lose_reply = {call}
     with pytest.raises(PartnerError) as first:
         rig.send(token, data)
     assert_partner_error(first.value, "UNAVAILABLE", "connection reset before the reply")
-    row = lb.frankfurt.ledger.inbound("resume-lost-reply")
+    row = lb.frankfurt.ledger.inbound("dpo_resume-lost-reply")
     assert row is not None
-    outbound = lb.lingang.ledger.outbound("resume-lost-reply")
+    outbound = lb.lingang.ledger.outbound("dpo_resume-lost-reply")
     assert outbound is not None and outbound.state is TransferState.SENDING
 
     if call == "offer":
-        assert_held(lb, "resume-lost-reply", [])
+        assert_held(lb, "dpo_resume-lost-reply", [])
     elif call == "upload":
-        assert_held(lb, "resume-lost-reply", rig.sent(0))
+        assert_held(lb, "dpo_resume-lost-reply", rig.sent(0))
     else:  # committed at frankfurt; lingang never heard
         assert row.state is TransferState.COMMITTED and row.receipt is not None
         assert commits == [("lingang", len(data))]
@@ -225,7 +225,7 @@ def test_reply_lost_after_the_partner_acted(rig: Rig, call: str) -> None:
     if call == "finish":
         assert summary.receipt == row.receipt  # the same receipt, not a second commit
     assert commits == [("lingang", len(data))]
-    assert_delivered(lb, "resume-lost-reply", data, summary)
+    assert_delivered(lb, "dpo_resume-lost-reply", data, summary)
 
 
 # -- restarts --------------------------------------------------------------------------------
@@ -245,9 +245,9 @@ def test_receiver_restart_between_offer_and_upload(
         return result
 
     monkeypatch.setattr(lb.link, "offer", offer_then_restart)
-    summary = rig.send(lb.passport("restart-offered"), data)
+    summary = rig.send(lb.passport("dpo_restart-offered"), data)
     assert rig.last_calls == ["key_set", "offer", "upload", "finish"]
-    assert_delivered(lb, "restart-offered", data, summary)
+    assert_delivered(lb, "dpo_restart-offered", data, summary)
 
 
 @pytest.mark.parametrize("cut", [1, 3, 6, 7], ids=lambda n: f"cut{n}")
@@ -256,34 +256,34 @@ def test_receiver_restart_mid_stream_rehashes_what_it_holds(rig: Rig, cut: int) 
     and the manifest agrees with what was re-hashed (at 7 the final segment is held too)."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("restart-mid")
+    token = lb.passport("dpo_restart-mid")
     lb.link.tamper = broken_after(cut)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    assert_held(lb, "restart-mid", rig.sent(0)[:cut])
+    assert_held(lb, "dpo_restart-mid", rig.sent(0)[:cut])
     restart_receiver(lb)
 
     summary = rig.send(token, data)
     assert rig.last_held == min(cut * SEGMENT, len(data))
     assert rig.last_uploaded == list(range(cut, 7))
-    assert_delivered(lb, "restart-mid", data, summary)
+    assert_delivered(lb, "dpo_restart-mid", data, summary)
 
 
 def test_receiver_restart_after_commit_returns_the_stored_receipt(rig: Rig) -> None:
     lb = rig.lb
     data = os.urandom(EXACT)
-    token = lb.passport("restart-committed")
+    token = lb.passport("dpo_restart-committed")
     lb.link.lose_reply = {"finish"}
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    row = lb.frankfurt.ledger.inbound("restart-committed")
+    row = lb.frankfurt.ledger.inbound("dpo_restart-committed")
     assert row is not None and row.state is TransferState.COMMITTED
     restart_receiver(lb)
 
     summary = rig.send(token, data)
     assert rig.last_calls == ["offer", "finish"]
     assert summary.receipt == row.receipt
-    assert_delivered(lb, "restart-committed", data, summary)
+    assert_delivered(lb, "dpo_restart-committed", data, summary)
 
 
 def test_receiver_killed_resumes_from_its_last_durable_point(rig: Rig) -> None:
@@ -292,14 +292,14 @@ def test_receiver_killed_resumes_from_its_last_durable_point(rig: Rig) -> None:
     lb = rig.lb
     sync = SYNC_EVERY_SEGMENTS
     data = os.urandom((sync + 8) * SEGMENT + 9)
-    token = lb.passport("receiver-killed")
+    token = lb.passport("dpo_receiver-killed")
     lb.link.tamper = broken_after(sync + 5)
     with pytest.raises(PartnerError):
         rig.send(token, data)
     # The state a SIGKILL after the periodic sync at ``sync`` leaves: the resume point there,
     # the file longer than it, with a torn write at its end.
-    lb.frankfurt.ledger.record_progress("receiver-killed", sync, sync * SEGMENT, False)
-    partial = lb.frankfurt.spool.partial_path("receiver-killed")
+    lb.frankfurt.ledger.record_progress("dpo_receiver-killed", sync, sync * SEGMENT, False)
+    partial = lb.frankfurt.spool.partial_path("dpo_receiver-killed")
     with partial.open("ab") as torn:
         torn.write(os.urandom(SEGMENT // 2))
     restart_receiver(lb)
@@ -307,7 +307,7 @@ def test_receiver_killed_resumes_from_its_last_durable_point(rig: Rig) -> None:
     summary = rig.send(token, data)
     assert rig.last_held == sync * SEGMENT
     assert rig.last_uploaded == list(range(sync, sync + 9))
-    assert_delivered(lb, "receiver-killed", data, summary)
+    assert_delivered(lb, "dpo_receiver-killed", data, summary)
 
 
 @pytest.mark.parametrize("when", ["mid-stream", "after-final", "finish-reply-lost"])
@@ -316,14 +316,14 @@ def test_sender_restart_resumes_from_the_outbound_record(rig: Rig, when: str) ->
     key-set request, no new header), and the partner's point decides where it resumes."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("sender-restart")
+    token = lb.passport("dpo_sender-restart")
     if when == "finish-reply-lost":
         lb.link.lose_reply = {"finish"}
     else:
         lb.link.tamper = broken_after(3 if when == "mid-stream" else 7)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    before = lb.lingang.ledger.outbound("sender-restart")
+    before = lb.lingang.ledger.outbound("dpo_sender-restart")
     assert before is not None and before.state is TransferState.SENDING
     restart_sender(lb)
 
@@ -331,10 +331,10 @@ def test_sender_restart_resumes_from_the_outbound_record(rig: Rig, when: str) ->
     assert "key_set" not in rig.last_calls
     assert rig.last_uploaded == ([3, 4, 5, 6] if when == "mid-stream" else [])
     assert rig.last_held == (3 * SEGMENT if when == "mid-stream" else len(data))
-    after = lb.lingang.ledger.outbound("sender-restart")
+    after = lb.lingang.ledger.outbound("dpo_sender-restart")
     assert after is not None
     assert (after.sent_header, after.stored_header) == (before.sent_header, before.stored_header)
-    assert_delivered(lb, "sender-restart", data, summary)
+    assert_delivered(lb, "dpo_sender-restart", data, summary)
 
 
 # -- the source on resume --------------------------------------------------------------------
@@ -357,26 +357,26 @@ def test_changed_source_on_resume_is_refused_locally(
     commits, and the original data then resumes."""
     lb = rig.lb
     original = os.urandom(20 * SEGMENT)
-    token = lb.passport("source-changed")
+    token = lb.passport("dpo_source-changed")
     lb.link.tamper = broken_after(10)
     with pytest.raises(PartnerError):
         rig.send(token, original)
-    assert len(lb.lingang.ledger.segment_tags("source-changed", 0, 1 << 32)) == 20
+    assert len(lb.lingang.ledger.segment_tags("dpo_source-changed", 0, 1 << 32)) == 20
 
     other = bytearray(original)
     other[changed * SEGMENT + 7] ^= 0x01
     with pytest.raises(SourceChangedError) as refused:
         rig.send(token, bytes(other))
     assert refused.value.grpc_status == "FAILED_PRECONDITION"
-    assert f"segment {changed} of transfer source-changed differs from what was sent" in str(
+    assert f"segment {changed} of transfer dpo_source-changed differs from what was sent" in str(
         refused.value
     )
     assert rig.last_calls == (["offer", "upload"] if kept_after > 10 else ["offer"])
-    assert_held(lb, "source-changed", rig.sent(0)[:kept_after])
+    assert_held(lb, "dpo_source-changed", rig.sent(0)[:kept_after])
 
     summary = rig.send(token, original)
     assert rig.last_held == kept_after * SEGMENT
-    assert_delivered(lb, "source-changed", original, summary)
+    assert_delivered(lb, "dpo_source-changed", original, summary)
 
 
 @pytest.mark.parametrize(
@@ -392,16 +392,16 @@ def test_shrinking_source_on_resume_is_refused(rig: Rig, changed: Callable[[byte
     non-final (or out of one sent as final): another nonce input, another tag -- refused."""
     lb = rig.lb
     data = os.urandom(EXACT)
-    token = lb.passport("source-shrunk")
+    token = lb.passport("dpo_source-shrunk")
     lb.link.tamper = broken_after(2)
     with pytest.raises(PartnerError):
         rig.send(token, data)
 
     with pytest.raises(SourceChangedError, match="differs from what was sent before"):
         rig.send(token, changed(data))
-    assert_held(lb, "source-shrunk", rig.sent(0)[:2])
+    assert_held(lb, "dpo_source-shrunk", rig.sent(0)[:2])
     summary = rig.send(token, data)
-    assert_delivered(lb, "source-shrunk", data, summary)
+    assert_delivered(lb, "dpo_source-shrunk", data, summary)
 
 
 # -- the local stream ending short (LocalServicer's guard, in process) ------------------------
@@ -466,7 +466,7 @@ def test_local_stream_ending_short_delivers_nothing(rig: Rig, declared: bool, ac
     segments the sender encrypted and released -- and the full data then resumes."""
     lb = rig.lb
     data = os.urandom(40 * SEGMENT + 17)
-    token = lb.passport("local-short")
+    token = lb.passport("dpo_local-short")
     prefix = data[: 20 * SEGMENT + 20]
     with pytest.raises(Aborted) as aborted:
         local_send(lb, token, prefix, size=len(data) if declared else 0, active=active)
@@ -479,13 +479,13 @@ def test_local_stream_ending_short_delivers_nothing(rig: Rig, declared: bool, ac
     assert expected in aborted.value.details
     assert "nothing was delivered" in aborted.value.details
 
-    row = lb.frankfurt.ledger.inbound("local-short")
+    row = lb.frankfurt.ledger.inbound("dpo_local-short")
     assert row is not None and row.state is TransferState.RECEIVING
     assert not row.final_received and row.next_segment * SEGMENT < len(prefix)
     released = rig.sent(0) if rig.uploads else []
-    assert_held(lb, "local-short", released)
+    assert_held(lb, "dpo_local-short", released)
     # Nothing in between was lost: every segment whose tag was recorded reached the partner.
-    assert len(lb.lingang.ledger.segment_tags("local-short", 0, 1 << 32)) == row.next_segment
+    assert len(lb.lingang.ledger.segment_tags("dpo_local-short", 0, 1 << 32)) == row.next_segment
 
     events = local_send(lb, token, data, size=len(data))
     kinds = [event.WhichOneof("kind") for event in events]
@@ -496,9 +496,9 @@ def test_local_stream_ending_short_delivers_nothing(rig: Rig, declared: bool, ac
         len(data),
         hashlib.sha256(data).hexdigest(),
     )
-    inbound = lb.frankfurt.ledger.inbound("local-short")
+    inbound = lb.frankfurt.ledger.inbound("dpo_local-short")
     assert inbound is not None and inbound.state is TransferState.COMMITTED
-    assert lb.fetch("local-short") == data
+    assert lb.fetch("dpo_local-short") == data
 
 
 # -- the spool after a crash -----------------------------------------------------------------
@@ -516,25 +516,27 @@ def test_crash_between_spool_rename_and_ledger_commit(rig: Rig, case: str, resta
     """
     lb = rig.lb
     data = os.urandom(5 * SEGMENT + 7)
-    token = lb.passport("crash-rename")
+    token = lb.passport("dpo_crash-rename")
     lb.link.tamper = broken_after(6)
     with pytest.raises(PartnerError):
         rig.send(token, data)
     spool = lb.frankfurt.spool
     if case == "partial-gone":
-        spool.commit("crash-rename")
-        assert not spool.partial_path("crash-rename").exists()
+        spool.commit("dpo_crash-rename")
+        assert not spool.partial_path("dpo_crash-rename").exists()
     else:
-        spool.committed_path("crash-rename").write_bytes(b"stale garbage")
-    row = lb.frankfurt.ledger.inbound("crash-rename")
+        spool.committed_path("dpo_crash-rename").write_bytes(b"stale garbage")
+    row = lb.frankfurt.ledger.inbound("dpo_crash-rename")
     assert row is not None and row.state is TransferState.RECEIVING
-    assert "crash-rename" not in [r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()]
+    assert "dpo_crash-rename" not in [
+        r.transfer_id for r in lb.frankfurt.ledger.committed_inbound()
+    ]
     if restarted:
         restart_receiver(lb)
 
     summary = rig.send(token, data)
     assert rig.last_calls == ["offer", "finish"]
-    assert_delivered(lb, "crash-rename", data, summary)
+    assert_delivered(lb, "dpo_crash-rename", data, summary)
 
 
 def test_held_data_corrupted_on_disk_restarts(rig: Rig) -> None:
@@ -542,13 +544,13 @@ def test_held_data_corrupted_on_disk_restarts(rig: Rig) -> None:
     upload refuses with PartialLostError and resets to 0; a resend then sends everything."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("held-corrupt")
+    token = lb.passport("dpo_held-corrupt")
     lb.link.tamper = broken_after(3)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    row = lb.frankfurt.ledger.inbound("held-corrupt")
+    row = lb.frankfurt.ledger.inbound("dpo_held-corrupt")
     assert row is not None
-    partial = lb.frankfurt.spool.partial_path("held-corrupt")
+    partial = lb.frankfurt.spool.partial_path("dpo_held-corrupt")
     held = bytearray(partial.read_bytes())
     held[len(row.stored_header) + SEGMENT_LEN + 5] ^= 0x20  # inside segment 1
     partial.write_bytes(bytes(held))
@@ -563,11 +565,11 @@ def test_held_data_corrupted_on_disk_restarts(rig: Rig) -> None:
         "failed verification (changed on disk?); offer it again to restart from segment 0",
     )
     assert rig.last_held == 3 * SEGMENT
-    assert_held(lb, "held-corrupt", [], untrusted_tail=True)
+    assert_held(lb, "dpo_held-corrupt", [], untrusted_tail=True)
 
     summary = rig.send(token, data)
     assert (rig.last_held, rig.last_uploaded) == (0, list(range(7)))
-    assert_delivered(lb, "held-corrupt", data, summary)
+    assert_delivered(lb, "dpo_held-corrupt", data, summary)
 
 
 @pytest.mark.parametrize("restarted", [False, True], ids=["running", "restarted"])
@@ -577,11 +579,11 @@ def test_held_data_lost_restarts_from_zero(rig: Rig, loss: str, restarted: bool)
     refuses with PartialLostError and resets to 0; a resend sends everything."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("held-lost")
+    token = lb.passport("dpo_held-lost")
     lb.link.tamper = broken_after(4)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    partial = lb.frankfurt.spool.partial_path("held-lost")
+    partial = lb.frankfurt.spool.partial_path("dpo_held-lost")
     if loss == "deleted":
         partial.unlink()
     else:
@@ -594,11 +596,11 @@ def test_held_data_lost_restarts_from_zero(rig: Rig, loss: str, restarted: bool)
     fragment = "is gone" if loss == "deleted" else "is shorter than its resume point"
     assert_partner_error(lost.value, "FAILED_PRECONDITION", "refused the upload", fragment)
     assert "offer it again to restart from segment 0" in str(lost.value)
-    assert_held(lb, "held-lost", [])
+    assert_held(lb, "dpo_held-lost", [])
 
     summary = rig.send(token, data)
     assert (rig.last_held, rig.last_uploaded) == (0, list(range(7)))
-    assert_delivered(lb, "held-lost", data, summary)
+    assert_delivered(lb, "dpo_held-lost", data, summary)
 
 
 # -- held data that changed or vanished, and the declared size ------------------------------
@@ -619,15 +621,15 @@ def test_held_data_changed_on_disk_while_the_receiver_runs_restarts(rig: Rig) ->
     fails, and the transfer restarts from 0 (it is never committed unreadable)."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("held-changed")
+    token = lb.passport("dpo_held-changed")
     lb.link.tamper = broken_after(3)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    _flip_in_partial(rig, "held-changed", 1)  # no restart: the receiver keeps its running hash
+    _flip_in_partial(rig, "dpo_held-changed", 1)  # no restart: the receiver keeps its running hash
     with pytest.raises(PartnerError, match="restart from segment 0"):
         rig.send(token, data)
     summary = rig.send(token, data)
-    assert_delivered(lb, "held-changed", data, summary)
+    assert_delivered(lb, "dpo_held-changed", data, summary)
 
 
 def test_held_data_corrupted_after_the_final_segment_restarts(rig: Rig) -> None:
@@ -635,16 +637,16 @@ def test_held_data_corrupted_after_the_final_segment_restarts(rig: Rig) -> None:
     re-hashes, fails, resets the resume point to 0; the next send uploads all and finishes."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("held-bad-final")
+    token = lb.passport("dpo_held-bad-final")
     lb.link.tamper = broken_after(7)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    _flip_in_partial(rig, "held-bad-final", 1)
+    _flip_in_partial(rig, "dpo_held-bad-final", 1)
     restart_receiver(lb)
     with pytest.raises(PartnerError):
         rig.send(token, data)  # the held data is bad: refused once, fine
     summary = rig.send(token, data)
-    assert_delivered(lb, "held-bad-final", data, summary)
+    assert_delivered(lb, "dpo_held-bad-final", data, summary)
 
 
 @pytest.mark.parametrize("restarted", [False, True])
@@ -653,17 +655,17 @@ def test_partial_lost_after_the_final_segment_restarts(rig: Rig, restarted: bool
     (as the same loss mid-stream does) instead of failing on the missing file forever."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("held-gone-final")
+    token = lb.passport("dpo_held-gone-final")
     lb.link.tamper = broken_after(7)
     with pytest.raises(PartnerError):
         rig.send(token, data)
-    lb.frankfurt.spool.partial_path("held-gone-final").unlink()
+    lb.frankfurt.spool.partial_path("dpo_held-gone-final").unlink()
     if restarted:
         restart_receiver(lb)
     with pytest.raises(PartnerError):
         rig.send(token, data)
     summary = rig.send(token, data)
-    assert_delivered(lb, "held-gone-final", data, summary)
+    assert_delivered(lb, "dpo_held-gone-final", data, summary)
 
 
 def test_sender_holds_the_data_to_its_declared_size(rig: Rig) -> None:
@@ -671,12 +673,12 @@ def test_sender_holds_the_data_to_its_declared_size(rig: Rig) -> None:
     become the final segment (nor one longer): nothing is committed, the prefix resumes."""
     lb = rig.lb
     data = os.urandom(SHORT_FINAL)
-    token = lb.passport("declared-size")
+    token = lb.passport("dpo_declared-size")
     with pytest.raises(SourceSizeError, match=f"ended after 100 of {len(data)} bytes"):
         rig.send_chunks(token, iter([data[:100]]), len(data))
-    row = lb.frankfurt.ledger.inbound("declared-size")
+    row = lb.frankfurt.ledger.inbound("dpo_declared-size")
     assert row is not None and row.state is TransferState.RECEIVING and not row.final_received
     with pytest.raises(SourceSizeError, match="runs past the declared size of 100 bytes"):
         rig.send_chunks(token, iter([data]), 100)
     summary = rig.send(token, data)
-    assert_delivered(lb, "declared-size", data, summary)
+    assert_delivered(lb, "dpo_declared-size", data, summary)

@@ -177,51 +177,57 @@ def test_a_retired_transport_key_in_a_cached_key_set_is_resealed_once(
 ) -> None:
     lb = rig.lb
     offers = record_offers(lb, monkeypatch)
-    assert_delivered(lb, "t-1", DATA, rig.send(lb.passport("t-1"), DATA))
-    assert sealed_to(lb, "t-1") == ["frankfurt/transport/1"]
+    assert_delivered(lb, "dpo_t-1", DATA, rig.send(lb.passport("dpo_t-1"), DATA))
+    assert sealed_to(lb, "dpo_t-1") == ["frankfurt/transport/1"]
     grace(lb, 0)
     lb.frankfurt.ring.rotate(Purpose.TRANSPORT)
     lb.frankfurt.ring.retire(Purpose.TRANSPORT, 1)
 
     caplog.set_level(logging.INFO, logger="xbgw.sender")
-    summary = rig.send(lb.passport("t-2"), DATA)  # lingang's key set is 0 s old: cached
+    summary = rig.send(lb.passport("dpo_t-2"), DATA)  # lingang's key set is 0 s old: cached
 
     assert lb.link.calls == [
-        *["key_set", "offer", "upload", "finish"],  # t-1
-        *["offer", "key_set", "offer", "upload", "finish"],  # t-2: refused, fetched, sealed again
+        *["key_set", "offer", "upload", "finish"],  # dpo_t-1
+        *[
+            "offer",
+            "key_set",
+            "offer",
+            "upload",
+            "finish",
+        ],  # dpo_t-2: refused, fetched, sealed again
     ]
-    assert_delivered(lb, "t-2", DATA, summary)
-    assert sealed_to(lb, "t-2") == ["frankfurt/transport/2"]
+    assert_delivered(lb, "dpo_t-2", DATA, summary)
+    assert sealed_to(lb, "dpo_t-2") == ["frankfurt/transport/2"]
     # The refused offer spent nothing: the second offer of the same passport was a new one.
     refused, accepted = offers[1:]
     assert isinstance(refused, PartnerError) and str(refused) == STALE_V1
     assert isinstance(accepted, OfferResult) and not accepted.resumed
     resealed = [r for r in caplog.records if r.name == "xbgw.sender" and r.getMessage() == RESEAL]
-    assert len(resealed) == 1 and getattr(resealed[0], "transfer_id", None) == "t-2"
+    assert len(resealed) == 1 and getattr(resealed[0], "transfer_id", None) == "dpo_t-2"
     # Spent once, by the delivery.
-    with pytest.raises(PassportReplayError, match="transfer t-2 was already delivered"):
-        rig.send(lb.passport("t-2"), DATA)
+    with pytest.raises(PassportReplayError, match="transfer dpo_t-2 was already delivered"):
+        rig.send(lb.passport("dpo_t-2"), DATA)
 
 
 def test_the_stale_key_refusal_names_the_key_and_is_resealed_only_once(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lb = rig.lb
-    rig.send(lb.passport("t-1"), DATA)
+    rig.send(lb.passport("dpo_t-1"), DATA)
     stale = lb.link.key_set(lb.lingang.config.partner("frankfurt"))  # lists transport v1 only
     grace(lb, 0)
     lb.frankfurt.ring.rotate(Purpose.TRANSPORT)
     lb.frankfurt.ring.retire(Purpose.TRANSPORT, 1)
     # The fresh key set lingang fetches is the stale one again (a cache on the way, say).
     monkeypatch.setattr(lb.link, "key_set", lambda partner: stale)
-    token = lb.passport("t-2")
+    token = lb.passport("dpo_t-2")
     with pytest.raises(PartnerError) as caught:
         rig.send(token, DATA)
     assert str(caught.value) == STALE_V1
     assert caught.value.grpc_status == "FAILED_PRECONDITION"
     assert rig.last_calls == ["offer", "offer"]  # sealed again once, to v1 again: given up
-    assert lb.frankfurt.ledger.inbound("t-2") is None
-    row = lb.lingang.ledger.outbound("t-2")
+    assert lb.frankfurt.ledger.inbound("dpo_t-2") is None
+    row = lb.lingang.ledger.outbound("dpo_t-2")
     assert row is not None and row.state is TransferState.SENDING
     # With the real key set back, the same passport goes through: nothing was spent. The
     # resend offers the header it kept (sealed to v1), is refused, and seals again.
@@ -229,25 +235,25 @@ def test_the_stale_key_refusal_names_the_key_and_is_resealed_only_once(
     record_uploads(rig, monkeypatch)
     summary = rig.send(token, DATA)
     assert rig.last_calls == ["offer", "key_set", "offer", "upload", "finish"]
-    assert_delivered(lb, "t-2", DATA, summary)
-    assert sealed_to(lb, "t-2") == ["frankfurt/transport/2"]
+    assert_delivered(lb, "dpo_t-2", DATA, summary)
+    assert sealed_to(lb, "dpo_t-2") == ["frankfurt/transport/2"]
 
 
 def test_a_decrypt_only_transport_key_is_accepted_until_it_is_retired(rig: Rig) -> None:
     lb = rig.lb
     grace(lb, 600)
-    rig.send(lb.passport("t-1"), DATA)
+    rig.send(lb.passport("dpo_t-1"), DATA)
     rotated_at = int(lb.now[0])
     lb.frankfurt.ring.rotate(Purpose.TRANSPORT)  # v1 decrypt-only for the grace period
 
     # Lingang still holds the key set that lists v1 active: frankfurt opens it all the same.
-    summary = rig.send(lb.passport("t-2"), DATA)
+    summary = rig.send(lb.passport("dpo_t-2"), DATA)
     assert rig.last_calls == ["offer", "upload", "finish"]
-    assert sealed_to(lb, "t-2") == ["frankfurt/transport/1"]
-    assert_delivered(lb, "t-2", DATA, summary)
+    assert sealed_to(lb, "dpo_t-2") == ["frankfurt/transport/1"]
+    assert_delivered(lb, "dpo_t-2", DATA, summary)
 
     # A transfer sealed to v1 is half received when the grace period runs out.
-    token = lb.passport("t-3")
+    token = lb.passport("dpo_t-3")
     lb.link.tamper = broken_after(3)
     with pytest.raises(PartnerError, match="connection reset"):
         rig.send(token, DATA)
@@ -270,31 +276,31 @@ def test_a_decrypt_only_transport_key_is_accepted_until_it_is_retired(rig: Rig) 
     # The resume goes on under v1 (a known transfer is resumed, never re-opened) ...
     summary = rig.send(token, DATA)
     assert rig.last_calls == ["offer", "upload", "finish"]
-    assert sealed_to(lb, "t-3") == ["frankfurt/transport/1"]
-    assert_delivered(lb, "t-3", DATA, summary)
+    assert sealed_to(lb, "dpo_t-3") == ["frankfurt/transport/1"]
+    assert_delivered(lb, "dpo_t-3", DATA, summary)
     # ... and then v1 can go; the next send learns v2 (the cached key set is stale by now).
     lb.frankfurt.ring.retire(Purpose.TRANSPORT, 1)
-    summary = rig.send(lb.passport("t-4"), DATA)
+    summary = rig.send(lb.passport("dpo_t-4"), DATA)
     assert rig.last_calls == ["key_set", "offer", "upload", "finish"]
-    assert sealed_to(lb, "t-4") == ["frankfurt/transport/2"]
-    assert_delivered(lb, "t-4", DATA, summary)
+    assert sealed_to(lb, "dpo_t-4") == ["frankfurt/transport/2"]
+    assert_delivered(lb, "dpo_t-4", DATA, summary)
 
 
 def test_a_transfer_with_segments_sent_is_never_resealed(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     lb = rig.lb
-    token = lb.passport("t-1")
+    token = lb.passport("dpo_t-1")
     lb.link.tamper = broken_after(2)
     with pytest.raises(PartnerError, match="connection reset"):
         rig.send(token, DATA)
-    before = lb.lingang.ledger.outbound("t-1")
+    before = lb.lingang.ledger.outbound("dpo_t-1")
     assert before is not None
-    tags = lb.lingang.ledger.segment_tags("t-1", 0, 1 << 32)
+    tags = lb.lingang.ledger.segment_tags("dpo_t-1", 0, 1 << 32)
     assert tags  # segments left under this header
     # Frankfurt forgets the transfer (restored from a backup), rotates and retires v1: the
     # resumed offer is refused as stale -- but its segments went out sealed to v1.
-    forget_inbound(lb, "t-1")
+    forget_inbound(lb, "dpo_t-1")
     grace(lb, 0)
     lb.frankfurt.ring.rotate(Purpose.TRANSPORT)
     lb.frankfurt.ring.retire(Purpose.TRANSPORT, 1)
@@ -303,8 +309,8 @@ def test_a_transfer_with_segments_sent_is_never_resealed(
         rig.send(token, DATA)
     assert str(caught.value) == STALE_V1
     assert rig.last_calls == ["offer"]
-    assert lb.lingang.ledger.outbound("t-1") == before  # the same header, not sealed again
-    assert lb.lingang.ledger.segment_tags("t-1", 0, 1 << 32) == tags
+    assert lb.lingang.ledger.outbound("dpo_t-1") == before  # the same header, not sealed again
+    assert lb.lingang.ledger.segment_tags("dpo_t-1", 0, 1 << 32) == tags
     assert RESEAL not in [r.getMessage() for r in caplog.records]
 
 
@@ -323,12 +329,12 @@ def test_a_refusal_that_only_looks_stale_is_not_resealed(
         )
 
     monkeypatch.setattr(lb.link, "offer", offer)
-    token = lb.passport("t-1")
+    token = lb.passport("dpo_t-1")
     with pytest.raises(PartnerError, match="PERMISSION_DENIED"):
         rig.send(token, DATA)
     assert rig.last_calls == ["key_set"]  # the fake offer records no call
     monkeypatch.setattr(lb.link, "offer", original)
-    assert_delivered(lb, "t-1", DATA, rig.send(token, DATA))
+    assert_delivered(lb, "dpo_t-1", DATA, rig.send(token, DATA))
     assert rig.last_calls == ["offer", "upload", "finish"]  # the header kept, not sealed again
 
 
@@ -344,18 +350,18 @@ def test_a_signing_rotation_is_followed_with_no_configuration_change(
     assert (
         pinned.public_numbers() == lb.frankfurt.keys.public_key(Purpose.SIGNING, 1).public_numbers()
     )
-    old = rig.send(lb.passport("t-1"), DATA)
+    old = rig.send(lb.passport("dpo_t-1"), DATA)
     assert old.signed_by == old.receipt.kid == "frankfurt/signing/1"
     assert learnt(lb)[0] == "frankfurt/signing/1 active (config)"
 
     caplog.set_level(logging.INFO, logger="xbgw.keys")
     lb.frankfurt.ring.rotate(Purpose.SIGNING)
-    new = rig.send(lb.passport("t-2"), DATA)
+    new = rig.send(lb.passport("dpo_t-2"), DATA)
     # The receipt names a version lingang had not learnt: one fetch of the key set, signed by
     # frankfurt/signing/2 and endorsed by frankfurt/signing/1, the key lingang pins.
     assert rig.last_calls == ["offer", "upload", "finish", "key_set"]
     assert new.signed_by == new.receipt.kid == "frankfurt/signing/2"
-    assert_delivered(lb, "t-2", DATA, new)
+    assert_delivered(lb, "dpo_t-2", DATA, new)
     assert learnt(lb) == [
         "frankfurt/signing/1 verify-only (config)",
         "frankfurt/signing/2 active (key set v1)",
@@ -378,7 +384,7 @@ def test_a_signing_rotation_is_followed_with_no_configuration_change(
     grace(lb, 0)
     lb.frankfurt.ring.retire(Purpose.SIGNING, 1)
     lb.now[0] += REFRESH
-    third = rig.send(lb.passport("t-3"), DATA)
+    third = rig.send(lb.passport("dpo_t-3"), DATA)
     assert rig.last_calls == ["key_set", "offer", "upload", "finish"]
     assert third.signed_by == "frankfurt/signing/2"
     assert learnt(lb)[:2] == [
@@ -386,11 +392,11 @@ def test_a_signing_rotation_is_followed_with_no_configuration_change(
         "frankfurt/signing/2 active (key set v1)",
     ]
     assert history(lb).verify(partner, old.receipt, "receipt") == ref1
-    stored = lb.lingang.ledger.outbound("t-1")
+    stored = lb.lingang.ledger.outbound("dpo_t-1")
     assert stored is not None and stored.receipt == old.receipt
-    # A resend of t-1's passport is still refused as delivered (its receipt stands).
-    with pytest.raises(PassportReplayError, match="transfer t-1 was already delivered"):
-        rig.send(lb.passport("t-1"), DATA)
+    # A resend of dpo_t-1's passport is still refused as delivered (its receipt stands).
+    with pytest.raises(PassportReplayError, match="transfer dpo_t-1 was already delivered"):
+        rig.send(lb.passport("dpo_t-1"), DATA)
 
 
 def test_a_receipt_that_fails_under_its_key_fetches_the_key_set_once_before_giving_up(
@@ -399,7 +405,7 @@ def test_a_receipt_that_fails_under_its_key_fetches_the_key_set_once_before_givi
     """The receipt path: a receipt whose signature does not verify under the version it names
     makes one fetch; the transfer stays sending (frankfurt committed it) and resumes."""
     lb = rig.lb
-    rig.send(lb.passport("t-1"), DATA)
+    rig.send(lb.passport("dpo_t-1"), DATA)
     original = lb.link.finish
 
     def finish(partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
@@ -407,21 +413,21 @@ def test_a_receipt_that_fails_under_its_key_fetches_the_key_set_once_before_givi
         return FinishResult(replace(receipt, signature=bytes(reversed(receipt.signature))))
 
     monkeypatch.setattr(lb.link, "finish", finish)
-    token = lb.passport("t-2")
+    token = lb.passport("dpo_t-2")
     with pytest.raises(SignatureError) as caught:
         rig.send(token, DATA)
     assert str(caught.value) == (
         "receipt signature does not verify under the pinned key of frankfurt "
         "(frankfurt/signing/1, pinned in gateway.yaml); frankfurt may have committed transfer "
-        "t-2: once its key is trusted, send again to collect the receipt"
+        "dpo_t-2: once its key is trusted, send again to collect the receipt"
     )
     assert rig.last_calls == ["offer", "upload", "finish", "key_set"]
-    row = lb.lingang.ledger.outbound("t-2")
+    row = lb.lingang.ledger.outbound("dpo_t-2")
     assert row is not None and row.state is TransferState.SENDING
     monkeypatch.setattr(lb.link, "finish", original)
     summary = rig.send(token, DATA)
     assert rig.last_calls == ["offer", "finish"]  # committed there: the manifest alone
-    assert_delivered(lb, "t-2", DATA, summary)
+    assert_delivered(lb, "dpo_t-2", DATA, summary)
 
 
 def share_partner_keys(lb: Loopback, side: Side) -> PartnerKeys:
@@ -443,13 +449,13 @@ def share_partner_keys(lb: Loopback, side: Side) -> PartnerKeys:
 def test_the_receiver_follows_the_senders_signing_rotation_on_its_manifest(rig: Rig) -> None:
     lb = rig.lb
     share_partner_keys(lb, lb.frankfurt)
-    rig.send(lb.passport("t-1"), DATA)
+    rig.send(lb.passport("dpo_t-1"), DATA)
     assert learnt(lb, "lingang", lb.frankfurt) == ["lingang/signing/1 active (config)"]
     lb.lingang.ring.rotate(Purpose.SIGNING)
-    summary = rig.send(lb.passport("t-2"), DATA)
+    summary = rig.send(lb.passport("dpo_t-2"), DATA)
     # Frankfurt fetched lingang's key set while it checked the manifest.
     assert rig.last_calls == ["offer", "upload", "finish", "key_set"]
-    assert_delivered(lb, "t-2", DATA, summary)
+    assert_delivered(lb, "dpo_t-2", DATA, summary)
     assert learnt(lb, "lingang", lb.frankfurt) == [
         "lingang/signing/1 verify-only (config)",
         "lingang/signing/2 active (key set v1)",

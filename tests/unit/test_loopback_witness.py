@@ -143,7 +143,7 @@ def send_back(pair: Witnessing, jti: str) -> str:
 
 
 def test_partners_witness_each_other_and_cosign(pair: Witnessing) -> None:
-    pair.lb.send("t-1", os.urandom(500))
+    pair.lb.send("dpo_t-1", os.urandom(500))
     size = pair.checkpoint(PARTNER)
     pair.checkpoint(ME)
     assert pair.round(ME) is Outcome.COSIGNED
@@ -162,8 +162,8 @@ def test_partners_witness_each_other_and_cosign(pair: Witnessing) -> None:
     assert opened.checkpoint.size == size
     assert [s.name for s in opened.cosignatures] == [ME]
     # Growth on both sides keeps being witnessed.
-    pair.lb.send("t-2", os.urandom(500))
-    send_back(pair, "t-3")
+    pair.lb.send("dpo_t-2", os.urandom(500))
+    send_back(pair, "dpo_t-3")
     pair.checkpoint(PARTNER)
     pair.checkpoint(ME)
     assert (pair.round(ME), pair.round(PARTNER)) == (Outcome.COSIGNED, Outcome.COSIGNED)
@@ -173,12 +173,12 @@ def test_a_rewritten_log_is_caught_and_offers_refused_until_acknowledged(
     pair: Witnessing, tmp_path: Path
 ) -> None:
     lb = pair.lb
-    lb.send("t-1", os.urandom(500))
+    lb.send("dpo_t-1", os.urandom(500))
     first = pair.checkpoint(PARTNER)
-    lb.send("t-2", os.urandom(500))
+    lb.send("dpo_t-2", os.urandom(500))
     seen = pair.checkpoint(PARTNER)
     assert pair.round(ME) is Outcome.COSIGNED
-    send_back(pair, "t-back-1")  # frankfurt's offers are welcome
+    send_back(pair, "dpo_t-back-1")  # frankfurt's offers are welcome
 
     # frankfurt's history is rewritten: cut back to its first checkpoint, other records
     # appended past the size lingang saw, and a fresh checkpointer (a restart) signs it.
@@ -196,7 +196,7 @@ def test_a_rewritten_log_is_caught_and_offers_refused_until_acknowledged(
 
     # Offers from frankfurt are refused, with the verb that ends it ...
     with pytest.raises(PartnerError) as refused:
-        send_back(pair, "t-back-2")
+        send_back(pair, "dpo_t-back-2")
     assert str(refused.value) == (
         f"partner lingang refused the offer (FAILED_PRECONDITION): {alarm_refusal(ME, alarm)}"
     )
@@ -204,14 +204,14 @@ def test_a_rewritten_log_is_caught_and_offers_refused_until_acknowledged(
     records = [decode(r) for _, r in lb.lingang.ledger.audit_records(0, 10_000)]
     assert any(r["kind"] == "offer.refused" and r["error"] == "WitnessAlarmError" for r in records)
     # ... while lingang's sends to frankfurt go on, and frankfurt keeps witnessing lingang.
-    lb.send("t-3", os.urandom(200))
+    lb.send("dpo_t-3", os.urandom(200))
     pair.checkpoint(ME)
     assert pair.round(PARTNER) is Outcome.COSIGNED
     assert pair.round(ME) is Outcome.ALARMED
 
     # The operator acknowledges: offers accepted again, the rewritten log is the new base.
     pair.witnesses[ME].acknowledge(PARTNER)
-    send_back(pair, "t-back-3")
+    send_back(pair, "dpo_t-back-3")
     pair.checkpoint(PARTNER)
     assert pair.round(ME) is Outcome.COSIGNED
     assert lb.lingang.ledger.witness_alarm(PARTNER) is None

@@ -172,9 +172,9 @@ def assert_refused(error: BaseException, status: str, *fragments: str) -> None:
 
 def test_a_transfer_through_the_servicer_is_delivered(wired: Wired) -> None:
     data = bytes(range(256)) * 3
-    wired.send("through-servicer", data)
-    assert wired.lb.fetch("through-servicer") == data
-    status = wired.link.status(wired.lb.lingang.config.partner("frankfurt"), "through-servicer")
+    wired.send("dpo_through-servicer", data)
+    assert wired.lb.fetch("dpo_through-servicer") == data
+    status = wired.link.status(wired.lb.lingang.config.partner("frankfurt"), "dpo_through-servicer")
     assert status.state is TransferState.COMMITTED and status.receipt is not None
 
 
@@ -183,7 +183,7 @@ def test_a_flipped_segment_is_data_loss_with_one_refusal_line(
 ) -> None:
     wired.link.tamper = rewrite(lambda s: [s[0], flip(s[1], 40), *s[2:]])
     with caplog.at_level(logging.INFO, "xbgw.partner"), pytest.raises(PartnerError) as refused:
-        wired.send("flipped", bytes(400))
+        wired.send("dpo_flipped", bytes(400))
     assert_refused(
         refused.value, "DATA_LOSS", "refused the upload", "segment 1 failed authentication"
     )
@@ -193,7 +193,7 @@ def test_a_flipped_segment_is_data_loss_with_one_refusal_line(
         "DATA_LOSS",
         "SegmentAuthenticationError",
     )
-    assert (line.partner, line.transfer_id) == ("lingang", "flipped")  # type: ignore[attr-defined]
+    assert (line.partner, line.transfer_id) == ("lingang", "dpo_flipped")  # type: ignore[attr-defined]
     assert wired.refusals("SegmentAuthenticationError") == 1
 
 
@@ -202,7 +202,7 @@ def test_segments_out_of_order_are_out_of_range(
 ) -> None:
     wired.link.tamper = rewrite(lambda s: [s[1], s[0], *s[2:]])
     with caplog.at_level(logging.INFO, "xbgw.partner"), pytest.raises(PartnerError) as refused:
-        wired.send("reordered", bytes(400))
+        wired.send("dpo_reordered", bytes(400))
     assert_refused(refused.value, "OUT_OF_RANGE", "expected segment 0, got 1")
     assert refusal_line(caplog, "Upload").status == "OUT_OF_RANGE"  # type: ignore[attr-defined]
 
@@ -217,22 +217,22 @@ def test_a_manifest_changed_on_the_way_is_unauthenticated(
 
     wired.link.manifests = forged
     with caplog.at_level(logging.INFO, "xbgw.partner"), pytest.raises(PartnerError) as refused:
-        wired.send("forged-manifest", bytes(300))
+        wired.send("dpo_forged-manifest", bytes(300))
     assert_refused(refused.value, "UNAUTHENTICATED", "refused the manifest", "does not verify")
     line = refusal_line(caplog, "Finish")
-    assert (line.reason, line.transfer_id) == ("SignatureError", "forged-manifest")  # type: ignore[attr-defined]
+    assert (line.reason, line.transfer_id) == ("SignatureError", "dpo_forged-manifest")  # type: ignore[attr-defined]
 
 
 def test_a_byte_limit_breach_is_refused_for_good_and_refused_on_the_wire(
     wired: Wired, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, "xbgw.partner"), pytest.raises(PartnerError) as refused:
-        wired.send("over", bytes(500), size=0, byte_limit=300)
+        wired.send("dpo_over", bytes(500), size=0, byte_limit=300)
     assert_refused(refused.value, "RESOURCE_EXHAUSTED", "exceeds its limit of 300 bytes")
     assert refusal_line(caplog, "Upload").reason == "ByteLimitError"  # type: ignore[attr-defined]
-    status = wired.link.status(wired.lb.lingang.config.partner("frankfurt"), "over")
+    status = wired.link.status(wired.lb.lingang.config.partner("frankfurt"), "dpo_over")
     assert status.state is TransferState.REFUSED
-    request = partner_pb2.GetTransferRequest(transfer_id="over")
+    request = partner_pb2.GetTransferRequest(transfer_id="dpo_over")
     assert (
         wired.link.servicer.GetTransfer(request, context()).state
         == common_pb2.TRANSFER_STATE_REFUSED
@@ -254,7 +254,7 @@ def test_an_offer_refusal_names_its_reason(
     fragment: str,
     reason: str,
 ) -> None:
-    token = wired.lb.passport("offered")
+    token = wired.lb.passport("dpo_offered")
     if passport == "forged":
         token = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     else:
@@ -265,7 +265,7 @@ def test_an_offer_refusal_names_its_reason(
     assert aborted.value.code.name == status
     assert fragment in aborted.value.details
     assert refusal_line(caplog, "Offer").reason == reason  # type: ignore[attr-defined]
-    assert wired.lb.frankfurt.ledger.inbound("offered") is None  # nothing spent
+    assert wired.lb.frankfurt.ledger.inbound("dpo_offered") is None  # nothing spent
 
 
 @pytest.mark.parametrize("rpc", ["Finish", "GetTransfer"])
@@ -303,7 +303,7 @@ def test_a_storage_failure_is_unavailable_and_logged_as_failed(
 ) -> None:
     wired.lb.frankfurt.ledger._db.execute("DROP TABLE inbound")
     with caplog.at_level(logging.INFO, "xbgw.partner"), pytest.raises(PartnerError) as refused:
-        wired.send("no-disk", bytes(100))
+        wired.send("dpo_no-disk", bytes(100))
     assert_refused(refused.value, "UNAVAILABLE", "cannot store the transfer right now")
     line = refusal_line(caplog, "Offer")
     assert (line.outcome, line.reason) == ("failed", "StorageError")  # type: ignore[attr-defined]

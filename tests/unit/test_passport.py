@@ -80,7 +80,7 @@ def good_header(kid: KeyRef = KID) -> dict[str, Any]:
 def claims_json(now: int = NOW, **overrides: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "iss": ISSUER,
-        "jti": "tx-2026.0001_a",
+        "jti": "issuer-a_tx-2026.0001_a",
         "iat": now - 10,
         "nbf": now - 10,
         "exp": now + 3600,
@@ -216,13 +216,14 @@ def test_issue_refuses_a_signature_of_the_wrong_shape() -> None:
 
 def test_worst_case_claims_fit_the_default_size_limit(signer: SoftwareHsm) -> None:
     """Every valid passport fits in DEFAULT_MAX_TOKEN_BYTES: the limit never refuses one."""
-    long_kid = KeyRef("i" * 63, Purpose.SIGNING, MAX_VERSION)
+    # the longest issuer id that can still name a transfer: "<62>_x" is the longest jti
+    long_kid = KeyRef("i" * 62, Purpose.SIGNING, MAX_VERSION)
     signer_version = signer.generate(Purpose.SIGNING, MAX_VERSION)
     emoji = "\U0001f600"  # six JSON characters per UTF-16 half: the longest escape
     exp = 2**33
     claims = PassportClaims(
         iss=long_kid.owner,
-        jti="j" * 64,
+        jti="i" * 62 + "_j",
         iat=exp,
         nbf=exp - 7 * DAY,
         exp=exp,
@@ -610,10 +611,14 @@ def test_issuer_must_own_the_signing_key(signer: SoftwareHsm) -> None:
         "issuer-b/signing/1": second.public_key(Purpose.SIGNING, 1),
     }
     verifier = PassportVerifier(trusted, AUDIENCE, clock=lambda: NOW)
-    token = sign_raw(signer, good_header(), claims_json(iss="issuer-b"))
+    token = sign_raw(signer, good_header(), claims_json(iss="issuer-b", jti="issuer-b_tx-1"))
     with pytest.raises(PassportUnknownIssuerError, match="not the owner of its signing key"):
         verifier.verify(token)
-    own = issue(make_claims(iss="issuer-b"), second, KeyRef("issuer-b", Purpose.SIGNING, 1))
+    own = issue(
+        make_claims(iss="issuer-b", jti="issuer-b_tx-1"),
+        second,
+        KeyRef("issuer-b", Purpose.SIGNING, 1),
+    )
     assert verifier.verify(own).kid.owner == "issuer-b"
 
 
@@ -656,6 +661,11 @@ CLAIM_CASES: list[tuple[str, object, str]] = [
     ("jti", "tx 1", "jti"),
     ("jti", "tx\u00e91", "jti"),
     ("jti", 17, "jti"),
+    ("jti", "tx-1", "jti"),  # no issuer prefix
+    ("jti", "issuer-b_tx-1", "jti"),  # another issuer's id space
+    ("jti", "issuer-a_", "jti"),  # the prefix alone
+    ("jti", "issuer-a.b_tx-1", "jti"),  # a longer gateway id that begins like the issuer's
+    ("jti", "issuer-a-tx-1", "jti"),
     ("iat", True, "iat"),
     ("iat", NOW + 0.5, "iat"),
     ("iat", str(NOW), "iat"),
@@ -757,7 +767,7 @@ def test_signed_claims_schema_violation(
     ("path", "value"),
     [
         ("exp", NOW - 10 + 7 * DAY),  # exactly the maximum lifetime
-        ("jti", "A.b_c-9" * 9 + "x"),  # 64 characters
+        ("jti", "issuer-a_" + "A.b_c-9" * 7 + "x" * 6),  # 64 characters
         ("xbgw.src", "CN"),
         ("xbgw.dst", "EU-DE1"),
         ("xbgw.purpose", "数据出境 供应商质量季度报告"),

@@ -74,7 +74,7 @@ FULL_XBGW: dict[str, Any] = {
 def claims_json(xbgw: dict[str, Any]) -> dict[str, Any]:
     return {
         "iss": ISSUER,
-        "jti": "tx-0001",
+        "jti": "dpo_tx-0001",
         "iat": NOW - 10,
         "nbf": NOW - 10,
         "exp": NOW + 3600,

@@ -44,8 +44,8 @@ from tests.loopback_rig import (
     restart_sender,
 )
 
-INBOX = {"inbox-1": 5 * SEGMENT + 7, "inbox-2": SEGMENT, "inbox-3": 3 * SEGMENT}
-PARTIAL = "partial-1"
+INBOX = {"dpo_inbox-1": 5 * SEGMENT + 7, "dpo_inbox-2": SEGMENT, "dpo_inbox-3": 3 * SEGMENT}
+PARTIAL = "dpo_partial-1"
 PARTIAL_SIZE = 7 * SEGMENT + 17  # 8 segments
 CUT = 3  # segments frankfurt holds of the interrupted transfer
 EVERY = sorted([*INBOX, PARTIAL])  # frankfurt's stored data keys, in the order rewrap takes them
@@ -229,7 +229,7 @@ class Crash(Exception):
     """The process died here (not an error the engine knows)."""
 
 
-@pytest.mark.parametrize("victim", ["inbox-2", PARTIAL])
+@pytest.mark.parametrize("victim", ["dpo_inbox-2", PARTIAL])
 @pytest.mark.parametrize("how", ["storage-error", "crash"])
 def test_cut_between_the_file_header_and_the_ledger_swap(
     stored: Stored, monkeypatch: pytest.MonkeyPatch, victim: str, how: str
@@ -361,9 +361,9 @@ def test_a_file_that_does_not_start_with_the_ledgers_header_fails_and_is_left_al
     lb = stored.lb
     frankfurt = lb.frankfurt
     rotate_storage(lb, frankfurt)
-    victim = stored.path("inbox-1")
-    old = stored.stored_in("inbox-1")
-    other = stored.stored_in("inbox-2")
+    victim = stored.path("dpo_inbox-1")
+    old = stored.stored_in("dpo_inbox-1")
+    other = stored.stored_in("dpo_inbox-2")
     assert len(other) == len(old)
     with victim.open("r+b") as file:
         file.write(other if foreign == "another-transfers-header" else os.urandom(len(old)))
@@ -375,14 +375,14 @@ def test_a_file_that_does_not_start_with_the_ledgers_header_fails_and_is_left_al
         rewrapped=len(EVERY) - 1,
         failed=[
             (
-                "inbox-1",
+                "dpo_inbox-1",
                 f"{victim} does not start with the header the ledger holds for it; left unchanged",
             )
         ],
         remaining=1,
     )
     assert victim.read_bytes() == content
-    assert stored.stored_in("inbox-1") == old
+    assert stored.stored_in("dpo_inbox-1") == old
     with pytest.raises(KeyLifecycleError) as refused:
         frankfurt.ring.retire(Purpose.STORAGE, 1)
     assert str(refused.value) == retire_refusal(frankfurt, 1)
@@ -500,7 +500,7 @@ def test_fetch_opens_the_data_key_from_the_ledgers_header_not_the_files(
 
     lb = stored.lb
     side = lb.frankfurt
-    transfer_id = "inbox-1"
+    transfer_id = "dpo_inbox-1"
     path = stored.path(transfer_id)
     ledger_header = stored.stored_in(transfer_id)
     header = envelope.Header.decode(ledger_header)
@@ -520,6 +520,6 @@ def test_fetch_opens_the_data_key_from_the_ledgers_header_not_the_files(
     # Under the file's own header the data key does not open: the fallback is what fetches.
     with path.open("rb") as src, pytest.raises(KeyUnwrapError):
         envelope.read_stream(src, io.BytesIO(), side.id, side.keys)
-    other = stored.stored_in("inbox-2")
+    other = stored.stored_in("dpo_inbox-2")
     with path.open("rb") as src, pytest.raises(HeaderFormatError, match="does not start with"):
         list(_plaintext(src, side.id, side.keys, other))

@@ -506,11 +506,11 @@ def test_the_receiver_takes_an_offer_only_if_a_segment_fits(
     try:
         data = bytes(range(256)) * 40
         if case["accepted"]:
-            lb.send("T-size", data)
-            assert lb.fetch("T-size") == data
+            lb.send("dpo_T-size", data)
+            assert lb.fetch("dpo_T-size") == data
         else:
             with pytest.raises(PartnerError) as refused:
-                lb.send("T-size", data)
+                lb.send("dpo_T-size", data)
             assert refused.value.grpc_status == "INVALID_ARGUMENT"
             assert f"segment size {case['segment_size']} does not fit" in str(refused.value)
     finally:

@@ -238,7 +238,7 @@ def passports() -> dict[str, Any]:
     }
     minimal = {
         "iss": "dpo",
-        "jti": "T-0001",
+        "jti": "dpo_T-0001",
         "iat": NOW - 100,
         "nbf": NOW - 100,
         "exp": NOW + 3600,
@@ -247,7 +247,7 @@ def passports() -> dict[str, Any]:
     }
     full = {
         **minimal,
-        "jti": "T-0002",
+        "jti": "dpo_T-0002",
         "sub": hashlib.sha256(b"the data set").hexdigest(),
         "xbgw": {
             **plain_terms,
@@ -340,8 +340,20 @@ def passports() -> dict[str, Any]:
         (
             "iss-not-the-kid-owner",
             "iss must be the owner of the signing key",
-            signed({**minimal, "iss": "mallory"}),
+            signed({**minimal, "iss": "mallory", "jti": "mallory_T-0001"}),
             "PassportUnknownIssuerError",
+        ),
+        (
+            "jti-of-another-issuer",
+            "a jti must begin with its own issuer's id and '_'",
+            signed({**minimal, "jti": "mallory_T-0001"}),
+            "PassportClaimsError",
+        ),
+        (
+            "jti-without-issuer",
+            "a jti must begin with its own issuer's id and '_'",
+            signed({**minimal, "jti": "T-0001"}),
+            "PassportClaimsError",
         ),
         (
             "not-yet-valid",
