@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway import logs
-from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2, partner_pb2_grpc
+from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc, partner_pb2
 from gateway.audit.checkpointer import Checkpointer
 from gateway.audit.records import AuditRecord
 from gateway.audit.witness import HEALTH_SERVICE as WITNESS_HEALTH
@@ -56,7 +56,7 @@ from gateway.ledger import Ledger
 from gateway.local import MAX_WAITING_SENDS, LocalServicer, local_workers, send_capacity
 from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
-from gateway.partner import PartnerHealth, PartnerServicer, upload_slots
+from gateway.partner import PartnerHealth, PartnerServicer, add_partner_servicer, upload_slots
 from gateway.partner_keys import PartnerKeys
 from gateway.partner_link import GrpcPartnerLink
 from gateway.receiver import Receiver
@@ -282,9 +282,7 @@ class Daemon:
         self.partner_servicer = PartnerServicer(
             self._config, self.receiver, self.metrics, self.accepting, witness=self.witness
         )
-        partner_pb2_grpc.add_PartnerGatewayServicer_to_server(
-            self.partner_servicer, self.partner_server
-        )
+        add_partner_servicer(self.partner_servicer, self.partner_server)
         # Configured partners only: a certificate from a partner's CA naming no partner is not
         # told anything (``PartnerHealth``).
         health_pb2_grpc.add_HealthServicer_to_server(

@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,16 +19,30 @@ from grpc_health.v1.health import HealthServicer
 from gateway._proto.xbgw.v1 import partner_pb2, partner_pb2_grpc
 from gateway.audit.witness import Witness, WitnessError
 from gateway.config import GatewayConfig, PartnerConfig
-from gateway.errors import DrainingError, MessageTooLargeError, PartnerBusyError, XbgwError
+from gateway.errors import (
+    DrainingError,
+    MessageTooLargeError,
+    OfferMismatchError,
+    PartnerBusyError,
+    XbgwError,
+)
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
 from gateway.status import abort_with
 from gateway.tls import peer_partner
 from gateway.transfer import SegmentIn, TransferState
-from gateway.wire import from_blob, state_to_wire, to_blob
+from gateway.wire import (
+    ParsedSegment,
+    from_blob,
+    parse_upload_message,
+    segment_head,
+    state_to_wire,
+    to_blob,
+)
 
 log = logging.getLogger("xbgw.partner")
 T = TypeVar("T")
+PARTNER_SERVICE = "xbgw.v1.PartnerGateway"
 
 
 def upload_slots(max_concurrent_transfers: int) -> int:
@@ -141,22 +155,35 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         return self._run(context, "Offer", act)
 
     def Upload(  # noqa: N802
-        self, request_iterator: Iterator[partner_pb2.Segment], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[ParsedSegment | partner_pb2.Segment],
+        context: grpc.ServicerContext,
     ) -> partner_pb2.UploadResponse:
+        """Registered by :func:`add_partner_servicer` with :func:`parse_upload_message` as
+        the deserialiser: each message arrives as its bytes, read where they lie (no
+        protobuf copies, no ``ByteSize()`` re-serialisation). Registered the generated way
+        it gets ``Segment`` messages: read once each, sized by their canonical length."""
         first_id: list[str] = []
         limit = self._config().limits.max_message_bytes
 
         def segments() -> Iterator[SegmentIn]:
             for m in request_iterator:
-                if not first_id:
-                    first_id.append(m.transfer_id)
-                size = m.ByteSize()
+                segment, size = _upload_segment(m)
+                if not first_id and segment is not None:
+                    first_id.append(segment.transfer_id)
                 if size > limit:
+                    which = f"segment {segment.index}" if segment is not None else "a segment"
                     raise MessageTooLargeError(
-                        f"segment {m.index} came in a {size}-byte message, larger than this "
+                        f"{which} came in a {size}-byte message, larger than this "
                         f"gateway's max_message_bytes ({limit}); send smaller segments"
                     )
-                yield SegmentIn(m.transfer_id, m.index, m.final, m.ciphertext)
+                if segment is None:
+                    assert isinstance(m, ParsedSegment)
+                    raise OfferMismatchError(
+                        f"an Upload message is not a valid Segment ({m.error}); the sender "
+                        "must send protobuf Segment messages"
+                    )
+                yield segment
 
         def act(peer: PartnerConfig) -> partner_pb2.UploadResponse:
             with self._metrics.stream("in"):
@@ -253,6 +280,44 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             return partner_pb2.CancelTransferResponse(state=state_to_wire(state))
 
         return self._run(context, "Cancel", act, request.transfer_id)
+
+
+def _upload_segment(m: ParsedSegment | partner_pb2.Segment) -> tuple[SegmentIn | None, int]:
+    """The segment an Upload message carries (None if it carries none) and its size."""
+    if isinstance(m, ParsedSegment):
+        return m.segment, m.size
+    ciphertext = m.ciphertext  # a copy on every read: read once
+    head = segment_head(m.transfer_id, m.index, m.final, len(ciphertext))
+    return SegmentIn(m.transfer_id, m.index, m.final, ciphertext), len(head) + len(ciphertext)
+
+
+def add_partner_servicer(servicer: PartnerServicer, server: grpc.Server) -> None:
+    """Register ``servicer`` on ``server`` as ``partner_pb2_grpc`` would, except Upload,
+    whose messages are parsed by :func:`gateway.wire.parse_upload_message` (see
+    :meth:`PartnerServicer.Upload`). The bytes on the wire are the same either way."""
+    captured: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    class _Capture:
+        """Takes the generated handlers instead of a server (so the other methods stay
+        exactly as generated)."""
+
+        def add_generic_rpc_handlers(self, handlers: object) -> None:
+            pass
+
+        def add_registered_method_handlers(
+            self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+        ) -> None:
+            captured.update(handlers)
+
+    partner_pb2_grpc.add_PartnerGatewayServicer_to_server(servicer, cast(Any, _Capture()))
+    captured["Upload"] = grpc.stream_unary_rpc_method_handler(
+        servicer.Upload,
+        request_deserializer=parse_upload_message,
+        response_serializer=partner_pb2.UploadResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(PARTNER_SERVICE, captured),)
+    )
 
 
 class PartnerHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]

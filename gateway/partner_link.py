@@ -42,7 +42,14 @@ from gateway.transfer import (
     refused_by,
     unreachable,
 )
-from gateway.wire import from_blob, state_from_wire, to_blob
+from gateway.wire import (
+    WireSegment,
+    ciphertext_len,
+    from_blob,
+    segment_head,
+    state_from_wire,
+    to_blob,
+)
 
 RPC_TIMEOUT_SECONDS = 30
 FINISH_TIMEOUT_SECONDS = RPC_TIMEOUT_SECONDS * 4  # the receiver re-hashes after a restart
@@ -77,35 +84,22 @@ def witness_error(exc: grpc.RpcError, partner: str, what: str) -> PartnerError:
 UPLOAD_METHOD = "/xbgw.v1.PartnerGateway/Upload"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def segment_wire(segment: SegmentIn) -> bytes:
     """``partner_pb2.Segment(...).SerializeToString()`` for ``segment``, byte for byte, with
-    one copy of the ciphertext instead of three.
+    at most one copy of the ciphertext instead of three -- none for a :class:`WireSegment`
+    (the pipeline encrypts into the message itself).
 
     Why by hand: protobuf copies a ``bytes`` field into the message, and serialising copies
     it twice more; with several uploads running each copy is a megabyte per stream the
-    sending daemon holds at once. Proto3's rules as upb applies them: fields in number order,
-    a field at its default value (empty, 0, false) left out.
+    sending daemon holds at once. The layout is :func:`gateway.wire.segment_head`'s.
     """
-    head = bytearray()
-    transfer_id = segment.transfer_id.encode("utf-8")
-    if transfer_id:
-        head += b"\x0a" + _varint(len(transfer_id)) + transfer_id
-    if segment.index:
-        head += b"\x10" + _varint(segment.index)
-    if segment.final:
-        head += b"\x18\x01"
-    if not segment.ciphertext:
-        return bytes(head)
-    head += b"\x22" + _varint(len(segment.ciphertext))
+    head = segment_head(segment.transfer_id, segment.index, segment.final, ciphertext_len(segment))
+    if (
+        isinstance(segment, WireSegment)
+        and segment.end == len(segment.wire)
+        and segment.wire[: segment.start] == head
+    ):
+        return segment.wire  # already the canonical message (a received one may not be)
     return b"".join((head, segment.ciphertext))
 
 

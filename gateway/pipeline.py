@@ -42,6 +42,7 @@ from gateway.errors import DatasetMismatchError, SourceChangedError
 from gateway.ledger import Ledger
 from gateway.retry import REPLAY_BYTES, SegmentReplay
 from gateway.transfer import SegmentIn
+from gateway.wire import WireSegment, ciphertext_len, segment_head
 
 DIGEST_BATCH = 8  # segments whose tags are committed together before they are sent
 SEGMENTS_AHEAD = 32  # the most encrypted segments one pipeline holds ahead of the network
@@ -204,6 +205,7 @@ class Pipeline:
         self._committer: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._buffer = bytearray()  # the producer's, for :meth:`_seal`
         self.hasher = hashlib.sha256()
         self.size = 0
         self.segment_count = 0
@@ -231,7 +233,7 @@ class Pipeline:
         part-filled batch is handed on rather than held while waiting (see the module
         docstring)."""
         try:
-            batch: list[tuple[int, bool, bytes]] = []
+            batch: list[WireSegment] = []
             while True:
                 if not self._lease.take(self._slot, self._stop, wait=not batch):
                     if not batch:
@@ -248,9 +250,7 @@ class Pipeline:
                 if final:
                     self._check_digest()
                 self.segment_count = index + 1
-                batch.append(
-                    (index, final, self._encryptor.encrypt_segment(index, plaintext, final))
-                )
+                batch.append(self._seal(index, final, plaintext))
                 if len(batch) >= DIGEST_BATCH or final:
                     self._put(self._batches, (batch, self.size))
                     batch = []
@@ -260,6 +260,26 @@ class Pipeline:
             self._failure = exc
         finally:
             self._put(self._batches, self._END)
+
+    def _seal(self, index: int, final: bool, plaintext: bytes) -> WireSegment:
+        """Segment ``index`` encrypted straight into its Upload message (``segment_head``
+        then ciphertext): encrypted into this pipeline's one reused buffer, then copied once
+        into the immutable ``bytes`` gRPC sends (it takes nothing else) and the replay window
+        may keep. The buffer is reused safely because nothing outside this thread ever sees
+        it; the copy is what the window and the network hold."""
+        length = len(plaintext) + envelope.TAG_LEN
+        head = segment_head(self._transfer_id, index, final, length)
+        need = len(head) + length
+        if len(self._buffer) < need:
+            self._buffer = bytearray(need)
+        view = memoryview(self._buffer)[:need]
+        view[: len(head)] = head
+        into = getattr(self._encryptor, "encrypt_segment_into", None)
+        if into is not None:
+            into(index, plaintext, final, view[len(head) :])
+        else:  # a stand-in encryptor (tests) with only encrypt_segment
+            view[len(head) :] = self._encryptor.encrypt_segment(index, plaintext, final)
+        return WireSegment(self._transfer_id, index, final, bytes(view), len(head), need)
 
     def _check_digest(self) -> None:
         """Before the final segment is encrypted: the data must be what the caller declared
@@ -287,11 +307,11 @@ class Pipeline:
                 assert isinstance(item, tuple)
                 batch, done_bytes = item
                 self._check_tags(batch)
-                for segment in batch:
-                    if segment[0] >= self._start:
-                        self._put(self._queue, segment)
-                    else:
-                        self._lease.give(self._slot)  # the partner holds it: not sent
+                released = [segment for segment in batch if segment.index >= self._start]
+                for _ in range(len(batch) - len(released)):
+                    self._lease.give(self._slot)  # the partner holds it: not sent
+                if released:
+                    self._put(self._queue, released)  # one wake-up of the upload per batch
                 self._on_bytes(done_bytes)
         except BaseException as exc:
             self._failure = exc
@@ -318,19 +338,19 @@ class Pipeline:
                 if self._abandoned.is_set():
                     return
 
-    def _check_tags(self, batch: list[tuple[int, bool, bytes]]) -> None:
-        first, last = batch[0][0], batch[-1][0] + 1
+    def _check_tags(self, batch: list[WireSegment]) -> None:
+        first, last = batch[0].index, batch[-1].index + 1
         recorded = self._ledger.segment_tags(self._transfer_id, first, last)
-        for index, _final, ciphertext in batch:
+        tags = [(s.index, s.wire[s.end - envelope.TAG_LEN : s.end]) for s in batch]
+        for index, tag in tags:
             known = recorded.get(index)
-            if known is not None and known != ciphertext[-envelope.TAG_LEN :]:
+            if known is not None and known != tag:
                 raise SourceChangedError(
                     f"segment {index} of transfer {self._transfer_id} differs from what was "
                     "sent before; resend the original data or use a new passport"
                 )
         self._ledger.record_segment_tags(
-            self._transfer_id,
-            [(i, c[-envelope.TAG_LEN :]) for i, _f, c in batch if i not in recorded],
+            self._transfer_id, [(i, tag) for i, tag in tags if i not in recorded]
         )
 
     def segments(self) -> Iterator[SegmentIn]:
@@ -358,13 +378,13 @@ class Pipeline:
                 item = self._queue.get()
                 if item is self._END:
                     return
-                assert isinstance(item, tuple)
-                index, final, ciphertext = item
-                if keep:
-                    self._lease.keep(self._slot, len(ciphertext))
-                yield SegmentIn(self._transfer_id, index, final, ciphertext)
-                if not keep:
-                    self._lease.give(self._slot)
+                assert isinstance(item, list)
+                for segment in item:
+                    if keep:
+                        self._lease.keep(self._slot, ciphertext_len(segment))
+                    yield segment
+                    if not keep:
+                        self._lease.give(self._slot)
         finally:
             # A window still holds its segments (a last stream may be cut and resumed):
             # their room goes back when the send ends (raise_failure or abandon).

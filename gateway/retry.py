@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.transfer import SegmentIn
+from gateway.wire import ciphertext_len
 
 
 class Timer(Protocol):
@@ -243,14 +244,14 @@ class SegmentReplay:
                 return None
             self._next_index = segment.index + 1
             self._kept.append(segment)
-            self._kept_bytes += len(segment.ciphertext)
+            self._kept_bytes += ciphertext_len(segment)
             while len(self._kept) > 1 and self._kept_bytes > self._keep_bytes:
                 self._forget_oldest()
             return segment
 
     def _forget_oldest(self) -> None:
         segment = self._kept.popleft()
-        self._kept_bytes -= len(segment.ciphertext)
+        self._kept_bytes -= ciphertext_len(segment)
         if segment is self._unpaid:
             self._unpaid = None
         else:
@@ -258,4 +259,4 @@ class SegmentReplay:
 
     def _pay_back(self, segment: SegmentIn) -> None:
         if self._room is not None:
-            self._room.drop(len(segment.ciphertext))
+            self._room.drop(ciphertext_len(segment))

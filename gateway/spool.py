@@ -85,7 +85,7 @@ class PartialFile:
         self.length = length
         self._synced = length
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | memoryview) -> None:
         with _storing(self._spool):
             self._handle.write(data)
             self._handle.flush()

@@ -48,6 +48,26 @@ class StreamEncryptor:
 
     def encrypt_segment(self, index: int, plaintext: bytes, final: bool) -> bytes:
         """Segment ``index``; ``ValueError`` if its length is impossible at that position."""
+        self._check(index, plaintext, final)
+        return self._aead.encrypt(
+            _nonce(self.header.nonce_prefix, index, final), plaintext, self._aad
+        )
+
+    def encrypt_segment_into(
+        self, index: int, plaintext: bytes | memoryview, final: bool, out: memoryview
+    ) -> None:
+        """:meth:`encrypt_segment` written into ``out`` (exactly ``len(plaintext) + TAG_LEN``
+        bytes): the caller's buffer is reused, not a new zero-filled one per segment."""
+        self._check(index, plaintext, final)
+        if len(out) != len(plaintext) + TAG_LEN:
+            raise ValueError(
+                f"the output buffer must hold {len(plaintext) + TAG_LEN} bytes, it holds {len(out)}"
+            )
+        self._aead.encrypt_into(
+            _nonce(self.header.nonce_prefix, index, final), plaintext, self._aad, out
+        )
+
+    def _check(self, index: int, plaintext: bytes | memoryview, final: bool) -> None:
         size = self.header.segment_size
         if not 0 <= index < MAX_SEGMENTS:
             raise ValueError(f"segment index must be between 0 and {MAX_SEGMENTS - 1}, got {index}")
@@ -67,9 +87,6 @@ class StreamEncryptor:
                 raise ValueError(
                     f"a non-final segment holds exactly {size} bytes, got {len(plaintext)}"
                 )
-        return self._aead.encrypt(
-            _nonce(self.header.nonce_prefix, index, final), plaintext, self._aad
-        )
 
     def iter_segments(
         self, reader: ByteReader, *, start_index: int = 0
@@ -128,6 +145,42 @@ class StreamDecryptor:
 
     def decrypt_segment(self, index: int, ciphertext: bytes, final: bool) -> bytes:
         """Verify and decrypt segment ``index``; see the class docstring for the rules."""
+        self._check_next(index, len(ciphertext), final)
+        try:
+            plaintext = self._open(index, ciphertext, final)
+        except InvalidTag:
+            raise self._failed(index, final) from None
+        self._next = index + 1
+        self._done = final
+        return plaintext
+
+    def decrypt_segment_into(
+        self, index: int, ciphertext: bytes | memoryview, final: bool, out: bytearray
+    ) -> memoryview:
+        """:meth:`decrypt_segment` into ``out`` (at least ``segment_size`` bytes, reused
+        from segment to segment); the plaintext is the returned view of its start, valid
+        until ``out`` is used again. A segment that fails leaves unverified bytes in ``out``
+        and the state as it was; only verified plaintext is ever returned."""
+        self._check_next(index, len(ciphertext), final)
+        plaintext = memoryview(out)[: len(ciphertext) - TAG_LEN]
+        try:
+            self._aead.decrypt_into(
+                _nonce(self.header.nonce_prefix, index, final), ciphertext, self._aad, plaintext
+            )
+        except InvalidTag:
+            raise self._failed(index, final) from None
+        self._next = index + 1
+        self._done = final
+        return plaintext
+
+    @staticmethod
+    def _failed(index: int, final: bool) -> SegmentAuthenticationError:
+        return SegmentAuthenticationError(
+            f"segment {index}{' (final)' if final else ''} failed authentication"
+        )
+
+    def _check_next(self, index: int, length: int, final: bool) -> None:
+        """Order and length rules; nothing is changed (see the class docstring)."""
         if self._done:
             raise TrailingDataError(
                 f"segment {index} arrived after the final segment {self._next - 1}"
@@ -143,16 +196,7 @@ class StreamDecryptor:
             raise SegmentOrderError(
                 f"segment {index} is not final, but a stream has at most {MAX_SEGMENTS} segments"
             )
-        self._check_length(index, len(ciphertext), final)
-        try:
-            plaintext = self._open(index, ciphertext, final)
-        except InvalidTag:
-            raise SegmentAuthenticationError(
-                f"segment {index}{' (final)' if final else ''} failed authentication"
-            ) from None
-        self._next = index + 1
-        self._done = final
-        return plaintext
+        self._check_length(index, length, final)
 
     def finish(self) -> None:
         """Raise ``TruncatedStreamError`` unless the final segment has been verified."""
