@@ -12,7 +12,8 @@ its last call ends (a reload would otherwise leave one open socket per partner b
 
 A partner that restarts must be usable again as soon as it listens: the channel's own
 reconnect backoff is kept as short as the sender's retries (``RECONNECT_BACKOFF_MS``), so
-the first send after the partner is back does not wait out gRPC's default of up to 2 min.
+the first send after the partner is back does not wait out gRPC's default of up to 2 min;
+each connection attempt still has gRPC's 20 s (``CONNECT_TIMEOUT_MS``) on a long path.
 """
 
 from __future__ import annotations
@@ -53,8 +54,14 @@ from gateway.wire import (
 
 RPC_TIMEOUT_SECONDS = 30
 FINISH_TIMEOUT_SECONDS = RPC_TIMEOUT_SECONDS * 4  # the receiver re-hashes after a restart
-#: gRPC's reconnect backoff on partner channels: (initial = min, max), in milliseconds.
+#: gRPC's reconnect backoff on partner channels: (initial, max), in milliseconds.
 RECONNECT_BACKOFF_MS = (200, 5_000)
+#: How long one connection attempt may take. gRPC reads it from ``min_reconnect_backoff_ms``
+#: (its subchannel's "min connect timeout"), so that setting must not follow the short
+#: initial backoff: TCP, TLS and HTTP/2's SETTINGS take three round trips or more, and at
+#: Shanghai-Frankfurt's ~200 ms a 200 ms limit failed every first attempt until the backoff
+#: had grown past it. 20 s is gRPC's own default.
+CONNECT_TIMEOUT_MS = 20_000
 
 
 def partner_error(exc: grpc.RpcError, partner: str, call: str) -> PartnerError:
@@ -139,7 +146,7 @@ def channel_options(config: GatewayConfig, partner: PartnerConfig) -> list[tuple
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", initial_ms),
-        ("grpc.min_reconnect_backoff_ms", initial_ms),
+        ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
         ("grpc.max_reconnect_backoff_ms", max_ms),
     ]
 
