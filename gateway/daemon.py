@@ -53,12 +53,19 @@ from gateway.keyadmin import gateway_key_administration
 from gateway.keyring import KeyRing
 from gateway.keys import Purpose
 from gateway.ledger import Ledger
-from gateway.local import MAX_WAITING_SENDS, LocalServicer, local_workers, send_capacity
+from gateway.local import (
+    MAX_WAITING_SENDS,
+    DaemonView,
+    LocalServicer,
+    local_workers,
+    send_capacity,
+)
 from gateway.metrics import Metrics
 from gateway.notify import monotonic_usec, notify, watchdog_interval
 from gateway.partner import PartnerHealth, PartnerServicer, add_partner_servicer, upload_slots
 from gateway.partner_keys import PartnerKeys
 from gateway.partner_link import GrpcPartnerLink
+from gateway.reachability import Reachability
 from gateway.receiver import Receiver
 from gateway.retention import Lifecycle, Sweeper
 from gateway.send_queue import SendQueue
@@ -136,6 +143,11 @@ class Daemon:
         self.ring.check_attributes(self.hsm.list_keys())  # refuses widenable keys in service
         key_pem = self._tls_key(config)
         self.link = GrpcPartnerLink(config, key_pem)
+        self.reachability = Reachability(config, key_pem, self.metrics)
+        self.metrics.key_versions.source = lambda: {
+            purpose.value: version for purpose, version in self.ring.current().as_dict().items()
+        }
+        self._certificates(config)
         # One view of the partners' keys for both sides: what the sender learns from a key
         # set verifies the manifests the receiver gets, and the reverse.
         self.partner_keys = PartnerKeys(config, self.ledger, self.link.key_set)
@@ -150,7 +162,7 @@ class Daemon:
             partner_keys=self.partner_keys,
             border=self.border,
         )
-        self.receiver.on_commit = self.metrics.committed_in
+        self.receiver.on_commit = self._committed_in
         # The audit log's checkpoints: about a second after it grows, at once for a Finish.
         self.checkpointer = Checkpointer(
             config.id, self.ledger, self.hsm, lambda: self.ring.signing
@@ -206,6 +218,7 @@ class Daemon:
         self._accepting = True
         self._set_serving(True)
         self.witness.start()
+        self.reachability.start()
         log.info(
             "xbgw %s ready: partner listener on %s, local socket %s, metrics %s",
             config.id,
@@ -214,6 +227,33 @@ class Daemon:
             f"{config.listen.metrics.host}:{self.metrics_port}" if config.listen.metrics else "off",
         )
         notify("READY=1", f"STATUS=serving as {config.id} on {self.partner_address}")
+
+    def _committed_in(self, partner: str, plaintext_bytes: int) -> None:
+        self.metrics.committed_in(partner, plaintext_bytes)
+        self.reachability.contact(partner, answered=False)
+
+    def _certificates(self, config: GatewayConfig) -> None:
+        """Expiry of our TLS certificate and the partners' CAs (start and every reload)."""
+        self.metrics.certificates(config.tls.certificate, {p.id: p.ca_pem for p in config.partners})
+
+    def _listeners(self) -> list[tuple[str, str]]:
+        found = [
+            ("partner", self.partner_address),
+            ("local", str(self.config.listen.local_socket)),
+        ]
+        if self.config.listen.metrics is not None and self.metrics_port is not None:
+            found.append(("metrics", f"{self.config.listen.metrics.host}:{self.metrics_port}"))
+        return found
+
+    def _view(self) -> DaemonView:
+        """What ``xbgw status`` shows beyond the ledger (gateway.local.DaemonView)."""
+        return DaemonView(
+            ready=lambda: self._accepting and self._healthy,
+            listeners=self._listeners,
+            partners=self.reachability.report,
+            keys=self.ring.versions,
+            delivered=lambda partner: self.reachability.contact(partner, answered=True),
+        )
 
     def _tls_key(self, config: GatewayConfig) -> bytes:
         """The TLS private key as PEM in memory (grpcio cannot use an HSM key), read at start
@@ -352,6 +392,7 @@ class Daemon:
                 send_queue=send_queue,
                 lifecycle=self.lifecycle,
                 file_tickets=self.file_tickets,
+                view=self._view(),
             ),
             self.local_server,
         )
@@ -506,6 +547,11 @@ class Daemon:
         self.sender.reconfigure(config)
         self.ring.policy = config.keys
         self.link.reconfigure(config, key_pem)
+        self.reachability.reconfigure(config, key_pem)
+        try:
+            self._certificates(config)
+        except (OSError, ValueError) as exc:  # checked by the reload's read; never fatal here
+            log.error("certificate expiry metrics not updated: %s", exc)
         # The digest of the bytes that were loaded, not of a file that may have changed since.
         record = AuditRecord("config.reloaded", int(time.time()), {"config_sha256": config.sha256})
         try:
@@ -574,6 +620,7 @@ class Daemon:
         self._accepting = False
         self._set_serving(False)
         self.witness.stop()  # no new round; the one running ends when the link closes
+        self.reachability.stop(IDLE_WAIT_SECONDS)
         started = time.monotonic()
         self.handover.stop()  # no new handovers; the files of unclaimed tickets are closed
         local_done = self.local_server.stop(grace)

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import grpc
@@ -32,10 +33,11 @@ from gateway.errors import (
 )
 from gateway.fdpass import FileTickets, HandedFile
 from gateway.keyadmin import KeyAdministration, KeyReport
-from gateway.keys import KeyRef, KeyVersion, Purpose
+from gateway.keys import KeyRef, KeyState, KeyVersion, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.metrics import Metrics
 from gateway.paging import decode_token, encode_token, page_size
+from gateway.reachability import Reach
 from gateway.retention import Lifecycle, deleted_message
 from gateway.send_queue import REPORT_EVERY, SendQueue, SendQueueFullError, Ticket
 from gateway.sender import Progress, ReceiptSummary, Sender
@@ -68,6 +70,30 @@ def local_workers(limits: Limits) -> int:
     return send_capacity(limits) + FETCH_SLOTS + QUICK_WORKERS
 
 
+@dataclass(frozen=True)
+class DaemonView:
+    """What ``Status`` reports beyond the ledger, read from the running daemon at each call;
+    ``delivered(partner)`` tells the reachability a partner just answered a whole send."""
+
+    ready: Callable[[], bool]
+    listeners: Callable[[], list[tuple[str, str]]]
+    partners: Callable[[], list[Reach]]
+    keys: Callable[[], list[KeyVersion]]
+    delivered: Callable[[str], None]
+
+
+@dataclass
+class _Flight:
+    """A local send running now (``Status``'s ``in_flight``); updated by its progress."""
+
+    partner: str
+    started_at: int
+    total: int
+    transfer_id: str = ""
+    done: int = 0
+    key: object = field(default_factory=object)
+
+
 def _abort(context: grpc.ServicerContext, error: XbgwError, rpc: str, **fields: str) -> None:
     abort_with(context, error, log, f"local {rpc} failed", rpc=rpc, **fields)
 
@@ -87,11 +113,16 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         send_queue: SendQueue | None = None,
         lifecycle: Lifecycle | None = None,
         file_tickets: FileTickets | None = None,
+        view: DaemonView | None = None,
     ) -> None:
         """``send_queue``: admits local sends (by default sized by the configuration as it
         is now; the daemon passes one sized for its server's threads). ``file_tickets``:
         files handed over on the side socket (``gateway.fdpass``); None: a send naming a
-        ticket is refused."""
+        ticket is refused. ``view``: the daemon's listeners, readiness, partners' reachability
+        and keys for ``Status`` (None: reported empty)."""
+        self._view = view
+        self._flights: dict[object, _Flight] = {}
+        self._flights_lock = threading.Lock()
         self._file_tickets = file_tickets
         self._key_admin = key_admin
         self._lifecycle = lifecycle  # cancel, inbox ack|delete (gateway.retention)
@@ -293,7 +324,14 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     "delivered: send the same data with the same passport to resume"
                 )
 
+        flight = _Flight(start.partner, int(time.time()), start.size)
+
         def on_progress(progress: Progress) -> None:
+            if progress.waiting is None:  # a waiting event carries no byte counts
+                with self._flights_lock:
+                    flight.transfer_id = progress.transfer_id or flight.transfer_id
+                    flight.done = progress.done_bytes
+                    flight.total = progress.total_bytes or flight.total
             if progress.kind == "accepted":
                 event = local_pb2.SendEvent(
                     accepted=local_pb2.SendAccepted(
@@ -324,6 +362,9 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             # A label only for configured partners: a client's typo must not mint a series.
             known = {p.id for p in self._config().partners}
             partner = start.partner if start.partner in known else "unknown"
+            began = time.monotonic()
+            with self._flights_lock:
+                self._flights[flight.key] = flight
             try:
                 with self._metrics.stream("out"):
                     summary = self._sender.send(
@@ -337,12 +378,18 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     )
                 self._metrics.transfers.labels("out", partner, "delivered").inc()
                 self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)
+                self._metrics.transfer_took("out", "delivered", time.monotonic() - began)
+                if self._view is not None:
+                    self._view.delivered(start.partner)
                 events.put(local_pb2.SendEvent(done=_summary(summary)))
             except BaseException as exc:
                 self._metrics.transfers.labels("out", partner, outcome(exc)).inc()
                 self._metrics.refusals.labels(type(exc).__name__, partner).inc()
+                self._metrics.transfer_took("out", outcome(exc), time.monotonic() - began)
                 events.put(exc)
             finally:
+                with self._flights_lock:
+                    self._flights.pop(flight.key, None)
                 events.put(None)
 
         worker = threading.Thread(target=work, name="xbgw-send", daemon=True)
@@ -447,6 +494,14 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             started_at=self._started,
             queued_sends=self._send_queue.waiting if self._send_queue else 0,
             partners=[p.id for p in config.partners],
+            ready=self._view.ready() if self._view else self._accepting(),
+            listeners=[
+                local_pb2.Listener(name=name, address=address)
+                for name, address in (self._view.listeners() if self._view else [])
+            ],
+            partner_reach=[_reach(r) for r in (self._view.partners() if self._view else [])],
+            keys=_keys_in_use(self._view.keys() if self._view else []),
+            in_flight=self._in_flight(),
             transfers=[
                 local_pb2.TransferSummary(
                     transfer_id=line.transfer_id,
@@ -461,6 +516,34 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             if last is None
             else encode_token("transfers", [last.created_at, last.direction, last.transfer_id]),
         )
+
+    def _in_flight(self) -> list[local_pb2.TransferInFlight]:
+        """Local sends running now, then inbound transfers a partner has not finished (the
+        ledger's durable point: their total is not known before the final segment)."""
+        with self._flights_lock:
+            out = [
+                local_pb2.TransferInFlight(
+                    transfer_id=f.transfer_id,
+                    direction="out",
+                    partner=f.partner,
+                    bytes_done=f.done,
+                    bytes_total=f.total,
+                    started_at=f.started_at,
+                )
+                for f in sorted(self._flights.values(), key=lambda f: f.started_at)
+            ]
+        inbound = [
+            local_pb2.TransferInFlight(
+                transfer_id=row.transfer_id,
+                direction="in",
+                partner=row.sender,
+                bytes_done=row.received_bytes,
+                bytes_total=row.received_bytes if row.final_received else 0,
+                started_at=row.created_at,
+            )
+            for row in self._ledger.inbound_in_progress()
+        ]
+        return out + inbound
 
     # -- key lifecycle -------------------------------------------------------------------
 
@@ -709,6 +792,35 @@ def _witness_status(
         ],
         cosigned_checkpoint=report.cosigned_checkpoint,
     )
+
+
+def _reach(reach: Reach) -> local_pb2.PartnerReach:
+    state = "unknown" if reach.up is None else "up" if reach.up else "down"
+    return local_pb2.PartnerReach(
+        partner=reach.partner,
+        endpoint=reach.endpoint,
+        state=state,
+        last_contact=int(reach.last_contact or 0),
+        checked_at=int(reach.checked_at or 0),
+        detail=reach.detail,
+    )
+
+
+def _keys_in_use(versions: list[KeyVersion]) -> list[local_pb2.KeyInUse]:
+    """Per purpose: the active version, and every version still in service."""
+    keys = []
+    for purpose in Purpose:
+        mine = [v for v in versions if v.purpose is purpose]
+        active = [v.version for v in mine if v.state is KeyState.ACTIVE]
+        if mine:
+            keys.append(
+                local_pb2.KeyInUse(
+                    purpose=purpose.value,
+                    active=active[0] if active else 0,
+                    in_service=sorted(v.version for v in mine if v.state.in_service),
+                )
+            )
+    return keys
 
 
 def _purpose(name: str) -> Purpose:

@@ -143,6 +143,7 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
     ) -> partner_pb2.OfferResponse:
         def act(peer: PartnerConfig) -> partner_pb2.OfferResponse:
             result = self._receiver.offer(peer, request.passport, request.envelope_header)
+            self._metrics.offered_in(result.transfer_id)  # for xbgw_transfer_duration_seconds
             return partner_pb2.OfferResponse(
                 transfer_id=result.transfer_id,
                 next_segment=result.next_segment,
@@ -201,6 +202,7 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
     ) -> partner_pb2.FinishResponse:
         def act(peer: PartnerConfig) -> partner_pb2.FinishResponse:
             done = self._receiver.finish(peer, request.transfer_id, from_blob(request.manifest))
+            self._metrics.ended_in(request.transfer_id, "committed")
             response = partner_pb2.FinishResponse(receipt=to_blob(done.receipt))
             if done.proof is not None:
                 response.proof.CopyFrom(

@@ -535,8 +535,12 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     fetch.set_defaults(func=_lazy("daemon", "cmd_fetch"))
 
-    status = client("status", "gateway identity and recent transfers")
+    status = client(
+        "status",
+        "readiness, listeners, partners, key versions, transfers",
+    )
     status.add_argument("--all", action="store_true", help="every transfer, page after page")
+    status.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     status.add_argument("--page-size", type=_page_size, help="transfers per request (default 100)")
     status.set_defaults(func=_lazy("transfers", "cmd_status"))
 

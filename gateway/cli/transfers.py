@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -116,33 +117,179 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    def walk(local: object) -> None:
-        token, first = "", True
+    """``xbgw status [--all] [--json]``: what an operator acts on, then recent transfers.
+
+    ``--json`` prints one object (times in seconds since the epoch, 0 = never)::
+
+        {"gateway": {"id", "jurisdiction", "version", "started_at", "uptime_seconds",
+                     "ready": bool},
+         "listeners": {"partner": "host:port", "local": "/socket/path", "metrics": "host:port"},
+         "partners": [{"id", "endpoint", "state": "up"|"down"|"unknown", "last_contact",
+                       "last_contact_seconds_ago": int|null, "checked_at", "detail"}],
+         "keys": {"transport"|"signing"|"storage": {"active": int, "in_service": [int]}},
+         "in_flight": [{"transfer_id", "direction": "in"|"out", "partner", "bytes_done",
+                        "bytes_total" (0: not known yet), "started_at"}],
+         "queued_sends": int,
+         "transfers": [{"transfer_id", "direction", "partner", "state", "bytes"}],
+         "more": bool}  (true: more transfers than shown; --all shows every one)
+
+    ``metrics`` is absent when the daemon has no metrics endpoint.
+    """
+
+    def walk(local: object) -> dict[str, Any]:
+        token = ""
+        pages: list[local_pb2.StatusResponse] = []
         while True:
-            status = local.Status(  # type: ignore[attr-defined]
+            page = local.Status(  # type: ignore[attr-defined]
                 local_pb2.StatusRequest(page_size=args.page_size or 0, page_token=token),
                 timeout=CALL_TIMEOUT,
             )
-            if first:
-                up = int(time.time()) - status.started_at
-                print(
-                    f"gateway   {status.gateway_id} ({status.jurisdiction}), "
-                    f"xbgw {status.version}, up {up}s"
-                )
-                print(f"partners  {', '.join(status.partners) or 'none'}")
-                if status.queued_sends:
-                    print(f"queued    {status.queued_sends} local sends wait for a slot")
-                first = False
-            for t in status.transfers:
-                known = state_from_wire(t.state)
-                state = known.value if known is not None else "?"
-                arrow = "<-" if t.direction == "in" else "->"
-                print(f"  {t.transfer_id:<34} {arrow} {t.partner:<12} {state:<10} {t.bytes} bytes")
-            token = status.next_page_token
+            pages.append(page)
+            token = page.next_page_token
             if not token or not args.all:
-                if token:
-                    print("  ... more: xbgw status --all")
-                return
+                break
+        return status_document(pages, bool(token), time.time())
 
-    _call(args, walk)
+    document = _call(args, walk)
+    if getattr(args, "json", False):
+        print(json.dumps(document, indent=2))
+    else:
+        for line in status_lines(document):
+            print(line)
     return 0
+
+
+def status_document(
+    pages: list[local_pb2.StatusResponse], more: bool, now: float
+) -> dict[str, Any]:
+    """The ``--json`` object (see :func:`cmd_status`) from the pages of ``Status``."""
+    first = pages[0]
+    partners = []
+    for reach in first.partner_reach:
+        ago = int(now - reach.last_contact) if reach.last_contact else None
+        partners.append(
+            {
+                "id": reach.partner,
+                "endpoint": reach.endpoint,
+                "state": reach.state,
+                "last_contact": reach.last_contact,
+                "last_contact_seconds_ago": ago,
+                "checked_at": reach.checked_at,
+                "detail": reach.detail,
+            }
+        )
+    transfers = []
+    for page in pages:
+        for t in page.transfers:
+            known = state_from_wire(t.state)
+            transfers.append(
+                {
+                    "transfer_id": t.transfer_id,
+                    "direction": t.direction,
+                    "partner": t.partner,
+                    "state": known.value if known is not None else "?",
+                    "bytes": t.bytes,
+                }
+            )
+    return {
+        "gateway": {
+            "id": first.gateway_id,
+            "jurisdiction": first.jurisdiction,
+            "version": first.version,
+            "started_at": first.started_at,
+            "uptime_seconds": max(0, int(now) - first.started_at),
+            "ready": first.ready,
+        },
+        "listeners": {listener.name: listener.address for listener in first.listeners},
+        "partners": partners,
+        "keys": {
+            k.purpose: {"active": k.active, "in_service": list(k.in_service)} for k in first.keys
+        },
+        "in_flight": [
+            {
+                "transfer_id": f.transfer_id,
+                "direction": f.direction,
+                "partner": f.partner,
+                "bytes_done": f.bytes_done,
+                "bytes_total": f.bytes_total,
+                "started_at": f.started_at,
+            }
+            for f in first.in_flight
+        ],
+        "queued_sends": first.queued_sends,
+        "transfers": transfers,
+        "more": more,
+    }
+
+
+def _ago(seconds: int | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    if seconds < 172800:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def status_lines(doc: dict[str, Any]) -> list[str]:
+    """The human form of :func:`status_document`."""
+    gw = doc["gateway"]
+    lines = [
+        f"gateway   {gw['id']} ({gw['jurisdiction']}), xbgw {gw['version']}, "
+        f"up {_span(gw['uptime_seconds'])}, {'ready' if gw['ready'] else 'NOT READY'}",
+    ]
+    listeners = doc["listeners"]
+    if listeners:
+        lines.append("listening " + ", ".join(f"{n} {a}" for n, a in listeners.items()))
+    if not doc["partners"]:
+        lines.append("partners  none")
+    for i, p in enumerate(doc["partners"]):
+        head = "partners  " if i == 0 else "          "
+        why = f" ({p['detail']})" if p["state"] != "up" and p["detail"] else ""
+        lines.append(
+            f"{head}{p['id']:<12} {p['endpoint']:<22} {p['state']:<7} "
+            f"last contact {_ago(p['last_contact_seconds_ago'])}{why}"
+        )
+    if doc["keys"]:
+        keys = []
+        for purpose, k in doc["keys"].items():
+            older = [v for v in k["in_service"] if v != k["active"]]
+            also = f" (also {', '.join(map(str, older))})" if older else ""
+            keys.append(f"{purpose} v{k['active']}{also}")
+        lines.append("keys      " + ", ".join(keys))
+    if doc["queued_sends"]:
+        lines.append(f"queued    {doc['queued_sends']} local sends wait for a slot")
+    if not doc["in_flight"]:
+        lines.append("in flight none")
+    for i, f in enumerate(doc["in_flight"]):
+        head = "in flight " if i == 0 else "          "
+        arrow = "<-" if f["direction"] == "in" else "->"
+        total = f"/{f['bytes_total']}" if f["bytes_total"] else ""
+        lines.append(
+            f"{head}{f['transfer_id'] or '(not accepted yet)':<34} {arrow} {f['partner']:<12} "
+            f"{f['bytes_done']}{total} bytes"
+        )
+    if doc["transfers"]:
+        lines.append("recent")
+    for t in doc["transfers"]:
+        arrow = "<-" if t["direction"] == "in" else "->"
+        lines.append(
+            f"  {t['transfer_id']:<34} {arrow} {t['partner']:<12} {t['state']:<10} "
+            f"{t['bytes']} bytes"
+        )
+    if doc["more"]:
+        lines.append("  ... more: xbgw status --all")
+    return lines
+
+
+def _span(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"

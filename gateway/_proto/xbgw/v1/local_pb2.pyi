@@ -176,7 +176,7 @@ class TransferSummary(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[str] = ..., partner: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TransferState, str]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("gateway_id", "jurisdiction", "version", "started_at", "partners", "transfers", "next_page_token", "queued_sends")
+    __slots__ = ("gateway_id", "jurisdiction", "version", "started_at", "partners", "transfers", "next_page_token", "queued_sends", "ready", "listeners", "partner_reach", "keys", "in_flight")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     JURISDICTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,11 @@ class StatusResponse(_message.Message):
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     QUEUED_SENDS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    LISTENERS_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_REACH_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     jurisdiction: str
     version: str
@@ -193,7 +198,62 @@ class StatusResponse(_message.Message):
     transfers: _containers.RepeatedCompositeFieldContainer[TransferSummary]
     next_page_token: str
     queued_sends: int
-    def __init__(self, gateway_id: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[int] = ..., partners: _Optional[_Iterable[str]] = ..., transfers: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., queued_sends: _Optional[int] = ...) -> None: ...
+    ready: bool
+    listeners: _containers.RepeatedCompositeFieldContainer[Listener]
+    partner_reach: _containers.RepeatedCompositeFieldContainer[PartnerReach]
+    keys: _containers.RepeatedCompositeFieldContainer[KeyInUse]
+    in_flight: _containers.RepeatedCompositeFieldContainer[TransferInFlight]
+    def __init__(self, gateway_id: _Optional[str] = ..., jurisdiction: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[int] = ..., partners: _Optional[_Iterable[str]] = ..., transfers: _Optional[_Iterable[_Union[TransferSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., queued_sends: _Optional[int] = ..., ready: _Optional[bool] = ..., listeners: _Optional[_Iterable[_Union[Listener, _Mapping]]] = ..., partner_reach: _Optional[_Iterable[_Union[PartnerReach, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[KeyInUse, _Mapping]]] = ..., in_flight: _Optional[_Iterable[_Union[TransferInFlight, _Mapping]]] = ...) -> None: ...
+
+class Listener(_message.Message):
+    __slots__ = ("name", "address")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class PartnerReach(_message.Message):
+    __slots__ = ("partner", "endpoint", "state", "last_contact", "checked_at", "detail")
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_CONTACT_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    partner: str
+    endpoint: str
+    state: str
+    last_contact: int
+    checked_at: int
+    detail: str
+    def __init__(self, partner: _Optional[str] = ..., endpoint: _Optional[str] = ..., state: _Optional[str] = ..., last_contact: _Optional[int] = ..., checked_at: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class KeyInUse(_message.Message):
+    __slots__ = ("purpose", "active", "in_service")
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    IN_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    purpose: str
+    active: int
+    in_service: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, purpose: _Optional[str] = ..., active: _Optional[int] = ..., in_service: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TransferInFlight(_message.Message):
+    __slots__ = ("transfer_id", "direction", "partner", "bytes_done", "bytes_total", "started_at")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    direction: str
+    partner: str
+    bytes_done: int
+    bytes_total: int
+    started_at: int
+    def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[str] = ..., partner: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., started_at: _Optional[int] = ...) -> None: ...
 
 class KeyVersionInfo(_message.Message):
     __slots__ = ("purpose", "version", "state", "created_at", "activated_at", "deactivated_at", "retired_at", "destroyed_at", "retire_blockers")
