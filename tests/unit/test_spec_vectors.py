@@ -19,10 +19,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import jwt
+import pydantic
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.keywrap import (
 )
 
 import gateway.config
+import gateway.config_schema
 import gateway.errors
 from gateway._proto.xbgw.v1 import partner_pb2
 from gateway.config import Limits
@@ -477,16 +478,15 @@ def test_the_largest_segment_message_fits_the_offer_rule() -> None:
     ids=lambda c: f"{c['segment_size']}-in-{c['max_message_bytes']}",
 )
 def test_a_gateway_configuration_leaves_the_framing(case: dict[str, Any]) -> None:
-    problems: list[str] = []
-    loader: Any = SimpleNamespace(problem=lambda path, reason: problems.append(reason))
     values = {"segment_size": case["segment_size"], "max_message_bytes": case["max_message_bytes"]}
     if case["accepted"]:
-        limits = gateway.config._build_limits(values, loader, "limits")
-        assert limits.max_message_bytes == case["max_message_bytes"] and not problems
+        limits = gateway.config_schema.Limits.model_validate(values)
+        assert limits.max_message_bytes == case["max_message_bytes"]
     else:
-        with pytest.raises(gateway.config._ReportedError):
-            gateway.config._build_limits(values, loader, "limits")
-        assert problems and "bytes of framing" in problems[0]
+        with pytest.raises(pydantic.ValidationError) as refused:
+            gateway.config_schema.Limits.model_validate(values)
+        (problem,) = gateway.config_schema.problems(refused.value, "gateway.yaml", values)
+        assert "bytes of framing" in problem or "must be between" in problem, problem
 
 
 @pytest.mark.parametrize(
