@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: setup test lint typecheck unit demo bench faults proto clean install
+.PHONY: setup test lint typecheck unit demo demo-up demo-down bench faults proto man clean install
 
 $(STAMP): pyproject.toml
 	scripts/setup-env "$(PYTHON)" "$(VENV)"
@@ -30,8 +30,21 @@ unit: $(STAMP)
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
 
+# The xbgw(1) manual page, generated from the command's parser (`make install` installs it).
+man: $(STAMP)
+	$(PY) -m devtools.manpage -o build/man/xbgw.1
+	@echo "wrote build/man/xbgw.1 (read it: man -l build/man/xbgw.1)"
+
 demo: $(STAMP)
 	$(PY) -m devtools.demo
+
+# The two demo gateways again, on what `make demo` left in demo-state/ (README: "After the
+# demo"); demo-down stops them by the PIDs demo-up recorded.
+demo-up: $(STAMP)
+	$(PY) -m devtools.demo up
+
+demo-down: $(STAMP)
+	$(PY) -m devtools.demo down
 
 bench: $(STAMP)
 	$(PY) -m bench
@@ -46,7 +59,8 @@ faults: $(STAMP)
 clean:
 	rm -rf demo-state .pytest_cache .mypy_cache .ruff_cache
 
-# The command, the systemd units and an example config: make install [DESTDIR=...] [PREFIX=...]
+# The command, the systemd units, an example config, the man page and the .proto files of the
+# local API: make install [DESTDIR=...] [PREFIX=...]
 # (see scripts/install --help).
 install:
 	scripts/install

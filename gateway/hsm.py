@@ -1,6 +1,7 @@
 """The PKCS#11 adapter: the only module that imports ``pkcs11``.
 
-Why it looks like this (see FIELD-NOTES.md):
+Why it looks like this (seen with SoftHSM 2.6.1 and python-pkcs11 0.10; the eight-thread
+test in tests/integration/test_hsm.py checks every result):
 
 * python-pkcs11 initialises the library without locking callbacks, and SoftHSM then is not
   thread-safe: it crashed, and once returned a wrong unwrapped key, with two threads. Every

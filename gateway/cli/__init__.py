@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
@@ -29,6 +30,8 @@ from gateway.cli.common import (
     EXIT_FAILURE,
     EXIT_USAGE,
     add_hsm_arguments,
+    closed_pipe_exits_quietly,
+    error_line,
     parse_duration,
     parse_size,
     positive_int,
@@ -64,11 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cross-border data exchange gateway: keys, passports, transfers.",
     )
     parser.add_argument("--version", action="version", version=f"xbgw {gateway.__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="add the status code (and gRPC's own words) to an error, e.g. xbgw -v status",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
-    keys = verbs.add_parser("keys", help="HSM key versions").add_subparsers(
-        dest="keys_verb", required=True, metavar="ACTION"
-    )
+    keys = verbs.add_parser(
+        "keys", help="HSM keys: create, list, export, rotate, retire, destroy"
+    ).add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
     init = keys.add_parser("init", help="create version 1 of each key purpose on a token")
     add_hsm_arguments(init)
     init.add_argument(
@@ -90,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     public.set_defaults(func=cmd_keys_public)
     _add_lifecycle_verbs(keys)
 
-    passport = verbs.add_parser("passport", help="data passports").add_subparsers(
-        dest="passport_verb", required=True, metavar="ACTION"
-    )
+    passport = verbs.add_parser(
+        "passport", help="data passports: issue one in the HSM, inspect, verify"
+    ).add_subparsers(dest="passport_verb", required=True, metavar="ACTION")
     issue = passport.add_parser(
         "issue",
         help="sign a passport with an issuer key in the HSM",
@@ -191,7 +200,116 @@ def build_parser() -> argparse.ArgumentParser:
     _add_receipt_verbs(verbs)
     _add_audit_verbs(verbs)
     _add_witness_verbs(verbs)
+    document_verbs(parser)
     return parser
+
+
+# --- help: a one-line purpose and an example on every verb ----------------------------------
+
+_ETC = "/etc/xbgw/gateway.yaml"
+
+#: Examples per verb path ("" is ``xbgw`` itself), shown under ``--help`` and in the man page
+#: (devtools/manpage.py). tests/unit/test_cli_help.py parses each one with this parser, so
+#: an example cannot name a flag that does not exist, and fails for a verb that has none.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "": (
+        f"xbgw check -c {_ETC}",
+        f"xbgw send report.csv --to frankfurt --passport passport.jwt -c {_ETC}",
+        f"xbgw status -c {_ETC}",
+    ),
+    "keys": (f"xbgw keys status -c {_ETC}",),
+    "keys init": (
+        "xbgw keys init --token lingang --pin-file /etc/xbgw/hsm-pin",
+        "xbgw keys init --token dpo --pin-file dpo-pin --purposes signing   # an issuer",
+    ),
+    "keys list": (f"xbgw keys list -c {_ETC} --json",),
+    "keys public": (f"xbgw keys public -c {_ETC} --purpose signing -o lingang-signing.pem",),
+    "keys status": (f"xbgw keys status -c {_ETC}",),
+    "keys rotate": (f"xbgw keys rotate transport -c {_ETC}", f"xbgw keys rotate -c {_ETC}"),
+    "keys retire": (f"xbgw keys retire transport 1 -c {_ETC}",),
+    "keys destroy": (f"xbgw keys destroy transport 1 -c {_ETC}",),
+    "keys rewrap": (f"xbgw keys rewrap -c {_ETC}",),
+    "passport": ("xbgw passport inspect passport.jwt",),
+    "passport issue": (
+        "xbgw passport issue --token dpo --pin-file dpo-pin --kid dpo/signing/1 \\\n"
+        "    --to frankfurt --sender lingang --src CN-SH --dst EU-DE --purpose 'Q3 report' \\\n"
+        "    --legal-basis CAC-SC-2026-0042 --byte-limit 64MiB --file report.csv \\\n"
+        "    --jti q3-report -o passport.jwt",
+    ),
+    "passport inspect": ("xbgw passport inspect passport.jwt",),
+    "passport verify": (f"xbgw passport verify passport.jwt -c {_ETC}",),
+    "tls": (f"xbgw tls show -c {_ETC}",),
+    "tls import": (
+        f"xbgw tls import -c {_ETC} --key gateway.key -o /etc/xbgw/tls/gateway.xbgw-key",
+    ),
+    "tls rotate": (f"xbgw tls rotate -c {_ETC} --key new.key --cert new.crt",),
+    "tls show": (f"xbgw tls show -c {_ETC}",),
+    "check": (f"xbgw check -c {_ETC}", f"xbgw check -c {_ETC} --expiry-warning 60 --strict"),
+    "serve": (f"xbgw serve -c {_ETC}   # systemd runs this: systemctl start xbgw",),
+    "send": (f"xbgw send report.csv --to frankfurt --passport passport.jwt -c {_ETC}",),
+    "inbox": (f"xbgw inbox --pending -c {_ETC}",),
+    "inbox ack": (f"xbgw inbox ack dpo_q3-report -c {_ETC}",),
+    "inbox delete": (f"xbgw inbox delete dpo_q3-report -c {_ETC}",),
+    "cancel": (f"xbgw cancel dpo_q3-report --reason 'wrong file' -c {_ETC}",),
+    "fetch": (f"xbgw fetch dpo_q3-report -o q3-report.csv -c {_ETC}",),
+    "status": (f"xbgw status -c {_ETC}", "xbgw status --socket /run/xbgw/local.sock --all"),
+    "policy": (f"xbgw policy explain passport.jwt -c {_ETC}",),
+    "policy explain": (f"xbgw policy explain passport.jwt -c {_ETC} --all",),
+    "policy check": ("xbgw policy check my-zone.yaml --with prc-export",),
+    "policy counters": (f"xbgw policy counters -c {_ETC} --year 2026",),
+    "receipt": ("xbgw receipt verify q3-report.receipt --key frankfurt-signing.pem",),
+    "receipt export": (f"xbgw receipt export dpo_q3-report -o q3-report.receipt -c {_ETC}",),
+    "receipt verify": ("xbgw receipt verify q3-report.receipt --key frankfurt-signing.pem",),
+    "audit": (f"xbgw audit verify -c {_ETC}",),
+    "audit verify": (f"xbgw audit verify -c {_ETC} --key lingang-signing.pem",),
+    "audit tail": (f"xbgw audit tail -c {_ETC} -n 20 -f",),
+    "audit proof": (f"xbgw audit proof 42 -c {_ETC}",),
+    "audit export": (f"xbgw audit export -c {_ETC} --since 2026-01-01 -o audit.jsonl",),
+    "witness": (f"xbgw witness status -c {_ETC}",),
+    "witness status": (f"xbgw witness status -c {_ETC} --json",),
+    "witness run": (f"xbgw witness run frankfurt -c {_ETC}",),
+    "witness acknowledge": (f"xbgw witness acknowledge frankfurt -c {_ETC}",),
+}
+
+
+def verb_parsers(
+    parser: argparse.ArgumentParser, path: str = ""
+) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """Every verb below ``parser``, depth first: (path such as ``"keys init"``, its one-line
+    ``help``, its parser). The help test and the man page walk the parser with this."""
+    found: list[tuple[str, str, argparse.ArgumentParser]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                sub_path = f"{path} {name}".strip()
+                found.append((sub_path, helps.get(name, ""), sub))
+                found.extend(verb_parsers(sub, sub_path))
+    return found
+
+
+def document_verbs(parser: argparse.ArgumentParser) -> None:
+    """Give every verb its purpose (the ``help`` line it is listed with) as the first line of
+    its ``--help``, and its examples as the epilog. Done once, after every verb is added, so a
+    verb added later is documented by adding its help line and an entry in :data:`EXAMPLES`;
+    the raw formatter keeps example lines as written."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _examples("") + "\n\n'xbgw COMMAND --help' shows each command's options."
+    for path, purpose, sub in verb_parsers(parser):
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        first = purpose[:1].upper() + purpose[1:]
+        first = first if first.endswith(".") else first + "."
+        more = textwrap.fill(sub.description, 79) if sub.description else ""
+        sub.description = f"{first}\n\n{more}" if more else first
+        sub.epilog = _examples(path) or None
+
+
+def _examples(path: str) -> str:
+    examples = EXAMPLES.get(path, ())
+    if not examples:
+        return ""
+    lines = "\n".join("  " + line for text in examples for line in text.split("\n"))
+    return ("example:" if len(examples) == 1 else "examples:") + "\n" + lines
 
 
 def _add_check_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -199,10 +317,10 @@ def _add_check_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     :mod:`gateway.cli.check`, imported only when it runs)."""
     check = verbs.add_parser(
         "check",
-        help="check a config: files, HSM and PIN, keys, TLS key and dates, partners, ledger",
-        description="Runs every check it can, also while the daemon runs, and prints one "
-        "line per problem (exit 1) or 'ok:' lines (exit 0). Example: "
-        "xbgw check -c /etc/xbgw/gateway.yaml",
+        help="check a config: files, HSM, keys, TLS, partners, ledger",
+        description="Checks the files it names, the HSM and PIN, the keys, the TLS key and "
+        "certificate dates, the partners and the ledger. Runs every check it can, also while "
+        "the daemon runs, and prints one line per problem (exit 1) or 'ok:' lines (exit 0).",
     )
     check.add_argument("-c", "--config", required=True, help="gateway YAML file")
     check.add_argument(
@@ -220,7 +338,7 @@ def _add_witness_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser
     """Witnessing of the partners' audit logs, through the running daemon (the verbs live in
     :mod:`gateway.cli.witness`, imported only when one runs)."""
     actions = verbs.add_parser(
-        "witness", help="witnessing of partners' audit logs: status, a round now, acknowledge"
+        "witness", help="witness partners' audit logs: status, run, acknowledge"
     ).add_subparsers(dest="witness_verb", required=True, metavar="ACTION")
 
     def verb(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -495,7 +613,7 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     send.add_argument("file")
     send.add_argument("--to", required=True, help="partner gateway id")
     send.add_argument("--passport", required=True, help="the passport token or a file holding it")
-    send.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_progress_flags(send)
     send.add_argument(
         "--wait",
         type=lambda text: int(text) if text.strip().isdigit() else parse_duration(text),
@@ -506,9 +624,7 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     send.set_defaults(func=_lazy("daemon", "cmd_send"))
 
-    inbox = client(
-        "inbox", "list committed inbound transfers (every page); acknowledge or delete items"
-    )
+    inbox = client("inbox", "list committed inbound transfers; ack or delete them")
     inbox.add_argument("--pending", action="store_true", help="only items not acknowledged")
     inbox.add_argument("--page-size", type=_page_size, help="items per request (default 100)")
     inbox.set_defaults(func=_lazy("transfers", "cmd_inbox"))
@@ -533,6 +649,7 @@ def _add_daemon_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     fetch.add_argument(
         "-o", "--output", required=True, help="file to write, created 0600 (owner only)"
     )
+    _add_progress_flags(fetch)
     fetch.set_defaults(func=_lazy("daemon", "cmd_fetch"))
 
     status = client(
@@ -549,7 +666,7 @@ def _add_policy_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     """The compliance rules, offline: the config's tables and the ledger, read-only (the
     verbs live in :mod:`gateway.cli.policy`, imported only when one runs)."""
     actions = verbs.add_parser(
-        "policy", help="compliance rules: explain a decision, check tables, show counters"
+        "policy", help="compliance rules: explain, check tables, counters"
     ).add_subparsers(dest="policy_verb", required=True, metavar="ACTION")
 
     def verb(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -588,22 +705,41 @@ def _add_policy_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     counters.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    """A live bar on a terminal, plain lines otherwise; these two are for scripts."""
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("-q", "--quiet", action="store_true", help="only the final result")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line on stdout: each event, then the result",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with closed_pipe_exits_quietly():  # xbgw status | head -1: exit 141, silently
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
     try:
         result: int = args.func(args)
         return result
     except UsageError as exc:
-        print(f"xbgw: {exc}", file=sys.stderr)
+        print(error_line(exc, verbose), file=sys.stderr)
         return EXIT_USAGE
     except (ConfigError, HsmPinError) as exc:
-        print(f"xbgw: {exc}", file=sys.stderr)
+        print(error_line(exc, verbose), file=sys.stderr)
         return EXIT_CONFIG
     except XbgwError as exc:
-        print(f"xbgw: {exc}", file=sys.stderr)
+        print(error_line(exc, verbose), file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:
+        raise  # stdout's reader went away: closed_pipe_exits_quietly ends the run
     except OSError as exc:  # a file named on the command line: say which and why
         where = f" {exc.filename}" if exc.filename else ""
         print(f"xbgw:{where}: {exc.strerror or exc}", file=sys.stderr)

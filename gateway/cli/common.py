@@ -7,12 +7,14 @@ Imported by the verb modules and by :mod:`gateway.cli`; it imports none of them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.errors import UsageError
+from gateway.errors import UsageError, XbgwError
 from gateway.hsm import Hsm
 from gateway.keys import KeyRef
 from gateway.secrets import PinSource
@@ -24,6 +26,10 @@ EXIT_USAGE = 2
 # (RestartPreventExitStatus=78), since a retried wrong PIN can lock a real HSM.
 EXIT_CONFIG = 78
 
+# 128 + SIGPIPE: how a shell reports a writer whose reader went away.
+EXIT_BROKEN_PIPE = 141
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 
@@ -64,8 +70,12 @@ def key_ref(text: str, option: str) -> KeyRef:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def read_token(value: str) -> str:
-    """A passport given on the command line: the token itself, a file holding it, or ``-``."""
+def read_token(value: str, option: str = "passport") -> str:
+    """A passport given on the command line as ``option``: a file holding it, the token
+    itself, or ``-`` for stdin.
+
+    A file wins when one is there; otherwise the text must look like a token, so that a
+    mistyped path is named as one instead of reaching the verifier as a broken token."""
     if value == "-":
         return sys.stdin.read().strip()
     if os.path.isfile(value):
@@ -73,7 +83,52 @@ def read_token(value: str) -> str:
             return Path(value).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read a passport from {value}: {exc}") from None
-    return value.strip()
+    token = value.strip()
+    if _TOKEN.fullmatch(token):
+        return token
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    if os.path.exists(value):
+        raise UsageError(f"{option} {shown}: not a regular file; name the file holding the token")
+    raise UsageError(
+        f"{option} {shown}: no such file, and not a passport token "
+        "(three dot-separated base64url parts)"
+    )
+
+
+# --- errors, as the person reads them ------------------------------------------------------
+
+
+def error_line(exc: XbgwError, verbose: bool) -> str:
+    """``xbgw: what happened: what to do``; ``verbose`` adds the status the error maps to
+    (the gRPC status a daemon answered, or would answer) and the notes beneath it, such as
+    gRPC's own words -- for whoever debugs, not for whoever acts first."""
+    if not verbose:
+        return f"xbgw: {exc}"
+    lines = [f"xbgw: {exc} [{exc.grpc_status}]"]
+    lines.extend(f"xbgw:   {note}" for note in getattr(exc, "__notes__", ()))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def closed_pipe_exits_quietly() -> Iterator[None]:
+    """``xbgw status | head -1``: when the reader of stdout goes away, exit at once and
+    silently, with status 141 (128 + SIGPIPE) as cat, grep and git do: no traceback, no
+    "Broken pipe" line, yet ``set -o pipefail`` still sees that the output was cut short
+    (0 would hide a truncated ``xbgw audit export | gzip``).
+
+    stdout is flushed here, inside the guard, not at interpreter exit; and after a broken
+    pipe it is pointed at /dev/null, so that the flush at exit finds nothing to fail on (the
+    Python documentation's "Note on SIGPIPE")."""
+    try:
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
 
 
 # --- the HSM --------------------------------------------------------------------------------

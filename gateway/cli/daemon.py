@@ -15,10 +15,9 @@ import json
 import os
 import stat
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import Any, BinaryIO
 
 import grpc
 
@@ -28,44 +27,11 @@ from gateway.cli.local_socket import connect, hand_over_file
 from gateway.cli.local_socket import rpc_error as _rpc_error
 from gateway.cli.local_socket import socket_path as _socket_path
 from gateway.cli.local_socket import stub as _stub
+from gateway.cli.progress import Mode, Progress, mode_for
 from gateway.errors import PartnerError, UsageError
 
 READ_CHUNK = 1 << 20
 MAX_WAIT_SECONDS = 7 * 86_400  # limits.partner_wait_seconds allows no more
-
-
-class ProgressBar:
-    """A one-line bar on a terminal; a line per 10% otherwise (logs stay readable)."""
-
-    def __init__(self, total: int, out: IO[str]) -> None:
-        self.total = max(total, 1)
-        self.out = out
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-        self._last_decile = -1
-
-    def update(self, done: int) -> None:
-        fraction = min(done / self.total, 1.0)
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = done / elapsed / 1e6
-        if self.tty:
-            filled = int(fraction * 30)
-            self.out.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction:6.1%} "
-                f"{done / 2**20:9.1f} MiB  {rate:7.1f} MB/s"
-            )
-            self.out.flush()
-            return
-        decile = int(fraction * 10)
-        if decile > self._last_decile:
-            self._last_decile = decile
-            self.out.write(f"sent {fraction:6.1%} ({done / 2**20:.1f} MiB, {rate:.1f} MB/s)\n")
-            self.out.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -120,7 +86,7 @@ def _declared_digest(token: str, src: BinaryIO) -> bytes:
 
 
 def _send(args: argparse.Namespace, src: BinaryIO, size: int, regular: bool = False) -> int:
-    token = read_token(args.passport)
+    token = read_token(args.passport, "--passport")
     start = local_pb2.SendStart(
         partner=args.to,
         passport=token,
@@ -142,63 +108,91 @@ def _send(args: argparse.Namespace, src: BinaryIO, size: int, regular: bool = Fa
         while block := src.read(READ_CHUNK):
             yield local_pb2.SendRequest(data=block)
 
-    bar = ProgressBar(size, sys.stderr) if not args.quiet else None
+    with Progress(_mode(args), "sent", size or None) as progress:
+        summary = _stream_send(args, requests(), progress)
+        committed = datetime.datetime.fromtimestamp(summary.committed_at, datetime.UTC)
+        progress.finish(
+            "delivered",
+            {
+                "transfer_id": summary.transfer_id,
+                "partner": summary.partner,
+                "size": summary.plaintext_size,
+                "sha256": summary.plaintext_sha256,
+                "signed_by": summary.signed_by,
+                "committed_at": summary.committed_at,
+            },
+            [
+                f"delivered  {summary.transfer_id} to {summary.partner}",
+                f"  size     {summary.plaintext_size} bytes",
+                f"  sha256   {summary.plaintext_sha256}",
+                f"  receipt  signed by {summary.signed_by} (verified)",
+                f"  at       {committed:%Y-%m-%d %H:%M:%SZ}",
+            ],
+            size=summary.plaintext_size,
+        )
+    return 0
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    return mode_for(bool(args.quiet), bool(getattr(args, "json", False)), sys.stderr)
+
+
+def _stream_send(
+    args: argparse.Namespace, requests: Iterator[local_pb2.SendRequest], progress: Progress
+) -> local_pb2.ReceiptSummary:
+    """Run the Send call, relaying its events to ``progress``; the receipt summary."""
     summary = None
     with connect(args) as stub:
         # The call is ended here, on every path, not left to the garbage collector: a call
         # still open at interpreter shutdown can hang the exit in grpc's own finaliser.
-        call = stub.Send(requests())
+        call = stub.Send(requests)
         try:
             for event in call:
                 kind = event.WhichOneof("kind")
-                if kind == "progress" and bar is not None:
-                    bar.update(event.progress.bytes_sent)
+                if kind == "progress":
+                    progress.update(event.progress.bytes_sent, event.progress.bytes_total)
+                elif kind == "accepted":
+                    progress.accepted(event.accepted.transfer_id, event.accepted.resume_from)
                 elif kind == "done":
                     summary = event.done
-                elif not args.quiet and (note := _event_note(event)) is not None:
-                    _show(note, bar)
+                elif (note := _event_note(event)) is not None:
+                    progress.note(kind, *note)
         except grpc.RpcError as exc:
             raise _rpc_error(exc, _socket_path(args)) from None
         finally:
             call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the call ended
             del call
-            if bar is not None:
-                bar.close()
     if summary is None:
-        raise PartnerError("the gateway ended the transfer without a receipt")
-    committed = datetime.datetime.fromtimestamp(summary.committed_at, datetime.UTC)
-    print(f"delivered  {summary.transfer_id} to {summary.partner}")
-    print(f"  size     {summary.plaintext_size} bytes")
-    print(f"  sha256   {summary.plaintext_sha256}")
-    print(f"  receipt  signed by {summary.signed_by} (verified)")
-    print(f"  at       {committed:%Y-%m-%d %H:%M:%SZ}")
-    return 0
-
-
-def _event_note(event: local_pb2.SendEvent) -> str | None:
-    """The line a send event is worth on stderr (None: shown otherwise, or not at all)."""
-    kind = event.WhichOneof("kind")
-    if kind == "accepted" and event.accepted.resume_from:
-        return (
-            f"resuming {event.accepted.transfer_id}: partner holds "
-            f"{event.accepted.resume_from} bytes"
+        raise PartnerError(
+            "the gateway ended the transfer without a receipt: see its log "
+            "(journalctl -u xbgw), then repeat the command (a send resumes where it stopped)"
         )
+    return summary
+
+
+def _event_note(event: local_pb2.SendEvent) -> tuple[dict[str, Any], str] | None:
+    """A queued or waiting event as ``--json`` fields and the line a person reads."""
+    kind = event.WhichOneof("kind")
     if kind == "queued":
-        return f"queued: position {event.queued.position}, {event.queued.running} sends running"
+        queued = event.queued
+        return (
+            {"position": queued.position, "running": queued.running},
+            f"queued: position {queued.position}, {queued.running} sends running",
+        )
     if kind == "waiting":
         waiting = event.waiting
         return (
+            {
+                "reason": waiting.reason,
+                "attempt": waiting.attempt,
+                "retry_in_ms": waiting.retry_in_ms,
+                "waited_seconds": waiting.waited_seconds,
+                "wait_seconds": waiting.wait_seconds,
+            },
             f"{waiting.reason}; retrying in {waiting.retry_in_ms / 1000:.1f}s, waited "
-            f"{waiting.waited_seconds}s of {waiting.wait_seconds}s"
+            f"{waiting.waited_seconds}s of {waiting.wait_seconds}s",
         )
     return None
-
-
-def _show(note: str, bar: ProgressBar | None) -> None:
-    """A line on stderr; over the bar's line on a terminal (the bar redraws on its next
-    update)."""
-    prefix = "\r\x1b[K" if bar is not None and bar.tty else ""
-    print(f"{prefix}{note}", file=sys.stderr, flush=True)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -206,6 +200,23 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if target.is_dir():
         raise UsageError(f"-o {target} is a directory; name the file to write")
     partial = target.with_name(f".{target.name}.xbgw-partial")
+    with Progress(_mode(args), "fetched", None) as progress:
+        try:
+            written = _fetch_into(args, partial, progress)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        progress.finish(
+            "fetched",
+            {"transfer_id": args.transfer_id, "size": written, "path": str(target.absolute())},
+            [f"fetched {args.transfer_id}: {written} bytes to {target}"],
+            size=written,
+        )
+    return 0
+
+
+def _fetch_into(args: argparse.Namespace, partial: Path, progress: Progress) -> int:
+    """Stream the plaintext into ``partial``, synced; the bytes written."""
     channel, stub = _stub(args)
     written = 0
     try:
@@ -217,13 +228,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             for chunk in stub.Fetch(local_pb2.FetchRequest(transfer_id=args.transfer_id)):
                 dst.write(chunk.data)
                 written += len(chunk.data)
+                progress.update(written)
             dst.flush()
             os.fsync(dst.fileno())
-        os.replace(partial, target)
     except grpc.RpcError as exc:
         raise _rpc_error(exc, _socket_path(args)) from None
     finally:
-        partial.unlink(missing_ok=True)
         channel.close()
-    print(f"fetched {args.transfer_id}: {written} bytes to {target}")
-    return 0
+    return written

@@ -80,7 +80,7 @@ def test_send_to_an_unknown_partner_names_the_configured_ones(pair: Pair, tmp_pa
 def test_fetch_of_an_unknown_transfer_writes_nothing(pair: Pair, tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     done = pair.frankfurt.cli("fetch", "no-such-transfer", "-o", str(target))
-    _one_line_failure(done, "no committed transfer 'no-such-transfer'", "NOT_FOUND")
+    _one_line_failure(done, "no committed transfer 'no-such-transfer'")
     assert list(tmp_path.iterdir()) == []  # neither the file nor its partial
 
 
@@ -92,7 +92,7 @@ def test_send_with_a_tampered_passport_is_refused_by_the_sender(pair: Pair, tmp_
         [header, payload, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BA")]
     )
     done = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", forged, "-q")
-    _one_line_failure(done, "PERMISSION_DENIED")
+    _one_line_failure(done, "passport signature does not verify")
     assert "signature" in done.stderr
 
 
@@ -103,7 +103,7 @@ def test_data_larger_than_the_passport_allows_is_refused_before_the_offer(
     source.write_bytes(b"z" * 2_000)
     token = pair.passport(byte_limit=1_000)
     done = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", token, "-q")
-    _one_line_failure(done, "the data is 2000 bytes", "allows 1000", "RESOURCE_EXHAUSTED")
+    _one_line_failure(done, "the data is 2000 bytes", "allows 1000")
     # Nothing reached the partner, so the passport is not spent: a right-sized send works.
     source.write_bytes(b"z" * 1_000)
     again = pair.lingang.cli("send", str(source), "--to", "frankfurt", "--passport", token, "-q")

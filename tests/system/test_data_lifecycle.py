@@ -196,7 +196,7 @@ def test_cancel_on_the_sending_side_mid_transfer(rig: Rig, tmp_path: Path) -> No
     rig.proxy.hold_after(SIZE // 2)
     with sending(rig, source, token) as cli:
         held_mid_stream(rig, transfer_id, cli)
-        busy = rig.lingang.cli("cancel", transfer_id, "--reason", "wrong data set")
+        busy = rig.lingang.cli("-v", "cancel", transfer_id, "--reason", "wrong data set")
         assert busy.returncode == 1, busy.stdout + busy.stderr
         assert "being sent right now" in busy.stderr and "[ABORTED]" in busy.stderr, busy.stderr
         broken_off(rig, transfer_id, cli)
@@ -225,7 +225,7 @@ def test_cancel_on_the_receiving_side_refuses_the_senders_resume(rig: Rig, tmp_p
     assert state(rig.frankfurt, "inbound", transfer_id) == ("cancelled", 0)
     assert not partial_file(rig.frankfurt, transfer_id).exists()
 
-    resumed = rig.lingang.cli(*send_args(source, token), timeout=60)
+    resumed = rig.lingang.cli("-v", *send_args(source, token), timeout=60)
     assert resumed.returncode != 0
     assert "cancelled by frankfurt at" in resumed.stderr, resumed.stderr
     assert "(not expected)" in resumed.stderr and "FAILED_PRECONDITION" in resumed.stderr
@@ -237,11 +237,11 @@ def test_a_committed_transfer_cannot_be_cancelled(rig: Rig, tmp_path: Path) -> N
     transfer_id, token = new_transfer(rig, "committed")
     sent = rig.lingang.cli(*send_args(source, token), timeout=60)
     assert sent.returncode == 0, sent.stderr
-    refused = rig.frankfurt.cli("cancel", transfer_id)
+    refused = rig.frankfurt.cli("-v", "cancel", transfer_id)
     assert refused.returncode == 1
     assert "cannot be cancelled" in refused.stderr and "xbgw inbox delete" in refused.stderr
     assert "FAILED_PRECONDITION" in refused.stderr
-    unknown = rig.frankfurt.cli("cancel", "no-such-transfer")
+    unknown = rig.frankfurt.cli("-v", "cancel", "no-such-transfer")
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr, unknown.stderr
 
 
@@ -315,7 +315,7 @@ def test_inbox_paging_ack_delete_and_retention(rig: Rig, tmp_path: Path) -> None
     gone = rig.frankfurt.cli("inbox", "delete", deleted)
     assert gone.returncode == 0 and f"deleted              {deleted}" in gone.stdout, gone.stdout
     assert not committed_file(rig.frankfurt, deleted).exists()
-    refused = rig.frankfurt.cli("fetch", deleted, "-o", str(tmp_path / "deleted.out"))
+    refused = rig.frankfurt.cli("-v", "fetch", deleted, "-o", str(tmp_path / "deleted.out"))
     assert refused.returncode == 1
     assert "was deleted on" in refused.stderr and "xbgw inbox delete" in refused.stderr
     assert "NOT_FOUND" in refused.stderr

@@ -348,7 +348,7 @@ def test_the_receivers_full_disk_is_resource_exhausted_and_resumes(
     try:
         refused = send(rig, source, token)
         assert refused.returncode != 0, refused.stdout
-        assert "RESOURCE_EXHAUSTED" in refused.stderr, refused.stderr
+        assert "RESOURCE_EXHAUSTED" not in refused.stderr, refused.stderr  # only with -v
         assert "partner frankfurt's storage is full" in refused.stderr, refused.stderr
         match = FULL.search(refused.stderr)
         assert match is not None and match.group(1) == str(rig.spool), refused.stderr
@@ -377,7 +377,7 @@ def test_the_senders_full_disk_is_resource_exhausted_and_resumes(
     try:
         refused = send(rig, source, token)
         assert refused.returncode != 0, refused.stdout
-        assert "RESOURCE_EXHAUSTED" in refused.stderr, refused.stderr
+        assert "RESOURCE_EXHAUSTED" not in refused.stderr, refused.stderr  # only with -v
         assert "this gateway's storage is full" in refused.stderr, refused.stderr
         assert "internal error" not in refused.stderr, refused.stderr
         match = FULL.search(refused.stderr)

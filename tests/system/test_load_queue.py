@@ -202,7 +202,7 @@ def test_a_full_line_refuses_the_next_send_and_a_client_that_goes_leaves_it(
     refused = sends.start()
     code, _out, err = refused.finish()
     assert code != 0
-    assert "RESOURCE_EXHAUSTED" in err
+    assert "RESOURCE_EXHAUSTED" not in err  # the status only with --verbose
     assert f"{RUNNING} local sends are running and {WAITING} are waiting" in err
     assert "limits.max_queued_sends" in err
     assert queued_sends(pair) == WAITING  # the refused one never took a place

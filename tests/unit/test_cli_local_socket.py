@@ -32,7 +32,9 @@ def test_no_daemon_at_the_socket_asks_whether_it_runs() -> None:
         _Failed(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"), SOCKET
     )
     assert isinstance(error, DaemonUnavailableError)
-    assert str(error) == f"the gateway at {SOCKET} does not answer: is it running?"
+    assert str(error) == (
+        f"the gateway at {SOCKET} does not answer: is it running? (systemctl status xbgw)"
+    )
 
 
 def test_a_daemon_that_went_away_mid_call_says_so_and_how_to_go_on() -> None:
@@ -54,4 +56,5 @@ def test_a_daemon_that_went_away_mid_call_says_so_and_how_to_go_on() -> None:
 def test_the_daemons_own_failures_pass_through(code: grpc.StatusCode, details: str) -> None:
     error = rpc_error(_Failed(code, details), SOCKET)
     assert isinstance(error, PartnerError) and not isinstance(error, DaemonUnavailableError)
-    assert str(error) == f"{details} [{code.name}]"
+    assert str(error) == details  # the status name only with --verbose
+    assert error.grpc_status == code.name
