@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography import x509
@@ -34,23 +34,21 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
 
-from gateway import files, tlskey
+from gateway import files, schema_common, tlskey
 from gateway.compliance import RuleSet, RuleTableError, load_tables, shipped_tables
 from gateway.errors import TlsKeyError
 from gateway.keys import MAX_VERSION, KeyRef, Purpose, check_gateway_id
+from gateway.schema_common import Check, KeyedValueError, PlacedLinesError
 from gateway.secrets import PinSource
 
+kind = schema_common.kind  # a value's type in words, never the value (also config.py's)
 KIB, MIB = 1024, 1024 * 1024
 DAY = 86_400
 FRAME_OVERHEAD = 64 * KIB  # room for gRPC framing and message fields around one segment
@@ -93,70 +91,6 @@ class CertificateFile(NamedTuple):
 class PublicKeyFile(NamedTuple):
     path: Path
     key: ec.EllipticCurvePublicKey
-
-
-# --- problems a check reports ---------------------------------------------------------------
-
-
-class KeyedValueError(ValueError):
-    """A section-level check's reason, reported at ``key`` below the section."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(reason)
-        self.key = key
-
-
-class PlacedLinesError(ValueError):
-    """Lines that already carry their file and key (a rule table's, say): reported as they are."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list"}
-_TYPE_NAMES |= {dict: "a mapping", type(None): "nothing"}
-
-
-def kind(value: object) -> str:
-    """The type of a value, in words, without the value (it might be a secret)."""
-    if isinstance(value, bool):
-        return "a boolean (YAML reads yes/no/on/off/true/false as booleans; quote the value)"
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-# --- field checks: a base schema, a check raising ValueError(reason), the JSON Schema ---------
-
-
-_BASES = {
-    "str": core_schema.str_schema(strict=True),
-    "int": core_schema.int_schema(strict=True),
-    "any": core_schema.any_schema(),
-}
-
-
-@dataclass(frozen=True, eq=False)  # hashed by identity: typing hashes Annotated metadata
-class Check:
-    """Annotated metadata: validate with ``base``, then ``check`` (which may convert, and is
-    given the :class:`ValidationInfo` when ``info``); ``json`` is added to the JSON Schema.
-    The annotated type is what ``check`` returns; ``base`` says what the YAML must hold."""
-
-    check: Callable[..., Any]
-    base: Literal["str", "int", "any"] = "str"
-    json: tuple[tuple[str, Any], ...] = ()
-    info: bool = False
-
-    def __get_pydantic_core_schema__(
-        self, _source: Any, _handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
-        if self.info:
-            return core_schema.with_info_after_validator_function(self.check, _BASES[self.base])
-        return core_schema.no_info_after_validator_function(self.check, _BASES[self.base])
-
-    def __get_pydantic_json_schema__(
-        self, schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        return {**handler(schema), **dict(self.json)}
 
 
 def _non_empty(value: str) -> str:
@@ -667,101 +601,7 @@ def json_schema() -> dict[str, Any]:
 
 def problems(error: ValidationError, label: str, doc: Any) -> list[str]:
     """One ``label: key.path: reason`` line per mistake; pydantic's own wording never shows."""
-    lines: list[str] = []
-    for item in error.errors(include_url=False):
-        loc, cause = item["loc"], item.get("ctx", {}).get("error")
-        if isinstance(cause, PlacedLinesError):
-            lines.extend(cause.lines)
-            continue
-        path = key_path(loc)
-        if isinstance(cause, KeyedValueError):
-            path = f"{path}.{cause.key}" if path else cause.key
-        lines.append(f"{label}: {path}: {_reason(item['type'], loc, item['input'], cause, doc)}")
-    return lines
-
-
-def key_path(loc: tuple[int | str, ...]) -> str:
-    """``("partners", 0, "ca")`` as ``partners[0].ca``."""
-    out = ""
-    for step in loc:
-        out += f"[{step}]" if isinstance(step, int) else f".{step}" if out else step
-    return out
-
-
-def _reason(kind_: str, loc: tuple[int | str, ...], value: Any, cause: Any, doc: Any) -> str:
-    if isinstance(cause, ValueError):
-        return str(cause)
-    if kind_ == "missing":
-        parent = _raw_at(doc, loc[:-1])
-        present = isinstance(parent, dict) and loc[-1] in parent
-        return f"required key {'has no value' if present else 'is missing'}"
-    if kind_ == "extra_forbidden":
-        return _unknown_key(loc)
-    if kind_ == "literal_error":
-        return _choice(loc, value)
-    expected = {
-        "int_type": "an integer",
-        "string_type": "a string",
-        "model_type": "a mapping",
-        "model_attributes_type": "a mapping",
-        "dict_type": "a mapping",
-        "list_type": "a list",
-        "bool_type": "true or false",
-    }.get(kind_)
-    return f"expected {expected}, got {kind(value)}" if expected else f"not accepted ({kind_})"
-
-
-def _raw_at(doc: Any, loc: tuple[int | str, ...]) -> Any:
-    for step in loc:
-        try:
-            doc = doc[step]
-        except (KeyError, IndexError, TypeError):  # TypeError: a list by a key, or a scalar
-            return None
-    return doc
-
-
-def _section_at(loc: tuple[int | str, ...]) -> type[Section] | None:
-    """The model of the mapping at ``loc`` (list indices step into the items' model)."""
-    model: type[Section] | None = Document
-    for step in loc:
-        if isinstance(step, int) or model is None:
-            continue
-        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == step), None)
-        model = None if field is None else _model_in(field.annotation)
-    return model
-
-
-def _model_in(annotation: Any) -> type[Section] | None:
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-        return annotation
-    return next(filter(None, map(_model_in, get_args(annotation))), None)
-
-
-def _keys_of(model: type[Section]) -> list[str]:
-    return [field.alias or name for name, field in model.model_fields.items()]
-
-
-def _unknown_key(loc: tuple[int | str, ...]) -> str:
-    model = _section_at(loc[:-1])
-    if model is None:
-        return "unknown key"
-    if model.unknown_key:
-        return model.unknown_key
-    allowed = _keys_of(model)
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
-    return f"unknown key ({hint})"
-
-
-def _choice(loc: tuple[int | str, ...], value: Any) -> str:
-    if not isinstance(value, str):
-        return f"expected a string, got {kind(value)}"
-    if not value.strip():
-        return "must not be empty"
-    model = _section_at(loc[:-1])
-    field = model.model_fields.get(str(loc[-1])) if model else None
-    options = [str(o) for o in get_args(field.annotation)] if field else []
-    return f"expected one of {', '.join(options)}; got {value!r}"
+    return schema_common.problems(error, label, doc, Document)
 
 
 def schema_text() -> str:

@@ -70,8 +70,9 @@ def _problems(*tables: str | Path, overrides: dict[str, Any] | None = None) -> l
 def test_every_mistake_of_a_bad_table_is_reported_at_once(tmp_path: Path) -> None:
     bad = _write(tmp_path, BAD)
     f = str(bad)
+    # A document's mistakes in the order of the schema's keys, unknown keys last (pydantic's
+    # order); then what is checked across rules and tables.
     assert _problems(bad) == [
-        f"{f}: rulez: unknown key (did you mean 'rules'?)",
         f"{f}: version: version 2 is not supported (supported: 1)",
         f"{f}: name: 'Bad Table' is not valid here (expected a-z, 0-9, '-', '.'; 1-64 long)",
         f"{f}: rules[1].when.all[1].fact: unknown fact 'cn_clas' (known: {KNOWN_FACTS})",
@@ -91,6 +92,7 @@ def test_every_mistake_of_a_bad_table_is_reported_at_once(tmp_path: Path) -> Non
         f"{f}: rules[5].article: expected a non-empty string, got ''",
         f"{f}: rules[5].outcome: expected allow, refuse, flag, {{require: [...]}} or "
         "{exempt: [...]}; got 'maybe'",
+        f"{f}: rulez: unknown key (did you mean 'rules'?)",
         f"{f}: rules[3]: duplicate rule id 'typo' (also {f}: rules[1])",
         f"{f}: rules[4].outcome.exempt[0]: 'keep-core' refuses, and refusals can never be waived",
         f"{f}: rules[4].outcome.exempt[1]: exempt names unknown rule 'no-such-rule'",
@@ -143,12 +145,40 @@ def test_file_level_problems(tmp_path: Path) -> None:
 def test_header_problems(tmp_path: Path) -> None:
     doc = _write(tmp_path, "table: other\nname: x\nrules:\nscope: {from: [cn]}\n")
     f = str(doc)
-    assert _problems(doc) == [
+    assert _problems(doc) == [  # in the order of the schema's keys
+        f"{f}: table: expected 'xbgw-rules': this is not an xbgw rule table",
         f"{f}: version: required key is missing",
         f"{f}: description: required key is missing",
-        f"{f}: rules: has no value",
-        f"{f}: table: expected 'xbgw-rules': this is not an xbgw rule table",
         f"{f}: scope.from[0]: 'cn' is not valid here (expected a code like CN, CN-SH or EU-DE)",
+        f"{f}: rules: has no value",
+    ]
+
+
+def test_a_key_without_a_value_is_a_mistake_never_its_default(tmp_path: Path) -> None:
+    """An empty ``when:`` must not make a rule apply to every transfer."""
+    doc = _write(
+        tmp_path,
+        HEADER + "rules:\n  - {id: a, article: , outcome: refuse, when: , note: , zz: }\n",
+    )
+    f = str(doc)
+    assert _problems(doc) == [
+        f"{f}: rules[0].article: required key has no value",
+        f"{f}: rules[0].when: has no value",
+        f"{f}: rules[0].note: has no value",
+        f"{f}: rules[0].zz: unknown key (allowed: id, article, scope, when, outcome, message, "
+        "final, note)",
+    ]
+
+
+def test_unknown_keys_below_an_outcome_or_scope_get_did_you_mean(tmp_path: Path) -> None:
+    doc = _write(
+        tmp_path,
+        HEADER + "rules:\n  - {id: a, article: x, scope: {form: [CN]},\n"
+        "     outcome: {require: [{kind: gdpr-scc, with: [tia], wiht: 1}]}}\n",
+    )
+    assert _problems(doc) == [
+        f"{doc}: rules[0].scope.form: unknown key (did you mean 'from'?)",
+        f"{doc}: rules[0].outcome.require[0].wiht: unknown key (did you mean 'with'?)",
     ]
 
 
@@ -201,9 +231,9 @@ def test_requirement_and_scope_problems(tmp_path: Path) -> None:
         f"{f}: rules[1].final: expected true or false, got 'yes-please'",
         f"{f}: rules[2].outcome: expected allow, refuse, flag, {{require: [...]}} or "
         "{exempt: [...]}; got a mapping",
+        f"{f}: rules[3].message: {{subjects}}: name a fact, without format or conversion",
         f"{f}: rules[3].extra: unknown key (allowed: id, article, scope, when, outcome, "
         "message, final, note)",
-        f"{f}: rules[3].message: {{subjects}}: name a fact, without format or conversion",
     ]
 
 
@@ -265,11 +295,13 @@ def test_lists_and_mapping_problems(tmp_path: Path) -> None:
         "  - {cn_pi: personal, eu_class: speciall}\n",
         "two.yaml",
     )
+    # Each document's own mistakes first (the schema's key order), then those across tables.
     assert _problems(one, two) == [
-        f"{two}: lists.adequacy: list 'adequacy' is defined by another table too",
-        f"{two}: lists.Bad: 'Bad' is not valid here (expected a-z, 0-9, '-', '.'; 1-64 long)",
         f"{two}: mapping[1].eu_class: 'speciall' is not a eu_class (known: non-personal, "
         "personal, special)",
+        f"{two}: lists.Bad: 'Bad' is not valid here (expected a-z, 0-9, '-', '.'; 1-64 long)",
+        f"{two}: lists.Bad.items: expected a non-empty list, got a list",
+        f"{two}: lists.adequacy: list 'adequacy' is defined by another table too",
         f"{two}: mapping[1]: personal or speciall is mapped twice; the mapping is one to one",
         f"{two}: mapping: disagrees with the mapping of another table",
     ]
@@ -322,9 +354,9 @@ def test_override_problems_name_the_deployments_file_and_key() -> None:
     }
     problems = _problems(*TABLES, overrides=overrides)
     assert problems == [
-        "gateway.yaml: overrides.cn-pi-1m.outcom: unknown key (did you mean 'outcome'?)",
         f"gateway.yaml: overrides.cn-pi-1m.when.fact: unknown fact 'year_subject' (known: "
         f"{KNOWN_FACTS})",
+        "gateway.yaml: overrides.cn-pi-1m.outcom: unknown key (did you mean 'outcome'?)",
         "gateway.yaml: overrides.baseline-passport-src: rule 'baseline-passport-src' is final "
         "(gateway/compliance/tables/baseline.yaml: rules[0]): no override may touch it",
         "gateway.yaml: overrides.cn-nope: no rule 'cn-nope' in the tables loaded "
