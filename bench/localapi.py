@@ -1,14 +1,16 @@
 """The harness as a local application: ``LocalGateway.Send`` over the daemon's Unix socket.
 
-Two ways in, as ``xbgw send`` has them: :meth:`LocalClient.send` streams the data through
-the socket (a program producing data on the fly), :meth:`LocalClient.send_file` hands the
-open file to the daemon (``gateway.fdpass``), which reads it itself.
+Three ways in: :meth:`LocalClient.send` streams the data through the socket (a program
+producing data on the fly), :meth:`LocalClient.send_file` hands the open file to the daemon
+(``gateway.fdpass``), which reads it itself, and :meth:`LocalClient.send_small` sends a
+payload of at most one segment in one unary ``SendSmall`` call (what
+:meth:`LocalClient.send_bytes` uses whenever the payload fits: the small-transfer figures).
 
-A transfer is timed from the moment the ``Send`` call is made (the ``start`` message and the
-first data chunks are handed to gRPC then) until the ``done`` event arrives: the daemon sends
-``done`` only after the partner's signed receipt has verified against its pinned key and
-matched what was sent. The harness also checks the receipt summary's size and SHA-256
-against the bytes it submitted.
+A transfer is timed from the moment the call is made (for ``Send`` the ``start`` message and
+the first data chunks are handed to gRPC then) until the ``done`` event arrives, or the
+``SendSmall`` answer: the daemon gives either only after the partner's signed receipt has
+verified against its pinned key and matched what was sent. The harness also checks the
+receipt summary's size and SHA-256 against the bytes it submitted.
 """
 
 from __future__ import annotations
@@ -52,7 +54,12 @@ def file_chunks(path: Path, size: int, chunk_size: int) -> Iterator[bytes]:
 class LocalClient:
     """One channel to a daemon's local socket, shared by any number of threads."""
 
-    def __init__(self, socket_path: Path, max_message_bytes: int) -> None:
+    def __init__(
+        self, socket_path: Path, max_message_bytes: int, segment_size: int | None = None
+    ) -> None:
+        """``segment_size``: the daemon's ``limits.segment_size``, the most ``SendSmall``
+        carries (None: :meth:`send_bytes` always streams)."""
+        self._segment_size = segment_size
         self._fd_socket = fd_socket_path(socket_path)
         self._channel = grpc.insecure_channel(
             f"unix:{socket_path}",
@@ -119,17 +126,44 @@ class LocalClient:
                 summary = event.done
         if summary is None:
             raise RuntimeError("the gateway ended the transfer without a receipt")
-        if summary.plaintext_size != size or summary.plaintext_sha256 != sha256.hex():
-            raise RuntimeError(
-                f"receipt for {summary.transfer_id} says {summary.plaintext_size} bytes, "
-                f"sha256 {summary.plaintext_sha256}; sent {size} bytes, sha256 {sha256.hex()}"
-            )
-        if not summary.signed_by:
-            raise RuntimeError(f"receipt for {summary.transfer_id} names no verifying key")
-        return SendResult(seconds, size, summary.transfer_id)
+        return _checked(summary, size, sha256, seconds)
+
+    def send_small(
+        self,
+        partner: str,
+        passport: str,
+        data: bytes,
+        sha256: bytes,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Send ``data`` (at most one segment) in one unary ``SendSmall`` call."""
+        request = local_pb2.SendSmallRequest(
+            partner=partner, passport=passport, size=len(data), data=data
+        )
+        started = time.perf_counter()
+        summary = self._stub.SendSmall(request, timeout=timeout)
+        return _checked(summary, len(data), sha256, time.perf_counter() - started)
 
     def send_bytes(self, partner: str, passport: str, data: bytes) -> SendResult:
-        return self.send(partner, passport, [data], len(data), hashlib.sha256(data).digest())
+        """``SendSmall`` when ``data`` fits one segment, else the streaming ``Send``."""
+        sha256 = hashlib.sha256(data).digest()
+        if self._segment_size is not None and len(data) <= self._segment_size:
+            return self.send_small(partner, passport, data, sha256)
+        return self.send(partner, passport, [data], len(data), sha256)
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _checked(
+    summary: local_pb2.ReceiptSummary, size: int, sha256: bytes, seconds: float
+) -> SendResult:
+    """The result of a send whose receipt summary names the bytes submitted and a key."""
+    if summary.plaintext_size != size or summary.plaintext_sha256 != sha256.hex():
+        raise RuntimeError(
+            f"receipt for {summary.transfer_id} says {summary.plaintext_size} bytes, "
+            f"sha256 {summary.plaintext_sha256}; sent {size} bytes, sha256 {sha256.hex()}"
+        )
+    if not summary.signed_by:
+        raise RuntimeError(f"receipt for {summary.transfer_id} names no verifying key")
+    return SendResult(seconds, size, summary.transfer_id)

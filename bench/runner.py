@@ -174,6 +174,7 @@ class Options:
     link_sizes: tuple[int, ...]
     skip_memory: bool
     skip_longlink: bool
+    only_small: bool
     json_path: Path
     dir: Path | None
     smoke: bool
@@ -198,6 +199,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--leak-warmup", type=int, help="growth counted after these (2000)")
     parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     parser.add_argument("--skip-longlink", action="store_true", help="no long-link mode")
+    parser.add_argument(
+        "--only-small",
+        action="store_true",
+        help="only the small transfers, the long-link mode (unless skipped) and the HSM counts",
+    )
     parser.add_argument(
         "--link-rtts", type=_rtts, help="round trips in ms for the long-link mode (0,50,200)"
     )
@@ -255,6 +261,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         link_sizes=link_sizes,
         skip_longlink=args.skip_longlink,
         skip_memory=args.skip_memory,
+        only_small=args.only_small,
         json_path=args.json,
         dir=args.dir,
         smoke=args.smoke,
@@ -415,7 +422,9 @@ class Setup:
         return issue_many(pair.issuer, pair.lingang.spec, pair.frankfurt.spec, count, byte_limit)
 
     def local(self) -> LocalClient:
-        return LocalClient(self.pair.lingang.paths.socket, self.max_message_bytes)
+        return LocalClient(
+            self.pair.lingang.paths.socket, self.max_message_bytes, self.segment_size
+        )
 
     def send_file(self, client: LocalClient, token: str, size: int) -> float:
         chunks = file_chunks(self.data, size, self.segment_size)
@@ -1113,6 +1122,62 @@ def run(opts: Options) -> dict[str, Any]:
     return results
 
 
+def run_small_only(opts: Options) -> dict[str, Any]:
+    """``--only-small``: the small transfers, the long-link mode (its small-transfer latency)
+    and the HSM counts per transfer -- what a change to the small path is judged by, in
+    minutes instead of the whole run."""
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+    }
+    root, temporary = _work_dir(opts.dir)
+    pair: Pair | None = None
+    try:
+        say(f"==> provisioning lingang and frankfurt in {root}")
+        pair = provision_pair(root)
+        limits = load_config(pair.lingang.paths.config).limits
+        sizes = {min(opts.bulk_size, limits.segment_size), *count_sizes(limits.segment_size, opts)}
+        if not opts.skip_longlink:
+            sizes.update(opts.link_sizes)
+            sizes.update(min(s, limits.segment_size) for s in opts.link_sizes)
+        digests = make_dataset(root / "data.bin", sizes)
+        setup = Setup(
+            pair, limits.segment_size, limits.max_message_bytes, root / "data.bin", digests
+        )
+        with pair.running():
+            say(
+                f"==> small: {opts.small_count} x {human(opts.small_size)}, "
+                f"{opts.small_concurrency} at a time"
+            )
+            results["small"] = small = bench_small(setup, pair, opts)
+            say(
+                f"    {small['transfers_per_s']:.1f}/s, p50 {small['latency_ms']['p50']:.1f} ms,"
+                f" p99 {small['latency_ms']['p99']:.1f} ms"
+            )
+            per = small["cpu_ms_per_transfer"]
+            say("    CPU ms per transfer: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+        if not opts.skip_longlink:
+            say("==> long links (small-transfer latency at the longest round trip)")
+            results["longlink"] = bench_longlink(setup, link_options(opts))
+        say("==> HSM operations per transfer (from the daemons' metrics endpoints)")
+        results["hsm"] = {"counts": bench_hsm_counts(setup, opts)}
+        for t in results["hsm"]["counts"]["transfers"]:
+            say(
+                f"    {t['segments']} segment(s): lingang {t['lingang']['counts']}, "
+                f"frankfurt {t['frankfurt']['counts']}"
+            )
+    except Exception:
+        _log_tails(pair)
+        raise
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    results["duration_seconds"] = time.monotonic() - started
+    return results
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     # Turn SIGTERM into an exception so every ``finally`` stops its processes.
     raise SystemExit(128 + signum)
@@ -1122,9 +1187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     signal.signal(signal.SIGTERM, _terminate)
-    results = run(opts)
+    results = run_small_only(opts) if opts.only_small else run(opts)
     opts.json_path.parent.mkdir(parents=True, exist_ok=True)
     opts.json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if opts.only_small:
+        return 0
     machine = results["machine"]
     say("")
     say(

@@ -551,12 +551,18 @@ class Ledger(AuditTables, KeyTables):
             for r in rows
         ]
 
-    def discard_unsent_outbound(self, transfer_id: str) -> bool:
+    def discard_unsent_outbound(self, transfer_id: str, refused_tags: bool = False) -> bool:
         """Delete a send that never released a segment (no tag recorded), so that it can be
         sealed again under a new header -- the partner refused the offer, so nothing of it
         exists there. False, and nothing deleted, once anything was sent or it was delivered:
-        a segment that left must never be re-encrypted under another header."""
+        a segment that left must never be re-encrypted under another header.
+
+        ``refused_tags``: the caller knows its recorded tags went only with the first offer
+        of this header, which the partner refused before recording anything (a one-call
+        Deliver, ``gateway.sender``): the tags go too."""
         with self._tx() as db:
+            if refused_tags:
+                db.execute("DELETE FROM outbound_segments WHERE transfer_id = ?", (transfer_id,))
             done = db.execute(
                 "DELETE FROM outbound WHERE transfer_id = ? AND state = 'sending' AND NOT "
                 "EXISTS (SELECT 1 FROM outbound_segments WHERE transfer_id = ?)",

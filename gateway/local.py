@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -60,6 +60,11 @@ QUICK_WORKERS = 16
 MAX_WAITING_SENDS = 1024
 
 
+#: The most data SendSmall calls waiting for a slot may hold together (each holds its whole
+#: payload, up to limits.segment_size, where a waiting Send holds only its first message).
+WAITING_SMALL_BYTES = 64 << 20
+
+
 def send_capacity(limits: Limits) -> int:
     """Sends the local server admits at once, running or waiting (the threads it keeps)."""
     return limits.max_concurrent_transfers + min(limits.max_queued_sends, MAX_WAITING_SENDS)
@@ -96,6 +101,53 @@ class _Flight:
 
 def _abort(context: grpc.ServicerContext, error: XbgwError, rpc: str, **fields: str) -> None:
     abort_with(context, error, log, f"local {rpc} failed", rpc=rpc, **fields)
+
+
+def _abort_send(
+    context: grpc.ServicerContext, error: BaseException, rpc: str, partner: str
+) -> None:
+    """End a failed send (``Send`` or ``SendSmall``) with the status its error maps to: a
+    refusal its own, a bad request INVALID_ARGUMENT, anything else INTERNAL (logged)."""
+    if isinstance(error, XbgwError):
+        _abort(context, error, rpc, partner=partner)
+    elif isinstance(error, ValueError):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    else:
+        log.error("send failed", exc_info=error)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+
+
+@dataclass(frozen=True)
+class _Order:
+    """What a local send asks for, from either request shape (``SendStart``,
+    ``SendSmallRequest``), as ``Sender.send`` takes it."""
+
+    partner: str
+    passport: str
+    size: int | None  # None: not declared
+    wait_seconds: int | None  # None: limits.partner_wait_seconds
+    plaintext_sha256: bytes | None  # None: not declared
+
+    @classmethod
+    def of(cls, start: local_pb2.SendStart) -> _Order:
+        return cls(
+            start.partner,
+            start.passport,
+            start.size or None,
+            start.wait_seconds if start.HasField("wait_seconds") else None,
+            start.plaintext_sha256 or None,
+        )
+
+    @classmethod
+    def small(cls, request: local_pb2.SendSmallRequest) -> _Order:
+        """The size of a small send is always known: its data's length (0 included)."""
+        return cls(
+            request.partner,
+            request.passport,
+            len(request.data),
+            request.wait_seconds if request.HasField("wait_seconds") else None,
+            request.plaintext_sha256 or None,
+        )
 
 
 class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
@@ -138,6 +190,8 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         self._send_queue = send_queue
         self._fetches = 0
         self._fetches_lock = threading.Lock()
+        self._small_waiting = 0  # bytes held by SendSmall calls waiting for a slot
+        self._small_lock = threading.Lock()
 
     @property
     def _sends(self) -> SendQueue:
@@ -170,12 +224,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         Admission comes first, before even the ``start`` message is read, so every thread a
         send can hold is counted; only ``start`` is read while the send waits.
         """
-        limits = self._config().limits
-        if self._send_queue is None:
-            self._send_queue = SendQueue(
-                limits.max_concurrent_transfers, limits.max_queued_sends, send_capacity(limits)
-            )
-        self._sends.configure(limits.max_concurrent_transfers, limits.max_queued_sends)
+        self._queue_for(self._config().limits)
         try:
             ticket = self._sends.enter()
         except SendQueueFullError as error:
@@ -324,14 +373,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     "delivered: send the same data with the same passport to resume"
                 )
 
-        flight = _Flight(start.partner, int(time.time()), start.size)
-
         def on_progress(progress: Progress) -> None:
-            if progress.waiting is None:  # a waiting event carries no byte counts
-                with self._flights_lock:
-                    flight.transfer_id = progress.transfer_id or flight.transfer_id
-                    flight.done = progress.done_bytes
-                    flight.total = progress.total_bytes or flight.total
             if progress.kind == "accepted":
                 event = local_pb2.SendEvent(
                     accepted=local_pb2.SendAccepted(
@@ -359,37 +401,14 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 events.put_nowait(event)  # progress is advisory: never stall on a slow reader
 
         def work() -> None:
-            # A label only for configured partners: a client's typo must not mint a series.
-            known = {p.id for p in self._config().partners}
-            partner = start.partner if start.partner in known else "unknown"
-            began = time.monotonic()
-            with self._flights_lock:
-                self._flights[flight.key] = flight
             try:
-                with self._metrics.stream("out"):
-                    summary = self._sender.send(
-                        start.partner,
-                        start.passport,
-                        chunks() if source is None else source,
-                        start.size or None,
-                        on_progress,
-                        start.wait_seconds if start.HasField("wait_seconds") else None,
-                        start.plaintext_sha256 or None,  # empty: not declared
-                    )
-                self._metrics.transfers.labels("out", partner, "delivered").inc()
-                self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)
-                self._metrics.transfer_took("out", "delivered", time.monotonic() - began)
-                if self._view is not None:
-                    self._view.delivered(start.partner)
+                summary = self._run_send(
+                    _Order.of(start), chunks() if source is None else source, on_progress
+                )
                 events.put(local_pb2.SendEvent(done=_summary(summary)))
             except BaseException as exc:
-                self._metrics.transfers.labels("out", partner, outcome(exc)).inc()
-                self._metrics.refusals.labels(type(exc).__name__, partner).inc()
-                self._metrics.transfer_took("out", outcome(exc), time.monotonic() - began)
                 events.put(exc)
             finally:
-                with self._flights_lock:
-                    self._flights.pop(flight.key, None)
                 events.put(None)
 
         worker = threading.Thread(target=work, name="xbgw-send", daemon=True)
@@ -398,16 +417,155 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
             item = events.get()
             if item is None:
                 break
-            if isinstance(item, XbgwError):
-                _abort(context, item, "Send", partner=start.partner)
-            elif isinstance(item, ValueError):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
-            elif isinstance(item, BaseException):
-                log.exception("send failed", exc_info=item)
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(item).__name__}")
+            if isinstance(item, BaseException):
+                _abort_send(context, item, "Send", start.partner)
             else:
                 yield item
         worker.join()
+
+    def _run_send(
+        self, order: _Order, source: Iterable[bytes], on_progress: Callable[[Progress], None]
+    ) -> ReceiptSummary:
+        """Run one send in the calling thread: shown in ``Status``'s ``in_flight`` while it
+        runs, counted in the metrics when it ends (delivered, refused or failed). Every local
+        send, streamed or unary, goes through here, so they are reported alike."""
+        # A label only for configured partners: a client's typo must not mint a series.
+        known = {p.id for p in self._config().partners}
+        partner = order.partner if order.partner in known else "unknown"
+        flight = _Flight(order.partner, int(time.time()), order.size or 0)
+
+        def progressed(progress: Progress) -> None:
+            if progress.waiting is None:  # a waiting event carries no byte counts
+                with self._flights_lock:
+                    flight.transfer_id = progress.transfer_id or flight.transfer_id
+                    flight.done = progress.done_bytes
+                    flight.total = progress.total_bytes or flight.total
+            on_progress(progress)
+
+        began = time.monotonic()
+        with self._flights_lock:
+            self._flights[flight.key] = flight
+        try:
+            with self._metrics.stream("out"):
+                summary = self._sender.send(
+                    order.partner,
+                    order.passport,
+                    source,
+                    order.size,
+                    progressed,
+                    order.wait_seconds,
+                    order.plaintext_sha256,
+                )
+        except BaseException as exc:
+            self._metrics.transfers.labels("out", partner, outcome(exc)).inc()
+            self._metrics.refusals.labels(type(exc).__name__, partner).inc()
+            self._metrics.transfer_took("out", outcome(exc), time.monotonic() - began)
+            raise
+        finally:
+            with self._flights_lock:
+                self._flights.pop(flight.key, None)
+        self._metrics.transfers.labels("out", partner, "delivered").inc()
+        self._metrics.bytes.labels("out", partner).inc(summary.plaintext_size)
+        self._metrics.transfer_took("out", "delivered", time.monotonic() - began)
+        if self._view is not None:
+            self._view.delivered(order.partner)
+        return summary
+
+    def SendSmall(  # noqa: N802 - gRPC method name
+        self, request: local_pb2.SendSmallRequest, context: grpc.ServicerContext
+    ) -> local_pb2.ReceiptSummary:
+        """Send a payload of at most one segment in one unary call, in this server thread.
+
+        Why: a small send through ``Send`` paid for a bidirectional stream, a worker thread
+        and an event queue per send -- more than the transfer itself (one Deliver call to the
+        partner: ``Sender._deliver``). Here the send runs where the call landed, with no
+        thread, no queue and no events: the caller gets the verified receipt or the refusal
+        ``Send`` would have given (same statuses, messages, log lines and metrics).
+
+        Admission is ``Send``'s: the call takes a ticket of the same send queue before
+        anything else, so it counts against ``limits.max_concurrent_transfers`` and, over
+        it, waits in the same line -- blocked on its ticket in this thread. That thread is one
+        of those the server keeps for admitted sends (``local_workers``: the queue never
+        admits more sends, of either kind, than it has threads for), so waiting small sends
+        cannot starve health checks, status or fetches. Unlike a waiting ``Send``, a waiting
+        ``SendSmall`` holds its data (gRPC read the whole message before this ran): the bytes
+        held by small sends in line are capped (``WAITING_SMALL_BYTES``); past that a small
+        send that would wait is refused, and ``Send`` waits without holding its data.
+        """
+        limits = self._config().limits
+        data = request.data
+        if len(data) > limits.segment_size:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"SendSmall carries at most limits.segment_size ({limits.segment_size}) "
+                f"bytes; this request has {len(data)}: use Send, which streams the data (or "
+                "hands a file over)",
+            )
+        if request.size and request.size != len(data):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the send declares {request.size} bytes; its data has {len(data)}",
+            )
+        sends = self._queue_for(limits)
+        try:
+            ticket = sends.enter()
+        except SendQueueFullError as error:
+            _abort(context, error, "SendSmall", partner=request.partner)
+            raise
+        # A caller that goes away (or a server that stops) ends the wait at once.
+        if not context.add_callback(lambda: sends.leave(ticket)):
+            sends.leave(ticket)
+            context.abort(grpc.StatusCode.CANCELLED, "the local client went away")
+        try:
+            self._wait_small(ticket, len(data), context)
+            if not self._accepting():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+            try:
+                summary = self._run_send(_Order.small(request), (data,), lambda _: None)
+            except BaseException as exc:
+                _abort_send(context, exc, "SendSmall", request.partner)
+                raise
+            return _summary(summary)
+        finally:
+            sends.leave(ticket)
+
+    def _queue_for(self, limits: Limits) -> SendQueue:
+        """The send queue (made by the first send of either kind), with today's limits."""
+        if self._send_queue is None:
+            self._send_queue = SendQueue(
+                limits.max_concurrent_transfers, limits.max_queued_sends, send_capacity(limits)
+            )
+        self._send_queue.configure(limits.max_concurrent_transfers, limits.max_queued_sends)
+        return self._send_queue
+
+    def _wait_small(self, ticket: Ticket, size: int, context: grpc.ServicerContext) -> None:
+        """Block this thread until ``ticket`` runs; refuse when the gateway is stopping, the
+        caller went away, or small sends in line already hold ``WAITING_SMALL_BYTES``."""
+        if not self._accepting():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down")
+        if self._sends.place(ticket) is None:
+            if ticket.gone:
+                context.abort(grpc.StatusCode.CANCELLED, "the local client went away")
+            return  # running at once: the usual case
+        with self._small_lock:
+            if self._small_waiting + size > WAITING_SMALL_BYTES:
+                held = self._small_waiting
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"every send slot is taken and small sends waiting for one already hold "
+                    f"{held} bytes (at most {WAITING_SMALL_BYTES}); retry shortly, or use "
+                    "Send, which waits without holding its data",
+                )
+            self._small_waiting += size
+        try:
+            while self._sends.place(ticket) is not None:
+                ticket.wait(REPORT_EVERY)
+        finally:
+            with self._small_lock:
+                self._small_waiting -= size
+        if ticket.gone:
+            context.abort(grpc.StatusCode.CANCELLED, "the local client went away")
+        log.info("local small send waited %.1f s for a slot", self._sends.waited(ticket))
 
     def ListInbox(  # noqa: N802
         self, request: local_pb2.ListInboxRequest, context: grpc.ServicerContext

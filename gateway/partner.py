@@ -28,9 +28,10 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.receiver import Receiver
+from gateway.receiver.intake import STRIPE_METADATA, Stripe
 from gateway.status import abort_with
 from gateway.tls import peer_partner
-from gateway.transfer import SegmentIn, TransferState
+from gateway.transfer import DELIVER_STEP_KEY, FinishResult, SegmentIn, TransferState
 from gateway.wire import (
     ParsedSegment,
     from_blob,
@@ -76,6 +77,11 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         partner holding streams open cannot lock the others out, and twice that in all
         (``upload_slots``), so uploads never take the threads the short calls need.
 
+        A striped upload's N streams take N slots: the slots exist to keep threads free for
+        the short calls, and each stream holds a thread for as long as it runs. A stripe
+        refused here fails that attempt as a whole (the sender retries it after a pause), so
+        a partner's ``connections`` should stay within ``max_concurrent_transfers``.
+
         Only uploads are counted, and they are refused here before any segment is read. The
         short calls -- above all Finish, which comes after the data crossed -- are never
         refused for load: they get threads of their own (``gateway.daemon``)."""
@@ -120,7 +126,7 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         try:
             peer = peer_partner(self._config(), context)
             partner_id = peer.id
-            if rpc == "Offer" and not self._accepting():
+            if rpc in ("Offer", "Deliver") and not self._accepting():
                 raise DrainingError("the gateway is shutting down; offer again shortly")
             if rpc != "Upload":
                 return action(peer)
@@ -187,8 +193,9 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
                 yield segment
 
         def act(peer: PartnerConfig) -> partner_pb2.UploadResponse:
+            stripe = _stripe(context)
             with self._metrics.stream("in"):
-                result = self._receiver.upload(peer, segments())
+                result = self._receiver.upload(peer, segments(), stripe)
             return partner_pb2.UploadResponse(
                 next_segment=result.next_segment,
                 received_bytes=result.received_bytes,
@@ -203,19 +210,40 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
         def act(peer: PartnerConfig) -> partner_pb2.FinishResponse:
             done = self._receiver.finish(peer, request.transfer_id, from_blob(request.manifest))
             self._metrics.ended_in(request.transfer_id, "committed")
-            response = partner_pb2.FinishResponse(receipt=to_blob(done.receipt))
-            if done.proof is not None:
-                response.proof.CopyFrom(
-                    partner_pb2.CommitProof(
-                        record=done.proof.record,
-                        leaf=done.proof.leaf,
-                        checkpoint=done.proof.checkpoint,
-                        inclusion=list(done.proof.inclusion),
-                    )
-                )
-            return response
+            return _finish_response(done)
 
         return self._run(context, "Finish", act, request.transfer_id)
+
+    def Deliver(  # noqa: N802
+        self, request: partner_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> partner_pb2.FinishResponse:
+        """Offer, Upload and Finish of a one-segment transfer in one call
+        (``gateway.receiver.deliver``). A refusal carries the step that made it in the
+        trailing metadata ``DELIVER_STEP_KEY``, so the sender reads it as that call's."""
+        steps: list[str] = []
+        given = request.segment
+        segment = SegmentIn(given.transfer_id, given.index, given.final, given.ciphertext)
+
+        def act(peer: PartnerConfig) -> partner_pb2.FinishResponse:
+            # Keyed as the offer is: by the transfer id (the segment's, checked against the
+            # passport's before the segment is taken).
+            self._metrics.offered_in(segment.transfer_id)  # for xbgw_transfer_duration_seconds
+            try:
+                done = self._receiver.deliver(
+                    peer,
+                    request.passport,
+                    request.envelope_header,
+                    segment,
+                    from_blob(request.manifest),
+                    steps.append,
+                )
+            except XbgwError:
+                context.set_trailing_metadata(((DELIVER_STEP_KEY, steps[-1]),))
+                raise
+            self._metrics.ended_in(segment.transfer_id, "committed")
+            return _finish_response(done)
+
+        return self._run(context, "Deliver", act, lambda: segment.transfer_id)
 
     def GetTransfer(  # noqa: N802
         self, request: partner_pb2.GetTransferRequest, context: grpc.ServicerContext
@@ -282,6 +310,32 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
             return partner_pb2.CancelTransferResponse(state=state_to_wire(state))
 
         return self._run(context, "Cancel", act, request.transfer_id)
+
+
+def _finish_response(done: FinishResult) -> partner_pb2.FinishResponse:
+    """The answer of Finish and of Deliver: the receipt, and the commit's proof if any."""
+    response = partner_pb2.FinishResponse(receipt=to_blob(done.receipt))
+    if done.proof is not None:
+        response.proof.CopyFrom(
+            partner_pb2.CommitProof(
+                record=done.proof.record,
+                leaf=done.proof.leaf,
+                checkpoint=done.proof.checkpoint,
+                inclusion=list(done.proof.inclusion),
+            )
+        )
+    return response
+
+
+def _stripe(context: grpc.ServicerContext) -> Stripe | None:
+    """The stripe an Upload call says it is (``xbgw-stripe`` metadata); None: the transfer's
+    one stream, as before striping."""
+    for key, value in context.invocation_metadata() or ():
+        if key == STRIPE_METADATA:
+            return Stripe.decode(
+                value if isinstance(value, str) else value.decode("ascii", "replace")
+            )
+    return None
 
 
 def _upload_segment(m: ParsedSegment | partner_pb2.Segment) -> tuple[SegmentIn | None, int]:

@@ -1,6 +1,9 @@
 """The gRPC :class:`~gateway.transfer.PartnerLink`: mutual-TLS channels to partners.
 
-Everything gRPC about sending lives here: one channel per partner (rebuilt on reload), the
+Everything gRPC about sending lives here: one channel per partner (rebuilt on reload) --
+plus, for a partner with ``connections: N`` > 1, N - 1 more used only by the stripes of
+striped uploads, each with a subchannel pool of its own so that each is its own TCP
+connection (one connection's windows cap a long link: FIELD-NOTES, "Long links") -- the
 message conversions, and the mapping of ``grpc.RpcError`` to
 :class:`~gateway.errors.PartnerError` with the partner's reason, so the sender never sees
 gRPC.
@@ -19,7 +22,7 @@ each connection attempt still has gRPC's 20 s (``CONNECT_TIMEOUT_MS``) on a long
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -30,9 +33,12 @@ from gateway.audit.witness import ServedCheckpoint
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import EndorsedKeySet
 from gateway.errors import PartnerError
+from gateway.receiver.intake import STRIPE_METADATA, Stripe
 from gateway.signed import Signed
 from gateway.tls import channel_credentials
 from gateway.transfer import (
+    DELIVER_STEP_KEY,
+    DELIVER_STEPS,
     CommitProof,
     FinishResult,
     OfferResult,
@@ -121,6 +127,9 @@ class _Channel:
     stub: partner_pb2_grpc.PartnerGatewayStub
     upload: grpc.StreamUnaryMultiCallable[bytes, partner_pb2.UploadResponse]
     calls: int = 0
+    #: The partner answered Deliver with UNIMPLEMENTED (an older gateway): for this
+    #: channel's life -- a reload makes a new one, and asks again -- it gets the three calls.
+    no_deliver: bool = False
 
 
 def channel_options(config: GatewayConfig, partner: PartnerConfig) -> list[tuple[str, object]]:
@@ -183,15 +192,23 @@ class GrpcPartnerLink:
             yield entry.stub
 
     @contextmanager
-    def _entry(self, partner: PartnerConfig) -> Iterator[_Channel]:
-        """The partner's channel for the length of one call, counted on it."""
+    def _entry(self, partner: PartnerConfig, lane: int = 0) -> Iterator[_Channel]:
+        """The partner's channel for the length of one call, counted on it. ``lane``: which
+        of its striped connections (0, the one every call uses, unless a striped upload's
+        stripe ``lane`` asks for its own -- see :meth:`upload_stripe`)."""
+        key = partner.id if lane == 0 else f"{partner.id}\0{lane}"
         with self._lock:
-            entry = self._channels.get(partner.id)
+            entry = self._channels.get(key)
             if entry is None:
+                options = channel_options(self._config, partner)
+                if lane:
+                    # Channels with equal arguments share one TCP connection (FIELD-NOTES,
+                    # "Long links"); a subchannel pool of its own gives this one its own.
+                    options.append(("grpc.use_local_subchannel_pool", 1))
                 channel = grpc.secure_channel(
                     str(partner.endpoint),
                     channel_credentials(self._config, partner, self._key_pem),
-                    options=channel_options(self._config, partner),
+                    options=options,
                 )
                 upload = channel.stream_unary(
                     UPLOAD_METHOD,
@@ -199,7 +216,7 @@ class GrpcPartnerLink:
                     response_deserializer=partner_pb2.UploadResponse.FromString,
                 )
                 entry = _Channel(channel, partner_pb2_grpc.PartnerGatewayStub(channel), upload)
-                self._channels[partner.id] = entry
+                self._channels[key] = entry
             entry.calls += 1
         try:
             yield entry
@@ -255,6 +272,33 @@ class GrpcPartnerLink:
             raise partner_error(exc, partner.id, "upload") from None
         return UploadResult(response.next_segment, response.received_bytes, response.final_received)
 
+    def upload_stripe(
+        self,
+        partner: PartnerConfig,
+        segments: Iterator[SegmentIn],
+        stripe: Stripe,
+        on_abort: Callable[[Callable[[], object]], None],
+    ) -> UploadResult:
+        """One stripe of a striped upload, on its own TCP connection (stripe 0 on the
+        partner's usual one), naming itself in the ``xbgw-stripe`` metadata. ``on_abort``
+        is given the call's cancel, which the sender calls when another stripe failed (a
+        stripe stuck in flow control would otherwise wait for the receiver to end it)."""
+        messages = (segment_wire(segment) for segment in segments)
+        try:
+            with self._entry(partner, stripe.index) as entry:
+                future = entry.upload.future(
+                    messages, timeout=None, metadata=((STRIPE_METADATA, stripe.encode()),)
+                )
+                on_abort(future.cancel)
+                response = future.result()
+        except grpc.FutureCancelledError:
+            raise unreachable(
+                partner.id, "upload", "this stripe was ended because another one failed"
+            ) from None
+        except grpc.RpcError as exc:
+            raise partner_error(exc, partner.id, "upload") from None
+        return UploadResult(response.next_segment, response.received_bytes, response.final_received)
+
     def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         try:
             with self._stub(partner) as stub:
@@ -264,13 +308,45 @@ class GrpcPartnerLink:
                 )
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "finish") from None
-        proof = None
-        if response.HasField("proof"):
-            given = response.proof
-            proof = CommitProof(
-                bytes(given.record), given.leaf, given.checkpoint, tuple(given.inclusion)
-            )
-        return FinishResult(from_blob(response.receipt), proof)
+        return _finish_result(response)
+
+    def deliver(
+        self,
+        partner: PartnerConfig,
+        passport: str,
+        header: bytes,
+        segment: SegmentIn,
+        manifest: Signed,
+    ) -> FinishResult | None:
+        """Offer, upload and finish in one call; None if the partner has no Deliver (then
+        remembered on its channel). A refusal is worded as the step's that refused it (the
+        partner's trailing metadata ``DELIVER_STEP_KEY``), so the sender tells a stale
+        transport key or a refusal before recording just as from the three calls."""
+        request = partner_pb2.DeliverRequest(
+            passport=passport,
+            envelope_header=header,
+            segment=partner_pb2.Segment(
+                transfer_id=segment.transfer_id,
+                index=segment.index,
+                final=segment.final,
+                ciphertext=bytes(segment.ciphertext),
+            ),
+            manifest=to_blob(manifest),
+        )
+        try:
+            with self._entry(partner) as entry:
+                if entry.no_deliver:
+                    return None
+                try:
+                    response = entry.stub.Deliver(request, timeout=FINISH_TIMEOUT_SECONDS)
+                except grpc.RpcError as exc:
+                    if hasattr(exc, "code") and exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                        entry.no_deliver = True
+                        return None
+                    raise
+        except grpc.RpcError as exc:
+            raise partner_error(exc, partner.id, _deliver_step(exc)) from None
+        return _finish_result(response)
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:
         try:
@@ -338,3 +414,25 @@ class GrpcPartnerLink:
                 partner.id, "cancel", "UNKNOWN", f"state {response.state} is not one xbgw knows"
             )
         return state
+
+
+def _finish_result(response: partner_pb2.FinishResponse) -> FinishResult:
+    """The answer of Finish and of Deliver in domain types."""
+    proof = None
+    if response.HasField("proof"):
+        given = response.proof
+        proof = CommitProof(
+            bytes(given.record), given.leaf, given.checkpoint, tuple(given.inclusion)
+        )
+    return FinishResult(from_blob(response.receipt), proof)
+
+
+def _deliver_step(exc: grpc.RpcError) -> str:
+    """The call a Deliver refusal is worded as: the step the partner names, else "deliver"
+    (unreachable, or a refusal before any step -- the peer not a partner, draining)."""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for item in trailing or ():
+        value = item.value.decode() if isinstance(item.value, bytes) else str(item.value)
+        if item.key == DELIVER_STEP_KEY and value in DELIVER_STEPS:
+            return value
+    return "deliver"

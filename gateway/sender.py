@@ -16,6 +16,17 @@ processes, sockets or a token.
   receiver refuses after it -- and no wait for a busy or unreachable partner sleeps past it.
 * **Resume**: the data key survives crashes re-wrapped to our own storage key (the outbound
   record); segment ``i`` must carry the same plaintext on every attempt -- see ``pipeline``.
+* **Striping** (``partners[].connections: N`` > 1, for long links, where one TCP
+  connection's buffers cap the rate): each upload attempt runs N Upload calls at once, each
+  on its own connection (``partner_link``), and segment ``i`` goes on stream ``i mod N``,
+  each stream in increasing order (:class:`_Stripes`). The streams are fed from the one
+  pipeline through one slot per stream: a stream that falls behind holds the reader, so no
+  stream runs more than N segments ahead of the slowest -- the receiver's reorder window is
+  at least that, so it never has to hold back the segment it waits for -- and the memory
+  outside the budget is at most one segment per stream. When any stream fails the others
+  are ended (their calls cancelled) and the send resumes, as for one stream, from the
+  partner's contiguous point, which the next offer tells. Each attempt carries a fresh
+  random token, so the receiver never mixes its streams with a late one of an older attempt.
 * **After the upload** the manifest is signed in the HSM and the receipt verified under the
   partner's pinned key and compared with the manifest before the transfer counts as
   delivered.
@@ -23,14 +34,16 @@ processes, sockets or a token.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from gateway import envelope
 from gateway.audit.evidence import Evidence
@@ -50,6 +63,7 @@ from gateway.errors import (
     PassportReplayError,
     PeerNotAuthorizedError,
     SignatureError,
+    SourceChangedError,
     SourceSizeError,
     TransferConflictError,
     UsageError,
@@ -61,15 +75,20 @@ from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
 from gateway.receiver.context import when
+from gateway.receiver.intake import Stripe
 from gateway.retention import refuse_final
-from gateway.retry import REAL_TIMER, Patience, ReplayLostError, Timer, Waiting
+from gateway.retry import REAL_TIMER, REPLAY_BYTES, Patience, ReplayLostError, Timer, Waiting
 from gateway.signed import Signed
 from gateway.transfer import (
+    CALL_NAMES,
     CommitProof,
+    FinishResult,
     GatewayKeys,
     OfferResult,
     PartnerLink,
+    SegmentIn,
     TransferState,
+    UploadResult,
     stale_transport_key,
     transient,
 )
@@ -80,6 +99,9 @@ T = TypeVar("T")
 #: Statuses of an offer refused before the receiver records anything (its passport, party
 #: and rule checks come first; ALREADY_EXISTS, busy or storage errors may follow a record).
 REFUSED_BEFORE_RECORDING = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
+#: What a Deliver message carries besides the ciphertext, passport and header: the segment's
+#: other fields, the signed manifest and the framing (a manifest is ~300 bytes).
+ONE_CALL_OVERHEAD = 4096
 
 
 @dataclass(frozen=True)
@@ -275,6 +297,15 @@ class Sender:
             data_key = envelope.open_header(
                 envelope.Header.decode(row.stored_header), self.me, self._keys
             )
+        if self._fits_one_call(partner, passport, row, total_size):
+            assert total_size is not None
+            data = b"".join(_held_to(chunks, total_size, transfer_id))
+            done = self._deliver(
+                partner, passport, row, data_key, data, declared_sha256, on_progress, retry
+            )
+            if done is not None:
+                return done
+            chunks = [data]  # the partner has no Deliver (an older gateway): three calls
         try:
             offer = self._offer_retried(partner, passport, row, retry)
         except PartnerError as exc:
@@ -346,12 +377,17 @@ class Sender:
     ) -> None:
         """Upload from segment ``start``; a stream cut or refused as busy is offered again
         after a pause and continues from where the partner then stands (the segments in
-        flight are replayed from memory), until the wait runs out.
+        flight are replayed from memory), until the wait runs out. With ``connections: N``
+        the upload is striped (:func:`_upload_striped`); a cut of any stripe ends the
+        attempt and resumes from the partner's contiguous point the same way.
 
         The partner may hold every segment already (the stream or the manifest broke after
         the final one): then there is nothing to upload -- an empty upload is refused -- and
         the manifest alone finishes the transfer."""
-        replay = pipeline.replay()
+        lanes = self._lanes(partner)
+        # Each connection has its own data in flight to replay after a cut (still paid out of
+        # the shared budget, so under load each send keeps less).
+        replay = pipeline.replay(REPLAY_BYTES * lanes)
         while True:
             try:
                 segments = replay.attempt(start)
@@ -367,7 +403,11 @@ class Sender:
                 return
             try:
                 retry.within_passport("upload")
-                self._link.upload(partner, itertools.chain([first], segments))
+                stream = itertools.chain([first], segments)
+                if lanes > 1:
+                    _upload_striped(self._link, partner, stream, lanes)  # type: ignore[arg-type]
+                else:
+                    self._link.upload(partner, stream)
                 return
             except PartnerError as exc:
                 retry.pause_or_raise(exc)
@@ -376,6 +416,13 @@ class Sender:
                 retry.progressed()
             start = offer.next_segment
             retry.report(Progress("accepted", row.transfer_id, offer.received_bytes, total))
+
+    def _lanes(self, partner: PartnerConfig) -> int:
+        """TCP connections to stripe an upload to ``partner`` over: its ``connections``, if
+        the link can stripe (a link without ``upload_stripe`` uploads as one stream)."""
+        if partner.connections > 1 and callable(getattr(self._link, "upload_stripe", None)):
+            return partner.connections
+        return 1
 
     def _prepare(
         self, partner: PartnerConfig, passport: VerifiedPassport, retry: _Retry
@@ -458,6 +505,13 @@ class Sender:
         finished = retry.call(
             lambda: self._link.finish(partner, manifest.transfer_id, signed), "manifest"
         )
+        return self._receipt(partner, manifest, signed, finished)
+
+    def _receipt(
+        self, partner: PartnerConfig, manifest: Manifest, signed: Signed, finished: FinishResult
+    ) -> ReceiptSummary:
+        """The partner's answer to our manifest (Finish or Deliver): the receipt verified and
+        compared with the manifest, the commit proof checked, the delivery recorded."""
         receipt_blob = finished.receipt
         # Under the partner's key history; a version not learnt yet, or a signature that does
         # not verify, fetches its key set once before the receipt is refused.
@@ -524,6 +578,124 @@ class Sender:
             signed_by=str(kid),
             receipt=receipt_blob,
         )
+
+    # --- a transfer of one segment in one partner call (issue 14) ---------------------------
+
+    def _fits_one_call(
+        self,
+        partner: PartnerConfig,
+        passport: VerifiedPassport,
+        row: Outbound,
+        total_size: int | None,
+    ) -> bool:
+        """A known size that fits one segment of the sealed header, in a Deliver message
+        within our message limit (``ONE_CALL_OVERHEAD`` for the rest of it)."""
+        if total_size is None:
+            return False
+        segment_size = envelope.Header.decode(row.sent_header).segment_size
+        message = (
+            total_size + envelope.TAG_LEN + len(passport.token) + len(row.sent_header)
+        ) + ONE_CALL_OVERHEAD
+        return total_size <= segment_size and message <= self._config.limits.max_message_bytes
+
+    def _deliver(
+        self,
+        partner: PartnerConfig,
+        passport: VerifiedPassport,
+        row: Outbound,
+        data_key: bytes,
+        data: bytes,
+        declared_sha256: bytes | None,
+        on_progress: Callable[[Progress], None],
+        retry: _Retry,
+        resealed: bool = False,
+    ) -> ReceiptSummary | None:
+        """Send ``data`` (one segment) as one Deliver call -- no pipeline, no threads; the
+        same checks, ledger rows, progress events and receipt checks as the three calls.
+        None if the partner has no Deliver: the caller makes the three calls.
+
+        The segment's GCM tag is recorded before the call, as the pipeline records every
+        tag before its segment leaves (resume safety: see ``pipeline``). A refusal of the
+        offer step is handled as a refused Offer is (a refusal before recording drops our
+        record, a stale transport key seals once more) only when this was the first message
+        ever to carry the header: otherwise the partner may hold what an earlier one brought."""
+        transfer_id = passport.claims.jti
+        header = envelope.Header.decode(row.sent_header)
+        digest = hashlib.sha256(data).digest()
+        if declared_sha256 is not None and digest != declared_sha256:
+            raise DatasetMismatchError(
+                f"the data of transfer {transfer_id} does not hash to the SHA-256 declared for "
+                f"it (declared {declared_sha256.hex()[:16]}..., read {digest.hex()[:16]}...): "
+                "nothing was sent or delivered; if the file changed while it was sent, send it "
+                "again"
+            )
+        manifest = Manifest(
+            transfer_id=transfer_id,
+            sender=self.me,
+            receiver=partner.id,
+            header_core_digest=header.core_digest(),
+            passport_digest=passport.digest,
+            plaintext_sha256=digest,
+            plaintext_size=len(data),
+            segment_count=1,
+        )
+        sub = passport.claims.sub
+        if sub is not None and sub != digest.hex():
+            raise ManifestError(
+                f"the data sent is not the data set passport {transfer_id} names (sub "
+                f"{sub[:16]}..., sent {digest.hex()[:16]}...); nothing was committed"
+            )
+        ciphertext = envelope.StreamEncryptor(header, data_key).encrypt_segment(0, data, True)
+        first_message = self._record_tag(transfer_id, ciphertext[-envelope.TAG_LEN :])
+        signed = sign_manifest(
+            self._keys, KeyRef(self.me, Purpose.SIGNING, self._ring.signing), manifest
+        )
+        segment = SegmentIn(transfer_id, 0, True, ciphertext)
+        attempts = [0]
+
+        def attempt() -> FinishResult | None:
+            attempts[0] += 1
+            return self._link.deliver(partner, passport.token, row.sent_header, segment, signed)
+
+        try:
+            finished = retry.call(attempt, "delivery")
+        except PartnerError as exc:
+            clean = first_message and attempts[0] == 1 and _refused_offer(exc)
+            stale = stale_transport_key(exc)
+            if not clean or not (stale or exc.grpc_status in REFUSED_BEFORE_RECORDING):
+                raise
+            discarded = self._ledger.discard_unsent_outbound(transfer_id, refused_tags=True)
+            if not stale or not discarded or resealed:
+                raise
+            self._partner_keys.forget(partner.id)
+            log.info(
+                "delivery refused as sealed to a stale transport key; sealing again to a "
+                "fresh key set",
+                extra={"transfer_id": transfer_id, "partner": partner.id, "outcome": "reseal"},
+            )
+            row, data_key = self._prepare(partner, passport, retry)
+            return self._deliver(
+                partner, passport, row, data_key, data, declared_sha256, on_progress, retry, True
+            )
+        if finished is None:
+            return None
+        total = len(data)
+        on_progress(Progress("accepted", transfer_id, 0, total))
+        on_progress(Progress("progress", transfer_id, total, total))
+        return self._receipt(partner, manifest, signed, finished)
+
+    def _record_tag(self, transfer_id: str, tag: bytes) -> bool:
+        """Record segment 0's tag before it leaves; True if it was not recorded before (no
+        segment of this header ever left). A different tag recorded: the source changed."""
+        known = self._ledger.segment_tags(transfer_id, 0, 1).get(0)
+        if known is not None and known != tag:
+            raise SourceChangedError(
+                f"segment 0 of transfer {transfer_id} differs from what was sent before; "
+                "resend the original data or use a new passport"
+            )
+        if known is None:
+            self._ledger.record_segment_tags(transfer_id, [(0, tag)])
+        return known is None
 
     def _checked_proof(
         self,
@@ -667,6 +839,11 @@ class _SleepWithin:
         self._timer.sleep(max(0.0, min(seconds, self._until.left())))
 
 
+def _refused_offer(error: PartnerError) -> bool:
+    """True if ``error`` is the partner's refusal of the offer (step) itself."""
+    return f" refused {CALL_NAMES['offer']} ({error.grpc_status}): " in str(error)
+
+
 def _check_declared(transfer_id: str, sub: str | None, declared: bytes | None) -> None:
     """A declared digest against the data set the passport names, before anything is sent.
 
@@ -705,3 +882,135 @@ def _held_to(chunks: Iterable[bytes], size: int, transfer_id: str) -> Iterator[b
             f"the data ended after {received} of {size} bytes; nothing was delivered: send the "
             f"same data with the same passport to resume transfer {transfer_id}"
         )
+
+
+class StripedLink(Protocol):
+    """A link that can upload one stripe of a striped upload (``partner_link``, loopback)."""
+
+    def upload_stripe(
+        self,
+        partner: PartnerConfig,
+        segments: Iterator[SegmentIn],
+        stripe: Stripe,
+        on_abort: Callable[[Callable[[], object]], None],
+    ) -> UploadResult: ...
+
+
+def _upload_striped(
+    link: StripedLink, partner: PartnerConfig, segments: Iterator[SegmentIn], lanes: int
+) -> None:
+    """One upload attempt over ``lanes`` streams at once (see the module docstring).
+
+    Stripe 0 runs in this thread, the others in threads of their own that end with the
+    attempt. The first failure stops the feed and cancels every other stream; the error
+    raised is the most telling one: a failure of our own (the source), else a refusal (the
+    same on every stripe), else the first transient failure, which the caller retries."""
+    attempt = secrets.token_hex(8)
+    stripes = _Stripes(segments, lanes)
+    lock = threading.Lock()
+    cancels: list[Callable[[], object]] = []
+    failures: list[BaseException] = []
+
+    def on_abort(cancel: Callable[[], object]) -> None:
+        with lock:
+            if not failures:
+                cancels.append(cancel)
+                return
+        cancel()
+
+    def run(index: int) -> None:
+        try:
+            link.upload_stripe(
+                partner, stripes.stream(index), Stripe(index, lanes, attempt), on_abort
+            )
+        except BaseException as exc:
+            with lock:
+                failures.append(exc)
+                first, pending = len(failures) == 1, list(cancels)
+            if first:
+                stripes.stop()
+                for cancel in pending:
+                    cancel()
+
+    threads = [
+        threading.Thread(target=run, args=(index,), name=f"xbgw-stripe-{index}", daemon=True)
+        for index in range(1, lanes)
+    ]
+    for thread in threads:
+        thread.start()
+    run(0)
+    for thread in threads:
+        thread.join()
+    if failures:
+        own = [e for e in failures if not isinstance(e, PartnerError)]
+        refusals = [e for e in failures if isinstance(e, PartnerError) and not transient(e)]
+        raise (own or refusals or failures)[0]
+
+
+class _Stripes:
+    """One ordered segment source dealt round robin to N streams: segment ``i`` to stream
+    ``i mod N``. Whichever stream needs a segment reads the source (one reader at a time) and
+    leaves each segment that is not its own in its owner's single slot, waiting while that
+    slot is still full -- so a stream that falls behind holds everyone back (at most one
+    segment per stream waits here), and the source is never read ahead unboundedly."""
+
+    def __init__(self, source: Iterator[SegmentIn], count: int) -> None:
+        self._source = source
+        self._count = count
+        self._slots: list[SegmentIn | None] = [None] * count
+        self._reading = False
+        self._ended = False
+        self._stopped = False
+        self._cond = threading.Condition()
+
+    def stop(self) -> None:
+        """End every stream at its next segment (the attempt failed)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def stream(self, index: int) -> Iterator[SegmentIn]:
+        while (segment := self._next(index)) is not None:
+            yield segment
+
+    def _next(self, index: int) -> SegmentIn | None:
+        with self._cond:
+            while True:
+                if self._stopped:
+                    return None
+                mine = self._slots[index]
+                if mine is not None:
+                    self._slots[index] = None
+                    self._cond.notify_all()
+                    return mine
+                if self._ended:
+                    return None
+                if not self._reading:
+                    self._reading = True
+                    break
+                self._cond.wait()
+        try:
+            return self._read_for(index)
+        finally:
+            with self._cond:
+                self._reading = False
+                self._cond.notify_all()
+
+    def _read_for(self, index: int) -> SegmentIn | None:
+        """Read the source (outside the lock: it may wait for the pipeline) until the next
+        segment is ``index``'s own."""
+        while True:
+            segment = next(self._source, None)
+            with self._cond:
+                if segment is None:
+                    self._ended = True
+                    return None
+                owner = segment.index % self._count
+                if owner == index:
+                    return None if self._stopped else segment
+                while self._slots[owner] is not None and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return None
+                self._slots[owner] = segment
+                self._cond.notify_all()

@@ -128,6 +128,21 @@ class PartnerLink(Protocol):
         self, partner: PartnerConfig, transfer_id: str, manifest: Signed
     ) -> FinishResult: ...
 
+    def deliver(
+        self,
+        partner: PartnerConfig,
+        passport: str,
+        header: bytes,
+        segment: SegmentIn,
+        manifest: Signed,
+    ) -> FinishResult | None:
+        """A transfer of one segment in one call (offer, upload and finish on the partner, in
+        that order); its answer is Finish's. None if the partner has no such call (an older
+        gateway): the link remembers that, so the sender falls back to the three calls at no
+        further cost. A refusal is worded as the step's own (:data:`DELIVER_STEPS`), so the
+        sender handles it as it handles that call's."""
+        ...
+
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus: ...
 
     def cancel(self, partner: PartnerConfig, transfer_id: str, reason: str) -> TransferState:
@@ -142,9 +157,17 @@ CALL_NAMES = {
     "offer": "the offer",
     "upload": "the upload",
     "finish": "the manifest",
+    "deliver": "the one-call delivery",
     "status": "the status request",
     "cancel": "the cancel",
 }
+
+
+#: The steps of a Deliver call, as its refusals name them: a partner sets the trailing
+#: metadata ``DELIVER_STEP_KEY`` to the step that refused, and the sender's message and
+#: handling are that call's (``stale_transport_key``, a refusal before recording, ...).
+DELIVER_STEPS = ("offer", "upload", "finish")
+DELIVER_STEP_KEY = "xbgw-step"
 
 
 def refused_by(partner: str, call: str, status: str, details: str) -> PartnerError:

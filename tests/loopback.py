@@ -41,6 +41,7 @@ from gateway.ledger import Ledger
 from gateway.passport import issue
 from gateway.passport_claims import PassportClaims, XbgwClaims, scoped_jti
 from gateway.receiver import Receiver
+from gateway.receiver.intake import Stripe
 from gateway.secrets import PinSource
 from gateway.sender import ReceiptSummary, Sender
 from gateway.signed import Signed
@@ -83,16 +84,29 @@ class LoopbackLink:
     tamper: Callable[[Segments], Segments] | None = None
     lose_reply: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
+    #: ``tamper`` for one stripe of the next striped upload, by stripe index (once each).
+    tamper_stripes: dict[int, Callable[[Segments], Segments]] = field(default_factory=dict)
+    #: Partners that answer Deliver with UNIMPLEMENTED (older gateways); the link remembers
+    #: the answer as the gRPC link does (``no_deliver_seen``), so each is asked once.
+    no_deliver: set[str] = field(default_factory=set)
+    no_deliver_seen: set[str] = field(default_factory=set)
 
     def _call(
-        self, partner: PartnerConfig, call: str, act: Callable[[Receiver, PartnerConfig], object]
+        self,
+        partner: PartnerConfig,
+        call: str,
+        act: Callable[[Receiver, PartnerConfig], object],
+        step: list[str] | None = None,
     ) -> object:
+        """``step``: a Deliver's steps as they start; its refusal is worded as the last one's
+        (the gRPC link reads it from the partner's trailing metadata)."""
         self.calls.append(call)
         receiver, peer = self.receivers[partner.id]
         try:
             result = act(receiver, peer)
         except XbgwError as error:
-            raise refused_by(partner.id, call, error.grpc_status, str(error)) from None
+            named = step[-1] if step else call
+            raise refused_by(partner.id, named, error.grpc_status, str(error)) from None
         except LinkCut as cut:
             raise unreachable(partner.id, call, f"connection reset ({cut})") from None
         if call in self.lose_reply:
@@ -117,8 +131,61 @@ class LoopbackLink:
         assert isinstance(result, UploadResult)
         return result
 
+    def upload_stripe(
+        self,
+        partner: PartnerConfig,
+        segments: Segments,
+        stripe: Stripe,
+        on_abort: Callable[[Callable[[], object]], None],
+    ) -> UploadResult:
+        """One stripe, in the caller's thread (the sender runs each in its own). A cancel
+        from the sender cuts the stream at its next segment, as gRPC's would."""
+        cancelled: list[bool] = []
+        on_abort(lambda: cancelled.append(True))
+        tamper = self.tamper_stripes.pop(stripe.index, None)
+        stream = tamper(segments) if tamper is not None else segments
+
+        def cut_when_cancelled() -> Segments:
+            for segment in stream:
+                if cancelled:
+                    raise LinkCut(f"stripe {stripe.index} cancelled by the sender")
+                yield segment
+
+        act = lambda r, p: r.upload(p, cut_when_cancelled(), stripe)  # noqa: E731
+        result = self._call(partner, "upload", act)
+        assert isinstance(result, UploadResult)
+        return result
+
     def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         result = self._call(partner, "finish", lambda r, p: r.finish(p, transfer_id, manifest))
+        assert isinstance(result, FinishResult)
+        return result
+
+    def deliver(
+        self,
+        partner: PartnerConfig,
+        passport: str,
+        header: bytes,
+        segment: SegmentIn,
+        manifest: Signed,
+    ) -> FinishResult | None:
+        if partner.id in self.no_deliver_seen:
+            return None
+        if partner.id in self.no_deliver:
+            self.calls.append("deliver")
+            self.no_deliver_seen.add(partner.id)
+            return None
+        tamper, self.tamper = self.tamper, None
+        steps: list[str] = []
+
+        def act(receiver: Receiver, peer: PartnerConfig) -> FinishResult:
+            # The one segment meets the same faults as an upload's (a cut, a flipped bit).
+            given = [segment] if tamper is None else list(tamper(iter([segment])))
+            if len(given) != 1:
+                raise LinkCut(f"the request carried {len(given)} segments")
+            return receiver.deliver(peer, passport, header, given[0], manifest, steps.append)
+
+        result = self._call(partner, "deliver", act, steps)
         assert isinstance(result, FinishResult)
         return result
 

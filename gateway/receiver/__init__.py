@@ -8,6 +8,7 @@ one module per step, each a unit a person can hold in mind:
 * ``upload`` -- segments in order into the spool, byte limit, durable resume points
   (``intake`` does the streaming);
 * ``finish`` -- the manifest against what arrived; commit; the signed receipt;
+* ``deliver`` -- the three in one call, for a transfer of one segment;
 * ``context`` -- what the steps share: ledger, spool, keys, the one-writer guard and the
   in-memory working set.
 
@@ -34,7 +35,9 @@ from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier
 from gateway.receiver.cancel import Ends
 from gateway.receiver.context import Context
+from gateway.receiver.deliver import deliver as _deliver
 from gateway.receiver.finish import finish as _finish
+from gateway.receiver.intake import Stripe
 from gateway.receiver.offer import Offers
 from gateway.receiver.upload import upload as _upload
 from gateway.signed import Signed
@@ -104,12 +107,26 @@ class Receiver:
     def offer(self, peer: PartnerConfig, token: str, header: bytes) -> OfferResult:
         return self._offers.offer(self._verifier, peer, token, header)
 
-    def upload(self, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
-        return _upload(self._ctx, peer, segments)
+    def upload(
+        self, peer: PartnerConfig, segments: Iterable[SegmentIn], stripe: Stripe | None = None
+    ) -> UploadResult:
+        return _upload(self._ctx, peer, segments, stripe)
 
     def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         receipt = _finish(self._ctx, peer, transfer_id, manifest, self.on_commit)
         return FinishResult(receipt, self._commit_proof(transfer_id))
+
+    def deliver(
+        self,
+        peer: PartnerConfig,
+        token: str,
+        header: bytes,
+        segment: SegmentIn,
+        manifest: Signed,
+        on_step: Callable[[str], None] = lambda _: None,
+    ) -> FinishResult:
+        """Offer, upload and finish a one-segment transfer in one call (``deliver``)."""
+        return _deliver(self, peer, token, header, segment, manifest, on_step)
 
     def _commit_proof(self, transfer_id: str) -> CommitProof | None:
         """Where the commit is in our audit log, under the first checkpoint that covers it

@@ -31,6 +31,7 @@ from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.partner_keys import PartnerKeys
+from gateway.receiver.intake import Stripe, StripedSession
 from gateway.spool import Spool
 from gateway.transfer import GatewayKeys
 
@@ -135,6 +136,9 @@ class Context:
         self.working = WorkingSet()
         self._active: set[tuple[str, str]] = set()  # (sender, transfer id)
         self._active_lock = threading.Lock()
+        #: Striped uploads running, by (sender, transfer id); each also holds its key in
+        #: ``_active``, so every other step meets the one-writer guard as before.
+        self._stripes: dict[tuple[str, str], StripedSession] = {}
 
     @property
     def me(self) -> str:
@@ -176,6 +180,39 @@ class Context:
         finally:
             with self._active_lock:
                 self._active.discard(key)
+
+    def striped(self, transfer_id: str, sender: str, stripe: Stripe) -> tuple[StripedSession, bool]:
+        """Join the striped upload ``stripe`` belongs to, or start it (then True: the caller
+        sets it up). The session takes the one-writer guard for all its streams; a stream of
+        another attempt, or any other step, is refused as busy while it runs -- exactly as a
+        second writer is refused by :meth:`busy`."""
+        key = (sender, transfer_id)
+        with self._active_lock:
+            session = self._stripes.get(key)
+            if (
+                session is not None
+                and session.attempt == stripe.attempt
+                and session.count == stripe.count
+            ):
+                session.join(stripe.index)
+                return session, False
+            if key in self._active:
+                raise TransferConflictError(
+                    f"transfer {transfer_id} is busy on another stream; upload again shortly"
+                )
+            session = StripedSession(transfer_id, stripe)
+            session.join(stripe.index)
+            self._active.add(key)
+            self._stripes[key] = session
+
+        def closed() -> None:
+            with self._active_lock:
+                if self._stripes.get(key) is session:
+                    del self._stripes[key]
+                    self._active.discard(key)
+
+        session.on_closed = closed
+        return session, True
 
     def data_key(self, row: Inbound) -> bytes:
         """The data key: handed over by the offer, else unwrapped with our storage key."""

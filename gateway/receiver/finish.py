@@ -59,7 +59,11 @@ def finish(
                 "resume the upload before sending the manifest"
             )
         header = ctx.working.header(row)
-        hasher = held_hash(ctx, row, header, ctx.data_key(row))
+        # The upload's running hash when it is held: then the data key is not needed, and
+        # not unwrapped in the HSM (held_hash would only recompute with it).
+        hasher = ctx.working.take_hasher(row, ctx.spool.fingerprint(transfer_id))
+        if hasher is None:
+            hasher = held_hash(ctx, row, header, ctx.data_key(row))
         arrived = Manifest(
             transfer_id=row.transfer_id,
             sender=row.sender,

@@ -9,20 +9,53 @@ measurable share of the receiver's CPU. Ciphertext is read where the gRPC messag
 reads; the spool stores the ciphertext, so no plaintext is written.
 The resume point moves only after the spool file is fsynced (every ``SYNC_EVERY_SEGMENTS``
 and at the end of every stream, clean or broken): what the ledger calls durable is on disk.
+
+**Striped uploads** (a partner with ``connections: N``, for long links): one transfer comes
+over N Upload streams at once, each on its own TCP connection, each naming itself in the
+``xbgw-stripe`` metadata as ``INDEX/COUNT/ATTEMPT`` (:class:`Stripe`). Segment ``i`` comes on
+stripe ``i mod N``, each stripe in increasing order, so every stripe's next index is known
+and anything else is refused as a stream out of order is (``SegmentOrderError``). The N
+streams of one attempt share one :class:`StripedSession`: still one transfer writer (one
+``Intake``, one worker, one decryptor), fed through a :class:`Reorder` buffer that hands the
+worker segments strictly in index order -- so hashing, spool writes and the resume point are
+exactly as for one stream, and the resume point is always the contiguous prefix.
+
+The buffer is bounded: a segment more than ``REORDER_PER_STRIPE x N`` indexes ahead of the
+segment the worker is at waits (back-pressure through gRPC flow control to that stream's
+connection). The window is at least N, so the stripe carrying the missing segment is never
+the one held back: no deadlock. A stream that waits longer than ``STRIPE_WAIT_SECONDS`` (its
+peer stripe is dead and keepalive has not said so yet), a stripe that never arrives, or one
+that breaks, ends the whole attempt: every stream of it is ended with ``StripeBrokenError``
+(UNAVAILABLE, which the sender retries: it offers again and resumes from the contiguous
+point). A refusal (tampered, out of order, over the byte limit, ...) on any stripe is the
+refusal of every stripe, as it would be of the one stream. The session closes -- fsync,
+resume point, running hash kept -- once every stripe that joined has ended, and only then
+does any of them answer: the sender's Finish follows the last answer, so it always meets
+durable data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from gateway import envelope
-from gateway.errors import ByteLimitError, OfferMismatchError, TrailingDataError
+from gateway.errors import (
+    ByteLimitError,
+    OfferMismatchError,
+    SegmentOrderError,
+    TrailingDataError,
+    TransferConflictError,
+    XbgwError,
+)
 from gateway.ledger import Ledger
 from gateway.spool import PartialFile
-from gateway.transfer import SegmentIn
-from gateway.wire import ciphertext_view
+from gateway.transfer import SegmentIn, UploadResult
+from gateway.wire import ciphertext_len, ciphertext_view
 
 SYNC_EVERY_SEGMENTS = 32
 QUEUE_DEPTH = 4  # segments waiting for the worker, at most
@@ -84,12 +117,16 @@ class _Syncer:
         self._closed = False
         self.durable: tuple[int, int, bool] | None = None
         self.failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="xbgw-sync", daemon=True)
-        self._thread.start()
+        # Started at the first request: a stream shorter than SYNC_EVERY_SEGMENTS (every
+        # small transfer) never needs it, and a thread per upload is a cost of its own.
+        self._thread: threading.Thread | None = None
 
     def request(self, point: tuple[int, int, bool]) -> None:
         with self._cond:
             self._pending = point
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="xbgw-sync", daemon=True)
+                self._thread.start()
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -114,6 +151,8 @@ class _Syncer:
 
     def close(self) -> None:
         """Finish the requested syncs and stop the thread."""
+        if self._thread is None:
+            return
         with self._cond:
             self._cond.wait_for(lambda: self._pending is None and not self._busy)
             self._closed = True
@@ -156,10 +195,16 @@ class Intake:
         self._plain: bytearray | None = None
 
     def run(self, segments: Iterable[SegmentIn]) -> None:
-        """Consume ``segments`` (from the gRPC thread) with the work done in a worker thread."""
+        """Consume ``segments`` (from the gRPC thread) with the work done in a worker thread.
+
+        A list (Deliver's one segment) is taken in this thread: it is in memory already, so
+        there is no receiving to overlap with, and a thread would cost more than the work."""
+        if isinstance(segments, list):
+            for segment in segments:
+                self._take(segment)
+            return
         work = _Handoff(QUEUE_DEPTH, WAKE_AT)
-        worker = threading.Thread(target=self._work, args=(work,), name="xbgw-intake")
-        worker.start()
+        worker = self.start(work)
         try:
             for segment in segments:
                 if self.failure is not None:
@@ -172,7 +217,13 @@ class Intake:
         if self.failure is not None:
             raise self.failure
 
-    def _work(self, work: _Handoff) -> None:
+    def start(self, work: _Handoff | Reorder) -> threading.Thread:
+        """The worker, taking batches from ``work`` (in index order) until it ends."""
+        worker = threading.Thread(target=self._work, args=(work,), name="xbgw-intake")
+        worker.start()
+        return worker
+
+    def _work(self, work: _Handoff | Reorder) -> None:
         while batch := work.take():
             for item in batch:
                 if self.failure is not None:
@@ -181,6 +232,8 @@ class Intake:
                     self._take(item)
                 except BaseException as exc:
                     self.failure = exc
+                    if isinstance(work, Reorder):
+                        work.fail(exc)  # the other streams stop feeding at once
 
     def _take(self, segment: SegmentIn) -> None:
         if segment.transfer_id != self.transfer_id:
@@ -247,3 +300,362 @@ class Intake:
     def discard(self) -> None:
         self._syncer.close()
         self._partial.close()
+
+
+# --- striped uploads (see the module docstring) ----------------------------------------------
+
+#: The gRPC metadata key naming a stream's stripe: ``INDEX/COUNT/ATTEMPT``.
+STRIPE_METADATA = "xbgw-stripe"
+#: The most streams one transfer may be striped over (``partners[].connections`` allows 16).
+MAX_STRIPES = 16
+#: Segments the reorder buffer accepts ahead of the worker, per stripe (at least 1: see the
+#: module docstring); the buffer's bytes are at most this x N x (segment size + tag).
+REORDER_PER_STRIPE = 2
+#: How long a stripe may wait for room in the reorder buffer, or for the other stripes of its
+#: attempt to arrive, before the attempt is given up (a backstop: keepalive ends a dead
+#: connection's stream in about twice ``limits.keepalive_seconds``). A module value so tests
+#: can shorten it.
+STRIPE_WAIT_SECONDS = 60.0
+
+_ATTEMPT = re.compile(r"[0-9a-f]{8,64}")
+
+
+class StripeBrokenError(XbgwError):
+    """Another stream of a striped upload broke or stalled: this attempt is over; offering
+    again tells the sender where to resume."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """Which stream of a striped upload one Upload call is: ``index`` of ``count``, all of
+    one ``attempt`` (a random hex token the sender draws per upload attempt, so streams of
+    an older attempt still draining on the receiver never mix with a new one)."""
+
+    index: int
+    count: int
+    attempt: str
+
+    def encode(self) -> str:
+        return f"{self.index}/{self.count}/{self.attempt}"
+
+    @classmethod
+    def decode(cls, value: str) -> Stripe:
+        """Read the metadata value; a malformed one is refused with what it must be."""
+        parts = value.split("/")
+        if (
+            len(parts) == 3
+            and parts[0].isdigit()
+            and parts[1].isdigit()
+            and _ATTEMPT.fullmatch(parts[2])
+        ):
+            index, count = int(parts[0]), int(parts[1])
+            if 0 <= index < count <= MAX_STRIPES:
+                return cls(index, count, parts[2])
+        raise OfferMismatchError(
+            f"the {STRIPE_METADATA} metadata {value[:80]!r} must be INDEX/COUNT/ATTEMPT with "
+            f"0 <= INDEX < COUNT <= {MAX_STRIPES} and ATTEMPT 8-64 lowercase hex digits"
+        )
+
+    def first(self, start: int) -> int:
+        """The first index this stripe carries when the upload resumes at ``start``."""
+        return start + (self.index - start) % self.count
+
+
+class Reorder:
+    """Segments from several streams, handed to the intake worker in index order.
+
+    The same ``take`` as the one-stream hand-over (so :meth:`Intake._work` is shared). The
+    room rule counts from the first segment of the batch the worker is still processing, so
+    ``bytes`` -- the segments held here plus that batch -- never exceeds ``window`` segments.
+    """
+
+    def __init__(self, start: int, window: int) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # the worker waits here
+        self._room = threading.Condition(self._lock)  # the streams wait here
+        self._next = start  # the index the worker takes next
+        self._floor = start  # the first index of the batch the worker is processing
+        self._window = window
+        self._held: dict[int, SegmentIn] = {}
+        self._batch_bytes = 0
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.peak_segments = 0
+        self._closed = False
+        self.failure: BaseException | None = None
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    def put(self, segment: SegmentIn, wait_seconds: float) -> bool:
+        """Hold ``segment`` until the worker reaches it, waiting while it is too far ahead;
+        False once the session failed or closed. Raises ``StripeBrokenError`` after waiting
+        ``wait_seconds`` for room (the stream carrying the segment the worker needs is
+        stuck)."""
+        index = segment.index
+        deadline = time.monotonic() + wait_seconds
+        with self._lock:
+            while index >= self._floor + self._window:
+                if self.failure is not None or self._closed:
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StripeBrokenError(
+                        f"segment {index} waited {wait_seconds:.0f} s for segment {self._next}, "
+                        "which has not arrived on its stream; this upload attempt is ended: "
+                        "offer again to resume"
+                    )
+                self._room.wait(left)
+            if self.failure is not None or self._closed:
+                return False
+            self._held[index] = segment
+            self.bytes += ciphertext_len(segment)
+            self.peak_bytes = max(self.peak_bytes, self.bytes)
+            self.peak_segments = max(self.peak_segments, len(self._held))
+            if index == self._next:
+                self._ready.notify()
+            return True
+
+    def take(self) -> list[SegmentIn]:
+        """The contiguous run from the next index, waiting for its first segment; [] once
+        closed or failed (segments held beyond a gap are dropped: the resume point is the
+        contiguous prefix)."""
+        with self._lock:
+            self.bytes -= self._batch_bytes  # the worker is done with the previous batch
+            self._batch_bytes = 0
+            self._floor = self._next
+            self._room.notify_all()
+            while self._next not in self._held:
+                if self._closed or self.failure is not None:
+                    self._held.clear()
+                    self.bytes = 0
+                    return []
+                self._ready.wait()
+            batch = []
+            while self._next in self._held:
+                segment = self._held.pop(self._next)
+                batch.append(segment)
+                self._batch_bytes += ciphertext_len(segment)
+                self._next += 1
+            return batch
+
+    def highest(self) -> int:
+        """The highest index held (-1: none)."""
+        with self._lock:
+            return max(self._held, default=-1)
+
+    def close(self) -> None:
+        """No more segments: the worker takes what is contiguous, then ends."""
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
+            self._room.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        """The attempt is over (the first error is kept): every waiter wakes."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = error
+            self._ready.notify_all()
+            self._room.notify_all()
+
+
+class StripedSession:
+    """The N streams of one striped upload attempt of one transfer (module docstring).
+
+    The stream that creates it calls :meth:`setup` (the checks and the intake, as for one
+    stream); every stream, the creator too, then calls :meth:`feed`. The last stream to end
+    closes the session through ``settle`` (what one stream does at its end: durable resume
+    point, kept hash, or the refusal of the transfer) and every stream answers with its
+    result -- or, if the attempt failed, with the failure."""
+
+    def __init__(self, transfer_id: str, stripe: Stripe) -> None:
+        self.transfer_id = transfer_id
+        self.attempt = stripe.attempt
+        self.count = stripe.count
+        self._cond = threading.Condition()
+        self._joined: set[int] = set()
+        self._ended: set[int] = set()
+        self._ready = False
+        self._closing = False
+        self._done = False
+        self._created = time.monotonic()
+        self._intake: Intake | None = None
+        self._worker: threading.Thread | None = None
+        self._settle: Callable[[Intake, BaseException | None], UploadResult] | None = None
+        self._result: UploadResult | None = None
+        self._failure: BaseException | None = None  # setup's, or what the settling raised
+        self._final: int | None = None
+        self._start = 0
+        self.reorder: Reorder | None = None
+        #: Called once by the stream that closes the session, before any stream answers
+        #: (the context's registry forgets the session: the next offer must not meet it).
+        self.on_closed: Callable[[], None] = lambda: None
+
+    def join(self, index: int) -> None:
+        """Called under the context's registry lock (never waits)."""
+        with self._cond:
+            if self._closing:
+                raise TransferConflictError(
+                    f"transfer {self.transfer_id} is busy on another stream; its striped "
+                    "upload is ending -- upload again shortly"
+                )
+            if index in self._joined:
+                raise OfferMismatchError(
+                    f"stripe {index} of {self.count} of upload attempt {self.attempt} of "
+                    f"transfer {self.transfer_id} is already running; each stripe comes once"
+                )
+            self._joined.add(index)
+
+    def setup(
+        self,
+        open_intake: Callable[[], Intake],
+        settle: Callable[[Intake, BaseException | None], UploadResult],
+    ) -> None:
+        """Make the one intake (the creator only); its failure is every stream's."""
+        try:
+            intake = open_intake()
+        except BaseException as exc:
+            with self._cond:
+                self._failure = exc
+                self._ready = True
+                self._cond.notify_all()
+            return
+        self._start = intake.next_index
+        reorder = Reorder(self._start, max(REORDER_PER_STRIPE, 1) * self.count)
+        with self._cond:
+            self._intake, self._settle, self.reorder = intake, settle, reorder
+            self._worker = intake.start(reorder)
+            self._ready = True
+            self._cond.notify_all()
+
+    def feed(self, stripe: Stripe, segments: Iterable[SegmentIn]) -> UploadResult:
+        """Stream ``stripe``'s segments into the reorder buffer; when it ends, wait for the
+        session's end and answer as the session does."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._ready)
+        own: BaseException | None = None
+        reorder = self.reorder
+        if reorder is not None:
+            try:
+                self._feed(stripe, segments, reorder)
+            except BaseException as exc:
+                own = exc
+                reorder.fail(exc)
+        return self._leave(stripe.index, own)
+
+    def _feed(self, stripe: Stripe, segments: Iterable[SegmentIn], reorder: Reorder) -> None:
+        expected = stripe.first(self._start)
+        for segment in segments:
+            if reorder.failure is not None:
+                return
+            index = segment.index
+            if segment.transfer_id != self.transfer_id:
+                raise OfferMismatchError(
+                    f"segment for {segment.transfer_id!r} inside the upload of {self.transfer_id!r}"
+                )
+            with self._cond:
+                final = self._final
+                if final is not None and index > final:
+                    raise TrailingDataError(
+                        f"segment {index} arrived after the final segment {final}"
+                    )
+                if index != expected:
+                    what = (
+                        "a repeat or a replay"
+                        if index < expected
+                        else "an earlier segment is missing or out of order"
+                    )
+                    raise SegmentOrderError(
+                        f"expected segment {expected} on stripe {stripe.index} of "
+                        f"{stripe.count}, got {index} ({what})"
+                    )
+                if segment.final:
+                    self._final = index
+            if segment.final and reorder.highest() > index:
+                raise TrailingDataError(
+                    f"segment {reorder.highest()} arrived after the final segment {index}"
+                )
+            expected += stripe.count
+            if not reorder.put(segment, STRIPE_WAIT_SECONDS):
+                return
+
+    def _leave(self, index: int, own: BaseException | None) -> UploadResult:
+        with self._cond:
+            self._ended.add(index)
+            self._cond.notify_all()
+            while not self._closing:
+                if self._ended == self._joined and (
+                    len(self._joined) == self.count or self._gave_up()
+                ):
+                    self._closing = True
+                    break
+                if self._gave_up():
+                    # Answer the failure now rather than at the close: the sender, told,
+                    # ends its other stripes -- which may be waiting for this one's slot.
+                    return self._answer(own)
+                late = self._created + STRIPE_WAIT_SECONDS - time.monotonic()
+                if len(self._joined) < self.count and late <= 0 and self.reorder is not None:
+                    missing = sorted(set(range(self.count)) - self._joined)
+                    self.reorder.fail(
+                        StripeBrokenError(
+                            f"stripes {missing} of {self.count} of this upload never arrived "
+                            f"within {STRIPE_WAIT_SECONDS:.0f} s; offer again to resume"
+                        )
+                    )
+                    continue
+                # A failure is recorded in the reorder buffer, which does not wake this
+                # condition: look again at least every 0.2 s.
+                self._cond.wait(min(max(late, 0.05), 0.2))
+            else:
+                self._cond.wait_for(lambda: self._done)
+                return self._answer(own)
+        try:
+            self._close()
+        finally:
+            self.on_closed()
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+        return self._answer(own)
+
+    def _gave_up(self) -> bool:
+        """The attempt failed (no stripe still missing is waited for) or never started."""
+        return self.reorder is None or self.reorder.failure is not None
+
+    def _close(self) -> None:
+        """The last stream out: the worker finishes what is contiguous, then ``settle``."""
+        reorder, worker, intake, settle = self.reorder, self._worker, self._intake, self._settle
+        if reorder is None or worker is None or intake is None or settle is None:
+            return  # setup failed: nothing was opened
+        reorder.close()
+        worker.join()
+        failure = reorder.failure or intake.failure
+        try:
+            self._result = settle(intake, failure)
+        except BaseException as exc:
+            self._failure = exc
+
+    def _answer(self, own: BaseException | None) -> UploadResult:
+        if own is not None:
+            raise own
+        failure = self._failure
+        if failure is None and self.reorder is not None:
+            failure = self.reorder.failure
+            if failure is not None and not isinstance(failure, XbgwError):
+                failure = StripeBrokenError(
+                    f"another stripe of this upload of transfer {self.transfer_id} broke "
+                    f"({type(failure).__name__}); offer again to resume"
+                )
+        if failure is not None:
+            raise failure
+        assert self._result is not None
+        return self._result
+
+    @property
+    def joined(self) -> int:
+        with self._cond:
+            return len(self._joined)

@@ -32,13 +32,20 @@ from gateway.errors import (
 from gateway.ledger import Inbound
 from gateway.receiver.cancel import refuse_ended, refuse_late
 from gateway.receiver.context import Context
-from gateway.receiver.intake import Intake
+from gateway.receiver.intake import Intake, Stripe
 from gateway.transfer import SegmentIn, TransferState, UploadResult
 
 log = logging.getLogger("xbgw.receiver")
 
 
-def upload(ctx: Context, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult:
+def upload(
+    ctx: Context,
+    peer: PartnerConfig,
+    segments: Iterable[SegmentIn],
+    stripe: Stripe | None = None,
+) -> UploadResult:
+    """``stripe``: this stream is one of a striped upload (``intake.StripedSession``); None:
+    the transfer's one stream."""
     iterator = iter(segments)
     first = next(iterator, None)
     if first is None:
@@ -48,16 +55,85 @@ def upload(ctx: Context, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> 
         )
     transfer_id = first.transfer_id
     ctx.owned(peer, transfer_id, "upload")  # before the guard: no oracle for others' ids
+    if stripe is not None:
+        return _striped(ctx, peer, transfer_id, stripe, itertools.chain([first], iterator))
     with ctx.busy(transfer_id, "upload", peer.id):
         row = ctx.owned(peer, transfer_id, "upload")  # read under the guard: it is current
         refuse_ended(row)
         if row.state is not TransferState.RECEIVING:
             raise TransferConflictError(f"transfer {transfer_id} is {row.state}, not receiving")
         refuse_late(ctx, row, "upload")
-        return _upload(ctx, row, itertools.chain([first], iterator))
+        # A list (Deliver's one segment) stays one: Intake takes it in this thread.
+        stream = segments if isinstance(segments, list) else itertools.chain([first], iterator)
+        return _upload(ctx, row, stream)
+
+
+def _striped(
+    ctx: Context,
+    peer: PartnerConfig,
+    transfer_id: str,
+    stripe: Stripe,
+    segments: Iterable[SegmentIn],
+) -> UploadResult:
+    """One stream of a striped upload: the first of its attempt makes the session's one
+    intake under the same checks as :func:`upload`; every stream feeds it; the last to end
+    settles it as :func:`_upload` settles its one stream."""
+    session, creator = ctx.striped(transfer_id, peer.id, stripe)
+    if creator:
+        row_of: list[Inbound] = []
+
+        def open_intake() -> Intake:
+            row = ctx.owned(peer, transfer_id, "upload")  # read under the guard: current
+            refuse_ended(row)
+            if row.state is not TransferState.RECEIVING:
+                raise TransferConflictError(f"transfer {transfer_id} is {row.state}, not receiving")
+            refuse_late(ctx, row, "upload")
+            row_of.append(row)
+            return _intake(ctx, row)
+
+        def settle(intake: Intake, failure: BaseException | None) -> UploadResult:
+            return _settle(ctx, row_of[0], intake, failure)
+
+        session.setup(open_intake, settle)
+    return session.feed(stripe, segments)
 
 
 def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> UploadResult:
+    intake = _intake(ctx, row)
+    try:
+        intake.run(segments)
+    except BaseException as exc:
+        _settle(ctx, row, intake, exc)
+        raise
+    return _settle(ctx, row, intake, None)
+
+
+def _settle(
+    ctx: Context, row: Inbound, intake: Intake, failure: BaseException | None
+) -> UploadResult:
+    """The end of an upload, clean or not. A byte-limit breach refuses the transfer for
+    good. Otherwise durable first: whatever ended the stream -- the sender gone (the request
+    iterator raises once gRPC sees the reset, or keepalive the black hole), a bad segment, a
+    full disk -- every segment that verified is fsynced and becomes the resume point before
+    the error goes on, so each attempt keeps at least what it brought."""
+    transfer_id = row.transfer_id
+    if isinstance(failure, ByteLimitError):
+        intake.discard()
+        ctx.refuse(transfer_id, row.sender, str(failure), type(failure).__name__)
+        return UploadResult(intake.next_index, intake.received, intake.done)
+    intake.close()
+    _keep_hash(ctx, row, intake)
+    if failure is not None:
+        _ended_early(row, intake, _why(failure))
+    elif not intake.done:
+        # A clean end before the final segment: the sender paused -- or gRPC ended the
+        # request stream when keepalive found the connection dead (it ends it cleanly then).
+        _ended_early(row, intake, "the stream ended before the final segment")
+    return UploadResult(intake.next_index, intake.received, intake.done)
+
+
+def _intake(ctx: Context, row: Inbound) -> Intake:
+    """The transfer's one writer, from its durable resume point."""
     transfer_id = row.transfer_id
     if row.final_received:
         raise TrailingDataError(
@@ -78,7 +154,7 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
         ctx.ledger.record_progress(transfer_id, 0, 0, False)
         ctx.working.drop(transfer_id)
         raise
-    intake = Intake(
+    return Intake(
         ctx.ledger,
         transfer_id,
         decryptor,
@@ -88,28 +164,6 @@ def _upload(ctx: Context, row: Inbound, segments: Iterable[SegmentIn]) -> Upload
         row.byte_limit,
         in_time=lambda: refuse_late(ctx, row, "upload"),
     )
-    try:
-        intake.run(segments)
-    except ByteLimitError as exc:
-        intake.discard()
-        ctx.refuse(transfer_id, row.sender, str(exc), type(exc).__name__)
-        raise
-    except BaseException as exc:
-        # Durable first: whatever ended the stream -- the sender gone (the request iterator
-        # raises once gRPC sees the reset, or keepalive the black hole), a bad segment, a
-        # full disk -- every segment that verified is fsynced and becomes the resume point
-        # before the error goes on, so each attempt keeps at least what it brought.
-        intake.close()
-        _keep_hash(ctx, row, intake)
-        _ended_early(row, intake, _why(exc))
-        raise
-    intake.close()
-    _keep_hash(ctx, row, intake)
-    if not intake.done:
-        # A clean end before the final segment: the sender paused -- or gRPC ended the
-        # request stream when keepalive found the connection dead (it ends it cleanly then).
-        _ended_early(row, intake, "the stream ended before the final segment")
-    return UploadResult(intake.next_index, intake.received, intake.done)
 
 
 def _ended_early(row: Inbound, intake: Intake, why: str) -> None:

@@ -313,6 +313,7 @@ def test_hand_driven_transfer_is_accepted(rig: Rig) -> None:
 def test_empty_transfer_end_to_end(rig: Rig) -> None:
     """Zero bytes: one empty final segment 0, committed, fetched empty; resumable too."""
     lb = rig.lb
+    lb.link.no_deliver.add("frankfurt")  # the three calls (Deliver: test_loopback_oneshot)
     summary = rig.send(lb.passport("dpo_empty"), b"")
     assert rig.last_uploaded == [0]
     assert [len(s.ciphertext) for s in rig.uploads[-1]] == [16]

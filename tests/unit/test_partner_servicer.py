@@ -27,6 +27,7 @@ from gateway.metrics import Metrics
 from gateway.partner import PartnerServicer
 from gateway.signed import Signed
 from gateway.transfer import (
+    DELIVER_STEP_KEY,
     FinishResult,
     OfferResult,
     SegmentIn,
@@ -48,8 +49,17 @@ class Aborted(Exception):
 class Context:
     """Just what the servicer uses of a ``grpc.ServicerContext``."""
 
+    def __init__(self) -> None:
+        self.trailing: tuple[tuple[str, str], ...] = ()
+
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise Aborted(code, details)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()  # no stripe: one Upload stream
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = metadata
 
 
 def context() -> grpc.ServicerContext:
@@ -101,6 +111,35 @@ class ServicerLink:
             transfer_id=transfer_id, manifest=to_blob(self.manifests(manifest))
         )
         response = self._call(partner, "finish", lambda c: self.servicer.Finish(request, c))
+        return FinishResult(from_blob(response.receipt))
+
+    def deliver(
+        self,
+        partner: PartnerConfig,
+        passport: str,
+        header: bytes,
+        segment: SegmentIn,
+        manifest: Signed,
+    ) -> FinishResult | None:
+        """Through ``PartnerServicer.Deliver``; a refusal named by the step the servicer put
+        in the trailing metadata, as the gRPC link names it."""
+        request = partner_pb2.DeliverRequest(
+            passport=passport,
+            envelope_header=header,
+            segment=partner_pb2.Segment(
+                transfer_id=segment.transfer_id,
+                index=segment.index,
+                final=segment.final,
+                ciphertext=bytes(segment.ciphertext),
+            ),
+            manifest=to_blob(self.manifests(manifest)),
+        )
+        stand_in = Context()
+        try:
+            response = self.servicer.Deliver(request, cast(grpc.ServicerContext, stand_in))
+        except Aborted as aborted:
+            step = dict(stand_in.trailing).get(DELIVER_STEP_KEY, "deliver")
+            raise refused_by(partner.id, step, aborted.code.name, aborted.details) from None
         return FinishResult(from_blob(response.receipt))
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:

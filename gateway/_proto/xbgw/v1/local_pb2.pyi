@@ -31,6 +31,22 @@ class SendRequest(_message.Message):
     data: bytes
     def __init__(self, start: _Optional[_Union[SendStart, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class SendSmallRequest(_message.Message):
+    __slots__ = ("partner", "passport", "size", "wait_seconds", "plaintext_sha256", "data")
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
+    PASSPORT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    partner: str
+    passport: str
+    size: int
+    wait_seconds: int
+    plaintext_sha256: bytes
+    data: bytes
+    def __init__(self, partner: _Optional[str] = ..., passport: _Optional[str] = ..., size: _Optional[int] = ..., wait_seconds: _Optional[int] = ..., plaintext_sha256: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class SendAccepted(_message.Message):
     __slots__ = ("transfer_id", "resume_from")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]

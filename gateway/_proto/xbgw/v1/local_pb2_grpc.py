@@ -40,6 +40,11 @@ class LocalGatewayStub:
                 request_serializer=xbgw_dot_v1_dot_local__pb2.SendRequest.SerializeToString,
                 response_deserializer=xbgw_dot_v1_dot_local__pb2.SendEvent.FromString,
                 _registered_method=True)
+        self.SendSmall = channel.unary_unary(
+                '/xbgw.v1.LocalGateway/SendSmall',
+                request_serializer=xbgw_dot_v1_dot_local__pb2.SendSmallRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_local__pb2.ReceiptSummary.FromString,
+                _registered_method=True)
         self.ListInbox = channel.unary_unary(
                 '/xbgw.v1.LocalGateway/ListInbox',
                 request_serializer=xbgw_dot_v1_dot_local__pb2.ListInboxRequest.SerializeToString,
@@ -118,6 +123,16 @@ class LocalGatewayServicer:
 
     def Send(self, request_iterator, context):
         """Stream plaintext to send to a partner; get progress and the receipt back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendSmall(self, request, context):
+        """A payload of at most limits.segment_size in one unary call: no stream, no progress
+        events, the verified receipt as the answer. Admitted, refused and audited as Send is (it
+        takes a slot of limits.max_concurrent_transfers, and waits for one in line); larger data
+        is refused with INVALID_ARGUMENT: stream it with Send (or hand the file over).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +237,11 @@ def add_LocalGatewayServicer_to_server(servicer, server):
                     request_deserializer=xbgw_dot_v1_dot_local__pb2.SendRequest.FromString,
                     response_serializer=xbgw_dot_v1_dot_local__pb2.SendEvent.SerializeToString,
             ),
+            'SendSmall': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendSmall,
+                    request_deserializer=xbgw_dot_v1_dot_local__pb2.SendSmallRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_local__pb2.ReceiptSummary.SerializeToString,
+            ),
             'ListInbox': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInbox,
                     request_deserializer=xbgw_dot_v1_dot_local__pb2.ListInboxRequest.FromString,
@@ -321,6 +341,33 @@ class LocalGateway:
             '/xbgw.v1.LocalGateway/Send',
             xbgw_dot_v1_dot_local__pb2.SendRequest.SerializeToString,
             xbgw_dot_v1_dot_local__pb2.SendEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSmall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.LocalGateway/SendSmall',
+            xbgw_dot_v1_dot_local__pb2.SendSmallRequest.SerializeToString,
+            xbgw_dot_v1_dot_local__pb2.ReceiptSummary.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,12 @@ class LocalGatewayStub:
     def __new__(cls, channel: _aio.Channel) -> LocalGatewayAsyncStub: ...
     Send: _grpc.StreamStreamMultiCallable[_local_pb2.SendRequest, _local_pb2.SendEvent]
     """Stream plaintext to send to a partner; get progress and the receipt back."""
+    SendSmall: _grpc.UnaryUnaryMultiCallable[_local_pb2.SendSmallRequest, _local_pb2.ReceiptSummary]
+    """A payload of at most limits.segment_size in one unary call: no stream, no progress
+    events, the verified receipt as the answer. Admitted, refused and audited as Send is (it
+    takes a slot of limits.max_concurrent_transfers, and waits for one in line); larger data
+    is refused with INVALID_ARGUMENT: stream it with Send (or hand the file over).
+    """
     ListInbox: _grpc.UnaryUnaryMultiCallable[_local_pb2.ListInboxRequest, _local_pb2.ListInboxResponse]
     Fetch: _grpc.UnaryStreamMultiCallable[_local_pb2.FetchRequest, _local_pb2.FetchChunk]
     """The plaintext of a committed inbound transfer."""
@@ -67,6 +73,12 @@ class LocalGatewayAsyncStub(LocalGatewayStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Send: _aio.StreamStreamMultiCallable[_local_pb2.SendRequest, _local_pb2.SendEvent]  # type: ignore[assignment]
     """Stream plaintext to send to a partner; get progress and the receipt back."""
+    SendSmall: _aio.UnaryUnaryMultiCallable[_local_pb2.SendSmallRequest, _local_pb2.ReceiptSummary]  # type: ignore[assignment]
+    """A payload of at most limits.segment_size in one unary call: no stream, no progress
+    events, the verified receipt as the answer. Admitted, refused and audited as Send is (it
+    takes a slot of limits.max_concurrent_transfers, and waits for one in line); larger data
+    is refused with INVALID_ARGUMENT: stream it with Send (or hand the file over).
+    """
     ListInbox: _aio.UnaryUnaryMultiCallable[_local_pb2.ListInboxRequest, _local_pb2.ListInboxResponse]  # type: ignore[assignment]
     Fetch: _aio.UnaryStreamMultiCallable[_local_pb2.FetchRequest, _local_pb2.FetchChunk]  # type: ignore[assignment]
     """The plaintext of a committed inbound transfer."""
@@ -102,6 +114,18 @@ class LocalGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_local_pb2.SendEvent], _abc.AsyncIterator[_local_pb2.SendEvent]]:
         """Stream plaintext to send to a partner; get progress and the receipt back."""
+
+    @_abc_1.abstractmethod
+    def SendSmall(
+        self,
+        request: _local_pb2.SendSmallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_local_pb2.ReceiptSummary, _abc.Awaitable[_local_pb2.ReceiptSummary]]:
+        """A payload of at most limits.segment_size in one unary call: no stream, no progress
+        events, the verified receipt as the answer. Admitted, refused and audited as Send is (it
+        takes a slot of limits.max_concurrent_transfers, and waits for one in line); larger data
+        is refused with INVALID_ARGUMENT: stream it with Send (or hand the file over).
+        """
 
     @_abc_1.abstractmethod
     def ListInbox(

@@ -69,6 +69,18 @@ class Manifest(_message.Message):
     segment_count: int
     def __init__(self, transfer_id: _Optional[str] = ..., sender: _Optional[str] = ..., receiver: _Optional[str] = ..., header_core_digest: _Optional[bytes] = ..., passport_digest: _Optional[bytes] = ..., plaintext_sha256: _Optional[bytes] = ..., plaintext_size: _Optional[int] = ..., segment_count: _Optional[int] = ...) -> None: ...
 
+class DeliverRequest(_message.Message):
+    __slots__ = ("passport", "envelope_header", "segment", "manifest")
+    PASSPORT_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_HEADER_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    passport: str
+    envelope_header: bytes
+    segment: Segment
+    manifest: _common_pb2.SignedBlob
+    def __init__(self, passport: _Optional[str] = ..., envelope_header: _Optional[bytes] = ..., segment: _Optional[_Union[Segment, _Mapping]] = ..., manifest: _Optional[_Union[_common_pb2.SignedBlob, _Mapping]] = ...) -> None: ...
+
 class FinishRequest(_message.Message):
     __slots__ = ("transfer_id", "manifest")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class PartnerGatewayStub:
                 request_serializer=xbgw_dot_v1_dot_partner__pb2.FinishRequest.SerializeToString,
                 response_deserializer=xbgw_dot_v1_dot_partner__pb2.FinishResponse.FromString,
                 _registered_method=True)
+        self.Deliver = channel.unary_unary(
+                '/xbgw.v1.PartnerGateway/Deliver',
+                request_serializer=xbgw_dot_v1_dot_partner__pb2.DeliverRequest.SerializeToString,
+                response_deserializer=xbgw_dot_v1_dot_partner__pb2.FinishResponse.FromString,
+                _registered_method=True)
         self.GetTransfer = channel.unary_unary(
                 '/xbgw.v1.PartnerGateway/GetTransfer',
                 request_serializer=xbgw_dot_v1_dot_partner__pb2.GetTransferRequest.SerializeToString,
@@ -97,6 +102,18 @@ class PartnerGatewayServicer:
 
     def Finish(self, request, context):
         """Send the sender's signed manifest; get the receiver's signed receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deliver(self, request, context):
+        """A transfer that fits in one segment, in one call: Offer, Upload of its one (final)
+        segment and Finish, run by the receiver in that order with the same checks, refusals,
+        audit records and durable states as the three calls; the receipt back. A refusal names
+        the step that made it in the trailing metadata "xbgw-step" (offer, upload or finish).
+        Idempotent: repeated after a lost reply it answers with the same receipt. A gateway
+        without it answers UNIMPLEMENTED: the sender falls back to the three calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +175,11 @@ def add_PartnerGatewayServicer_to_server(servicer, server):
             'Finish': grpc.unary_unary_rpc_method_handler(
                     servicer.Finish,
                     request_deserializer=xbgw_dot_v1_dot_partner__pb2.FinishRequest.FromString,
+                    response_serializer=xbgw_dot_v1_dot_partner__pb2.FinishResponse.SerializeToString,
+            ),
+            'Deliver': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deliver,
+                    request_deserializer=xbgw_dot_v1_dot_partner__pb2.DeliverRequest.FromString,
                     response_serializer=xbgw_dot_v1_dot_partner__pb2.FinishResponse.SerializeToString,
             ),
             'GetTransfer': grpc.unary_unary_rpc_method_handler(
@@ -267,6 +289,33 @@ class PartnerGateway:
             target,
             '/xbgw.v1.PartnerGateway/Finish',
             xbgw_dot_v1_dot_partner__pb2.FinishRequest.SerializeToString,
+            xbgw_dot_v1_dot_partner__pb2.FinishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xbgw.v1.PartnerGateway/Deliver',
+            xbgw_dot_v1_dot_partner__pb2.DeliverRequest.SerializeToString,
             xbgw_dot_v1_dot_partner__pb2.FinishResponse.FromString,
             options,
             channel_credentials,

@@ -39,6 +39,14 @@ class PartnerGatewayStub:
     """Stream encrypted segments from the resume point, strictly in order."""
     Finish: _grpc.UnaryUnaryMultiCallable[_partner_pb2.FinishRequest, _partner_pb2.FinishResponse]
     """Send the sender's signed manifest; get the receiver's signed receipt."""
+    Deliver: _grpc.UnaryUnaryMultiCallable[_partner_pb2.DeliverRequest, _partner_pb2.FinishResponse]
+    """A transfer that fits in one segment, in one call: Offer, Upload of its one (final)
+    segment and Finish, run by the receiver in that order with the same checks, refusals,
+    audit records and durable states as the three calls; the receipt back. A refusal names
+    the step that made it in the trailing metadata "xbgw-step" (offer, upload or finish).
+    Idempotent: repeated after a lost reply it answers with the same receipt. A gateway
+    without it answers UNIMPLEMENTED: the sender falls back to the three calls.
+    """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_partner_pb2.GetTransferRequest, _partner_pb2.TransferStatus]
     """Where a transfer stands on the receiving side."""
     GetKeySet: _grpc.UnaryUnaryMultiCallable[_partner_pb2.GetKeySetRequest, _partner_pb2.GetKeySetResponse]
@@ -70,6 +78,14 @@ class PartnerGatewayAsyncStub(PartnerGatewayStub):
     """Stream encrypted segments from the resume point, strictly in order."""
     Finish: _aio.UnaryUnaryMultiCallable[_partner_pb2.FinishRequest, _partner_pb2.FinishResponse]  # type: ignore[assignment]
     """Send the sender's signed manifest; get the receiver's signed receipt."""
+    Deliver: _aio.UnaryUnaryMultiCallable[_partner_pb2.DeliverRequest, _partner_pb2.FinishResponse]  # type: ignore[assignment]
+    """A transfer that fits in one segment, in one call: Offer, Upload of its one (final)
+    segment and Finish, run by the receiver in that order with the same checks, refusals,
+    audit records and durable states as the three calls; the receipt back. A refusal names
+    the step that made it in the trailing metadata "xbgw-step" (offer, upload or finish).
+    Idempotent: repeated after a lost reply it answers with the same receipt. A gateway
+    without it answers UNIMPLEMENTED: the sender falls back to the three calls.
+    """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_partner_pb2.GetTransferRequest, _partner_pb2.TransferStatus]  # type: ignore[assignment]
     """Where a transfer stands on the receiving side."""
     GetKeySet: _aio.UnaryUnaryMultiCallable[_partner_pb2.GetKeySetRequest, _partner_pb2.GetKeySetResponse]  # type: ignore[assignment]
@@ -116,6 +132,20 @@ class PartnerGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_partner_pb2.FinishResponse, _abc.Awaitable[_partner_pb2.FinishResponse]]:
         """Send the sender's signed manifest; get the receiver's signed receipt."""
+
+    @_abc_1.abstractmethod
+    def Deliver(
+        self,
+        request: _partner_pb2.DeliverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_partner_pb2.FinishResponse, _abc.Awaitable[_partner_pb2.FinishResponse]]:
+        """A transfer that fits in one segment, in one call: Offer, Upload of its one (final)
+        segment and Finish, run by the receiver in that order with the same checks, refusals,
+        audit records and durable states as the three calls; the receipt back. A refusal names
+        the step that made it in the trailing metadata "xbgw-step" (offer, upload or finish).
+        Idempotent: repeated after a lost reply it answers with the same receipt. A gateway
+        without it answers UNIMPLEMENTED: the sender falls back to the three calls.
+        """
 
     @_abc_1.abstractmethod
     def GetTransfer(
