@@ -247,6 +247,16 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Where the ledger is kept (``state:``): None -- the SQLite file in ``state_dir``; or a
+    PostgreSQL URL (no password in it) shared by several nodes, its password read from
+    ``password`` when the ledger is opened."""
+
+    database: str | None = None
+    password: PinSource | None = None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path  # the file this came from, absolute
     gateway: Identity
@@ -261,6 +271,7 @@ class GatewayConfig:
     keys: KeysConfig = field(default_factory=KeysConfig)
     compliance: ComplianceConfig = field(default_factory=ComplianceConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     #: SHA-256 of the bytes this was loaded from (the audit record of a reload names it).
     sha256: str = field(default="", compare=False, repr=False)
 
@@ -323,6 +334,13 @@ def _build(doc: schema.Document, source: Path) -> GatewayConfig:
         compliance=_compliance(doc.compliance) if doc.compliance else ComplianceConfig(),
         retention=(
             RetentionConfig(**doc.retention.model_dump()) if doc.retention else RetentionConfig()
+        ),
+        state=(
+            StateConfig(
+                doc.state.database, doc.state.password.source() if doc.state.password else None
+            )
+            if doc.state
+            else StateConfig()
         ),
     )
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography import x509
@@ -561,6 +562,39 @@ class Retention(Section):
     sweep_every: Annotated[int, _duration(1, DAY)] = 600
 
 
+def _database_url(url: str) -> str:
+    """A PostgreSQL URL without a password: the password is read from ``state.password``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            "expected a postgresql://user@host:port/dbname URL (leave state.database out for "
+            "the SQLite ledger in state_dir)"
+        )
+    if parts.password is not None or "password" in parse_qs(parts.query):
+        raise ValueError(
+            "the URL holds a password (value not shown): the password never goes in the YAML; "
+            "name where it is read with state.password: {file|env|credential: ...}"
+        )
+    if not parts.hostname and "host" not in parse_qs(parts.query):
+        raise ValueError("the URL names no host")
+    return url
+
+
+class State(Section):
+    """Where the ledger is kept: a SQLite file in ``state_dir`` (the default), or a
+    PostgreSQL database shared by several nodes of one gateway (``database``), whose
+    password comes from ``password``, never from the YAML."""
+
+    database: Annotated[str, _text(_database_url, pattern="^postgres(ql)?://")] | None = None
+    password: SecretSource | None = None
+
+    @model_validator(mode="after")
+    def _password_needs_database(self) -> State:
+        if self.password is not None and self.database is None:
+            raise ValueError("password is given but database is not (the SQLite ledger has none)")
+        return self
+
+
 class Document(Section):
     """The whole ``gateway.yaml``."""
 
@@ -578,6 +612,7 @@ class Document(Section):
     keys: Keys | None = None
     compliance: Compliance | None = None
     retention: Retention | None = None
+    state: State | None = None
 
 
 def validate(doc: dict[Any, Any], label: str, base: Path) -> Document:

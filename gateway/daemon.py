@@ -52,7 +52,7 @@ from gateway.hsm import Hsm
 from gateway.keyadmin import gateway_key_administration
 from gateway.keyring import KeyRing
 from gateway.keys import Purpose
-from gateway.ledger import Ledger
+from gateway.ledger import open_ledger
 from gateway.local import (
     MAX_WAITING_SENDS,
     DaemonView,
@@ -134,7 +134,11 @@ class Daemon:
         # The daemon owns the state directory while it runs: an offline `xbgw keys` verb
         # refuses rather than change key states behind the daemon's back.
         self.state_lock = StateLock(config.state_dir, f"xbgw serve ({config.id})").acquire()
-        self.ledger = Ledger(config.state_dir / "ledger.sqlite3")
+        # The SQLite file in the state directory, or the PostgreSQL database the nodes of
+        # this gateway share (state.database): there this node announces itself and the
+        # schema it runs, so that `xbgw db migrate` waits for older nodes to stop.
+        self.ledger = open_ledger(config)
+        self.ledger.announce_node(f"{socket.gethostname()}:{os.getpid()}")
         self.spool = Spool(config.state_dir / "spool")
         self.ring = KeyRing(
             config.id, self.ledger, self.hsm, config.keys, pinned=config.hsm.key_versions
@@ -645,6 +649,7 @@ def _fixed_until_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     fields = {
         "gateway.id": (old.id, new.id),
         "state_dir": (old.state_dir, new.state_dir),
+        "state": (old.state, new.state),  # the ledger's database is opened at start
         "listen": (old.listen, new.listen),
         "hsm": (old.hsm, new.hsm),
         "limits.max_message_bytes": (

@@ -1,16 +1,21 @@
-"""Transfer state in SQLite: progress, resume points, spent passports, receipts.
+"""Transfer state: progress, resume points, spent passports, receipts.
 
-One database file in the state directory, WAL mode, ``synchronous=FULL`` by default. Writes
+In one SQLite file in the state directory by default (``gateway.store.sqlite``), or in a
+PostgreSQL database shared by several nodes of one gateway (``state.database``,
+``gateway.store.postgres``); the SQL here is written once for both (``gateway.store``).
+
+SQLite: WAL mode, ``synchronous=FULL`` by default. Writes
 whose loss on power failure is harmless skip the fsync (see ``Ledger._tx``): a resume point
 that goes back is safe because the spool is cut back to it, and a lost offer is made again.
 Commits happen per batch of segments, never per chunk, to keep the data path fast.
 
-A passport is spent as soon as an inbound row with its ``jti`` (= transfer id) exists: a
-committed transfer refuses a second offer, an unfinished one resumes only for the same peer
-and the same envelope header.
+A passport is spent as soon as an inbound row with its ``jti`` (= transfer id) exists -- the
+row's primary key decides, not a read before the write, so two nodes offered the same passport
+at once cannot both accept it: a committed transfer refuses a second offer, an unfinished one
+resumes only for the same peer and the same envelope header.
 
-One connection shared under a lock: SQLite serialises writers anyway, and the gateway makes
-a few writes per second per transfer.
+SQLite: one connection shared under a lock: SQLite serialises writers anyway, and the gateway
+makes a few writes per second per transfer. PostgreSQL: a connection pool.
 
 Failures of the database itself (disk full, I/O error, a locked or corrupt file) leave this
 module as :class:`~gateway.errors.StorageError`, whatever called it; a constraint violation
@@ -19,26 +24,37 @@ is the caller's logic and is turned into the domain answer where it happens.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.audit import store as audit_store
-from gateway.errors import StorageError, TransferConflictError
+from gateway.errors import PinSourceError, StorageError, TransferConflictError
 from gateway.ledger_audit import AuditTables, Cosignature, PartnerCheckpoint, WitnessAlarm
-from gateway.ledger_base import storage_errors
 from gateway.ledger_keys import KeyTables
 from gateway.ledger_schema import (
-    MIGRATIONS,
+    NODE_HEARTBEAT,
     SCHEMA,
     SCHEMA_VERSION,
+    check_schema,
+    migrate,
+    migrate_sqlite,
     passport_exp,
     storage_version_of,
 )
 from gateway.signed import Signed as Receipt
+from gateway.store import Database, Row, Tx, UniqueViolationError
+from gateway.store.sqlite import SqliteDatabase
 from gateway.transfer import TransferState
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -149,29 +165,38 @@ class Outbound:
     ended: Ended | None = None  # cancelled or expired
 
 
-def _receipt(row: sqlite3.Row) -> Receipt | None:
+def _receipt(row: Row) -> Receipt | None:
     if row["receipt_body"] is None:
         return None
     return Receipt(bytes(row["receipt_body"]), bytes(row["receipt_signature"]), row["receipt_kid"])
 
 
 class Ledger(AuditTables, KeyTables):
-    """The SQLite ledger of one gateway."""
+    """The ledger of one gateway (of all its nodes, on PostgreSQL)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._lock = threading.Lock()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._migrate(path)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError.from_exception(exc, path) from None
+    def __init__(self, database: Path | Database, *, migrate_schema: bool = False) -> None:
+        """``database``: a SQLite file's path (created, and brought up to this schema, as
+        always: one node owns it), or an open :class:`~gateway.store.Database`. A shared
+        database is not migrated behind the other nodes' backs: it must be at this schema
+        (``xbgw db migrate``) unless ``migrate_schema`` -- what ``xbgw db migrate`` and the
+        tests pass."""
+        if isinstance(database, Path):
+            store = SqliteDatabase.open(database)
+            self._store = store
+            try:
+                self._migrate(database)
+            except sqlite3.Error as exc:
+                store.close()
+                raise StorageError.from_exception(exc, database) from None
+            except BaseException:
+                store.close()
+                raise
+            return
+        self._store = database
+        if migrate_schema:
+            migrate(database)
+        else:
+            check_schema(database)
 
     @classmethod
     def read_only(cls, path: Path) -> Ledger:
@@ -183,7 +208,6 @@ class Ledger(AuditTables, KeyTables):
         empty. Only the read methods may be used (a write is a ``StorageError``).
         """
         ledger = cls.__new__(cls)
-        ledger._lock = threading.Lock()
         try:
             db = _connect_read_only(path) if path.exists() else None
             found = 0 if db is None else int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -204,36 +228,74 @@ class Ledger(AuditTables, KeyTables):
                 db.close()
             db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             db.executescript(SCHEMA)
-        db.row_factory = sqlite3.Row
-        ledger._db = db
+        ledger._store = SqliteDatabase(db, path)
         return ledger
 
     def _migrate(self, path: Path) -> None:
         """Create the schema, or bring a ledger of an older version up to this one."""
-        found = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if found > SCHEMA_VERSION:
-            raise StorageError(
-                f"the ledger {path} has schema version {found}, newer than this xbgw's "
-                f"({SCHEMA_VERSION}): run the newer xbgw, or restore a matching backup",
-                "FAILED_PRECONDITION",
-            )
-        tables = {
-            row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
-        if "inbound" in tables:  # an existing ledger: each step in its own transaction
-            for version, step in MIGRATIONS:
-                if found < version:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    step(self._db)
-                    self._db.execute(f"PRAGMA user_version={version}")
-                    self._db.execute("COMMIT")
-        # executescript commits on its own; CREATE ... IF NOT EXISTS makes it idempotent.
-        self._db.executescript(SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        migrate_sqlite(self._db, path)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Stop the heartbeat (and leave the ``nodes`` table) before closing the database."""
+        beating = self._heartbeat
+        if beating is not None:
+            beating[0].set()
+            beating[1].join()
+            node = beating[2]
+            try:
+                with self._tx() as db:
+                    db.execute("DELETE FROM nodes WHERE node = ?", (node,))
+            except StorageError as exc:  # it ages out of the live window instead
+                log.warning("could not remove node %s from the ledger database: %s", node, exc)
+        self._store.close()
+
+    #: (stop, thread, node) of the heartbeat of :meth:`announce_node`; None: none runs.
+    _heartbeat: tuple[threading.Event, threading.Thread, str] | None = None
+
+    def announce_node(self, node: str) -> None:
+        """On a shared database: record this node and the schema it runs, then again every
+        ``NODE_HEARTBEAT`` seconds until :meth:`close` -- ``xbgw db migrate`` refuses while a
+        live node runs an older schema. A SQLite ledger has one node: nothing to do."""
+        if not self._store.dialect.shared:
+            return
+        self._beat(node, started=True)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(NODE_HEARTBEAT):
+                try:
+                    self._beat(node, started=False)
+                except StorageError as exc:  # the database is away; try again next period
+                    log.warning("node heartbeat failed: %s", exc)
+
+        thread = threading.Thread(target=beat, name="xbgw-node-heartbeat", daemon=True)
+        thread.start()
+        self._heartbeat = (stop, thread, node)
+
+    def _beat(self, node: str, started: bool) -> None:
+        now = int(time.time())
+        with self._tx(durable=False) as db:
+            db.execute(
+                "INSERT INTO nodes (node, schema_version, started_at, seen_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET "
+                "schema_version = excluded.schema_version, seen_at = excluded.seen_at",
+                (node, SCHEMA_VERSION, now, now),
+            )
+            if started:  # the same name started again (a restart)
+                db.execute("UPDATE nodes SET started_at = ? WHERE node = ?", (now, node))
+
+    def nodes(self) -> list[tuple[str, int, int]]:
+        """(node, schema version, last heartbeat) of the nodes recorded on a shared
+        database, by name (a SQLite ledger: none)."""
+        if not self._store.dialect.shared:
+            return []
+        rows = self._all("SELECT node, schema_version, seen_at FROM nodes ORDER BY node")
+        return [(r["node"], int(r["schema_version"]), int(r["seen_at"])) for r in rows]
+
+    @property
+    def store(self) -> Database:
+        """The database beneath (its ``dialect`` says which)."""
+        return self._store
 
     # -- inbound ---------------------------------------------------------------------------
 
@@ -287,8 +349,8 @@ class Ledger(AuditTables, KeyTables):
                 ),
                 audit,
             )
-        except sqlite3.IntegrityError:
-            return None  # a transfer id is a passport jti: single use
+        except UniqueViolationError:
+            return None  # a transfer id is a passport jti: single use, on every node
         return self.inbound(transfer_id)
 
     def _insert_inbound(self, values: tuple[object, ...], audit: bytes | None = None) -> None:
@@ -360,9 +422,7 @@ class Ledger(AuditTables, KeyTables):
                 self._audited(db, "inbound", transfer_id, audit)
 
     @staticmethod
-    def _audited(
-        db: sqlite3.Connection, table: str, transfer_id: str, audit: bytes | None
-    ) -> int | None:
+    def _audited(db: Tx, table: str, transfer_id: str, audit: bytes | None) -> int | None:
         """Append ``audit`` in the caller's transaction and note its leaf on the row."""
         if audit is None:
             return None
@@ -422,7 +482,7 @@ class Ledger(AuditTables, KeyTables):
                         expires_at,
                     ),
                 )
-        except sqlite3.IntegrityError:
+        except UniqueViolationError:
             raise TransferConflictError(
                 f"transfer {transfer_id} already has an outbound record"
             ) from None
@@ -444,7 +504,8 @@ class Ledger(AuditTables, KeyTables):
             return
         with self._tx() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO outbound_segments (transfer_id, idx, tag) VALUES (?,?,?)",
+                "INSERT INTO outbound_segments (transfer_id, idx, tag) VALUES (?,?,?) "
+                "ON CONFLICT DO NOTHING",
                 [(transfer_id, idx, tag) for idx, tag in tags],
             )
 
@@ -496,13 +557,13 @@ class Ledger(AuditTables, KeyTables):
         committed transfers, plus those still in flight -- a threshold is judged as if every
         open transfer commits, so that two sends decided at once cannot both slip under it.
         ``excluding``: a transfer judged again (a resume) does not count against itself."""
-        with self._lock, storage_errors():  # one snapshot: a commit moves counts, never loses them
-            counted = self._db.execute(
+        with self._reading() as db:  # one snapshot: a commit moves counts, never loses them
+            counted = db.execute(
                 "SELECT subjects, sensitive FROM compliance_counters "
                 "WHERE direction = ? AND exporter = ? AND year = ?",
                 (direction, exporter, year),
             ).fetchone()
-            in_flight = self._db.execute(
+            in_flight = db.execute(
                 _IN_FLIGHT[direction], (exporter, year, excluding or "")
             ).fetchone()
         total = [0, 0]
@@ -614,9 +675,9 @@ class Ledger(AuditTables, KeyTables):
         with self._tx() as db:
             done = db.execute(
                 f"UPDATE {table} SET state = ?, ended_at = ?, ended_by = ?, "  # noqa: S608
-                "end_reason = ?, stored_header = X'', storage_version = NULL "
+                "end_reason = ?, stored_header = ?, storage_version = NULL "
                 "WHERE transfer_id = ? AND state = ?",
-                (state.value, at, by, reason, transfer_id, unfinished),
+                (state.value, at, by, reason, b"", transfer_id, unfinished),
             )
             if done.rowcount != 1:
                 return False
@@ -673,10 +734,10 @@ class Ledger(AuditTables, KeyTables):
         data key goes too. False if it was deleted before."""
         with self._tx() as db:
             done = db.execute(
-                "UPDATE inbound SET deleted_at = ?, deleted_cause = ?, stored_header = X'', "
+                "UPDATE inbound SET deleted_at = ?, deleted_cause = ?, stored_header = ?, "
                 "storage_version = NULL "
                 "WHERE transfer_id = ? AND state = 'committed' AND deleted_at IS NULL",
-                (at, cause, transfer_id),
+                (at, cause, b"", transfer_id),
             )
             if done.rowcount == 1 and audit is not None:
                 audit_store.append(db, audit)
@@ -731,7 +792,7 @@ class Ledger(AuditTables, KeyTables):
             "SELECT * FROM (SELECT transfer_id, 'in' AS direction, sender AS partner, state, "
             "received_bytes AS bytes, created_at FROM inbound "
             "UNION ALL SELECT transfer_id, 'out', partner, state, "
-            "COALESCE(plaintext_size, 0), created_at FROM outbound) "
+            "COALESCE(plaintext_size, 0), created_at FROM outbound) AS transfers "
             "WHERE (created_at, direction, transfer_id) < (?, ?, ?) "
             "ORDER BY created_at DESC, direction DESC, transfer_id DESC LIMIT ?",
             (created_at, direction or "~", transfer_id, limit),
@@ -765,7 +826,7 @@ class Ledger(AuditTables, KeyTables):
         return found
 
 
-def _inbound(row: sqlite3.Row) -> Inbound:
+def _inbound(row: Row) -> Inbound:
     return Inbound(
         transfer_id=row["transfer_id"],
         sender=row["sender"],
@@ -802,13 +863,13 @@ def _int_or_none(value: object) -> int | None:
     return None if value is None else int(value)  # type: ignore[call-overload]
 
 
-def _ended(row: sqlite3.Row) -> Ended | None:
+def _ended(row: Row) -> Ended | None:
     if row["ended_at"] is None:
         return None
     return Ended(int(row["ended_at"]), row["ended_by"], row["end_reason"])
 
 
-def _outbound(row: sqlite3.Row) -> Outbound:
+def _outbound(row: Row) -> Outbound:
     return Outbound(
         transfer_id=row["transfer_id"],
         partner=row["partner"],
@@ -866,13 +927,49 @@ def _count_values(count: Count | None) -> tuple[str | None, int | None, int, int
     return (count.exporter, count.year, count.subjects, count.sensitive)
 
 
-def _add_to_counters(db: sqlite3.Connection, direction: str, table: str, transfer_id: str) -> None:
+def _add_to_counters(db: Tx, direction: str, table: str, transfer_id: str) -> None:
     """Add what ``transfer_id`` counts to the counters (inside the caller's transaction)."""
     query = (
         "INSERT INTO compliance_counters (direction, exporter, year, subjects, sensitive) "
         "SELECT ?, count_exporter, count_year, count_subjects, count_sensitive FROM %s "
         "WHERE transfer_id = ? AND count_exporter IS NOT NULL "
         "ON CONFLICT (direction, exporter, year) DO UPDATE SET "
-        "subjects = subjects + excluded.subjects, sensitive = sensitive + excluded.sensitive"
+        "subjects = compliance_counters.subjects + excluded.subjects, "
+        "sensitive = compliance_counters.sensitive + excluded.sensitive"
     )
     db.execute(query % table, (direction, transfer_id))
+
+
+#: The SQLite ledger's file in the state directory.
+LEDGER_FILE = "ledger.sqlite3"
+
+
+def open_ledger(config: GatewayConfig, *, migrate_schema: bool = False) -> Ledger:
+    """The ledger ``config`` names: the SQLite file in ``state_dir`` (brought up to date as it
+    opens), or the PostgreSQL database of ``state.database``, which must be at this schema
+    unless ``migrate_schema`` (what ``xbgw db migrate`` passes; a node only checks)."""
+    if config.state.database is None:
+        return Ledger(config.state_dir / LEDGER_FILE)
+    database = open_database(config)
+    try:
+        return Ledger(database, migrate_schema=migrate_schema)
+    except BaseException:
+        database.close()  # refused (another schema): its pool goes too
+        raise
+
+
+def open_database(config: GatewayConfig) -> Database:
+    """The ledger's database itself (``xbgw db``): its password, if any, read now from
+    ``state.password``."""
+    state = config.state
+    if state.database is None:
+        return SqliteDatabase.open(config.state_dir / LEDGER_FILE)
+    from gateway.store.postgres import PostgresDatabase  # the optional extra, only if named
+
+    password = None
+    if state.password is not None:
+        try:
+            password = state.password.read()
+        except PinSourceError as exc:  # its words name the HSM PIN: say which setting it was
+            raise PinSourceError(f"state.password: {str(exc).removeprefix('HSM PIN: ')}") from None
+    return PostgresDatabase(state.database, password)

@@ -4,12 +4,12 @@ ours)."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from gateway.audit import store as audit_store
 from gateway.audit.merkle import consistency_proof_at, inclusion_proof_at
-from gateway.ledger_base import LedgerBase, storage_errors
+from gateway.ledger_base import LedgerBase
+from gateway.store import Row, Tx
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class AuditTables(LedgerBase):
             return audit_store.append(db, record)
 
     def audit_size(self) -> int:
-        with self._lock, storage_errors():
-            return audit_store.size(self._db)
+        with self._reading() as db:
+            return audit_store.size(db)
 
     def audit_records(self, start: int, stop: int) -> list[tuple[int, bytes]]:
         """(leaf index, record) for ``start <= idx < stop``, in order."""
@@ -69,16 +69,16 @@ class AuditTables(LedgerBase):
         return [(int(r["idx"]), bytes(r["record"])) for r in rows]
 
     def audit_root(self, size: int) -> bytes:
-        with self._lock, storage_errors():
-            return audit_store.root(self._db, size)
+        with self._reading() as db:
+            return audit_store.root(db, size)
 
     def audit_inclusion(self, index: int, size: int) -> list[bytes]:
-        with self._lock, storage_errors():
-            return inclusion_proof_at(audit_store.hash_reader(self._db), index, size)
+        with self._reading() as db:
+            return inclusion_proof_at(audit_store.hash_reader(db), index, size)
 
     def audit_consistency(self, old_size: int, new_size: int) -> list[bytes]:
-        with self._lock, storage_errors():
-            return consistency_proof_at(audit_store.hash_reader(self._db), old_size, new_size)
+        with self._reading() as db:
+            return consistency_proof_at(audit_store.hash_reader(db), old_size, new_size)
 
     def audit_nodes(self) -> list[tuple[int, int, bytes]]:
         """Every stored node (level, index, hash), for ``xbgw audit verify``."""
@@ -92,7 +92,7 @@ class AuditTables(LedgerBase):
             tree_size = audit_store.size(db)
             root_hash = audit_store.root(db, tree_size)
             db.execute(
-                "INSERT OR IGNORE INTO audit_checkpoints (size, root) VALUES (?, ?)",
+                "INSERT INTO audit_checkpoints (size, root) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (tree_size, root_hash),
             )
             return tree_size, root_hash
@@ -159,8 +159,8 @@ class AuditTables(LedgerBase):
         already open for the partner (it stands)."""
         with self._tx() as db:
             done = db.execute(
-                "INSERT OR IGNORE INTO witness_alarms (partner, raised_at, reason, size, root, "
-                "note) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO witness_alarms (partner, raised_at, reason, size, root, note) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (alarm.partner, alarm.raised_at, alarm.reason, alarm.size, alarm.root, alarm.note),
             )
             if done.rowcount == 1 and audit is not None:
@@ -169,8 +169,8 @@ class AuditTables(LedgerBase):
 
     def witness_alarm(self, partner: str) -> WitnessAlarm | None:
         """The open alarm of ``partner``, if any (read on every offer: one indexed row)."""
-        with self._lock, storage_errors():
-            return _open_alarm(self._db, partner)
+        with self._reading() as db:
+            return _open_alarm(db, partner)
 
     def witness_alarms(self) -> list[WitnessAlarm]:
         """Every open alarm, by partner."""
@@ -222,13 +222,13 @@ class AuditTables(LedgerBase):
         return [Cosignature(int(r["size"]), r["witness"], r["line"], int(r["at"])) for r in rows]
 
 
-def _partner_checkpoint(row: sqlite3.Row) -> PartnerCheckpoint:
+def _partner_checkpoint(row: Row) -> PartnerCheckpoint:
     return PartnerCheckpoint(
         row["partner"], int(row["size"]), bytes(row["root"]), row["note"], int(row["seen_at"])
     )
 
 
-def _put_partner_checkpoint(db: sqlite3.Connection, checkpoint: PartnerCheckpoint) -> None:
+def _put_partner_checkpoint(db: Tx, checkpoint: PartnerCheckpoint) -> None:
     db.execute(
         "INSERT INTO partner_checkpoints (partner, size, root, note, seen_at) VALUES (?,?,?,?,?) "
         "ON CONFLICT (partner) DO UPDATE SET size = excluded.size, root = excluded.root, "
@@ -243,7 +243,7 @@ def _put_partner_checkpoint(db: sqlite3.Connection, checkpoint: PartnerCheckpoin
     )
 
 
-def _witness_alarm(row: sqlite3.Row) -> WitnessAlarm:
+def _witness_alarm(row: Row) -> WitnessAlarm:
     acknowledged = row["acknowledged_at"]
     return WitnessAlarm(
         partner=row["partner"],
@@ -256,7 +256,7 @@ def _witness_alarm(row: sqlite3.Row) -> WitnessAlarm:
     )
 
 
-def _open_alarm(db: sqlite3.Connection, partner: str) -> WitnessAlarm | None:
+def _open_alarm(db: Tx, partner: str) -> WitnessAlarm | None:
     row = db.execute(
         "SELECT * FROM witness_alarms WHERE partner = ? AND acknowledged_at IS NULL", (partner,)
     ).fetchone()

@@ -1,91 +1,59 @@
-"""The ledger's connection discipline, shared by every part of the ledger: one connection
-under one lock, write transactions with or without the fsync at commit, and database failures
-turned into :class:`~gateway.errors.StorageError` (``Ledger`` is composed of this base and the
-parts in ``ledger_keys`` and ``ledger_audit``).
+"""The ledger's connection discipline, shared by every part of the ledger: one database
+(``gateway.store``: a SQLite file, or PostgreSQL shared by several nodes), write transactions
+with or without the flush at commit, and database failures turned into
+:class:`~gateway.errors.StorageError` (``Ledger`` is composed of this base and the parts in
+``ledger_keys`` and ``ledger_audit``).
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
+from typing import Any
 
-from gateway.errors import StorageError
+from gateway.store import Database, Tx
+from gateway.store.sqlite import SqliteDatabase, storage_errors
+
+__all__ = ["LedgerBase", "storage_errors"]
 
 
 class LedgerBase:
-    """What every part of the ledger uses: the connection and its transactions."""
+    """What every part of the ledger uses: the database and its transactions."""
 
-    _db: sqlite3.Connection
-    _lock: threading.Lock
-    #: The database file, named when its file system is full (None: "the ledger").
-    _path: Path | None = None
+    _store: Database
 
-    @contextmanager
-    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction; ``durable=False`` skips the fsync at commit.
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The SQLite connection itself, for what only SQLite has (PRAGMAs in tests, the
+        backup API); a ledger on PostgreSQL has none."""
+        if not isinstance(self._store, SqliteDatabase):
+            raise TypeError(f"the ledger at {self._store.where} is not a SQLite file")
+        return self._store.connection
 
-        In WAL mode a commit without fsync survives a process crash but perhaps not a power
-        loss -- until the next durable commit, which fsyncs the log with everything before
-        it. Only writes whose loss is harmless use it: a resume point that goes back is safe
-        (the spool is cut back to it); a lost offer is simply made again.
+    def _tx(self, durable: bool = True) -> AbstractContextManager[Tx]:
+        """One write transaction; ``durable=False`` skips the flush at commit.
+
+        In SQLite's WAL mode a commit without fsync survives a process crash but perhaps not
+        a power loss -- until the next durable commit, which fsyncs the log with everything
+        before it (PostgreSQL: ``synchronous_commit = off``, the same promise). Only writes
+        whose loss is harmless use it: a resume point that goes back is safe (the spool is
+        cut back to it); a lost offer is simply made again.
         """
-        with self._lock, storage_errors(self._path):
-            if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
-            finally:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
+        return self._store.transaction(durable)
 
-    def _rollback(self) -> None:
-        """Undo the open transaction -- if SQLite has not already: on SQLITE_FULL (and some
-        I/O errors) it rolls back by itself, and a second ROLLBACK would raise "no
-        transaction is active" in place of the reason that matters (the disk is full)."""
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+    def _reading(self) -> AbstractContextManager[Tx]:
+        """A few reads that belong together (no writes)."""
+        return self._store.reading()
 
-    def _one(self, sql: str, args: tuple[object, ...]) -> sqlite3.Row | None:
-        with self._lock, storage_errors(self._path):
-            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
-            return row
+    def _one(self, sql: str, args: tuple[object, ...]) -> Any:
+        return self._store.one(sql, args)
 
-    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock, storage_errors(self._path):
-            return list(self._db.execute(sql, args).fetchall())
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        return self._store.all(sql, args)
 
-    @contextmanager
-    def read_snapshot(self) -> Iterator[sqlite3.Connection]:
+    def read_snapshot(self) -> AbstractContextManager[Any]:
         """The connection inside one read transaction, for a reader that must see one
-        committed state across many queries (``xbgw audit verify``); WAL readers neither
-        block the daemon nor wait for it. Only reads may be made through it."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN")
-                try:
-                    yield self._db
-                finally:
-                    self._db.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise StorageError(f"cannot read the ledger: {exc}") from None
-
-
-@contextmanager
-def storage_errors(path: Path | None = None) -> Iterator[None]:
-    """The database failed (not a constraint): a StorageError the servicers map once --
-    a StorageFullError naming ``path`` when its file system is full."""
-    try:
-        yield
-    except sqlite3.IntegrityError:
-        raise
-    except sqlite3.Error as exc:
-        raise StorageError.from_exception(exc, path or "the ledger") from None
+        committed state across many queries (``xbgw audit verify``); readers neither block
+        the daemon nor wait for it. Only reads may be made through it (a ``Tx``; typed
+        loosely for ``gateway.audit.verify``, which reads it as a ``sqlite3.Connection``)."""
+        return self._store.snapshot()

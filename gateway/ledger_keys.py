@@ -4,11 +4,10 @@ stored header is wrapped to, which offers are open to a transport version)."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from gateway.keys import KeyState, KeyVersion, Purpose
 from gateway.ledger_base import LedgerBase
 from gateway.ledger_schema import storage_version_of
+from gateway.store import Row
 
 
 class KeyTables(LedgerBase):
@@ -24,8 +23,8 @@ class KeyTables(LedgerBase):
         """Record a version (pending, or found on the token); an existing row is kept."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO key_versions (purpose, version, state, created_at, "
-                "activated_at) VALUES (?,?,?,?,?)",
+                "INSERT INTO key_versions (purpose, version, state, created_at, "
+                "activated_at) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (purpose.value, version, state.value, at, at if state is KeyState.ACTIVE else None),
             )
 
@@ -157,13 +156,14 @@ class KeyTables(LedgerBase):
         with self._tx() as db:
             db.execute(
                 "INSERT INTO partner_key_sets (partner, issued_at, seen_at) VALUES (?,?,?) "
-                "ON CONFLICT (partner) DO UPDATE SET issued_at = MAX(issued_at, "
-                "excluded.issued_at), seen_at = excluded.seen_at",
+                "ON CONFLICT (partner) DO UPDATE SET issued_at = CASE WHEN excluded.issued_at > "
+                "partner_key_sets.issued_at THEN excluded.issued_at ELSE "
+                "partner_key_sets.issued_at END, seen_at = excluded.seen_at",
                 (partner, issued_at, at),
             )
 
 
-def _key_version(row: sqlite3.Row) -> KeyVersion:
+def _key_version(row: Row) -> KeyVersion:
     def optional(name: str) -> int | None:
         return None if row[name] is None else int(row[name])
 

@@ -1,18 +1,34 @@
 """The ledger's schema and its migrations, one step per version.
 
 Why apart: the schema changes with every capability that keeps state (key lifecycle,
-compliance counters, the audit log), and each step must stay readable on its own; the
-``Ledger`` applies them in order when it opens an older file (``Ledger._migrate``).
+compliance counters, the audit log), and each step must stay readable on its own.
+
+Two databases (``gateway.store``):
+
+* SQLite: the version is the file's ``user_version``; the ``Ledger`` applies the steps in
+  order when it opens an older file (:func:`migrate_sqlite`) -- one node owns the file.
+* PostgreSQL, shared by several nodes: the versions applied are rows of
+  ``schema_migrations``; a node only checks (:func:`check_schema`) and ``xbgw db migrate``
+  applies what is pending (:func:`migrate`), in one transaction, and refuses while a live
+  node (a ``nodes`` row whose heartbeat is recent) still runs an older schema. Its history
+  starts at version 6, created whole; a later version adds a step for each dialect.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from gateway.audit import store as audit_store
 from gateway.envelope import Header, WrapKind
-from gateway.errors import EnvelopeError, XbgwError
+from gateway.errors import EnvelopeError, StorageError, XbgwError
 from gateway.passport import inspect
+from gateway.store import Database, Tx, serialise
+from gateway.store.sqlite import SqliteDatabase
 
 #: 1: the first schema. 2: inbound.dataset_sha256 (the passport's ``sub``, kept at the offer
 #: so that finish need not parse the stored passport again). 3: key lifecycle -- the states of
@@ -261,3 +277,144 @@ def storage_version_of(stored_header: bytes) -> int | None:
 
 #: (version, step) in order: a ledger of version v - 1 is brought to v by step.
 MIGRATIONS = ((2, _to_2), (3, _to_3), (4, _to_4), (5, _to_5), (6, _to_6))
+
+
+# --- applying them ----------------------------------------------------------------------------
+
+
+def migrate_sqlite(db: sqlite3.Connection, path: Path) -> None:
+    """Create the schema in a SQLite file, or bring one of an older version up to this one
+    (each step in its own transaction)."""
+    found = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise StorageError(
+            f"the ledger {path} has schema version {found}, newer than this xbgw's "
+            f"({SCHEMA_VERSION}): run the newer xbgw, or restore a matching backup",
+            "FAILED_PRECONDITION",
+        )
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "inbound" in tables:  # an existing ledger
+        for version, step in MIGRATIONS:
+            if found < version:
+                db.execute("BEGIN IMMEDIATE")
+                step(db)
+                db.execute(f"PRAGMA user_version={version}")
+                db.execute("COMMIT")
+    # executescript commits on its own; CREATE ... IF NOT EXISTS makes it idempotent.
+    db.executescript(SCHEMA)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+#: What a shared database keeps of itself: the schema versions applied, and the nodes that
+#: use it with the schema each runs (their heartbeat: ``Ledger.announce_node``).
+SHARED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    applied_at INTEGER NOT NULL,
+    applied_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    schema_version INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL
+);
+"""
+
+#: A node's heartbeat period, and how long after its last one it still counts as running.
+NODE_HEARTBEAT = 10
+NODE_LIVE = 3 * NODE_HEARTBEAT
+
+
+def _shared_6(db: Tx) -> None:
+    """Version 6 on PostgreSQL: the whole schema, in its types."""
+    from gateway.store.postgres import translate_schema
+
+    db.execute(translate_schema(SCHEMA))
+
+
+#: (version, step) for a shared database, in order.
+SHARED_MIGRATIONS: tuple[tuple[int, Callable[[Tx], None]], ...] = ((6, _shared_6),)
+
+
+def schema_version(database: Database) -> int:
+    """The version ``database`` is at (0: none yet)."""
+    if isinstance(database, SqliteDatabase):
+        row = database.one("PRAGMA user_version")
+        return int(row[0])
+    if database.one("SELECT to_regclass('schema_migrations') IS NOT NULL")[0]:
+        row = database.one("SELECT MAX(version) FROM schema_migrations")
+        return int(row[0] or 0)
+    return 0
+
+
+def check_schema(database: Database) -> None:
+    """Refuse a database at another schema than this xbgw's, saying what to do."""
+    found = schema_version(database)
+    if found == SCHEMA_VERSION:
+        return
+    if found > SCHEMA_VERSION:
+        why = (
+            f"newer than this xbgw's ({SCHEMA_VERSION}): run the newer xbgw on this node too, "
+            "or restore a matching backup"
+        )
+    else:
+        why = (
+            f"older than this xbgw needs ({SCHEMA_VERSION}): run `xbgw db migrate -c "
+            "gateway.yaml` once the nodes that run an older xbgw are stopped"
+        )
+    raise StorageError(
+        f"the ledger database {database.where} has schema version {found}, {why}",
+        "FAILED_PRECONDITION",
+    )
+
+
+def migrate(database: Database, live_within: int = NODE_LIVE) -> tuple[int, int]:
+    """Apply what is pending to ``database``; (version before, version after).
+
+    A shared database: in one transaction, under a lock that two ``xbgw db migrate`` share,
+    and refused while a node whose heartbeat is younger than ``live_within`` seconds runs an
+    older schema than this one (it would write rows the new schema no longer means).
+    """
+    if isinstance(database, SqliteDatabase):
+        before = schema_version(database)
+        assert database.path is not None
+        with database.lock:
+            try:
+                migrate_sqlite(database.connection, database.path)
+            except sqlite3.Error as exc:
+                raise StorageError.from_exception(exc, database.path) from None
+        return before, SCHEMA_VERSION
+    now = int(time.time())
+    with database.transaction() as db:
+        serialise(db, "schema-migrate")
+        db.execute(SHARED_SCHEMA)
+        row = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        found = int(row[0] or 0)
+        if found > SCHEMA_VERSION:
+            check_schema(database)  # says why, in the same words as a node
+        if found == SCHEMA_VERSION:
+            return found, found
+        older = db.execute(
+            "SELECT node, schema_version FROM nodes WHERE seen_at >= ? AND schema_version < ? "
+            "ORDER BY node",
+            (now - live_within, SCHEMA_VERSION),
+        ).fetchall()
+        if older:
+            running = ", ".join(f"{r[0]} (schema {r[1]})" for r in older)
+            raise StorageError(
+                f"not migrating the ledger database {database.where} to schema "
+                f"{SCHEMA_VERSION}: nodes still run an older one: {running}; stop them (or "
+                f"wait {live_within} s after one died), then run `xbgw db migrate` again",
+                "FAILED_PRECONDITION",
+            )
+        by = f"{socket.gethostname()}:{os.getpid()}"
+        for version, step in SHARED_MIGRATIONS:
+            if found < version:
+                step(db)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, applied_at, applied_by) "
+                    "VALUES (?, ?, ?)",
+                    (version, now, by),
+                )
+    return found, SCHEMA_VERSION

@@ -3,10 +3,12 @@ SQLite database.
 
 Why in the ledger's database and not a file of its own: a committed transfer and its audit
 record must never exist one without the other, across kill -9 and power loss. Appending
-inside the same SQLite transaction that commits the transfer gives that for free, with the
+inside the same transaction that commits the transfer gives that for free, with the
 ledger's fsync discipline (see ``Ledger._tx``). The functions here therefore take the
-caller's open transaction (a ``sqlite3.Connection`` inside ``BEGIN IMMEDIATE``) and never
-commit themselves.
+caller's open transaction (a ``gateway.store.Tx``: SQLite inside ``BEGIN IMMEDIATE``, or
+PostgreSQL) and never commit themselves. Where several nodes share the database, an append
+holds the log's lock (``gateway.store.serialise``) from reading the frontier to its commit:
+one log per gateway identity, with no gap and no fork.
 
 Tables (created by the ledger's schema):
 
@@ -35,8 +37,6 @@ Witnessing (``gateway.audit.witness``) keeps, beside our own log:
 
 from __future__ import annotations
 
-import sqlite3
-
 from gateway.audit.merkle import (
     EMPTY_ROOT,
     Frontier,
@@ -44,6 +44,7 @@ from gateway.audit.merkle import (
     leaf_hash,
     subtree_root,
 )
+from gateway.store import Tx, serialise
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -94,13 +95,14 @@ CREATE TABLE IF NOT EXISTS cosignatures (
 """
 
 
-def frontier(db: sqlite3.Connection) -> Frontier:
+def frontier(db: Tx) -> Frontier:
     row = db.execute("SELECT frontier FROM audit_frontier WHERE id = 0").fetchone()
     return Frontier() if row is None else Frontier.from_bytes(bytes(row[0]))
 
 
-def append(db: sqlite3.Connection, record: bytes) -> int:
+def append(db: Tx, record: bytes) -> int:
     """Append one canonical record inside the caller's transaction; its leaf index."""
+    serialise(db, "audit-log")
     edge = frontier(db)
     index = edge.size
     completed = edge.append(leaf_hash(record))
@@ -117,11 +119,11 @@ def append(db: sqlite3.Connection, record: bytes) -> int:
     return index
 
 
-def size(db: sqlite3.Connection) -> int:
+def size(db: Tx) -> int:
     return frontier(db).size
 
 
-def hash_reader(db: sqlite3.Connection) -> HashAt:
+def hash_reader(db: Tx) -> HashAt:
     """A ``HashAt`` over the stored nodes (the caller holds the connection's lock)."""
 
     def hash_at(level: int, index: int) -> bytes:
@@ -135,7 +137,7 @@ def hash_reader(db: sqlite3.Connection) -> HashAt:
     return hash_at
 
 
-def root(db: sqlite3.Connection, tree_size: int) -> bytes:
+def root(db: Tx, tree_size: int) -> bytes:
     """The root of the first ``tree_size`` leaves."""
     if tree_size == 0:
         return EMPTY_ROOT

@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tls_verbs(verbs)
     _add_check_verb(verbs)
+    _add_db_verbs(verbs)
     _add_daemon_verbs(verbs)
     _add_policy_verbs(verbs)
     _add_receipt_verbs(verbs)
@@ -245,6 +246,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "tls rotate": (f"xbgw tls rotate -c {_ETC} --key new.key --cert new.crt",),
     "tls show": (f"xbgw tls show -c {_ETC}",),
     "check": (f"xbgw check -c {_ETC}", f"xbgw check -c {_ETC} --expiry-warning 60 --strict"),
+    "db": (f"xbgw db status -c {_ETC}",),
+    "db migrate": (f"xbgw db migrate -c {_ETC}   # once, with the older nodes stopped",),
+    "db status": (f"xbgw db status -c {_ETC} --json",),
     "serve": (f"xbgw serve -c {_ETC}   # systemd runs this: systemctl start xbgw",),
     "send": (f"xbgw send report.csv --to frankfurt --passport passport.jwt -c {_ETC}",),
     "inbox": (f"xbgw inbox --pending -c {_ETC}",),
@@ -310,6 +314,24 @@ def _examples(path: str) -> str:
         return ""
     lines = "\n".join("  " + line for text in examples for line in text.split("\n"))
     return ("example:" if len(examples) == 1 else "examples:") + "\n" + lines
+
+
+def _add_db_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ledger's database: its schema migrations and the nodes that share it
+    (:mod:`gateway.cli.db`, imported only when it runs)."""
+    db = verbs.add_parser(
+        "db", help="the ledger database: schema migrations, nodes"
+    ).add_subparsers(dest="db_verb", required=True, metavar="ACTION")
+    migrate = db.add_parser(
+        "migrate",
+        help="apply pending schema migrations (refused while an older node still runs)",
+    )
+    migrate.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    migrate.set_defaults(func=_lazy("db", "cmd_db_migrate"))
+    status = db.add_parser("status", help="where the ledger is, its schema, the nodes using it")
+    status.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_lazy("db", "cmd_db_status"))
 
 
 def _add_check_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -531,6 +553,10 @@ def _verb_module(name: str) -> ModuleType:
         from gateway.cli import check
 
         return check
+    if name == "db":
+        from gateway.cli import db
+
+        return db
     raise ValueError(f"no verb module {name!r}")
 
 

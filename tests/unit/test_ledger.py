@@ -1,4 +1,5 @@
-"""The SQLite ledger: transfer rows, resume points, spent passports, segment tags, status."""
+"""The ledger: transfer rows, resume points, spent passports, segment tags, status -- on
+SQLite and on PostgreSQL (a real server, ``tests.postgres``), held to the same tests."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import gateway.ledger as ledger_module
 from gateway.errors import StorageError, TransferConflictError
 from gateway.ledger import SCHEMA_VERSION, Count, Counter, Inbound, Ledger
 from gateway.signed import Signed as Receipt
+from gateway.store.postgres import PostgresDatabase
 from gateway.transfer import TransferState
+from tests.postgres import PASSWORD, Cluster, postgres, truncate_all  # noqa: F401
 
 RECEIPT = Receipt(b'{"receipt":1}', bytes(range(64)), "gw-b/signing/1")
 
@@ -25,8 +28,26 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "ledger.db"
 
 
+@pytest.fixture(scope="module")
+def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
+    return postgres.database("test_ledger")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, path: Path) -> Iterator[Ledger]:
+    """The same tests on both databases (PostgreSQL: this module's database, emptied)."""
+    if request.param == "sqlite":
+        opened = Ledger(path)
+    else:
+        url = request.getfixturevalue("pg_url")
+        truncate_all(url)
+        opened = Ledger(PostgresDatabase(url, PASSWORD))
+    yield opened
+    opened.close()
+
+
 @pytest.fixture
-def ledger(path: Path) -> Iterator[Ledger]:
+def sqlite_ledger(path: Path) -> Iterator[Ledger]:
     opened = Ledger(path)
     yield opened
     opened.close()
@@ -60,8 +81,8 @@ def _create_out(ledger: Ledger, transfer_id: str = "o-1", partner: str = "gw-b")
 # --- durability settings ----------------------------------------------------------------------
 
 
-def test_wal_and_synchronous_full_are_in_force(ledger: Ledger, path: Path) -> None:
-    db = ledger._db
+def test_wal_and_synchronous_full_are_in_force(sqlite_ledger: Ledger, path: Path) -> None:
+    db = sqlite_ledger._db
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # 2 = FULL
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -75,8 +96,9 @@ def test_wal_and_synchronous_full_are_in_force(ledger: Ledger, path: Path) -> No
         other.close()
 
 
-def test_relaxed_writes_do_not_leave_synchronous_relaxed(ledger: Ledger) -> None:
+def test_relaxed_writes_do_not_leave_synchronous_relaxed(sqlite_ledger: Ledger) -> None:
     """Offers and resume points may skip the fsync; nothing after them may."""
+    ledger = sqlite_ledger
 
     def synchronous() -> int:
         value: int = ledger._db.execute("PRAGMA synchronous").fetchone()[0]
@@ -243,7 +265,8 @@ def test_ledger_stays_usable_after_a_refused_insert(ledger: Ledger) -> None:
     row = ledger.inbound("t-2")
     assert row is not None
     assert row.next_segment == 1
-    assert not ledger._db.in_transaction
+    if ledger.store.dialect.name == "sqlite":
+        assert not ledger._db.in_transaction
 
 
 # --- outbound and segment tags ----------------------------------------------------------------
@@ -410,8 +433,9 @@ def test_a_ledger_from_a_newer_xbgw_is_refused(path: Path) -> None:
     assert caught.value.grpc_status == "FAILED_PRECONDITION"
 
 
-def test_a_database_failure_leaves_the_ledger_as_a_storage_error(ledger: Ledger) -> None:
+def test_a_database_failure_leaves_the_ledger_as_a_storage_error(sqlite_ledger: Ledger) -> None:
     """sqlite3 errors never escape: the servicers map StorageError once (UNAVAILABLE)."""
+    ledger = sqlite_ledger
     ledger._db.execute("DROP TABLE inbound")
     with pytest.raises(StorageError, match="cannot store the transfer right now") as caught:
         _create_in(ledger)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from gateway.errors import UsageError
 from gateway.ledger import SCHEMA_VERSION, Ledger
 from gateway.paging import MAX_PAGE, decode_token, encode_token, page_size
 from gateway.signed import Signed
+from gateway.store.postgres import PostgresDatabase
 from gateway.transfer import TransferState
+from tests.postgres import PASSWORD, Cluster, postgres, truncate_all  # noqa: F401
 
 RECEIPT = Signed(b"receipt", b"\x01" * 64, "gw/signing/1")
 
@@ -48,6 +51,24 @@ CREATE INDEX inbound_in_flight_counts ON inbound (count_exporter, count_year)
     WHERE state = 'receiving';
 PRAGMA user_version=5;
 """
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
+    return postgres.database("test_ledger_lifecycle")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """The paging tests on both databases (PostgreSQL: this module's database, emptied)."""
+    if request.param == "sqlite":
+        opened = Ledger(tmp_path / "ledger.sqlite3")
+    else:
+        url = request.getfixturevalue("pg_url")
+        truncate_all(url)
+        opened = Ledger(PostgresDatabase(url, PASSWORD))
+    yield opened
+    opened.close()
 
 
 def _token(claims: dict[str, object]) -> str:
@@ -123,46 +144,38 @@ def _commit(ledger: Ledger, transfer_id: str, at: int) -> None:
     assert ledger.commit_inbound(transfer_id, b"\0" * 32, RECEIPT, at) is None
 
 
-def test_inbox_pages_are_stable_while_items_arrive(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
-    try:
-        for i in range(5):
-            _commit(ledger, f"t-{i}", 100 + i // 2)  # ties on committed_at: the id decides
-        first = ledger.inbox_page(2, None)
-        _commit(ledger, "t-0-new", 100)  # sorts within the page already read...
-        _commit(ledger, "t-z-new", 200)  # ...and after every page
-        walked = [r.transfer_id for r in first]
-        key = (first[-1].committed_at or 0, first[-1].transfer_id)
-        while page := ledger.inbox_page(2, key):
-            walked += [r.transfer_id for r in page]
-            key = (page[-1].committed_at or 0, page[-1].transfer_id)
-        assert walked == ["t-0", "t-1", "t-2", "t-3", "t-4", "t-z-new"]
-        assert ledger.acknowledge_inbox("t-1", 300)
-        pending = [r.transfer_id for r in ledger.inbox_page(10, None, unacknowledged_only=True)]
-        assert "t-1" not in pending and "t-0" in pending
-    finally:
-        ledger.close()
+def test_inbox_pages_are_stable_while_items_arrive(ledger: Ledger) -> None:
+    for i in range(5):
+        _commit(ledger, f"t-{i}", 100 + i // 2)  # ties on committed_at: the id decides
+    first = ledger.inbox_page(2, None)
+    _commit(ledger, "t-0-new", 100)  # sorts within the page already read...
+    _commit(ledger, "t-z-new", 200)  # ...and after every page
+    walked = [r.transfer_id for r in first]
+    key = (first[-1].committed_at or 0, first[-1].transfer_id)
+    while page := ledger.inbox_page(2, key):
+        walked += [r.transfer_id for r in page]
+        key = (page[-1].committed_at or 0, page[-1].transfer_id)
+    assert walked == ["t-0", "t-1", "t-2", "t-3", "t-4", "t-z-new"]
+    assert ledger.acknowledge_inbox("t-1", 300)
+    pending = [r.transfer_id for r in ledger.inbox_page(10, None, unacknowledged_only=True)]
+    assert "t-1" not in pending and "t-0" in pending
 
 
-def test_status_pages_walk_every_transfer_newest_first(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
-    try:
-        for i in range(5):
-            _commit(ledger, f"t-{i}", 100)
-        ledger.create_outbound(
-            transfer_id="t-0", partner="gw-b", passport_digest=b"d", sent_header=b"s",
-            stored_header=b"h",
-        )  # fmt: skip
-        seen: list[tuple[str, str]] = []
-        key = None
-        while page := ledger.transfers_page(4, key):
-            seen += [(line.direction, line.transfer_id) for line in page]
-            last = page[-1]
-            key = (last.created_at, last.direction, last.transfer_id)
-        assert sorted(seen) == sorted({*seen}) and len(seen) == 6
-        assert ("out", "t-0") in seen
-    finally:
-        ledger.close()
+def test_status_pages_walk_every_transfer_newest_first(ledger: Ledger) -> None:
+    for i in range(5):
+        _commit(ledger, f"t-{i}", 100)
+    ledger.create_outbound(
+        transfer_id="t-0", partner="gw-b", passport_digest=b"d", sent_header=b"s",
+        stored_header=b"h",
+    )  # fmt: skip
+    seen: list[tuple[str, str]] = []
+    key = None
+    while page := ledger.transfers_page(4, key):
+        seen += [(line.direction, line.transfer_id) for line in page]
+        last = page[-1]
+        key = (last.created_at, last.direction, last.transfer_id)
+    assert sorted(seen) == sorted({*seen}) and len(seen) == 6
+    assert ("out", "t-0") in seen
 
 
 def test_page_tokens_are_opaque_and_checked() -> None:
