@@ -127,8 +127,8 @@ FULL = {
     "leak_transfers": 10000,
     "leak_warmup": 2000,
     "link_inflight": 4 * MIB,
-    "link_stripes": 1,
-    "link_connections": 4,
+    "link_stripes": 6,  # 120 MB/s x 0.2 s = 24 MB of window: six connections of 4 MiB
+    "link_connections": 6,
     "link_small_count": 20,
 }
 SMOKE = {
@@ -144,7 +144,7 @@ SMOKE = {
     "leak_transfers": 40,
     "leak_warmup": 20,
     "link_inflight": 4 * MIB,
-    "link_stripes": 1,
+    "link_stripes": 2,
     "link_connections": 2,
     "link_small_count": 2,
 }
@@ -214,10 +214,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--link-inflight", type=size, help="bytes in flight per connection (4MiB)")
     parser.add_argument(
-        "--link-stripes", type=int, help="gateway connections per partner, N > 1 striped (1)"
+        "--link-stripes", type=int, help="gateway connections per partner, N > 1 striped (6)"
     )
     parser.add_argument(
-        "--link-connections", type=int, help="connections of the split control upload (4)"
+        "--link-connections", type=int, help="connections of the split control upload (6)"
     )
     parser.add_argument(
         "--link-small-count", type=int, help="small transfers at the longest round trip (20)"
