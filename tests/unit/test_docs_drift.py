@@ -56,3 +56,20 @@ def test_the_proto_directory_the_readme_names_is_the_installs() -> None:
     assert "/usr/share/xbgw/proto" in readme
     shipped = sorted(p.name for p in (ROOT / "proto" / "xbgw" / "v1").glob("*.proto"))
     assert "local.proto" in shipped and "common.proto" in shipped
+
+
+def test_the_readme_command_table_lists_every_verb() -> None:
+    """Every verb the parser has is in the README's command table (a row starting with it),
+    and the table names no verb the parser lacks."""
+    import argparse
+
+    from gateway.cli import build_parser
+
+    parser = build_parser()
+    (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    table = README.read_text(encoding="utf-8").split("## Commands", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `xbgw ([a-z]+)", table, re.M))
+    assert listed == set(verbs.choices), (
+        f"missing from the table: {sorted(set(verbs.choices) - listed)}; "
+        f"not a verb: {sorted(listed - set(verbs.choices))}"
+    )
