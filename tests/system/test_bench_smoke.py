@@ -143,10 +143,13 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
                 _positive(n, f"hsm count {name} {op}")
 
     link = data["longlink"]
-    assert link["stripes"] == 1 and link["control_connections"] == 2
+    assert link["stripes"] == 2 and link["control_connections"] == 2
     (run,) = link["runs"]
     assert run["rtt_ms"] == 20
-    for key in ("gateway", "control", "control_n"):
+    assert run["gateway_striped"]["available"], run["gateway_striped"]
+    # Striped over two TCP connections of its own (the proxy counts the partner probe too).
+    assert run["gateway_striped"]["proxy"]["connections"] >= 2, run["gateway_striped"]
+    for key in ("gateway", "gateway_striped", "control", "control_n"):
         _positive(run[key]["mbps"], f"long link {key} MB/s")
         assert run[key]["proxy"]["relayed"] >= run["size_bytes"], run[key]["proxy"]
     # The split control really used separate TCP connections (the proxy counted them).
