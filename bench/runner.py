@@ -79,7 +79,7 @@ from bench.daemons import (
     self_cpu_seconds,
 )
 from bench.load import bench_load
-from bench.localapi import LocalClient, file_chunks
+from bench.localapi import LocalClient
 from bench.longlink import LinkOptions, bench_longlink, default_sizes
 from bench.passports import issue_many
 from devtools.pair import Pair, provision_pair
@@ -427,8 +427,23 @@ class Setup:
         )
 
     def send_file(self, client: LocalClient, token: str, size: int) -> float:
-        chunks = file_chunks(self.data, size, self.segment_size)
-        return client.send("frankfurt", token, chunks, size, self.digests[size]).seconds
+        """As ``xbgw send FILE`` sends: the open file handed to the daemon, which reads it."""
+        return client.send_file("frankfurt", token, self.file_of(size), self.digests[size]).seconds
+
+    def file_of(self, size: int) -> Path:
+        """A file of the dataset's first ``size`` bytes (copied in the kernel, once)."""
+        path = self.data.with_name(f"{self.data.name}.{size}")
+        if not path.exists():
+            partial = path.with_name(path.name + ".partial")
+            with self.data.open("rb") as src, partial.open("wb") as out:
+                copied = 0
+                while copied < size:
+                    done = os.copy_file_range(src.fileno(), out.fileno(), size - copied)
+                    if done == 0:
+                        raise RuntimeError(f"{self.data} is shorter than {size} bytes")
+                    copied += done
+            partial.rename(path)
+        return path
 
 
 def _timed(run: Callable[[], float], pids: dict[str, int]) -> dict[str, Any]:
