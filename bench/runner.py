@@ -91,13 +91,15 @@ MARKER = ".xbgw-bench"
 DEFAULT_JSON = REPO / "bench" / "results.json"
 MIB = 1 << 20
 
-# Targets of issue 5 (2-core machines, both gateways sharing them).
-TARGET_RATIO = 0.85
+# Targets of issue 5 (2-core machines, both gateways sharing them), the bulk and small ones as
+# issue 14 restated them: with one SHA-256 and one AES-GCM per side, one mTLS hop and the spool
+# write, the floor is ~3.65 CPU-s/GiB, about 0.45x of the control when both are CPU-bound.
+TARGET_RATIO = 0.40
 TARGET_ROTATION_COST = 0.02  # rotation may cost the bulk path at most 2 %
 TARGET_AUDIT_SMALL = 0.05  # the audit log: under 5 % of the small-transfer rate
 TARGET_AUDIT_BULK = 0.02  # ... and under 2 % of bulk throughput
-TARGET_SMALL_RATE = 200.0
-TARGET_P99_MS = 50.0
+TARGET_SMALL_RATE = 300.0
+TARGET_P99_MS = 30.0
 TARGET_PEAK_RSS_MIB = 150.0
 TARGET_RSS_FLATNESS = 0.10
 # Targets of issue 12: both daemons under 200 MiB whatever the concurrency; native memory
