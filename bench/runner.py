@@ -1026,13 +1026,18 @@ def link_options(opts: Options) -> LinkOptions:
     )
 
 
-def run(opts: Options) -> dict[str, Any]:
-    started = time.monotonic()
-    results: dict[str, Any] = {
+def _results_head(opts: Options) -> dict[str, Any]:
+    """What every results.json starts with: when, on what machine, with which options."""
+    return {
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
     }
+
+
+def run(opts: Options) -> dict[str, Any]:
+    started = time.monotonic()
+    results = _results_head(opts)
     root, temporary = _work_dir(opts.dir)
     pair: Pair | None = None
     try:
@@ -1144,11 +1149,7 @@ def run_small_only(opts: Options) -> dict[str, Any]:
     and the HSM counts per transfer -- what a change to the small path is judged by, in
     minutes instead of the whole run."""
     started = time.monotonic()
-    results: dict[str, Any] = {
-        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
-    }
+    results = _results_head(opts)
     root, temporary = _work_dir(opts.dir)
     pair: Pair | None = None
     try:

@@ -36,6 +36,7 @@ from gateway.audit import store as audit_store
 from gateway.errors import PinSourceError, StorageError, TransferConflictError
 from gateway.ledger_audit import AuditTables, Cosignature, PartnerCheckpoint, WitnessAlarm
 from gateway.ledger_keys import KeyTables
+from gateway.ledger_leases import LeaseTables
 from gateway.ledger_schema import (
     NODE_HEARTBEAT,
     SCHEMA,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LEDGER_FILE",
     "SCHEMA_VERSION",
     "Cosignature",
     "Count",
@@ -171,7 +173,7 @@ def _receipt(row: Row) -> Receipt | None:
     return Receipt(bytes(row["receipt_body"]), bytes(row["receipt_signature"]), row["receipt_kid"])
 
 
-class Ledger(AuditTables, KeyTables):
+class Ledger(AuditTables, KeyTables, LeaseTables):
     """The ledger of one gateway (of all its nodes, on PostgreSQL)."""
 
     def __init__(self, database: Path | Database, *, migrate_schema: bool = False) -> None:
@@ -236,7 +238,9 @@ class Ledger(AuditTables, KeyTables):
         migrate_sqlite(self._db, path)
 
     def close(self) -> None:
-        """Stop the heartbeat (and leave the ``nodes`` table) before closing the database."""
+        """Stop renewing leases and the heartbeat (and leave the ``nodes`` table) before
+        closing the database; leases still held expire by themselves."""
+        self._stop_leases()
         beating = self._heartbeat
         if beating is not None:
             beating[0].set()
@@ -258,6 +262,7 @@ class Ledger(AuditTables, KeyTables):
         live node runs an older schema. A SQLite ledger has one node: nothing to do."""
         if not self._store.dialect.shared:
             return
+        self._lease_holder = node  # its transfer leases name it too
         self._beat(node, started=True)
         stop = threading.Event()
 

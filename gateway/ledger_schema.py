@@ -26,6 +26,7 @@ from pathlib import Path
 from gateway.audit import store as audit_store
 from gateway.envelope import Header, WrapKind
 from gateway.errors import EnvelopeError, StorageError, XbgwError
+from gateway.ledger_leases import LEASE_SCHEMA
 from gateway.passport import inspect
 from gateway.store import Database, Tx, serialise
 from gateway.store.sqlite import SqliteDatabase
@@ -327,10 +328,12 @@ NODE_LIVE = 3 * NODE_HEARTBEAT
 
 
 def _shared_6(db: Tx) -> None:
-    """Version 6 on PostgreSQL: the whole schema, in its types."""
+    """Version 6 on PostgreSQL: the whole schema, in its types, and the transfer leases
+    (the one-writer guard across nodes; SQLite, one node, has none)."""
     from gateway.store.postgres import translate_schema
 
     db.execute(translate_schema(SCHEMA))
+    db.execute(LEASE_SCHEMA)
 
 
 #: (version, step) for a shared database, in order.

@@ -71,6 +71,7 @@ from gateway.errors import (
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Count, Ledger, Outbound
+from gateway.ledger_leases import LeaseTakenError
 from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline
@@ -258,7 +259,19 @@ class Sender:
                 )
             self._active.add(transfer_id)
         try:
-            yield
+            # Nodes sharing the ledger: the same guard across them (no-op on SQLite).
+            lease = f"outbound/{transfer_id}"
+            try:
+                self._ledger.take_lease(lease)
+            except LeaseTakenError:
+                raise TransferConflictError(
+                    f"transfer {transfer_id} is already being sent by another node of this "
+                    "gateway; wait for that send to finish or fail, then resend to resume"
+                ) from None
+            try:
+                yield
+            finally:
+                self._ledger.drop_lease(lease)
         finally:
             with self._active_lock:
                 self._active.discard(transfer_id)

@@ -203,11 +203,15 @@ class _StoredNodes:
                 yield level, head[0]
                 self._advance(level)
         top = max(self._cursors, default=-1)
-        rows = self._db.execute(
+        # A level that is no integer at all: only SQLite's dynamic types can store one.
+        sql = (
             "SELECT level, idx FROM audit_nodes WHERE level < 0 OR level > ? OR "
-            "typeof(level) != 'integer' ORDER BY level, idx",
-            (top,),
+            "typeof(level) != 'integer' ORDER BY level, idx"
+            if isinstance(self._db, sqlite3.Connection)
+            else "SELECT level, idx FROM audit_nodes WHERE level < 0 OR level > ? "
+            "ORDER BY level, idx"
         )
+        rows = self._db.execute(sql, (top,))
         for row in rows:
             self.read += 1
             yield row[0], row[1]

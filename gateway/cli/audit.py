@@ -35,16 +35,23 @@ from gateway.cli.common import open_hsm
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import UsageError
 from gateway.keys import Purpose
-from gateway.ledger import Ledger
+from gateway.ledger import Ledger, open_ledger
 
 LEDGER = "ledger.sqlite3"  # in the state directory, as the daemon names it
 FOLLOW_INTERVAL = 0.5  # seconds between two looks at the ledger under ``tail -f``
 PAGE = 1000  # records read at a time
 
 
-def _open(config: GatewayConfig) -> tuple[Path, Ledger]:
+def _open(config: GatewayConfig) -> tuple[str, Ledger]:
+    """The ledger for reading, and how messages name it: the SQLite file in the state
+    directory (read as empty if there is none yet), or the database the nodes share
+    (``state.database``), whichever node's config names it."""
+    if config.state.database is not None:
+        ledger = open_ledger(config)
+        return f"ledger database {ledger.store.where}", ledger
     path = config.state_dir / LEDGER
-    return path, Ledger.read_only(path)
+    where = f"ledger {path}, read-only" if path.exists() else f"no ledger yet at {path}"
+    return where, Ledger.read_only(path)
 
 
 def _records(ledger: Ledger, start: int) -> Iterator[tuple[int, bytes]]:
@@ -87,12 +94,11 @@ def _write(out: IO[str], lines: Iterable[str]) -> int | None:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     verifiers = [EcdsaVerifier(config.id, key) for key in _public_keys(args)]
-    path, ledger = _open(config)
+    where, ledger = _open(config)
     try:
         report = verify_log(ledger, verifiers, origin=config.id)
     finally:
         ledger.close()
-    where = f"ledger {path}, read-only" if path.exists() else f"no ledger yet at {path}"
     if report.ok:
         print(f"audit log of {config.id} ({where}): verified")
         for line in _summary(report, len(verifiers)):
@@ -148,8 +154,7 @@ def _pem(path: str) -> ec.EllipticCurvePublicKey:
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    path = config.state_dir / LEDGER
-    ledger = Ledger.read_only(path)
+    _, ledger = _open(config)
     try:
         size = ledger.audit_size()
         last = ledger.audit_records(max(0, size - args.lines), size)
@@ -160,7 +165,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
             time.sleep(FOLLOW_INTERVAL)
             if following == 0:  # perhaps no ledger yet (read as empty): open it again
                 ledger.close()
-                ledger = Ledger.read_only(path)
+                ledger = _open(config)[1]
             fresh = list(_records(ledger, following))
             if fresh:
                 if _write(sys.stdout, (_tail_line(i, r) for i, r in fresh)) is None:

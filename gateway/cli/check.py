@@ -59,7 +59,7 @@ from gateway.errors import (
 from gateway.hsm import Hsm
 from gateway.keyring import KeyRing
 from gateway.keys import Purpose
-from gateway.ledger import SCHEMA_VERSION, Ledger
+from gateway.ledger import SCHEMA_VERSION, Ledger, open_ledger
 from gateway.tlskey import leaf_certificate, load_tls_private_key, looks_wrapped, read_tls_key_file
 
 EXPIRY_WARNING_DAYS = 30
@@ -232,6 +232,8 @@ def _user() -> str:
 
 def _ledger_copy(config: GatewayConfig, scratch: Path, report: Report) -> Ledger | None:
     """A private copy of the ledger, migrated as the daemon would: what the key checks use."""
+    if config.state.database is not None:
+        return _shared_ledger_copy(config, scratch, report)
     source = config.state_dir / LEDGER_NAME
     copy = scratch / LEDGER_NAME
     found = 0
@@ -261,6 +263,38 @@ def _ledger_copy(config: GatewayConfig, scratch: Path, report: Report) -> Ledger
             "next start (tried on a copy)"
         )
     return ledger
+
+
+def _shared_ledger_copy(config: GatewayConfig, scratch: Path, report: Report) -> Ledger | None:
+    """The database the nodes share, reached and its schema checked as the daemon would --
+    nothing written there -- and its key states copied into a private SQLite ledger for the
+    key checks (which may adopt keys: never in the shared database from a check)."""
+    try:
+        shared = open_ledger(config)
+    except (StorageError, PinSourceError) as exc:
+        report.problem(str(exc), "the daemon would not start with it")
+        return None
+    try:
+        where = shared.store.where
+        rows = shared.store.all(f"SELECT {_KEY_COLUMNS} FROM key_versions")  # noqa: S608
+    except StorageError as exc:
+        report.problem(str(exc), "the daemon would not start with it")
+        return None
+    finally:
+        shared.close()
+    copy = Ledger(scratch / LEDGER_NAME)
+    with copy.store.transaction() as db:
+        db.executemany(
+            f"INSERT INTO key_versions ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            [tuple(row[i] for i in range(8)) for row in rows],
+        )
+    report.ok(f"ledger database {where}: schema version {SCHEMA_VERSION} (current)")
+    return copy
+
+
+_KEY_COLUMNS = (
+    "purpose, version, state, created_at, activated_at, deactivated_at, retired_at, destroyed_at"
+)
 
 
 def _backup(source: Path, copy: Path) -> int:

@@ -82,12 +82,12 @@ def _key_states(args: argparse.Namespace) -> dict[tuple[Purpose, int], str]:
     if not args.config:
         return {}
     from gateway.config import load_config
-    from gateway.ledger import Ledger
+    from gateway.ledger import LEDGER_FILE, open_ledger
 
-    path = load_config(args.config).state_dir / "ledger.sqlite3"
-    if not path.exists():
+    config = load_config(args.config)
+    if config.state.database is None and not (config.state_dir / LEDGER_FILE).exists():
         return {}
-    ledger = Ledger(path)
+    ledger = open_ledger(config)
     try:
         return {(k.purpose, k.version): k.state.value for k in ledger.key_versions()}
     finally:

@@ -180,7 +180,7 @@ def _offline(config_path: str) -> Iterator[_Offline]:
     from gateway.hsm import Hsm
     from gateway.keyadmin import gateway_key_administration
     from gateway.keyring import KeyRing
-    from gateway.ledger import Ledger
+    from gateway.ledger import open_ledger
     from gateway.spool import Spool
     from gateway.statelock import StateLock
 
@@ -189,7 +189,7 @@ def _offline(config_path: str) -> Iterator[_Offline]:
         # The config wins over an inherited value, as in the daemon.
         os.environ["SOFTHSM2_CONF"] = str(config.hsm.softhsm_conf)
     with StateLock(config.state_dir, "xbgw keys (offline)"):
-        ledger = Ledger(config.state_dir / "ledger.sqlite3")
+        ledger = open_ledger(config)
         try:
             with Hsm.open(str(config.hsm.module), config.hsm.token, config.hsm.pin.read()) as hsm:
                 ring = KeyRing(config.id, ledger, hsm, config.keys, pinned=config.hsm.key_versions)

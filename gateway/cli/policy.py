@@ -41,15 +41,20 @@ from gateway.compliance.border import Border
 from gateway.compliance.facts import FACTS, Evidence, show
 from gateway.config import GatewayConfig, PartnerConfig, load_config
 from gateway.errors import PeerNotAuthorizedError
-from gateway.ledger import Ledger
+from gateway.ledger import Ledger, open_ledger
 from gateway.passport import PassportVerifier, VerifiedPassport, inspect
 
 LEDGER = "ledger.sqlite3"  # in the state directory, as the daemon names it
 
 
-def _ledger(config: GatewayConfig) -> tuple[Path, Ledger]:
+def _ledger(config: GatewayConfig) -> tuple[str, Ledger]:
+    """The ledger for reading, and how messages name it: the SQLite file, or the database
+    the nodes share (``state.database``)."""
+    if config.state.database is not None:
+        ledger = open_ledger(config)
+        return ledger.store.where, ledger
     path = config.state_dir / LEDGER
-    return path, Ledger.read_only(path)
+    return str(path), Ledger.read_only(path)
 
 
 # --- explain -----------------------------------------------------------------------------------
@@ -356,14 +361,14 @@ def cmd_policy_counters(args: argparse.Namespace) -> int:
 
 def _counters_json(
     config: GatewayConfig,
-    path: Path,
+    path: str,
     timezone: str,
     this_year: int,
     ordered: list[tuple[tuple[int, str, str], list[int]]],
 ) -> dict[str, Any]:
     return {
         "gateway": config.id,
-        "ledger": str(path),
+        "ledger": path,
         "year_timezone": timezone,
         "current_year": this_year,
         "counters": [

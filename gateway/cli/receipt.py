@@ -24,14 +24,18 @@ from gateway.cli.common import EXIT_FAILURE
 from gateway.config import load_config
 from gateway.documents import read_manifest, read_own_receipt
 from gateway.errors import SignatureError, UnknownTransferError, UsageError
-from gateway.ledger import Ledger
+from gateway.ledger import Ledger, open_ledger
 from gateway.signed import verify
 from gateway.transfer import TransferState
 
 
 def cmd_receipt_export(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    ledger = Ledger.read_only(config.state_dir / "ledger.sqlite3")
+    ledger = (
+        open_ledger(config)
+        if config.state.database is not None
+        else Ledger.read_only(config.state_dir / "ledger.sqlite3")
+    )
     try:
         row = ledger.outbound(args.transfer_id)
     finally:

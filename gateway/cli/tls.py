@@ -108,7 +108,7 @@ def _active_storage(owner: str, config: GatewayConfig | None, hsm: Hsm) -> tuple
             raise KeyNotFoundError("the HSM token has no storage key (run 'xbgw keys init')")
         highest = KeyRef(owner, Purpose.STORAGE, versions[-1])
         return highest, "the highest storage version on the token"
-    from gateway.ledger import Ledger
+    from gateway.ledger import open_ledger
     from gateway.statelock import StateLock
 
     try:
@@ -118,7 +118,7 @@ def _active_storage(owner: str, config: GatewayConfig | None, hsm: Hsm) -> tuple
     try:
         from gateway.keyring import KeyRing
 
-        ledger = Ledger(config.state_dir / "ledger.sqlite3")
+        ledger = open_ledger(config)
         try:
             ring = KeyRing(config.id, ledger, hsm, config.keys, pinned=config.hsm.key_versions)
             ref = KeyRef(config.id, Purpose.STORAGE, ring.storage)
@@ -131,9 +131,9 @@ def _active_storage(owner: str, config: GatewayConfig | None, hsm: Hsm) -> tuple
 
 def _active_in_running_ledger(config: GatewayConfig) -> KeyRef:
     """The running daemon owns the state: read its key states, change nothing."""
-    from gateway.ledger import Ledger
+    from gateway.ledger import open_ledger
 
-    ledger = Ledger(config.state_dir / "ledger.sqlite3")
+    ledger = open_ledger(config)
     try:
         versions = ledger.key_versions()
     finally:
@@ -315,13 +315,13 @@ def cmd_tls_show(args: argparse.Namespace) -> int:
 
 def _storage_state(config: GatewayConfig, version: int) -> str | None:
     """The version's lifecycle state in the ledger, if there is a ledger (read only)."""
-    path = config.state_dir / "ledger.sqlite3"
-    if not path.exists():
+    from gateway.ledger import LEDGER_FILE, open_ledger
+
+    if config.state.database is None and not (config.state_dir / LEDGER_FILE).exists():
         return None
-    from gateway.ledger import Ledger
 
     try:
-        ledger = Ledger(path)
+        ledger = open_ledger(config)
     except XbgwError:
         return None
     try:

@@ -30,6 +30,7 @@ from gateway.errors import (
 from gateway.keyring import KeyRing
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
+from gateway.ledger_leases import LeaseTakenError
 from gateway.partner_keys import PartnerKeys
 from gateway.receiver.intake import Stripe, StripedSession
 from gateway.spool import Spool
@@ -176,10 +177,30 @@ class Context:
                 )
             self._active.add(key)
         try:
-            yield
+            # Nodes sharing the ledger: the same guard across them (no-op on SQLite).
+            lease = self._take_lease(sender, transfer_id, doing)
+            try:
+                yield
+            finally:
+                self.ledger.drop_lease(lease)
         finally:
             with self._active_lock:
                 self._active.discard(key)
+
+    def _take_lease(self, sender: str, transfer_id: str, doing: str) -> str:
+        """The transfer's lease in a ledger shared by several nodes (``Ledger.take_lease``;
+        nothing on SQLite): another node's live lease is refused as busy, in the words of
+        the in-memory guard -- the sender retries, and takes over once a dead node's lease
+        expires. Its name, for ``drop_lease``."""
+        lease = f"inbound/{sender}/{transfer_id}"
+        try:
+            self.ledger.take_lease(lease)
+        except LeaseTakenError:
+            raise TransferConflictError(
+                f"transfer {transfer_id} is busy on another stream; {doing} again shortly "
+                "(another node of this gateway is writing it)"
+            ) from None
+        return lease
 
     def striped(self, transfer_id: str, sender: str, stripe: Stripe) -> tuple[StripedSession, bool]:
         """Join the striped upload ``stripe`` belongs to, or start it (then True: the caller
@@ -200,6 +221,9 @@ class Context:
                 raise TransferConflictError(
                     f"transfer {transfer_id} is busy on another stream; upload again shortly"
                 )
+            # Under the lock (a database write on PostgreSQL only): the other stripes of
+            # this attempt must find the session, not a half-taken guard.
+            lease = self._take_lease(sender, transfer_id, "upload")
             session = StripedSession(transfer_id, stripe)
             session.join(stripe.index)
             self._active.add(key)
@@ -207,8 +231,14 @@ class Context:
 
         def closed() -> None:
             with self._active_lock:
-                if self._stripes.get(key) is session:
-                    del self._stripes[key]
+                if self._stripes.get(key) is not session:
+                    return
+                del self._stripes[key]
+            # The lease goes before the guard: a next stream on this node takes both anew.
+            try:
+                self.ledger.drop_lease(lease)
+            finally:
+                with self._active_lock:
                     self._active.discard(key)
 
         session.on_closed = closed

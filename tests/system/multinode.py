@@ -1,0 +1,160 @@
+"""Two nodes of one gateway on real parts: frankfurt run twice, sharing what must be shared.
+
+The demo pair (:func:`devtools.pair.provision_pair`) stands up lingang and frankfurt; the
+rig turns frankfurt into two nodes of one identity:
+
+* one ledger: ``state.database`` on the test PostgreSQL (:mod:`tests.postgres`), its
+  password read from a file (``state.password``), never in the YAML;
+* one spool: each node's ``<state_dir>/spool`` is a symbolic link to one shared directory
+  (on one machine the same file system: atomic rename and fsync hold);
+* one key store: the same SoftHSM token files (``SOFTHSM2_CONF`` of frankfurt), opened by
+  both processes; keys were made once, by provisioning;
+* the same certificate, partners and issuers;
+* each its own: partner listen port, local socket, state directory (its lock, its
+  ``partner.addr``), log and notify socket.
+
+Lingang reaches frankfurt through a :class:`~tests.system.faults.FaultProxy` whose target the
+test moves from node A to node B -- a balancer, reduced to what the tests need. Every daemon
+is stopped by its PID (``DaemonProcess.stop``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from devtools.pair import Gateway, Pair, edit_config, provision_pair
+from devtools.provision import free_port
+from tests.postgres import PASSWORD
+from tests.system.faults import FaultProxy
+
+
+@dataclass
+class MultiNode:
+    """lingang, and frankfurt as two nodes (``a`` is the pair's frankfurt) on one database."""
+
+    pair: Pair
+    a: Gateway
+    b: Gateway
+    database: str  # the URL, without the password
+    spool: Path  # the shared spool directory
+    proxy: FaultProxy  # lingang's way to frankfurt: forwards to one node at a time
+
+    @property
+    def lingang(self) -> Gateway:
+        return self.pair.lingang
+
+    @property
+    def nodes(self) -> tuple[Gateway, Gateway]:
+        return (self.a, self.b)
+
+    def endpoint(self, node: Gateway) -> str:
+        """A node's partner address, as it bound it."""
+        return (node.paths.state_dir / "partner.addr").read_text().strip()
+
+    def route_to(self, node: Gateway) -> None:
+        """Lingang's next connections go to ``node`` (those open stay where they are)."""
+        host, port = self.endpoint(node).rsplit(":", 1)
+        self.proxy.target = (host, int(port))
+
+    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read the shared ledger directly (autocommit: every call sees the latest commit)."""
+        with psycopg.connect(self.database, password=PASSWORD, autocommit=True) as db:
+            return list(db.execute(sql, args).fetchall())
+
+    def logs(self) -> str:
+        return "".join(
+            f"\n--- {name} log ---\n{gateway.log_text()[-4000:]}"
+            for name, gateway in (("lingang", self.lingang), ("node a", self.a), ("node b", self.b))
+        )
+
+    def stop(self) -> None:
+        """Every daemon by its PID, whatever fails."""
+        errors: list[BaseException] = []
+        for gateway in (self.lingang, self.a, self.b):
+            try:
+                gateway.stop()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def _share_spool(state_dir: Path, spool: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "spool").symlink_to(spool, target_is_directory=True)
+
+
+def provision_multinode(root: Path, database: str, segment_size: int = 1 << 16) -> MultiNode:
+    """Provision lingang and frankfurt (two nodes) under ``root``; start nothing.
+
+    ``database``: a PostgreSQL database at this schema (``postgres.database(...)``)."""
+    pair = provision_pair(root, segment_size=segment_size)
+    a = pair.frankfurt
+    spool = root / "shared-spool"
+    spool.mkdir()
+    password = root / "ledger-password"
+    password.write_text(PASSWORD + "\n")
+    password.chmod(0o600)
+
+    def shared_state(data: dict[str, Any]) -> None:
+        data["state"] = {"database": database, "password": {"file": str(password)}}
+
+    edit_config(a.paths.config, shared_state)
+    _share_spool(a.paths.state_dir, spool)
+
+    home = root / "frankfurt-b"
+    paths = dataclasses.replace(
+        a.paths,
+        root=home,
+        config=home / "gateway.yaml",
+        socket=home / "run" / "local.sock",
+        state_dir=home / "state",
+    )
+    home.mkdir()
+    paths.config.write_text(a.paths.config.read_text(encoding="utf-8"), encoding="utf-8")
+
+    def node_b(data: dict[str, Any]) -> None:
+        data["listen"]["partner"] = f"127.0.0.1:{free_port()}"
+        data["listen"]["local_socket"] = str(paths.socket)
+        data["state_dir"] = str(paths.state_dir)
+        for name in ("certificate", "private_key"):  # relative to node A's config
+            data["tls"][name] = str((a.paths.config.parent / data["tls"][name]).resolve())
+
+    edit_config(paths.config, node_b)
+    _share_spool(paths.state_dir, spool)
+    b = Gateway(a.spec, paths)
+    proxy = FaultProxy(("127.0.0.1", a.spec.port))
+
+    def via_proxy(data: dict[str, Any]) -> None:
+        for partner in data["partners"]:
+            if partner["id"] == a.id:
+                partner["endpoint"] = proxy.endpoint
+
+    edit_config(pair.lingang.paths.config, via_proxy)
+    return MultiNode(pair, a, b, database, spool, proxy)
+
+
+@contextlib.contextmanager
+def running_multinode(
+    root: Path, database: str, segment_size: int = 1 << 16
+) -> Iterator[MultiNode]:
+    """Both nodes and lingang started (node A first: it is where the proxy points); all
+    stopped by PID afterwards, and the proxy closed."""
+    rig = provision_multinode(root, database, segment_size)
+    try:
+        rig.a.start()
+        rig.b.start()
+        rig.lingang.start()
+        yield rig
+    finally:
+        try:
+            rig.stop()
+        finally:
+            rig.proxy.close()
