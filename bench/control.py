@@ -1,7 +1,7 @@
 """The control: what plain gRPC does with the same bytes, certificates, chunks and limits.
 
 The server only counts bytes. It runs in its own process, started with the ``spawn`` method
-(neither gRPC nor PKCS#11 survives a ``fork()`` after initialisation: FIELD-NOTES.md), just
+(neither gRPC nor PKCS#11 survives a ``fork()`` after initialisation), just
 as the receiving daemon is its own process. It presents the receiving gateway's stand-in
 certificate (same name, same CA and key type: the gateway's own key is wrapped by its HSM)
 and requires a client certificate issued by the demo CA; the client (in the harness process)
@@ -171,7 +171,7 @@ class ControlClient:
         own_connection: bool = False,
     ) -> None:
         """``own_connection``: a TCP connection of this client's own. Channels of one process
-        with equal arguments share one connection (FIELD-NOTES.md, "Long links"); a local
+        with equal arguments share one connection (gRPC's global subchannel pool); a local
         subchannel pool keeps this one apart, as the long-link bench's N connections need."""
         credentials = grpc.ssl_channel_credentials(
             root_certificates=tls.ca.read_bytes(),

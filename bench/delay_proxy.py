@@ -1,6 +1,6 @@
 """A long network path on loopback: a TCP relay with a one-way delay and a cap on bytes in flight.
 
-This kernel has no netem (FIELD-NOTES.md, "Long links"), so the long-link bench puts this
+These machines' kernels have no netem (no sch_netem module), so the long-link bench puts this
 relay between a client and its server::
 
     python -m bench.delay_proxy --listen 127.0.0.1:0 --to 127.0.0.1:7443 \

@@ -3,7 +3,7 @@
 Everything gRPC about sending lives here: one channel per partner (rebuilt on reload) --
 plus, for a partner with ``connections: N`` > 1, N - 1 more used only by the stripes of
 striped uploads, each with a subchannel pool of its own so that each is its own TCP
-connection (one connection's windows cap a long link: FIELD-NOTES, "Long links") -- the
+connection (one connection carries at most its TCP window per round trip) -- the
 message conversions, and the mapping of ``grpc.RpcError`` to
 :class:`~gateway.errors.PartnerError` with the partner's reason, so the sender never sees
 gRPC.
@@ -202,8 +202,8 @@ class GrpcPartnerLink:
             if entry is None:
                 options = channel_options(self._config, partner)
                 if lane:
-                    # Channels with equal arguments share one TCP connection (FIELD-NOTES,
-                    # "Long links"); a subchannel pool of its own gives this one its own.
+                    # Channels of one process with equal arguments share one TCP connection
+                    # (gRPC's global subchannel pool); a pool of its own gives this one its own.
                     options.append(("grpc.use_local_subchannel_pool", 1))
                 channel = grpc.secure_channel(
                     str(partner.endpoint),

@@ -4,7 +4,8 @@ at rest.
 Why it looks like this
 ----------------------
 grpcio cannot use a PKCS#11 key: the TLS private key must be PEM bytes in the daemon's memory
-(FIELD-NOTES). The next best thing is that the *file* is useless without the gateway's HSM:
+(its credentials take only PEM). The next best thing is that the *file* is useless without
+the gateway's HSM:
 
 * **Envelope encryption, as for transfers at rest.** A fresh 32-byte data key seals the PEM
   with AES-256-GCM; the data key is wrapped (RFC 5649, inside the HSM) by a storage key

@@ -222,7 +222,8 @@ def test_pin_file_with_two_lines_is_refused_without_echoing_it(tmp_path: Path) -
 
 
 def test_eight_threads_of_mixed_operations_get_correct_results(token_hsm: Hsm) -> None:
-    """FIELD-NOTES: unserialised SoftHSM crashed or gave a wrong key; every result is checked."""
+    """Unserialised, SoftHSM 2.6 through python-pkcs11 crashed or gave a wrong key from several
+    threads (measured here); every result is checked."""
     import hashlib
 
     transport = token_hsm.public_key(Purpose.TRANSPORT, 1)

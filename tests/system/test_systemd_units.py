@@ -1,9 +1,10 @@
 """The systemd packaging, checked without systemd as PID 1.
 
 * ``systemd-analyze verify --man=no`` prints nothing for each unit. It exits 0 even on a
-  misspelled directive (FIELD-NOTES), so any output is a failure; a negative test shows the
-  check does fail. ``ExecStart`` must name an existing program, so the units are verified
-  from a copy whose programs are rewritten to existing ones, next to their companion units.
+  misspelled directive (systemd 252 only warns), so any output is a failure; a negative
+  test shows the check does fail. ``ExecStart`` must name an existing program, so the
+  units are verified from a copy whose programs are rewritten to existing ones, next to
+  their companion units.
 * ``systemd-analyze security --offline=true`` scores each service at 1.5 or lower.
 * ``sysusers.d`` and ``tmpfiles.d`` entries are applied to a scratch root directory.
 * The example configuration loads once the files it names exist, and agrees with the unit

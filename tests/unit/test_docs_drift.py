@@ -11,8 +11,20 @@ UNIT = ROOT / "systemd" / "xbgw.service"
 EXAMPLE = ROOT / "systemd" / "gateway.yaml.example"
 README = ROOT / "README.md"
 INSTALL = ROOT / "scripts" / "install"
-#: The documents and sources that send a reader to another document.
-POINTING = [README, EXAMPLE, INSTALL, ROOT / "gateway" / "hsm.py", UNIT]
+#: The documents and sources that send a reader to another document: every Python file too
+#: (a docstring citing notes that are not in the repository sends the reader nowhere).
+POINTING = [
+    README,
+    EXAMPLE,
+    INSTALL,
+    UNIT,
+    *sorted(
+        path
+        for folder in ("gateway", "bench", "devtools", "tests")
+        for path in (ROOT / folder).rglob("*.py")
+        if "_proto" not in path.parts
+    ),
+]
 SKIP_DIRS = {".venv", ".git", "demo-state", "build", "node_modules"}
 
 
