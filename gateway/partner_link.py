@@ -52,6 +52,7 @@ from gateway.transfer import (
 from gateway.wire import (
     WireSegment,
     ciphertext_len,
+    deliver_request,
     from_blob,
     segment_head,
     state_from_wire,
@@ -322,17 +323,7 @@ class GrpcPartnerLink:
         remembered on its channel). A refusal is worded as the step's that refused it (the
         partner's trailing metadata ``DELIVER_STEP_KEY``), so the sender tells a stale
         transport key or a refusal before recording just as from the three calls."""
-        request = partner_pb2.DeliverRequest(
-            passport=passport,
-            envelope_header=header,
-            segment=partner_pb2.Segment(
-                transfer_id=segment.transfer_id,
-                index=segment.index,
-                final=segment.final,
-                ciphertext=bytes(segment.ciphertext),
-            ),
-            manifest=to_blob(manifest),
-        )
+        request = deliver_request(passport, header, segment, manifest)
         try:
             with self._entry(partner) as entry:
                 if entry.no_deliver:

@@ -6,7 +6,7 @@ the partner servicer, the local servicer, the gRPC partner link and the CLI cann
 
 from __future__ import annotations
 
-from gateway._proto.xbgw.v1 import common_pb2
+from gateway._proto.xbgw.v1 import common_pb2, partner_pb2
 from gateway.signed import Signed
 from gateway.transfer import SegmentIn, TransferState
 
@@ -28,6 +28,24 @@ def to_blob(signed: Signed) -> common_pb2.SignedBlob:
 
 def from_blob(blob: common_pb2.SignedBlob) -> Signed:
     return Signed(bytes(blob.body), bytes(blob.signature), blob.kid)
+
+
+def deliver_request(
+    passport: str, header: bytes, segment: SegmentIn, manifest: Signed
+) -> partner_pb2.DeliverRequest:
+    """The one message of a Deliver call: passport, envelope header, the one segment, the
+    signed manifest."""
+    return partner_pb2.DeliverRequest(
+        passport=passport,
+        envelope_header=header,
+        segment=partner_pb2.Segment(
+            transfer_id=segment.transfer_id,
+            index=segment.index,
+            final=segment.final,
+            ciphertext=bytes(segment.ciphertext),
+        ),
+        manifest=to_blob(manifest),
+    )
 
 
 def state_to_wire(state: TransferState) -> common_pb2.TransferState:

@@ -36,7 +36,7 @@ from gateway.transfer import (
     UploadResult,
     refused_by,
 )
-from gateway.wire import from_blob, state_from_wire, to_blob
+from gateway.wire import deliver_request, from_blob, state_from_wire, to_blob
 from tests.loopback import Loopback, flip, make_loopback, rewrite
 
 
@@ -123,17 +123,7 @@ class ServicerLink:
     ) -> FinishResult | None:
         """Through ``PartnerServicer.Deliver``; a refusal named by the step the servicer put
         in the trailing metadata, as the gRPC link names it."""
-        request = partner_pb2.DeliverRequest(
-            passport=passport,
-            envelope_header=header,
-            segment=partner_pb2.Segment(
-                transfer_id=segment.transfer_id,
-                index=segment.index,
-                final=segment.final,
-                ciphertext=bytes(segment.ciphertext),
-            ),
-            manifest=to_blob(self.manifests(manifest)),
-        )
+        request = deliver_request(passport, header, segment, self.manifests(manifest))
         stand_in = Context()
         try:
             response = self.servicer.Deliver(request, cast(grpc.ServicerContext, stand_in))
