@@ -167,7 +167,10 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
         ("control", ("control_server", "control_client")),
     ):
         assert set(per_gib[side]) == {*names, "total"}
-        _positive(per_gib[side]["total"], f"bulk {side} CPU-s/GiB")
+        assert all(math.isfinite(v) and v >= 0 for v in per_gib[side].values()), per_gib
+    # CPU is read in 10 ms ticks: the control's 4 MiB can take less than one (0.0); the
+    # gateway's path (two hops, crypto, hashing, spool) always takes more.
+    _positive(per_gib["gateway"]["total"], "bulk gateway CPU-s/GiB")
 
     rows = data["targets"]
     assert {row["metric"].split(":")[0] for row in rows} >= {"bulk", "small"}
