@@ -50,7 +50,7 @@ from gateway.errors import ConfigError, ListenError, XbgwError
 from gateway.fdpass import FileTickets, HandoverListener, fd_socket_path
 from gateway.hsm import Hsm
 from gateway.keyadmin import gateway_key_administration
-from gateway.keyring import KeyRing
+from gateway.keyring import KeyFollower, KeyRing
 from gateway.keys import Purpose
 from gateway.ledger import open_ledger
 from gateway.local import (
@@ -223,6 +223,9 @@ class Daemon:
         self._set_serving(True)
         self.witness.start()
         self.reachability.start()
+        # Key states other nodes change in the shared ledger (gateway.keyring, "Several nodes").
+        self.key_follower = KeyFollower(self.ring)
+        self.key_follower.start()
         log.info(
             "xbgw %s ready: partner listener on %s, local socket %s, metrics %s",
             config.id,
@@ -637,6 +640,7 @@ class Daemon:
         self.link.close()
         self.witness.join(IDLE_WAIT_SECONDS)
         self.sweeper.stop(IDLE_WAIT_SECONDS)
+        self.key_follower.stop(IDLE_WAIT_SECONDS)
         self.checkpointer.stop()  # the last leaves get their checkpoint
         self.ledger.close()
         self.hsm.close()

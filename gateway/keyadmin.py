@@ -4,7 +4,9 @@ One service for both ways the verbs run: inside the daemon (through the local so
 HSM session and ledger, no restart, transfers keep flowing) and offline with ``-c`` when the
 daemon is stopped (the CLI builds the same service on the same state directory, holding the
 state-directory lock so the two can never act at once). Both paths therefore refuse, report
-and log the same way.
+and log the same way. With several nodes on one PostgreSQL ledger the verbs that change
+key states or move data keys (rotate, retire, destroy, rewrap) also take the ledger's
+key-state lock (``KeyRing.changing``): one node at a time, whichever node they run on.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ class KeyAdministration:
 
     def rotate(self, purposes: Sequence[Purpose] | None) -> list[KeyVersion]:
         """Rotate ``purposes``; None: those whose active version is older than the policy."""
-        chosen = self.ring.due() if purposes is None else list(purposes)
-        return [self.ring.rotate(purpose) for purpose in chosen]
+        if purposes is None:
+            return self.ring.rotate_due()
+        return [self.ring.rotate(purpose) for purpose in purposes]
 
     def retire(self, purpose: Purpose, version: int) -> KeyVersion:
         extra = [r for check in self._extra if (r := check(purpose, version))]
@@ -99,7 +102,11 @@ class KeyAdministration:
         return self.ring.destroy(purpose, version)
 
     def rewrap(self, on_progress: Progress) -> RewrapOutcome:
-        return self._rewrapper(on_progress)
+        """Under the key-state lock, so that with several nodes the data keys move to the
+        storage version active now and no node retires or rotates storage meanwhile (the
+        other verbs wait for it, up to ``KEY_STATES_LOCK_SECONDS``)."""
+        with self.ring.changing():
+            return self._rewrapper(on_progress)
 
 
 def engine_rewrapper(

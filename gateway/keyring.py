@@ -28,6 +28,18 @@ written in the same fsync discipline as the transfers that depend on the keys.
   replaces it -- and only warned about while replaced, so that old data stays readable until
   it is rewrapped and the version retired.
 
+* **Several nodes.** Nodes sharing one PostgreSQL ledger (and one token's key objects) share
+  the key states; each ring keeps its own view. :class:`KeyFollower` compares that view with
+  the ledger every ``FOLLOW_SECONDS`` (one read of the small ``key_versions`` table: the
+  rows are their own change detector, no counter to keep right), and :meth:`KeyRing.opens`
+  asks at once when a message names a version newer than any it knows -- a partner sealing
+  to a transport version rotated on another node moments ago. A change is adopted, checked
+  on this node's token (SoftHSM's file store: a session sees objects another process made or
+  destroyed at its next search, measured; no re-login needed) and logged once. The steps
+  that change states take the ledger's key-state lock (``Ledger.key_states_locked``) and
+  work on the states as they are then, so two nodes rotating at once make two successive
+  versions, never two active ones.
+
 Every step is one log line on ``xbgw.keys`` with the key reference and its new state.
 """
 
@@ -36,12 +48,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.audit.records import AuditRecord
 from gateway.config import KeysConfig
-from gateway.errors import ConfigError, KeyLifecycleError, KeyNotFoundError
+from gateway.errors import ConfigError, KeyLifecycleError, KeyNotFoundError, XbgwError
 from gateway.keys import CurrentKeys, HasVersions, KeyRef, KeyState, KeyVersion, Purpose
 from gateway.ledger import Ledger
 
@@ -49,6 +62,9 @@ if TYPE_CHECKING:  # the HSM adapter loads pkcs11; the ring itself must not need
     from gateway.hsm import KeyInfo
 
 log = logging.getLogger("xbgw.keys")
+
+#: How often a daemon compares its key states with the ledger's (other nodes' changes).
+FOLLOW_SECONDS = 2.0
 
 
 class KeyAdmin(HasVersions, Protocol):
@@ -78,14 +94,44 @@ class KeyRing:
         self.policy = policy or KeysConfig()
         self._clock = clock
         self._lock = threading.RLock()
-        self._adopt(pinned)
         self._versions: list[KeyVersion] = []
-        self.reload()
+        # Reads of the ledger are numbered when they start and applied in that order: a slow
+        # read never puts back states older than one applied after it (see _refresh).
+        self._reads_started = 0
+        self._read_applied = 0
+        with self._ledger.key_states_locked():
+            self._adopt(pinned)
+        self._refresh()
 
     # -- reading ---------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Read the states again (after another process changed them)."""
+        """Read the states again (after another process or node changed them)."""
+        self.follow()
+
+    def follow(self) -> list[str]:
+        """Adopt what another node (or process) changed in the ledger's key states: the
+        view is replaced, the versions newly in service are looked for on this node's
+        token, and one INFO line lists the changes. Returns them ("transport v3 active",
+        ...); empty when nothing changed -- the cost then is one read of a small table."""
+        changed = self._refresh()
+        if not changed:
+            return []
+        phrases = [f"{v.purpose.value} v{v.version} {v.state.value}" for v in changed]
+        log.info(
+            "key states changed on another node: %s",
+            ", ".join(phrases),
+            extra={"outcome": "followed"},
+        )
+        self._check_on_token([v for v in changed if v.state.in_service])
+        return phrases
+
+    def _refresh(self) -> list[KeyVersion]:
+        """Read the states from the ledger and make them this ring's view; the versions
+        that are new or changed state, the active ones first."""
+        with self._lock:
+            self._reads_started += 1
+            ticket = self._reads_started
         versions = self._ledger.key_versions()
         active = {v.purpose: v for v in versions if v.state is KeyState.ACTIVE}
         missing = [p for p in Purpose if p not in active]
@@ -96,12 +142,48 @@ class KeyRing:
                 f"(run 'xbgw keys rotate {missing[0].value}')"
             )
         with self._lock:
+            # A read that started later saw every commit this one saw (READ COMMITTED, and
+            # SQLite's one connection): if one was applied already, this one is not newer.
+            if ticket <= self._read_applied:
+                return []
+            self._read_applied = ticket
+            before = {(v.purpose, v.version): v.state for v in self._versions}
             self._versions = versions
             self._current = CurrentKeys(
                 transport=active[Purpose.TRANSPORT].version,
                 signing=active[Purpose.SIGNING].version,
                 storage=active[Purpose.STORAGE].version,
             )
+        changed = [v for v in versions if before.get((v.purpose, v.version)) is not v.state]
+        return sorted(changed, key=lambda v: v.state is not KeyState.ACTIVE)
+
+    def _check_on_token(self, versions: Sequence[KeyVersion]) -> None:
+        """Log an error for each version now in service that this node's token lacks
+        (another node's token is not this one's): its work here would fail."""
+        for purpose in {v.purpose for v in versions}:
+            try:
+                on_token = set(self._admin.versions(purpose))
+            except XbgwError as exc:
+                log.warning("cannot list the %s keys on the token: %s", purpose.value, exc)
+                continue
+            for version in versions:
+                if version.purpose is purpose and version.version not in on_token:
+                    ref = self._ref(purpose, version.version)
+                    log.error(
+                        "key %s is %s in the shared key states but not on this node's HSM "
+                        "token: work that needs it fails here (do the nodes share one token?)",
+                        ref,
+                        version.state.value,
+                        extra={"key_ref": ref, "outcome": "missing"},
+                    )
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """One key-state change at a time across the nodes (the ledger's key-state lock),
+        starting from the states as they are now, not as this ring last saw them."""
+        with self._ledger.key_states_locked():
+            self.follow()
+            yield
 
     def current(self) -> CurrentKeys:
         """The active version of each purpose: what new work uses."""
@@ -132,7 +214,12 @@ class KeyRing:
         return [v.version for v in self.versions(purpose) if v.state.in_service]
 
     def opens(self, purpose: Purpose, version: int) -> bool:
+        """Whether ``version`` is in service; a version newer than any this ring knows is
+        asked of the ledger at once (made on another node since the last look)."""
         found = self.find(purpose, version)
+        if found is None and version > max((v.version for v in self.versions(purpose)), default=0):
+            self.follow()
+            found = self.find(purpose, version)
         return found is not None and found.state.in_service
 
     def due(self, now: float | None = None) -> list[Purpose]:
@@ -190,24 +277,34 @@ class KeyRing:
     def rotate(self, purpose: Purpose) -> KeyVersion:
         """Make a new version of ``purpose`` active; the active one becomes decrypt-only
         (verify-only for signing). Resumes an interrupted rotation."""
-        with self._lock:
-            now = int(self._clock())
-            # From the ledger, not this ring's view: a rotation that failed in this process
-            # after recording its pending version left it there only.
-            recorded = [v for v in self._ledger.key_versions() if v.purpose is purpose]
-            pending = [v for v in recorded if v.state is KeyState.PENDING]
-            if pending:
-                version = pending[-1].version
-            else:
-                known = [v.version for v in recorded]
-                on_token = self._admin.versions(purpose)
-                version = max([*known, *on_token, 0]) + 1
-                self._ledger.add_key_version(purpose, version, KeyState.PENDING, now)
-            if version not in self._admin.versions(purpose):
-                self._admin.generate(purpose, version)
-            previous = self.current().as_dict()[purpose]
-            self._ledger.activate_key_version(purpose, version, now)
-            self.reload()
+        with self.changing(), self._lock:
+            return self._rotate(purpose)
+
+    def rotate_due(self) -> list[KeyVersion]:
+        """Rotate the purposes that are due (``due``), judged under the key-state lock: the
+        schedule run on two nodes at once rotates each purpose once, not twice."""
+        with self.changing(), self._lock:
+            return [self._rotate(purpose) for purpose in self.due()]
+
+    def _rotate(self, purpose: Purpose) -> KeyVersion:
+        """``rotate``, with the key-state lock and the ring's lock held."""
+        now = int(self._clock())
+        # From the ledger, not this ring's view: a rotation that failed in this process
+        # after recording its pending version left it there only.
+        recorded = [v for v in self._ledger.key_versions() if v.purpose is purpose]
+        pending = [v for v in recorded if v.state is KeyState.PENDING]
+        if pending:
+            version = pending[-1].version
+        else:
+            known = [v.version for v in recorded]
+            on_token = self._admin.versions(purpose)
+            version = max([*known, *on_token, 0]) + 1
+            self._ledger.add_key_version(purpose, version, KeyState.PENDING, now)
+        if version not in self._admin.versions(purpose):
+            self._admin.generate(purpose, version)
+        previous = self.current().as_dict()[purpose]
+        self._ledger.activate_key_version(purpose, version, now)
+        self._refresh()
         self._logged("key rotated", purpose, version, KeyState.ACTIVE, f"replaces v{previous}")
         made = self.find(purpose, version)
         assert made is not None
@@ -251,14 +348,14 @@ class KeyRing:
         self, purpose: Purpose, version: int, extra_blockers: Sequence[str] = ()
     ) -> KeyVersion:
         """Take a replaced version out of service; ``KeyLifecycleError`` says why not."""
-        with self._lock:
+        with self.changing(), self._lock:
             reasons = [*self.retire_blockers(purpose, version), *extra_blockers]
             if reasons:
                 raise KeyLifecycleError(
                     f"{self._ref(purpose, version)} cannot be retired: " + "; ".join(reasons)
                 )
             self._ledger.set_key_state(purpose, version, KeyState.RETIRED, int(self._clock()))
-            self.reload()
+            self._refresh()
         self._logged("key retired", purpose, version, KeyState.RETIRED)
         retired = self.find(purpose, version)
         assert retired is not None
@@ -266,7 +363,7 @@ class KeyRing:
 
     def destroy(self, purpose: Purpose, version: int) -> KeyVersion:
         """Delete the HSM object of a retired version (irreversible)."""
-        with self._lock:
+        with self.changing(), self._lock:
             found = self.find(purpose, version)
             if found is None or found.state is not KeyState.RETIRED:
                 state = "not a version of this gateway" if found is None else found.state.value
@@ -274,10 +371,16 @@ class KeyRing:
                     f"{self._ref(purpose, version)} is {state}; only a retired version can be "
                     f"destroyed (xbgw keys retire {purpose.value} {version})"
                 )
+            users = self._ledger.storage_version_users(version) if purpose is Purpose.STORAGE else 0
+            if users:  # wrapped by a node that had not yet seen the version replaced
+                raise KeyLifecycleError(
+                    f"{self._ref(purpose, version)} cannot be destroyed: {users} stored data "
+                    "key(s) were wrapped to it after all; run 'xbgw keys rewrap', then destroy"
+                )
             if version in self._admin.versions(purpose):
                 self._admin.destroy(purpose, version)
             self._ledger.set_key_state(purpose, version, KeyState.DESTROYED, int(self._clock()))
-            self.reload()
+            self._refresh()
         self._logged("key destroyed", purpose, version, KeyState.DESTROYED)
         destroyed = self.find(purpose, version)
         assert destroyed is not None
@@ -350,6 +453,45 @@ class KeyRing:
             {"key": self._ref(purpose, version), "state": state.value},
         )
         self._ledger.append_audit(record.encode(self.owner))
+
+
+class KeyFollower:
+    """A thread of its own that keeps a daemon's ring on the shared key states: every
+    ``period`` seconds ``KeyRing.follow``. A ledger that does not answer is logged once
+    (and once when it answers again); the ring keeps its last view meanwhile."""
+
+    def __init__(self, ring: KeyRing, period: float = FOLLOW_SECONDS) -> None:
+        self._ring = ring
+        self._period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="xbgw-keys-follow", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failing = ""
+        while not self._stop.wait(self._period):
+            try:
+                self._ring.follow()
+            except XbgwError as exc:
+                if str(exc) != failing:
+                    failing = str(exc)
+                    log.warning(
+                        "cannot follow the key states in the ledger (trying every %gs; "
+                        "this node keeps the states it knows): %s",
+                        self._period,
+                        exc,
+                    )
+                continue
+            if failing:
+                failing = ""
+                log.info("following the key states in the ledger again")
 
 
 def _span(seconds: int) -> str:
