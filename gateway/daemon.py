@@ -84,6 +84,7 @@ MIN_PARTNER_PING_MS = 500  # half the shortest keepalive_seconds a partner may c
 PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["PartnerGateway"].full_name
 LOCAL_SERVICE = local_pb2.DESCRIPTOR.services_by_name["LocalGateway"].full_name
 HSM_CHECK_SECONDS = 5.0
+LEDGER_CHECK_SECONDS = 1.0  # a shared ledger's probe (bounded: store.postgres.PROBE_TIMEOUT)
 # The local socket carries the CLI's 1 MiB data messages (gateway.cli.daemon.READ_CHUNK) and
 # Fetch's 1 MiB chunks whatever the partner segment size: its limit must not follow limits.*.
 LOCAL_MAX_MESSAGE_BYTES = 16 << 20
@@ -110,7 +111,10 @@ class Daemon:
         self._stop_requested = False  # set by signal handlers only
         self._reload_requested = False
         self._reload_reader: threading.Thread | None = None  # see _read_for_reload
-        self._healthy = True
+        self._healthy = True  # serving: the HSM answers and the ledger does (_decide_health)
+        self._hsm_ok = True
+        self._ledger_problem: str | None = None  # why the shared ledger does not answer
+        self._health_lock = threading.Lock()
         self.partner_address = ""
         self.metrics_port: int | None = None
 
@@ -478,7 +482,18 @@ class Daemon:
         has been unusable longer than ``hsm.restart_after_seconds`` is the watchdog starved,
         so that systemd restarts the daemon: a fresh process is the last resort for a module
         wedged beyond re-initialising, and waiting first keeps restarts off the start limit.
+
+        A shared ledger (PostgreSQL) is probed by a thread of its own (``_watch_ledger``:
+        a probe of a dead route takes seconds, which must not delay ``WATCHDOG=1``); health
+        is one decision over both (``_decide_health``). A ledger away never starves the
+        watchdog: a restart cannot bring a remote database back -- the new process would
+        fail to start until it answers, and systemd's start limit would then give up on the
+        unit for good -- whereas this process finds it back by itself.
         """
+        if self.ledger.store.dialect.shared:
+            threading.Thread(
+                target=self._watch_ledger, name="xbgw-ledger-probe", daemon=True
+            ).start()
         interval = watchdog_interval()
         period = min(interval, HSM_CHECK_SECONDS) if interval else HSM_CHECK_SECONDS
         channel = grpc.insecure_channel(f"unix:{self.config.listen.local_socket}")
@@ -487,10 +502,8 @@ class Daemon:
         starving = False
         while not self._stop.wait(period):
             hsm_ok = self.hsm.ping()
-            if hsm_ok != self._healthy:
-                self._healthy = hsm_ok
-                if self._accepting:
-                    self._set_serving(hsm_ok)
+            if hsm_ok != self._hsm_ok:
+                self._hsm_ok = hsm_ok
                 if hsm_ok:
                     log.info("HSM answers again; serving")
                 else:
@@ -498,6 +511,7 @@ class Daemon:
                         "HSM does not answer; health is NOT_SERVING: %s",
                         self.hsm.problem() or "the signing key is not on the token",
                     )
+                self._decide_health()
             if hsm_ok:
                 unusable_since = None
             elif unusable_since is None:
@@ -524,6 +538,37 @@ class Daemon:
                 continue
             notify("WATCHDOG=1")
         channel.close()
+
+    def _watch_ledger(self) -> None:
+        """The shared ledger, probed every ``LEDGER_CHECK_SECONDS`` (``Database.reachable``,
+        bounded): while it does not answer, health is NOT_SERVING -- a balancer takes the
+        node out -- and the database refuses every call at once with the reason (new offers
+        and sends are refused UNAVAILABLE rather than wait out the pool's timeout). One ERROR
+        when it goes, one INFO when it is back; nothing to restart."""
+        store = self.ledger.store
+        while not self._stop.wait(LEDGER_CHECK_SECONDS):
+            problem = store.reachable()
+            if (problem is None) != (self._ledger_problem is None):
+                if problem is None:
+                    log.info("the shared ledger at %s answers again; serving", store.where)
+                else:
+                    log.error(
+                        "the shared ledger at %s is unreachable (%s); health is NOT_SERVING "
+                        "and the node refuses new transfers until it answers again",
+                        store.where,
+                        problem,
+                    )
+            self._ledger_problem = problem
+            self._decide_health()
+
+    def _decide_health(self) -> None:
+        """Serving = the HSM answers and the shared ledger does (each watcher calls this)."""
+        with self._health_lock:
+            healthy = self._hsm_ok and self._ledger_problem is None
+            if healthy != self._healthy:
+                self._healthy = healthy
+                if self._accepting:
+                    self._set_serving(healthy)
 
     def reload(self) -> None:
         """Re-read everything in a worker thread while this (main) thread keeps watching for

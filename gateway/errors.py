@@ -255,6 +255,15 @@ class TransferBusyError(TransferError):
     grpc_status = "ABORTED"
 
 
+class LeaseLostError(TransferError):
+    """Another node of this gateway took over the transfer's lease (this node stalled, or
+    was cut from the shared ledger, longer than a lease lives): this node stops writing it
+    at once, and the resume point stays where the new holder continues from (ABORTED: a
+    concurrency conflict, the transfer itself goes on there)."""
+
+    grpc_status = "ABORTED"
+
+
 class InboxDataDeletedError(TransferError):
     """A committed transfer's data was removed (``xbgw inbox delete`` or retention); its
     ledger row, receipt and audit records stay."""

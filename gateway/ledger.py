@@ -380,6 +380,7 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
         Not fsynced: if a power loss takes it back, the spool is cut back to the older point.
         """
         with self._tx(durable=False) as db:
+            self._fence_inbound(db, transfer_id)  # a writer whose lease was taken over: no
             db.execute(
                 "UPDATE inbound SET next_segment = ?, received_bytes = ?, final_received = ? "
                 "WHERE transfer_id = ? AND state = 'receiving'",
@@ -397,6 +398,7 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
         """Commit, and add what the transfer counts to the ingress counters -- in the same
         transaction, so a count never exists without its commit or the reverse."""
         with self._tx() as db:
+            self._fence_inbound(db, transfer_id)  # a writer whose lease was taken over: no
             done = db.execute(
                 "UPDATE inbound SET state = 'committed', plaintext_sha256 = ?, committed_at = ?, "
                 "receipt_body = ?, receipt_signature = ?, receipt_kid = ? "

@@ -201,7 +201,13 @@ class Sender:
         retry = _Retry(claims.jti, partner.id, patience, on_progress, until)
         with self._sending(claims.jti):
             return self._send(
-                partner, passport, chunks, total_size, on_progress, retry, plaintext_sha256
+                partner,
+                passport,
+                self._leased(claims.jti, chunks),
+                total_size,
+                on_progress,
+                retry,
+                plaintext_sha256,
             )
 
     def _check_passport(
@@ -260,7 +266,7 @@ class Sender:
             self._active.add(transfer_id)
         try:
             # Nodes sharing the ledger: the same guard across them (no-op on SQLite).
-            lease = f"outbound/{transfer_id}"
+            lease = _outbound_lease(transfer_id)
             try:
                 self._ledger.take_lease(lease)
             except LeaseTakenError:
@@ -275,6 +281,17 @@ class Sender:
         finally:
             with self._active_lock:
                 self._active.discard(transfer_id)
+
+    def _leased(self, transfer_id: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """``chunks``, each read only while this node still holds the send's lease (memory
+        only; nothing on SQLite): once another node took the send over (this node stalled,
+        or was cut from the shared ledger, longer than a lease lives) the send stops with
+        ``LeaseLostError`` -- or a ``StorageError`` if the lease went a lifetime unrenewed --
+        rather than race that node; the partner's own lease keeps one writer there."""
+        lease = _outbound_lease(transfer_id)
+        for chunk in chunks:
+            self._ledger.check_lease(lease)
+            yield chunk
 
     def _send(
         self,
@@ -958,6 +975,11 @@ def _upload_striped(
         own = [e for e in failures if not isinstance(e, PartnerError)]
         refusals = [e for e in failures if isinstance(e, PartnerError) and not transient(e)]
         raise (own or refusals or failures)[0]
+
+
+def _outbound_lease(transfer_id: str) -> str:
+    """The name of a send's lease (``Ledger.take_lease``)."""
+    return f"outbound/{transfer_id}"
 
 
 class _Stripes:

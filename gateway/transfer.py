@@ -209,14 +209,18 @@ def unreachable(partner: str, call: str, details: str) -> PartnerError:
 #: is idempotent), so these are retried within the send's wait.
 TRANSIENT_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
-#: The words of the partner's two "busy, come back shortly" refusals, as they reach us: too
-#: many requests from this gateway in flight (``PartnerBusyError``, RESOURCE_EXHAUSTED), and
-#: its one-writer guard while an older stream of the same transfer still runs there after a
-#: reconnect (``TransferConflictError`` from the receiver's ``busy``, FAILED_PRECONDITION).
-#: Any other refusal with these statuses (a byte limit, a full disk, a conflict) is final.
+#: The words of the partner's "busy, come back shortly" refusals, as they reach us: too
+#: many requests from this gateway in flight (``PartnerBusyError``, RESOURCE_EXHAUSTED), its
+#: one-writer guard while an older stream of the same transfer still runs there after a
+#: reconnect (``TransferConflictError`` from the receiver's ``busy``, FAILED_PRECONDITION),
+#: and a node of a several-node partner that lost the transfer's lease to another node
+#: (``LeaseLostError``, ABORTED, ``gateway.ledger_leases``): the transfer goes on there, from
+#: its durable point, at the next offer. Any other refusal with these statuses (a byte limit,
+#: a full disk, a conflict) is final.
 BUSY_WORDS = {
     "RESOURCE_EXHAUSTED": " requests in flight, its limit ",
     "FAILED_PRECONDITION": " is busy on another stream; ",
+    "ABORTED": " lost the transfer's lease to another node ",
 }
 
 

@@ -50,6 +50,11 @@ class _Held:
     hashed: tuple[int, hashlib._Hash, object] | None = None
 
 
+def _lease(sender: str, transfer_id: str) -> str:
+    """The name of an inbound transfer's lease (``Ledger.take_lease``)."""
+    return f"inbound/{sender}/{transfer_id}"
+
+
 def when(at: int) -> str:
     """A time as operators read it in messages (UTC); both sides name times this way."""
     return f"{datetime.datetime.fromtimestamp(at, datetime.UTC):%Y-%m-%d %H:%M:%SZ}"
@@ -192,7 +197,7 @@ class Context:
         nothing on SQLite): another node's live lease is refused as busy, in the words of
         the in-memory guard -- the sender retries, and takes over once a dead node's lease
         expires. Its name, for ``drop_lease``."""
-        lease = f"inbound/{sender}/{transfer_id}"
+        lease = _lease(sender, transfer_id)
         try:
             self.ledger.take_lease(lease)
         except LeaseTakenError:
@@ -201,6 +206,14 @@ class Context:
                 "(another node of this gateway is writing it)"
             ) from None
         return lease
+
+    def holds_lease(self, row: Inbound) -> None:
+        """Before each segment an upload writes: this node still holds the transfer's lease
+        (memory only; nothing on SQLite). ``LeaseLostError`` (ABORTED) once another node took
+        the transfer over, a ``StorageError`` (UNAVAILABLE) once the lease has gone a whole
+        lifetime unrenewed (``Ledger.check_lease``): the stream stops at once, and its save
+        point cannot move the resume point either (``Ledger.record_progress`` is fenced)."""
+        self.ledger.check_lease(_lease(row.sender, row.transfer_id))
 
     def striped(self, transfer_id: str, sender: str, stripe: Stripe) -> tuple[StripedSession, bool]:
         """Join the striped upload ``stripe`` belongs to, or start it (then True: the caller

@@ -154,6 +154,11 @@ def _intake(ctx: Context, row: Inbound) -> Intake:
         ctx.ledger.record_progress(transfer_id, 0, 0, False)
         ctx.working.drop(transfer_id)
         raise
+
+    def in_time() -> None:
+        ctx.holds_lease(row)  # another node took the transfer over: stop writing at once
+        refuse_late(ctx, row, "upload")
+
     return Intake(
         ctx.ledger,
         transfer_id,
@@ -162,7 +167,7 @@ def _intake(ctx: Context, row: Inbound) -> Intake:
         partial,
         row.received_bytes,
         row.byte_limit,
-        in_time=lambda: refuse_late(ctx, row, "upload"),
+        in_time=in_time,
     )
 
 

@@ -99,6 +99,16 @@ class Database(Protocol):
 
     def all(self, sql: str, args: Sequence[object] = ()) -> list[Any]: ...
 
+    def reachable(self) -> str | None:
+        """Whether the database answers now: None, else why not (for a person to read).
+
+        A cheap, bounded probe (a few seconds at the most), which a node runs on a beat to
+        turn its health NOT_SERVING while its shared ledger is away. A shared database also
+        refuses its calls at once from the first probe that fails (or the first call that
+        loses its connection) until a probe succeeds again, rather than have each call wait
+        out a timeout. A SQLite file is part of the node itself: always None."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -103,6 +103,10 @@ class SqliteDatabase:
         with self.lock, storage_errors(self.path):
             return self.connection.execute(sql, args).fetchall()
 
+    def reachable(self) -> str | None:
+        """The file is the node's own: if it fails, each call says why (never refused ahead)."""
+        return None
+
     def close(self) -> None:
         with self.lock:
             self.connection.close()

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.errors import PartnerBusyError, TransferConflictError
+from gateway.errors import LeaseLostError, PartnerBusyError, TransferConflictError
+from gateway.ledger_leases import LEASE_SECONDS, lease_lost_message
 from gateway.retry import Backoff, Patience, ReplayLostError, SegmentReplay, Waiting
 from gateway.transfer import SegmentIn, refused_by, transient, unreachable
 
@@ -107,8 +108,14 @@ def test_progress_starts_a_fresh_wait() -> None:
                 TransferConflictError("transfer t1 is busy on another stream; finish again shortly")
             ),
         ),
+        refused_by(
+            "frankfurt",
+            "upload",
+            "ABORTED",
+            str(LeaseLostError(lease_lost_message("inbound/lingang/dpo_t1", LEASE_SECONDS))),
+        ),
     ],
-    ids=["connect", "cut", "draining", "deadline", "busy", "one-writer"],
+    ids=["connect", "cut", "draining", "deadline", "busy", "one-writer", "lease-lost"],
 )
 def test_transient_failures_are_retried(error: Exception) -> None:
     assert isinstance(error, type(unreachable("a", "offer", "")))
@@ -126,6 +133,7 @@ def test_transient_failures_are_retried(error: Exception) -> None:
         ("ALREADY_EXISTS", "passport t1 was used"),
         ("UNAUTHENTICATED", "bad signature"),
         ("UNKNOWN", "Exception calling application"),
+        ("ABORTED", "the transfer was aborted"),
     ],
 )
 def test_refusals_are_final(status: str, details: str) -> None:
