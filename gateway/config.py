@@ -89,6 +89,7 @@ class Listen:
     partner: Address
     local_socket: Path
     metrics: Address | None = None  # None: no metrics endpoint
+    health: Address | None = None  # None: no plaintext health listener for a balancer
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,9 @@ def _build(doc: schema.Document, source: Path) -> GatewayConfig:
     return GatewayConfig(
         path=source,
         gateway=Identity(doc.gateway.id, doc.gateway.jurisdiction, doc.gateway.description),
-        listen=Listen(doc.listen.partner, doc.listen.local_socket, doc.listen.metrics),
+        listen=Listen(
+            doc.listen.partner, doc.listen.local_socket, doc.listen.metrics, doc.listen.health
+        ),
         tls=TlsConfig(
             tls.certificate.path, tls.private_key, passphrase.source() if passphrase else None
         ),

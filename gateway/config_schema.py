@@ -378,6 +378,8 @@ class Listen(Section):
     partner: Annotated[Address, _address(allow_zero=True)]
     local_socket: Annotated[Path, Check(_socket_path, json=(("minLength", 1),), info=True)]
     metrics: Annotated[Address, _address(allow_zero=True)] | None = None
+    #: Plaintext gRPC health (Check only) for a load balancer's checks; None: not served.
+    health: Annotated[Address, _address(allow_zero=True)] | None = None
 
 
 class SecretSource(Section):

@@ -84,6 +84,8 @@ MIN_PARTNER_PING_MS = 500  # half the shortest keepalive_seconds a partner may c
 PARTNER_SERVICE = partner_pb2.DESCRIPTOR.services_by_name["PartnerGateway"].full_name
 LOCAL_SERVICE = local_pb2.DESCRIPTOR.services_by_name["LocalGateway"].full_name
 HSM_CHECK_SECONDS = 5.0
+HEALTH_THREADS = 2  # listen.health: a balancer's Check calls, answered from memory
+HEALTH_RPC_BACKSTOP = 32  # ... and at most this many in flight or queued
 LEDGER_CHECK_SECONDS = 1.0  # a shared ledger's probe (bounded: store.postgres.PROBE_TIMEOUT)
 # The local socket carries the CLI's 1 MiB data messages (gateway.cli.daemon.READ_CHUNK) and
 # Fetch's 1 MiB chunks whatever the partner segment size: its limit must not follow limits.*.
@@ -117,6 +119,8 @@ class Daemon:
         self._health_lock = threading.Lock()
         self.partner_address = ""
         self.metrics_port: int | None = None
+        self.health_server: grpc.Server | None = None  # listen.health (_start_health_server)
+        self.health_address = ""
 
     def _config(self) -> GatewayConfig:
         return self.config
@@ -219,6 +223,7 @@ class Daemon:
         notify("STATUS=starting listeners")
         self._start_partner_server(config, key_pem)
         self._start_local_server(config)
+        self._start_health_server(config)
         if config.listen.metrics is not None:
             self.metrics_port = self.metrics.serve(
                 config.listen.metrics.host, config.listen.metrics.port
@@ -254,6 +259,8 @@ class Daemon:
         ]
         if self.config.listen.metrics is not None and self.metrics_port is not None:
             found.append(("metrics", f"{self.config.listen.metrics.host}:{self.metrics_port}"))
+        if self.health_server is not None:
+            found.append(("health", self.health_address))
         return found
 
     def _view(self) -> DaemonView:
@@ -421,6 +428,44 @@ class Daemon:
             fd_socket_path(socket_path), self.file_tickets, socket_path
         )
         self.handover.start()
+
+    def _start_health_server(self, config: GatewayConfig) -> None:
+        """``listen.health``: the daemon's one health status for a load balancer's checks.
+
+        The partner port's health answers configured partners only, so a balancer cannot
+        check it; this port serves ``grpc.health.v1.Health`` alone, over plaintext HTTP/2:
+        it tells nothing but SERVING or NOT_SERVING. Check only (``BalancerHealth``): a
+        Watch would hold one of its few threads for as long as its caller liked.
+        """
+        address = config.listen.health
+        if address is None:
+            return
+        _check_bindable(address)
+        self.health_server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=HEALTH_THREADS, thread_name_prefix="xbgw-health"
+            ),
+            options=[("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=HEALTH_RPC_BACKSTOP,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(
+            BalancerHealth(self.health), self.health_server
+        )
+        try:
+            port = self.health_server.add_insecure_port(str(address))
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise ListenError(
+                f"cannot listen on {address} (listen.health): address in use or not local"
+            )
+        self.health_address = str(Address(address.host, port))
+        self.health_server.start()
+
+    def _stop_health_server(self) -> None:
+        """Last of the listeners: a balancer sees NOT_SERVING for the whole drain."""
+        if self.health_server is not None:
+            self.health_server.stop(None).wait()
 
     def _set_serving(self, serving: bool) -> None:
         status = (
@@ -679,6 +724,7 @@ class Daemon:
         partner_done = self.partner_server.stop(grace)
         local_done.wait()
         partner_done.wait()
+        self._stop_health_server()
         # Cut streams save their resume point in their handler threads; let them finish.
         if not self.partner_servicer.wait_idle(IDLE_WAIT_SECONDS):
             log.warning("some partner handlers did not finish; their last durable point stands")
@@ -691,6 +737,28 @@ class Daemon:
         self.hsm.close()
         self.state_lock.release()
         log.info("stopped after %.1fs", time.monotonic() - started)
+
+
+class BalancerHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Health on ``listen.health``: Check answers what the daemon's one HealthServicer says;
+    Watch is refused (UNIMPLEMENTED), a balancer polls."""
+
+    def __init__(self, servicer: health.HealthServicer) -> None:
+        self._health = servicer
+
+    def Check(  # noqa: N802 - gRPC method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return self._health.Check(request, context)
+
+    def Watch(  # noqa: N802
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "the health listener answers Check only; poll it (Watch is served on the "
+            "partner and local ports)",
+        )
 
 
 def _fixed_until_restart(old: GatewayConfig, new: GatewayConfig) -> list[str]:

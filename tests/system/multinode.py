@@ -14,8 +14,13 @@ rig turns frankfurt into two nodes of one identity:
   ``partner.addr``), log and notify socket.
 
 Lingang reaches frankfurt through a :class:`~tests.system.faults.FaultProxy` whose target the
-test moves from node A to node B -- a balancer, reduced to what the tests need. Every daemon
-is stopped by its PID (``DaemonProcess.stop``).
+test moves from node A to node B -- a balancer, reduced to what the tests need. With
+``balancer=True`` the proxy forwards to a real HAProxy instead (:mod:`devtools.haproxy`, the
+shipped ``deploy/haproxy/xbgw.cfg`` checks, 300 ms apart), which balances over both nodes
+and checks each one's ``listen.health``; the proxy stays in front only to hold or cut
+lingang's bytes. There node B also opens the shared token files through a path of its own
+(a symbolic link to node A's token directory), so that a test can take B's HSM away alone.
+Every daemon, and HAProxy, is stopped by its PID (``DaemonProcess.stop``, ``Haproxy.stop``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from typing import Any
 
 import psycopg
 
+from devtools.haproxy import Haproxy, Node
 from devtools.pair import Gateway, Pair, edit_config, provision_pair
-from devtools.provision import free_port
+from devtools.provision import free_port, write_softhsm_conf
 from tests.postgres import PASSWORD
 from tests.system.faults import FaultProxy
 
@@ -45,6 +51,15 @@ class MultiNode:
     database: str  # the URL, without the password
     spool: Path  # the shared spool directory
     proxy: FaultProxy  # lingang's way to frankfurt: forwards to one node at a time
+    balancer: Haproxy | None = None  # balancer=True: HAProxy, behind the proxy, over both
+
+    def balanced_name(self, node: Gateway) -> str:
+        """The node's server name in HAProxy: ``a`` or ``b``."""
+        return "a" if node is self.a else "b"
+
+    def holder(self, pid: int) -> Gateway:
+        """The node whose process is ``pid`` (a lease holder is named ``host:pid``)."""
+        return next(node for node in self.nodes if node.process and node.process.pid == pid)
 
     @property
     def lingang(self) -> Gateway:
@@ -91,10 +106,13 @@ def _share_spool(state_dir: Path, spool: Path) -> None:
     (state_dir / "spool").symlink_to(spool, target_is_directory=True)
 
 
-def provision_multinode(root: Path, database: str, segment_size: int = 1 << 16) -> MultiNode:
+def provision_multinode(
+    root: Path, database: str, segment_size: int = 1 << 16, *, balancer: bool = False
+) -> MultiNode:
     """Provision lingang and frankfurt (two nodes) under ``root``; start nothing.
 
-    ``database``: a PostgreSQL database at this schema (``postgres.database(...)``)."""
+    ``database``: a PostgreSQL database at this schema (``postgres.database(...)``).
+    ``balancer``: lingang's proxy forwards to HAProxy over both nodes (module docstring)."""
     pair = provision_pair(root, segment_size=segment_size)
     a = pair.frankfurt
     spool = root / "shared-spool"
@@ -129,8 +147,13 @@ def provision_multinode(root: Path, database: str, segment_size: int = 1 << 16) 
 
     edit_config(paths.config, node_b)
     _share_spool(paths.state_dir, spool)
+    haproxy: Haproxy | None = None
+    if balancer:
+        paths = dataclasses.replace(paths, softhsm_conf=_own_token_path(a, home))
+        haproxy = _balancer(root, a.paths.config, paths.config)
     b = Gateway(a.spec, paths)
-    proxy = FaultProxy(("127.0.0.1", a.spec.port))
+    target = ("127.0.0.1", haproxy.port if haproxy else a.spec.port)
+    proxy = FaultProxy(target)
 
     def via_proxy(data: dict[str, Any]) -> None:
         for partner in data["partners"]:
@@ -138,23 +161,64 @@ def provision_multinode(root: Path, database: str, segment_size: int = 1 << 16) 
                 partner["endpoint"] = proxy.endpoint
 
     edit_config(pair.lingang.paths.config, via_proxy)
-    return MultiNode(pair, a, b, database, spool, proxy)
+    return MultiNode(pair, a, b, database, spool, proxy, haproxy)
+
+
+def _own_token_path(a: Gateway, home: Path) -> Path:
+    """Node B's SoftHSM config: its token directory a symbolic link to node A's (the same
+    token files, reached by a path a test can take away from B alone)."""
+    conf = write_softhsm_conf(home / "softhsm")
+    tokens = conf.parent / "tokens"
+    tokens.rmdir()
+    tokens.symlink_to(a.paths.softhsm_conf.parent / "tokens", target_is_directory=True)
+
+    def use(data: dict[str, Any]) -> None:
+        data["hsm"]["softhsm_conf"] = str(conf)
+
+    edit_config(home / "gateway.yaml", use)
+    return conf
+
+
+def _balancer(root: Path, *configs: Path) -> Haproxy:
+    """Each node serves listen.health; HAProxy balances over them (not started)."""
+    nodes = []
+    for name, config in zip(("a", "b"), configs, strict=True):
+        health = free_port()
+        partner: list[str] = []
+
+        def serve_health(
+            data: dict[str, Any], port: int = health, seen: list[str] = partner
+        ) -> None:
+            data["listen"]["health"] = f"127.0.0.1:{port}"
+            seen.append(str(data["listen"]["partner"]))
+
+        edit_config(config, serve_health)
+        host, port = partner[0].rsplit(":", 1)
+        nodes.append(Node(name, (host, int(port)), ("127.0.0.1", health)))
+    return Haproxy(root / "haproxy", nodes)
 
 
 @contextlib.contextmanager
 def running_multinode(
-    root: Path, database: str, segment_size: int = 1 << 16
+    root: Path, database: str, segment_size: int = 1 << 16, *, balancer: bool = False
 ) -> Iterator[MultiNode]:
-    """Both nodes and lingang started (node A first: it is where the proxy points); all
-    stopped by PID afterwards, and the proxy closed."""
-    rig = provision_multinode(root, database, segment_size)
+    """Both nodes and lingang started (node A first: it is where the proxy points; with
+    ``balancer``, HAProxy once both nodes are up, and it sees them UP); all stopped by PID
+    afterwards, and the proxy closed."""
+    rig = provision_multinode(root, database, segment_size, balancer=balancer)
     try:
         rig.a.start()
         rig.b.start()
+        if rig.balancer is not None:
+            rig.balancer.start(up=("a", "b"))
         rig.lingang.start()
         yield rig
     finally:
         try:
             rig.stop()
         finally:
-            rig.proxy.close()
+            try:
+                if rig.balancer is not None:
+                    rig.balancer.stop()
+            finally:
+                rig.proxy.close()

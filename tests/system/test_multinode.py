@@ -2,13 +2,16 @@
 
 The rig is :mod:`tests.system.multinode`: frankfurt run as nodes A and B (same identity,
 token files, certificate and spool; each its own ports, socket and state directory), and
-lingang sending to frankfurt through a proxy the test points at one node or the other.
+lingang sending to frankfurt through a real HAProxy over both nodes (``balancer=True``:
+gRPC health checks on each node's ``listen.health``), with a proxy in front of it that can
+hold lingang's bytes.
 
 * the same passport offered at both nodes at the same moment, 100 rounds, each with its own
   envelope (a replay, not a resume): exactly one node accepts, the other refuses;
-* node A killed (SIGKILL by PID) mid-upload: lingang resumes on node B from the durable
-  point -- once A's lease on the transfer expires -- and the data arrives byte-identical,
-  committed once;
+* the node HAProxy gave an upload killed (SIGKILL by PID) mid-upload: HAProxy's checks
+  take it DOWN, and lingang resumes through HAProxy on the other node from the durable point
+  -- once the dead node's lease on the transfer expires -- and the data arrives
+  byte-identical, committed once;
 * the audit log both nodes wrote verifies as one log.
 """
 
@@ -62,18 +65,23 @@ def rig(
     postgres: Cluster,  # noqa: F811
 ) -> Iterator[MultiNode]:
     root = tmp_path_factory.mktemp("multinode")
-    with running_multinode(root, postgres.database("multinode"), segment_size=SEGMENT) as rig:
+    with running_multinode(
+        root, postgres.database("multinode"), segment_size=SEGMENT, balancer=True
+    ) as rig:
         yield rig
 
 
 @pytest.fixture
 def nodes_up(rig: MultiNode) -> MultiNode:
-    """Every daemon running (a test that killed one may have failed), the proxy at node A."""
+    """Every daemon running (a test that killed one may have failed), HAProxy seeing both
+    nodes UP, the proxy passing everything."""
     for gateway in (rig.a, rig.b, rig.lingang):
         if gateway.process is None or gateway.process.poll() is not None:
             gateway.start()
     rig.proxy.release()
-    rig.route_to(rig.a)
+    assert rig.balancer is not None
+    for node in rig.nodes:
+        rig.balancer.wait_state(rig.balanced_name(node), "UP", DEADLINE)
     return rig
 
 
@@ -178,7 +186,12 @@ def _send(rig: MultiNode, source: Path, token: str, wait: int) -> subprocess.Pop
 def test_a_node_killed_mid_upload_is_taken_over_by_the_other(
     nodes_up: MultiNode, tmp_path: Path
 ) -> None:
+    """Through HAProxy: the upload goes to the node it picks (found by the lease's holder),
+    which is killed with its stream open; HAProxy's health checks take it DOWN, and the
+    retried send reaches the other node through HAProxy and is taken over there."""
     rig = nodes_up
+    balancer = rig.balancer
+    assert balancer is not None
     data = os.urandom(SIZE)
     source = tmp_path / "data.bin"
     source.write_bytes(data)
@@ -194,8 +207,14 @@ def test_a_node_killed_mid_upload_is_taken_over_by_the_other(
             row = _inbound(rig, transfer_id)
             return row is not None and row[1] >= SYNC_EVERY_SEGMENTS
 
-        wait_until(durable, DEADLINE, f"a durable resume point for {transfer_id} on node A")
-        rig.a.kill()  # SIGKILL by PID, the upload stream still open there
+        wait_until(durable, DEADLINE, f"a durable resume point for {transfer_id}")
+        holders = rig.query(
+            "SELECT holder FROM transfer_leases WHERE lease LIKE %s", (f"%{transfer_id}",)
+        )
+        assert len(holders) == 1, holders
+        victim = rig.holder(int(str(holders[0][0]).rsplit(":", 1)[1]))
+        survivor = rig.b if victim is rig.a else rig.a
+        victim.kill()  # SIGKILL by PID, the upload stream still open there
         _out, err = first.communicate(timeout=DEADLINE)
     finally:
         if first.poll() is None:
@@ -206,13 +225,16 @@ def test_a_node_killed_mid_upload_is_taken_over_by_the_other(
     assert row is not None and row[0] == "receiving", row
     held = row[2]
     assert 0 < held < SIZE and held == row[1] * SEGMENT, row
-    # Node A's lease on the transfer outlives it by up to its lifetime: B answers busy until
-    # then, and the send retries (its wait covers it).
+    # The dead node's lease on the transfer outlives it by up to its lifetime: the other
+    # answers busy until then, and the send retries (its wait covers it).
     assert rig.query(
         "SELECT count(*) FROM transfer_leases WHERE lease LIKE %s", (f"%{transfer_id}",)
     ) == [(1,)]
 
-    rig.route_to(rig.b)
+    # HAProxy's checks find the dead node: its health listener is gone with it.
+    balancer.wait_state(rig.balanced_name(victim), "DOWN", DEADLINE)
+    assert balancer.state(rig.balanced_name(survivor)) == "UP"
+    given = balancer.connections()
     rig.proxy.release()
     sent = rig.proxy.upstream_bytes
     second = _send(rig, source, token, wait=int(4 * LEASE_SECONDS))
@@ -224,14 +246,18 @@ def test_a_node_killed_mid_upload_is_taken_over_by_the_other(
     assert "(another node of this gateway is writing it); retrying" in err, err
     on_wire = rig.proxy.upstream_bytes - sent
     assert SIZE - held <= on_wire, (on_wire, held)
+    # Through HAProxy, to the survivor only.
+    now = balancer.connections()
+    assert now[rig.balanced_name(victim)] == given[rig.balanced_name(victim)], (given, now)
+    assert now[rig.balanced_name(survivor)] > given[rig.balanced_name(survivor)], (given, now)
 
-    # Committed once, in the shared ledger; the data byte-identical through node B.
+    # Committed once, in the shared ledger; the data byte-identical through the survivor.
     assert _inbound(rig, transfer_id) == ("committed", -(-SIZE // SEGMENT), SIZE)
-    listed = rig.b.cli("inbox")
+    listed = survivor.cli("inbox")
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()].count(transfer_id) == 1
     target = tmp_path / "fetched.bin"
-    fetched = rig.b.cli("fetch", transfer_id, "-o", str(target))
+    fetched = survivor.cli("fetch", transfer_id, "-o", str(target))
     assert fetched.returncode == 0, fetched.stderr
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert not (rig.spool / "incoming" / f"{transfer_id}.part").exists()
