@@ -32,6 +32,11 @@ mutual TLS on loopback, SQLite ledgers -- into a temporary directory (or ``--dir
 8. **HSM counts**: the daemons once more, their Prometheus endpoint now enabled; the
    ``xbgw_hsm_operation_seconds`` histogram scraped around a one-segment and a
    multi-segment transfer gives the calls of each operation per transfer.
+9. **Two nodes** (issue 16; unless ``--skip-multinode``, and not in ``--smoke``: its
+   PostgreSQL server, rig and two sides of fresh processes take ~15 s before any transfer):
+   the small transfers again, into frankfurt as ONE node and as TWO, both on PostgreSQL behind
+   a real HAProxy, lingang with ``connections: 4`` (:mod:`bench.multinode`): transfers/s of
+   each, the ratio TWO/ONE, CPU-ms per transfer of each process.
 
 Prints a table of metric | value | target | met? and writes ``bench/results.json`` (or
 ``--json``). No number here is asserted anywhere: targets are reported, not enforced.
@@ -81,6 +86,8 @@ from bench.daemons import (
 from bench.load import bench_load
 from bench.localapi import LocalClient
 from bench.longlink import LinkOptions, bench_longlink, default_sizes
+from bench.multinode import bench_multinode
+from bench.multinode import summary_lines as multinode_lines
 from bench.passports import issue_many
 from devtools.pair import Pair, provision_pair
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
@@ -115,6 +122,11 @@ FLOOR_CONTROL_CPU_S_PER_GIB = 1.65
 TARGET_LINK_MBPS = 120.0
 TARGET_LINK_RTT_MS = 200.0
 TARGET_SMALL_ROUND_TRIPS = 1.5
+# Issue 16: two nodes of one gateway carry more small transfers per second than one.
+TARGET_MULTINODE_RATIO = 1.0
+#: Lingang's lanes to the balanced frankfurt in the two-node step: enough for leastconn to
+#: put two on each node.
+MULTINODE_CONNECTIONS = 4
 
 FULL = {
     "bulk_size": 1 << 30,
@@ -176,6 +188,7 @@ class Options:
     link_sizes: tuple[int, ...]
     skip_memory: bool
     skip_longlink: bool
+    skip_multinode: bool
     only_small: bool
     json_path: Path
     dir: Path | None
@@ -201,6 +214,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--leak-warmup", type=int, help="growth counted after these (2000)")
     parser.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     parser.add_argument("--skip-longlink", action="store_true", help="no long-link mode")
+    parser.add_argument(
+        "--skip-multinode",
+        action="store_true",
+        help="no two-node step (PostgreSQL and HAProxy; never run with --smoke)",
+    )
     parser.add_argument(
         "--only-small",
         action="store_true",
@@ -263,6 +281,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         link_sizes=link_sizes,
         skip_longlink=args.skip_longlink,
         skip_memory=args.skip_memory,
+        skip_multinode=args.skip_multinode or args.smoke,
         only_small=args.only_small,
         json_path=args.json,
         dir=args.dir,
@@ -834,6 +853,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     if not results["longlink"].get("skipped"):
         link_rows(results["longlink"], row)
+    multinode = results.get("multinode", {"skipped": True})
+    if not multinode.get("skipped"):
+        for side in ("one", "two"):
+            rate = multinode[side]["transfers_per_s"]
+            row(
+                f"{multinode[side]['nodes']} node(s), PostgreSQL: small transfers/s",
+                rate,
+                "/s",
+                "",
+                None,
+            )
+        ratio = multinode["ratio"]
+        row(
+            "2 nodes carry more small transfers per second than 1",
+            ratio,
+            "x",
+            f"> {TARGET_MULTINODE_RATIO:g}",
+            ratio > TARGET_MULTINODE_RATIO,
+        )
     memory = results["memory"]
     if not memory.get("skipped"):
         for name in ("lingang", "frankfurt"):
@@ -962,6 +1000,12 @@ def cpu_lines(results: dict[str, Any]) -> list[str]:
     per = results["small"]["cpu_ms_per_transfer"]
     text = ", ".join(f"{name} {value:.1f}" for name, value in per.items())
     lines.append(f"CPU ms per small transfer: {text}")
+    multinode = results.get("multinode", {"skipped": True})
+    if not multinode.get("skipped"):
+        for side in ("one", "two"):
+            per = multinode[side]["cpu_ms_per_transfer"]
+            text = ", ".join(f"{name} {value:.1f}" for name, value in per.items())
+            lines.append(f"CPU ms per small transfer, {multinode[side]['nodes']} node(s): {text}")
     return lines
 
 
@@ -1132,6 +1176,25 @@ def run(opts: Options) -> dict[str, Any]:
 
         say("==> HSM operations per transfer (from the daemons' metrics endpoints)")
         results["hsm"] = {"rates": rates, "counts": bench_hsm_counts(setup, opts)}
+
+        if opts.skip_multinode:
+            why = "--smoke" if opts.smoke else "--skip-multinode"
+            results["multinode"] = {"skipped": True, "why": why}
+        else:
+            say(
+                f"==> two nodes: {opts.small_count} x {human(opts.small_size)}, "
+                f"{opts.small_concurrency} at a time, into 1 then 2 nodes on PostgreSQL "
+                f"behind HAProxy ({MULTINODE_CONNECTIONS} connections)"
+            )
+            results["multinode"] = bench_multinode(
+                root / "multinode",
+                opts.small_count,
+                opts.small_size,
+                opts.small_concurrency,
+                MULTINODE_CONNECTIONS,
+            )
+            for line in multinode_lines(results["multinode"]):
+                say(line)
     except Exception:
         _log_tails(pair)
         raise

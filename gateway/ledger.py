@@ -4,7 +4,8 @@ In one SQLite file in the state directory by default (``gateway.store.sqlite``),
 PostgreSQL database shared by several nodes of one gateway (``state.database``,
 ``gateway.store.postgres``); the SQL here is written once for both (``gateway.store``).
 
-SQLite: WAL mode, ``synchronous=FULL`` by default. Writes
+SQLite: WAL mode, ``synchronous=FULL`` by default; durable commits made at once share one
+fsync of the log (a group commit: ``ledger_base.GroupSync``). Writes
 whose loss on power failure is harmless skip the fsync (see ``Ledger._tx``): a resume point
 that goes back is safe because the spool is cut back to it, and a lost offer is made again.
 Commits happen per batch of segments, never per chunk, to keep the data path fast.
@@ -333,6 +334,7 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
         Not fsynced: lost on power failure, the offer is made again; the commit that ends
         the transfer is durable and carries this row with it.
         """
+        created_at, expires_at = int(time.time()), passport_exp(passport)
         try:
             self._insert_inbound(
                 (
@@ -349,14 +351,36 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
                     transport_version,
                     storage_version_of(stored_header),
                     *_count_values(count),
-                    int(time.time()),
-                    passport_exp(passport),
+                    created_at,
+                    expires_at,
                 ),
                 audit,
             )
         except UniqueViolationError:
             return None  # a transfer id is a passport jti: single use, on every node
-        return self.inbound(transfer_id)
+        # What was written, not read back (one ledger read less per offer).
+        return Inbound(
+            transfer_id=transfer_id,
+            sender=sender,
+            passport=passport,
+            passport_digest=passport_digest,
+            offered_header_digest=offered_header_digest,
+            stored_header=stored_header,
+            byte_limit=byte_limit,
+            classification=classification,
+            source_jurisdiction=source_jurisdiction,
+            dataset_sha256=dataset_sha256,
+            state=TransferState.RECEIVING,
+            next_segment=0,
+            received_bytes=0,
+            final_received=False,
+            plaintext_sha256=None,
+            created_at=created_at,
+            committed_at=None,
+            refusal=None,
+            receipt=None,
+            expires_at=expires_at,
+        )
 
     def _insert_inbound(self, values: tuple[object, ...], audit: bytes | None = None) -> None:
         with self._tx(durable=False) as db:
@@ -394,16 +418,28 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
         receipt: Receipt,
         committed_at: int,
         audit: bytes | None = None,
+        arrived: tuple[int, int] | None = None,
     ) -> int | None:
         """Commit, and add what the transfer counts to the ingress counters -- in the same
-        transaction, so a count never exists without its commit or the reverse."""
+        transaction, so a count never exists without its commit or the reverse.
+
+        ``arrived``: (next segment, bytes) of a transfer whose whole data came in the call
+        that commits it (``Deliver``): its final resume point is recorded here, in the same
+        durable transaction, rather than in one of its own before (the caller made the spool
+        file durable first: ``Spool.commit``)."""
+        progress = ""
+        values: tuple[object, ...] = ()
+        if arrived is not None:
+            progress = "next_segment = ?, received_bytes = ?, final_received = 1, "
+            values = arrived
         with self._tx() as db:
             self._fence_inbound(db, transfer_id)  # a writer whose lease was taken over: no
             done = db.execute(
-                "UPDATE inbound SET state = 'committed', plaintext_sha256 = ?, committed_at = ?, "
-                "receipt_body = ?, receipt_signature = ?, receipt_kid = ? "
+                f"UPDATE inbound SET {progress}state = 'committed', plaintext_sha256 = ?, "  # noqa: S608
+                "committed_at = ?, receipt_body = ?, receipt_signature = ?, receipt_kid = ? "
                 "WHERE transfer_id = ? AND state = 'receiving'",
                 (
+                    *values,
                     plaintext_sha256,
                     committed_at,
                     receipt.body,
@@ -466,10 +502,14 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
         stored_header: bytes,
         count: Count | None = None,
         expires_at: int | None = None,
+        segment_tags: list[tuple[int, bytes]] | None = None,
     ) -> Outbound:
         """``count``: what the send adds to the egress counters once delivered; until then it
         counts as in flight (:meth:`compliance_counts`). ``expires_at``: the passport's exp,
-        after which (plus the retention grace) an unfinished send expires."""
+        after which (plus the retention grace) an unfinished send expires. ``segment_tags``:
+        tags of segments sealed already (a one-call send's one segment), recorded in this
+        durable transaction as :meth:`record_segment_tags` would, one commit fewer."""
+        created_at = int(time.time())
         try:
             with self._tx() as db:
                 db.execute(
@@ -485,17 +525,34 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
                         stored_header,
                         storage_version_of(stored_header),
                         *_count_values(count),
-                        int(time.time()),
+                        created_at,
                         expires_at,
                     ),
                 )
+                if segment_tags:
+                    db.executemany(
+                        "INSERT INTO outbound_segments (transfer_id, idx, tag) VALUES (?,?,?)",
+                        [(transfer_id, idx, tag) for idx, tag in segment_tags],
+                    )
         except UniqueViolationError:
             raise TransferConflictError(
                 f"transfer {transfer_id} already has an outbound record"
             ) from None
-        created = self.outbound(transfer_id)
-        assert created is not None
-        return created
+        # What was written, not read back: the row as the INSERT made it.
+        return Outbound(
+            transfer_id=transfer_id,
+            partner=partner,
+            passport_digest=passport_digest,
+            sent_header=sent_header,
+            stored_header=stored_header,
+            state=TransferState.SENDING,
+            plaintext_size=None,
+            plaintext_sha256=None,
+            created_at=created_at,
+            delivered_at=None,
+            receipt=None,
+            expires_at=expires_at,
+        )
 
     def segment_tags(self, transfer_id: str, start: int, stop: int) -> dict[int, bytes]:
         """Recorded GCM tags of segments ``start <= idx < stop`` (see client._Pipeline)."""

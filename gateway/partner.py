@@ -194,6 +194,15 @@ class PartnerServicer(partner_pb2_grpc.PartnerGatewayServicer):
 
         def act(peer: PartnerConfig) -> partner_pb2.UploadResponse:
             stripe = _stripe(context)
+            if stripe is not None:
+                # Cancelled by the sender (another stripe failed), this stream must end its
+                # attempt at once: waiting for room in the reorder buffer, it never reads
+                # the cancel (``Receiver.end_stripes``).
+                def ended(stripe: Stripe = stripe) -> None:
+                    if first_id:
+                        self._receiver.end_stripes(peer.id, first_id[0], stripe)
+
+                context.add_callback(ended)
             with self._metrics.stream("in"):
                 result = self._receiver.upload(peer, segments(), stripe)
             return partner_pb2.UploadResponse(

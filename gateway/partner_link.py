@@ -1,12 +1,26 @@
 """The gRPC :class:`~gateway.transfer.PartnerLink`: mutual-TLS channels to partners.
 
 Everything gRPC about sending lives here: one channel per partner (rebuilt on reload) --
-plus, for a partner with ``connections: N`` > 1, N - 1 more used only by the stripes of
-striped uploads, each with a subchannel pool of its own so that each is its own TCP
-connection (one connection carries at most its TCP window per round trip) -- the
-message conversions, and the mapping of ``grpc.RpcError`` to
-:class:`~gateway.errors.PartnerError` with the partner's reason, so the sender never sees
-gRPC.
+plus, for a partner with ``connections: N`` > 1, N - 1 more ("lanes" 1..N-1), each with a
+subchannel pool of its own so that each is its own TCP connection (one connection carries
+at most its TCP window per round trip) -- the message conversions, and the mapping of
+``grpc.RpcError`` to :class:`~gateway.errors.PartnerError` with the partner's reason, so
+the sender never sees gRPC.
+
+Which lane a call takes (``connections: N`` > 1; with N = 1 every call takes the one): the
+partner's nodes may sit behind a TCP balancer, which places each connection on some node,
+so the lanes are how one partner's calls spread over its nodes. Every call is answered from
+the partner's shared ledger and spool, so any lane is correct; what differs is where a
+transfer's working state is (the data key handed from offer to upload, the running hash
+the finish needs, the transfer's lease while a stream writes it). Hence:
+
+* ``Deliver`` (a whole transfer in one call): the next lane, round robin -- how two nodes
+  carry more of one partner's small transfers than one;
+* the calls of a streamed transfer (offer, its unstriped upload, finish, status, cancel):
+  the transfer's own lane (:func:`home_lane`, from its id), so they all meet one node and
+  a finish there does not re-hash the upload;
+* stripe ``i`` of a striped upload: lane ``i`` (all N lanes, once each);
+* the key set and witnessing: lane 0.
 
 A reload must not cut sends in flight: the old channels are retired, not closed at once --
 new transfers use new channels (new certificate, CA, endpoint) while running streams finish
@@ -21,6 +35,8 @@ each connection attempt still has gRPC's 20 s (``CONNECT_TIMEOUT_MS``) on a long
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,11 +44,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from gateway import envelope
 from gateway._proto.xbgw.v1 import partner_pb2, partner_pb2_grpc
 from gateway.audit.witness import ServedCheckpoint
 from gateway.config import GatewayConfig, PartnerConfig
 from gateway.documents import EndorsedKeySet
-from gateway.errors import PartnerError
+from gateway.errors import EnvelopeError, PartnerError
 from gateway.receiver.intake import STRIPE_METADATA, Stripe
 from gateway.signed import Signed
 from gateway.tls import channel_credentials
@@ -117,6 +134,27 @@ def segment_wire(segment: SegmentIn) -> bytes:
     return b"".join((head, segment.ciphertext))
 
 
+def home_lane(transfer_id: str, lanes: int) -> int:
+    """The lane every call of a streamed transfer takes: the same on every call and after a
+    restart of this gateway (no state to keep), spread evenly over the lanes (random ids)."""
+    if lanes <= 1:
+        return 0
+    digest = hashlib.sha256(transfer_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % lanes
+
+
+def _header_lane(header: bytes, lanes: int) -> int:
+    """:func:`home_lane` of the transfer an offer's header names; lane 0 for a header that
+    does not decode (the partner refuses it, with the reason, whichever node it reaches)."""
+    if lanes <= 1:
+        return 0
+    try:
+        transfer_id = envelope.Header.decode(header).context.transfer_id
+    except (EnvelopeError, ValueError):  # a field out of range may surface as either
+        return 0
+    return home_lane(transfer_id, lanes)
+
+
 @dataclass(eq=False)  # one entry is one channel: compared by identity
 class _Channel:
     """A channel and the calls it carries now (guarded by the link's lock).
@@ -169,6 +207,8 @@ class GrpcPartnerLink:
         self._lock = threading.Lock()
         self._channels: dict[str, _Channel] = {}
         self._retired: list[_Channel] = []
+        #: The next Deliver's lane, by partner id (round robin; see the module docstring).
+        self._turns: dict[str, itertools.count[int]] = {}
         self.reconfigure(config, key_pem)
 
     def reconfigure(self, config: GatewayConfig, key_pem: bytes) -> None:
@@ -187,16 +227,25 @@ class GrpcPartnerLink:
             return len(self._channels) + len(self._retired)
 
     @contextmanager
-    def _stub(self, partner: PartnerConfig) -> Iterator[partner_pb2_grpc.PartnerGatewayStub]:
-        """The partner's stub for the length of one call, counted on its channel."""
-        with self._entry(partner) as entry:
+    def _stub(
+        self, partner: PartnerConfig, lane: int = 0
+    ) -> Iterator[partner_pb2_grpc.PartnerGatewayStub]:
+        """The partner's stub on ``lane`` for the length of one call, counted on its channel."""
+        with self._entry(partner, lane) as entry:
             yield entry.stub
+
+    def _next_lane(self, partner: PartnerConfig) -> int:
+        """The partner's lanes in turn (0 while it has one)."""
+        if partner.connections <= 1:
+            return 0
+        with self._lock:
+            turn = self._turns.setdefault(partner.id, itertools.count())
+            return next(turn) % partner.connections
 
     @contextmanager
     def _entry(self, partner: PartnerConfig, lane: int = 0) -> Iterator[_Channel]:
         """The partner's channel for the length of one call, counted on it. ``lane``: which
-        of its striped connections (0, the one every call uses, unless a striped upload's
-        stripe ``lane`` asks for its own -- see :meth:`upload_stripe`)."""
+        of its connections (module docstring); lane 0 is the partner's usual channel."""
         key = partner.id if lane == 0 else f"{partner.id}\0{lane}"
         with self._lock:
             entry = self._channels.get(key)
@@ -248,7 +297,8 @@ class GrpcPartnerLink:
 
     def offer(self, partner: PartnerConfig, passport: str, header: bytes) -> OfferResult:
         try:
-            with self._stub(partner) as stub:
+            lane = _header_lane(header, partner.connections)
+            with self._stub(partner, lane) as stub:
                 response = stub.Offer(
                     partner_pb2.OfferRequest(passport=passport, envelope_header=header),
                     timeout=RPC_TIMEOUT_SECONDS,
@@ -265,9 +315,16 @@ class GrpcPartnerLink:
         )
 
     def upload(self, partner: PartnerConfig, segments: Iterator[SegmentIn]) -> UploadResult:
+        """One stream, on the transfer's own lane (its first segment names the transfer)."""
+        lane = 0
+        if partner.connections > 1:
+            first = next(segments, None)
+            if first is not None:
+                lane = home_lane(first.transfer_id, partner.connections)
+                segments = itertools.chain([first], segments)
         messages = (segment_wire(segment) for segment in segments)
         try:
-            with self._entry(partner) as entry:
+            with self._entry(partner, lane) as entry:
                 response = entry.upload(messages, timeout=None)
         except grpc.RpcError as exc:
             raise partner_error(exc, partner.id, "upload") from None
@@ -280,10 +337,11 @@ class GrpcPartnerLink:
         stripe: Stripe,
         on_abort: Callable[[Callable[[], object]], None],
     ) -> UploadResult:
-        """One stripe of a striped upload, on its own TCP connection (stripe 0 on the
-        partner's usual one), naming itself in the ``xbgw-stripe`` metadata. ``on_abort``
-        is given the call's cancel, which the sender calls when another stripe failed (a
-        stripe stuck in flow control would otherwise wait for the receiver to end it)."""
+        """One stripe of a striped upload, on its own TCP connection (stripe ``i`` on lane
+        ``i``: stripe 0 on the partner's usual one), naming itself in the ``xbgw-stripe``
+        metadata. ``on_abort`` is given the call's cancel, which the sender calls when
+        another stripe failed (a stripe stuck in flow control would otherwise wait for the
+        receiver to end it)."""
         messages = (segment_wire(segment) for segment in segments)
         try:
             with self._entry(partner, stripe.index) as entry:
@@ -302,7 +360,7 @@ class GrpcPartnerLink:
 
     def finish(self, partner: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
         try:
-            with self._stub(partner) as stub:
+            with self._stub(partner, home_lane(transfer_id, partner.connections)) as stub:
                 response = stub.Finish(
                     partner_pb2.FinishRequest(transfer_id=transfer_id, manifest=to_blob(manifest)),
                     timeout=FINISH_TIMEOUT_SECONDS,
@@ -319,13 +377,15 @@ class GrpcPartnerLink:
         segment: SegmentIn,
         manifest: Signed,
     ) -> FinishResult | None:
-        """Offer, upload and finish in one call; None if the partner has no Deliver (then
-        remembered on its channel). A refusal is worded as the step's that refused it (the
-        partner's trailing metadata ``DELIVER_STEP_KEY``), so the sender tells a stale
-        transport key or a refusal before recording just as from the three calls."""
+        """Offer, upload and finish in one call, on the partner's next lane (round robin);
+        None if the partner has no Deliver (then remembered on that channel: behind a
+        balancer each node answers for itself, an older one among newer). A refusal is
+        worded as the step's that refused it (the partner's trailing metadata
+        ``DELIVER_STEP_KEY``), so the sender tells a stale transport key or a refusal before
+        recording just as from the three calls."""
         request = deliver_request(passport, header, segment, manifest)
         try:
-            with self._entry(partner) as entry:
+            with self._entry(partner, self._next_lane(partner)) as entry:
                 if entry.no_deliver:
                     return None
                 try:
@@ -341,7 +401,7 @@ class GrpcPartnerLink:
 
     def status(self, partner: PartnerConfig, transfer_id: str) -> TransferStatus:
         try:
-            with self._stub(partner) as stub:
+            with self._stub(partner, home_lane(transfer_id, partner.connections)) as stub:
                 response = stub.GetTransfer(
                     partner_pb2.GetTransferRequest(transfer_id=transfer_id),
                     timeout=RPC_TIMEOUT_SECONDS,
@@ -392,7 +452,7 @@ class GrpcPartnerLink:
     def cancel(self, partner: PartnerConfig, transfer_id: str, reason: str) -> TransferState:
         """Tell the partner we gave the transfer up (``xbgw cancel``); its state after."""
         try:
-            with self._stub(partner) as stub:
+            with self._stub(partner, home_lane(transfer_id, partner.connections)) as stub:
                 response = stub.Cancel(
                     partner_pb2.CancelTransferRequest(transfer_id=transfer_id, reason=reason),
                     timeout=RPC_TIMEOUT_SECONDS,

@@ -27,6 +27,15 @@ processes, sockets or a token.
   are ended (their calls cancelled) and the send resumes, as for one stream, from the
   partner's contiguous point, which the next offer tells. Each attempt carries a fresh
   random token, so the receiver never mixes its streams with a late one of an older attempt.
+  The stripes must all reach the one node writing the transfer: behind a TCP balancer they
+  may not (it places each connection on some node, and the node without the transfer's
+  lease refuses its stripes as held by another node). Then the send goes on unstriped,
+  over the transfer's one lane, after one pause (the holder ends its streams meanwhile),
+  and so do all uploads to that partner for ``UNSTRIPED_SECONDS`` (logged once): one stream
+  to one node always works, and resumes from the partner's contiguous point like any other.
+  When the holder got none of segment 0's stripe, that point may be older than the segments
+  the send still holds (the split attempt pushed them out): then the send ends as after any
+  such loss -- send again to resume -- and the next send does not stripe.
 * **After the upload** the manifest is signed in the HSM and the receipt verified under the
   partner's pinned key and compared with the manifest before the transfer counts as
   delivered.
@@ -103,6 +112,14 @@ REFUSED_BEFORE_RECORDING = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 #: What a Deliver message carries besides the ciphertext, passport and header: the segment's
 #: other fields, the signed manifest and the framing (a manifest is ~300 bytes).
 ONE_CALL_OVERHEAD = 4096
+#: The words of a partner's busy refusal when another of its nodes holds the transfer's
+#: lease (``gateway.receiver.context.Context._take_lease``): a stripe that reached the wrong
+#: node behind a balancer (see the module docstring).
+HELD_BY_ANOTHER_NODE = "another node of this gateway is writing it"
+#: How long a partner's uploads go unstriped after its stripes reached different nodes: the
+#: balancer keeps each connection where it placed it, so striping again at once would only
+#: split again -- and a split attempt can cost its send (below). A reload forgets it.
+UNSTRIPED_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,9 @@ class Sender:
         self._clock = clock
         self._active: set[str] = set()
         self._active_lock = threading.Lock()
+        #: Partners whose stripes reached different nodes, and until when (monotonic) their
+        #: uploads go unstriped (guarded by ``_active_lock``; forgotten on reconfigure).
+        self._unstriped: dict[str, float] = {}
         self._config = config
 
     def reconfigure(self, config: GatewayConfig) -> None:
@@ -163,6 +183,7 @@ class Sender:
         ``partner_keys`` at its next use)."""
         with self._active_lock:
             self._config = config
+            self._unstriped.clear()  # a partner pointed elsewhere may stripe again
         self._partner_keys.reconfigure(config)
         self._border.reconfigure(config.compliance)
 
@@ -321,8 +342,12 @@ class Sender:
             raise PassportReplayError(f"transfer {transfer_id} is in use for {row.partner}")
         if row is not None and row.state.ended:
             refuse_final(row)  # xbgw cancel or expiry: its data key is gone
+        first: _FirstSegment | None = None
         if row is None:
-            row, data_key = self._prepare(partner, passport, retry)
+            if total_size is not None and total_size <= self._config.limits.segment_size:
+                first = _FirstSegment(b"".join(_held_to(chunks, total_size, transfer_id)))
+                chunks = [first.data]
+            row, data_key = self._prepare(partner, passport, retry, first, declared_sha256)
         else:  # resuming: the data key survives only re-wrapped to our storage key
             data_key = envelope.open_header(
                 envelope.Header.decode(row.stored_header), self.me, self._keys
@@ -331,7 +356,15 @@ class Sender:
             assert total_size is not None
             data = b"".join(_held_to(chunks, total_size, transfer_id))
             done = self._deliver(
-                partner, passport, row, data_key, data, declared_sha256, on_progress, retry
+                partner,
+                passport,
+                row,
+                data_key,
+                data,
+                declared_sha256,
+                on_progress,
+                retry,
+                sealed=first.ciphertext if first is not None else None,
             )
             if done is not None:
                 return done
@@ -439,6 +472,24 @@ class Sender:
                 else:
                     self._link.upload(partner, stream)
                 return
+            except StripesSplitError as exc:
+                lanes = 1
+                with self._active_lock:
+                    self._unstriped[partner.id] = time.monotonic() + UNSTRIPED_SECONDS
+                log.warning(
+                    "the stripes of the upload reached different nodes of %s (a balancer in "
+                    "front of it places each connection); uploads to it go on unstriped, over "
+                    "one connection, for %d min: %s",
+                    partner.id,
+                    UNSTRIPED_SECONDS // 60,
+                    exc,
+                    extra={
+                        "transfer_id": row.transfer_id,
+                        "partner": partner.id,
+                        "outcome": "unstriped",
+                    },
+                )
+                retry.pause_or_raise(exc)  # as for busy: the holder ends its streams meanwhile
             except PartnerError as exc:
                 retry.pause_or_raise(exc)
             offer = self._offer_retried(partner, passport, row, retry)
@@ -449,14 +500,28 @@ class Sender:
 
     def _lanes(self, partner: PartnerConfig) -> int:
         """TCP connections to stripe an upload to ``partner`` over: its ``connections``, if
-        the link can stripe (a link without ``upload_stripe`` uploads as one stream)."""
+        the link can stripe (a link without ``upload_stripe`` uploads as one stream) and its
+        stripes did not reach different nodes lately (``UNSTRIPED_SECONDS``)."""
+        with self._active_lock:
+            until = self._unstriped.get(partner.id)
+        if until is not None and time.monotonic() < until:
+            return 1
         if partner.connections > 1 and callable(getattr(self._link, "upload_stripe", None)):
             return partner.connections
         return 1
 
     def _prepare(
-        self, partner: PartnerConfig, passport: VerifiedPassport, retry: _Retry
+        self,
+        partner: PartnerConfig,
+        passport: VerifiedPassport,
+        retry: _Retry,
+        first: _FirstSegment | None = None,
+        declared_sha256: bytes | None = None,
     ) -> tuple[Outbound, bytes]:
+        """The outbound record with a new header and data key. ``first``: the whole data of
+        a send that may go in one call; if it does (:meth:`_fits_one_call`) and is the data
+        declared and named, its one segment is sealed here and its tag recorded in the
+        record's own transaction (one durable commit, not two), left in ``first``."""
         transfer_id, passport_digest = passport.claims.jti, passport.digest
         key_set = retry.call(lambda: self._key_set(partner))
         context = envelope.StreamContext(transfer_id, self.me, partner.id, passport_digest)
@@ -469,6 +534,12 @@ class Sender:
         stored = envelope.rewrap_for_storage(
             header, data_key, KeyRef(self.me, Purpose.STORAGE, self._ring.storage), self._keys
         )
+        tags: list[tuple[int, bytes]] = []
+        if first is not None and first.sealable(passport, header, declared_sha256, self._config):
+            first.ciphertext = envelope.StreamEncryptor(header, data_key).encrypt_segment(
+                0, first.data, True
+            )
+            tags.append((0, first.ciphertext[-envelope.TAG_LEN :]))
         # Judged again with the record made under one lock: the counters include every send
         # decided before this one, so two cannot both slip under a threshold.
         with self._border.reserving():
@@ -481,6 +552,7 @@ class Sender:
                 stored_header=stored.encode(),
                 count=count,
                 expires_at=passport.claims.exp,
+                segment_tags=tags,
             )
         return row, data_key
 
@@ -622,11 +694,8 @@ class Sender:
         within our message limit (``ONE_CALL_OVERHEAD`` for the rest of it)."""
         if total_size is None:
             return False
-        segment_size = envelope.Header.decode(row.sent_header).segment_size
-        message = (
-            total_size + envelope.TAG_LEN + len(passport.token) + len(row.sent_header)
-        ) + ONE_CALL_OVERHEAD
-        return total_size <= segment_size and message <= self._config.limits.max_message_bytes
+        header = envelope.Header.decode(row.sent_header)
+        return _one_call_fits(total_size, passport, header, self._config)
 
     def _deliver(
         self,
@@ -639,6 +708,7 @@ class Sender:
         on_progress: Callable[[Progress], None],
         retry: _Retry,
         resealed: bool = False,
+        sealed: bytes | None = None,
     ) -> ReceiptSummary | None:
         """Send ``data`` (one segment) as one Deliver call -- no pipeline, no threads; the
         same checks, ledger rows, progress events and receipt checks as the three calls.
@@ -648,7 +718,10 @@ class Sender:
         tag before its segment leaves (resume safety: see ``pipeline``). A refusal of the
         offer step is handled as a refused Offer is (a refusal before recording drops our
         record, a stale transport key seals once more) only when this was the first message
-        ever to carry the header: otherwise the partner may hold what an earlier one brought."""
+        ever to carry the header: otherwise the partner may hold what an earlier one brought.
+
+        ``sealed``: the segment, sealed by :meth:`_prepare` with its tag recorded in the new
+        record (so it is the first message to carry the header)."""
         transfer_id = passport.claims.jti
         header = envelope.Header.decode(row.sent_header)
         digest = hashlib.sha256(data).digest()
@@ -675,8 +748,11 @@ class Sender:
                 f"the data sent is not the data set passport {transfer_id} names (sub "
                 f"{sub[:16]}..., sent {digest.hex()[:16]}...); nothing was committed"
             )
-        ciphertext = envelope.StreamEncryptor(header, data_key).encrypt_segment(0, data, True)
-        first_message = self._record_tag(transfer_id, ciphertext[-envelope.TAG_LEN :])
+        if sealed is not None:
+            ciphertext, first_message = sealed, True
+        else:
+            ciphertext = envelope.StreamEncryptor(header, data_key).encrypt_segment(0, data, True)
+            first_message = self._record_tag(transfer_id, ciphertext[-envelope.TAG_LEN :])
         signed = sign_manifest(
             self._keys, KeyRef(self.me, Purpose.SIGNING, self._ring.signing), manifest
         )
@@ -754,6 +830,45 @@ class Sender:
             )
             return None
         return proof
+
+
+def _one_call_fits(
+    total_size: int, passport: VerifiedPassport, header: envelope.Header, config: GatewayConfig
+) -> bool:
+    """A size that fits one segment of ``header``, in a Deliver message within our message
+    limit (``ONE_CALL_OVERHEAD`` for the rest of it)."""
+    message = (
+        total_size + envelope.TAG_LEN + len(passport.token) + len(header.encode())
+    ) + ONE_CALL_OVERHEAD
+    return total_size <= header.segment_size and message <= config.limits.max_message_bytes
+
+
+@dataclass
+class _FirstSegment:
+    """The whole data of a new send that may go in one call, and its one segment once
+    :meth:`Sender._prepare` sealed it (None: it did not)."""
+
+    data: bytes
+    ciphertext: bytes | None = None
+
+    def sealable(
+        self,
+        passport: VerifiedPassport,
+        header: envelope.Header,
+        declared_sha256: bytes | None,
+        config: GatewayConfig,
+    ) -> bool:
+        """Whether the segment may be sealed and its tag recorded with the record: it goes
+        in one call, and it is the data the caller declared and the passport names (else
+        ``_deliver`` refuses it, and a tag recorded would keep the record from being
+        discarded)."""
+        if not _one_call_fits(len(self.data), passport, header, config):
+            return False
+        if declared_sha256 is None and passport.claims.sub is None:
+            return True
+        digest = hashlib.sha256(self.data).digest()
+        sub = passport.claims.sub
+        return declared_sha256 in (None, digest) and sub in (None, digest.hex())
 
 
 class _Retry:
@@ -974,12 +1089,24 @@ def _upload_striped(
     if failures:
         own = [e for e in failures if not isinstance(e, PartnerError)]
         refusals = [e for e in failures if isinstance(e, PartnerError) and not transient(e)]
+        elsewhere = [
+            e for e in failures if isinstance(e, PartnerError) and HELD_BY_ANOTHER_NODE in str(e)
+        ]
+        if elsewhere and not own and not refusals:
+            raise StripesSplitError(str(elsewhere[0]), elsewhere[0].grpc_status)
         raise (own or refusals or failures)[0]
 
 
 def _outbound_lease(transfer_id: str) -> str:
     """The name of a send's lease (``Ledger.take_lease``)."""
     return f"outbound/{transfer_id}"
+
+
+class StripesSplitError(PartnerError):
+    """Stripes of one upload attempt were refused as held by another node of the partner
+    (a balancer placed their connections on different nodes): the attempt cannot succeed
+    striped. Transient like the busy refusal it carries, for a caller that does not stripe
+    again (:meth:`Sender._upload` goes on over one stream)."""
 
 
 class _Stripes:

@@ -112,8 +112,19 @@ class Receiver:
     ) -> UploadResult:
         return _upload(self._ctx, peer, segments, stripe)
 
-    def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult:
-        receipt = _finish(self._ctx, peer, transfer_id, manifest, self.on_commit)
+    def end_stripes(self, sender: str, transfer_id: str, stripe: Stripe) -> None:
+        """The call of ``stripe`` ended (the sender cancelled it, or it was answered): its
+        striped upload attempt, if it still runs, ends now (``Context.end_stripes``)."""
+        self._ctx.end_stripes(sender, transfer_id, stripe)
+
+    def finish(
+        self,
+        peer: PartnerConfig,
+        transfer_id: str,
+        manifest: Signed,
+        one_call: UploadResult | None = None,
+    ) -> FinishResult:
+        receipt = _finish(self._ctx, peer, transfer_id, manifest, self.on_commit, one_call)
         return FinishResult(receipt, self._commit_proof(transfer_id))
 
     def deliver(

@@ -32,7 +32,7 @@ from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.ledger_leases import LeaseTakenError
 from gateway.partner_keys import PartnerKeys
-from gateway.receiver.intake import Stripe, StripedSession
+from gateway.receiver.intake import Stripe, StripeBrokenError, StripedSession
 from gateway.spool import Spool
 from gateway.transfer import GatewayKeys
 
@@ -256,6 +256,24 @@ class Context:
 
         session.on_closed = closed
         return session, True
+
+    def end_stripes(self, sender: str, transfer_id: str, stripe: Stripe) -> None:
+        """End the striped upload attempt ``stripe`` belongs to, if it still runs: a stream
+        the sender cancelled (another of its stripes failed -- e.g. refused by another node
+        behind a balancer) may be waiting for room in the reorder buffer, where gRPC's cancel
+        does not reach; the attempt would hold the transfer, and answer its old resume point
+        to offers, for ``STRIPE_WAIT_SECONDS``. Its streams end now and the session settles
+        as after any broken stripe. Nothing if the attempt is over (an answered stream)."""
+        with self._active_lock:
+            session = self._stripes.get((sender, transfer_id))
+        if session is None or session.attempt != stripe.attempt or session.reorder is None:
+            return
+        session.reorder.fail(
+            StripeBrokenError(
+                f"stripe {stripe.index} of {stripe.count} of this upload ended early (the "
+                "sender cancelled it); this upload attempt is ended: offer again to resume"
+            )
+        )
 
     def data_key(self, row: Inbound) -> bytes:
         """The data key: handed over by the offer, else unwrapped with our storage key."""

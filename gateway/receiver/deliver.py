@@ -15,6 +15,10 @@ the same receipt, so a retry never commits twice.
 What it saves besides round trips: the segment, already in memory, is taken in the calling
 thread (``Intake`` starts no thread for it), the data key unwrapped at the offer serves the
 upload, and the finish reuses the upload's running hash -- the storage key is not used.
+And one save point, not two: the upload leaves its resume point to the finish, which makes
+the data and the resume point durable with the commit (``intake.OneCall``): a crash before
+the commit leaves the transfer as offered (a resend uploads again), never a resume point
+ahead of the data.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Protocol
 
 from gateway.config import PartnerConfig
 from gateway.errors import OfferMismatchError
+from gateway.receiver.intake import OneCall
 from gateway.signed import Signed
 from gateway.transfer import FinishResult, OfferResult, SegmentIn, UploadResult
 
@@ -35,7 +40,13 @@ class Steps(Protocol):
 
     def upload(self, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult: ...
 
-    def finish(self, peer: PartnerConfig, transfer_id: str, manifest: Signed) -> FinishResult: ...
+    def finish(
+        self,
+        peer: PartnerConfig,
+        transfer_id: str,
+        manifest: Signed,
+        one_call: UploadResult | None = None,
+    ) -> FinishResult: ...
 
 
 def deliver(
@@ -54,6 +65,7 @@ def deliver(
     on_step("offer")
     offered = steps.offer(peer, token, header)
     transfer_id = offered.transfer_id
+    uploaded = None
     # next_segment > 0: an earlier attempt's segment is held (a one-segment transfer's only
     # segment is its final one), so only the finish is left -- which checks that itself.
     if not offered.committed and offered.next_segment == 0:
@@ -63,6 +75,6 @@ def deliver(
                 f"the delivery's segment is for {segment.transfer_id!r}, not for transfer "
                 f"{transfer_id!r} its passport names"
             )
-        steps.upload(peer, [segment])
+        uploaded = steps.upload(peer, OneCall([segment]))
     on_step("finish")
-    return steps.finish(peer, transfer_id, manifest)
+    return steps.finish(peer, transfer_id, manifest, uploaded)

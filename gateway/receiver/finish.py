@@ -15,6 +15,7 @@ just before the commit. Only the repeat of a commit made in time still gets its 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ from gateway.receiver.cancel import refuse_ended, refuse_late
 from gateway.receiver.context import Context
 from gateway.receiver.upload import held_hash
 from gateway.signed import Signed
-from gateway.transfer import TransferState
+from gateway.transfer import TransferState, UploadResult
 
 log = logging.getLogger("xbgw.receiver")
 
@@ -37,7 +38,10 @@ def finish(
     transfer_id: str,
     signed_manifest: Signed,
     on_commit: Callable[[str, int], None] | None,
+    one_call: UploadResult | None = None,
 ) -> Signed:
+    """``one_call``: what the upload of the same ``Deliver`` call took, its save point left
+    to this commit (``intake.OneCall``)."""
     ctx.owned(peer, transfer_id, "finish")  # before the guard: no oracle for others' ids
     # Under the sender's key history; a version not learnt yet fetches its key set -- a network
     # call, so before the guard.
@@ -53,6 +57,12 @@ def finish(
         refuse_late(ctx, row, "finish")
         if row.state is not TransferState.RECEIVING:
             raise TransferConflictError(f"transfer {transfer_id} is {row.state}")
+        final = None
+        if one_call is not None and one_call.final_received and row.next_segment == 0:
+            final = (one_call.next_segment, one_call.received_bytes)
+            row = dataclasses.replace(
+                row, next_segment=final[0], received_bytes=final[1], final_received=True
+            )
         if not row.final_received:
             raise TransferConflictError(
                 f"transfer {transfer_id} is incomplete: next segment is {row.next_segment}; "
@@ -79,6 +89,8 @@ def finish(
             problems.append("data set SHA-256 is not the passport's sub")
         if problems:
             reason = "manifest disagrees with what arrived: " + "; ".join(problems)
+            if final is not None:  # the row says what arrived, as after three calls
+                ctx.ledger.record_progress(transfer_id, *final, True)
             ctx.refuse(transfer_id, peer.id, reason, ManifestError.__name__)
             raise ManifestError(reason)
         refuse_late(ctx, row, "finish")  # again: the hash above may have taken a while
@@ -115,7 +127,12 @@ def finish(
             },
         )
         ctx.ledger.commit_inbound(
-            transfer_id, arrived.plaintext_sha256, receipt, committed_at, record.encode(ctx.me)
+            transfer_id,
+            arrived.plaintext_sha256,
+            receipt,
+            committed_at,
+            record.encode(ctx.me),
+            final,
         )
         ctx.working.drop(transfer_id)
     if on_commit is not None:

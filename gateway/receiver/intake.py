@@ -160,6 +160,19 @@ class _Syncer:
         self._thread.join()
 
 
+class OneCall(list[SegmentIn]):
+    """The segments of a whole transfer that came in one call (``Deliver``'s one segment).
+
+    Why a type of its own: such an upload needs no save point of its own. Its data is in
+    the partial file (not yet fsynced) and its resume point only in memory, and the finish of
+    the same call makes both durable together -- the commit fsyncs the file before it moves
+    into the inbox, and the ledger records the resume point in the transaction that commits
+    the transfer (``finish(one_call=...)``). That is one fsync and one ledger transaction less
+    per small transfer, and the resume point still never runs ahead of durable data: until
+    the commit the ledger keeps the point from before the call, and the next upload cuts the
+    file back to it."""
+
+
 class Intake:
     """The state of one upload stream into one partial spool file."""
 
@@ -193,6 +206,9 @@ class Intake:
         self.failure: BaseException | None = None
         #: Each segment's plaintext, decrypted to be hashed (made at the first segment).
         self._plain: bytearray | None = None
+        #: A whole transfer taken from a ``OneCall`` from segment 0: its save point is the
+        #: commit's (see :class:`OneCall`).
+        self._deferred = False
 
     def run(self, segments: Iterable[SegmentIn]) -> None:
         """Consume ``segments`` (from the gRPC thread) with the work done in a worker thread.
@@ -202,6 +218,7 @@ class Intake:
         if isinstance(segments, list):
             for segment in segments:
                 self._take(segment)
+            self._deferred = isinstance(segments, OneCall) and self._durable == (0, 0)
             return
         work = _Handoff(QUEUE_DEPTH, WAKE_AT)
         worker = self.start(work)
@@ -274,11 +291,20 @@ class Intake:
         """True once the final segment is appended to the spool."""
         return self._appended[2]
 
+    @property
+    def deferred(self) -> bool:
+        """Whether the whole transfer is appended and its save point left to the commit
+        (:class:`OneCall`): the ledger's resume point is still the one from before."""
+        return self._deferred and self.done
+
     def save_point(self) -> None:
-        """Wait for background syncs, then fsync the rest and move the resume point to it."""
+        """Wait for background syncs, then fsync the rest and move the resume point to it
+        (a :class:`OneCall`'s whole transfer: nothing -- the commit does both)."""
         self._syncer.close()
         if self._syncer.failure is not None:
             raise self._syncer.failure
+        if self.deferred:
+            return
         next_index, received, done = self._appended
         point = (next_index, received)
         durable = self._syncer.durable
