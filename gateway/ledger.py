@@ -29,6 +29,7 @@ import logging
 import sqlite3
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,11 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
+
+#: The database lock under which a new transfer is judged against the counters and recorded
+#: (``Ledger.counters_locked``), and how long a node waits for it.
+COUNTERS_SECTION = "compliance-counters"
+COUNTERS_LOCK_SECONDS = 10
 
 __all__ = [
     "LEDGER_FILE",
@@ -613,6 +619,23 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
             return leaf
 
     # -- compliance counters ---------------------------------------------------------------
+
+    def counters_locked(self) -> AbstractContextManager[None]:
+        """Hold the compliance counters' lock while a new transfer is judged and recorded
+        (``Border.reserving``): with several nodes on one database, two transfers decided
+        on two nodes at once cannot both slip under a threshold, as two on one node cannot.
+        Not granted within ``COUNTERS_LOCK_SECONDS``: a ``StorageError`` (UNAVAILABLE; the
+        transfer was not started, senders retry). On SQLite nothing (one node)."""
+        return self._section_locked(
+            COUNTERS_SECTION,
+            COUNTERS_LOCK_SECONDS,
+            lambda: StorageError(
+                "the compliance counters' lock was not granted within "
+                f"{COUNTERS_LOCK_SECONDS} s: another node of this gateway has been deciding "
+                "a transfer that long (is the database overloaded?); nothing was recorded: "
+                "retry"
+            ),
+        )
 
     def compliance_counts(
         self, direction: str, exporter: str, year: int, excluding: str | None = None

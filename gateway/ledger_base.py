@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import StorageError
-from gateway.store import Database, Tx
+from gateway.store import Database, SectionBusyError, Tx, serialise
 from gateway.store.sqlite import SqliteDatabase, storage_errors
 
 __all__ = ["LedgerBase", "storage_errors"]
@@ -71,6 +71,28 @@ class LedgerBase:
         with store.transaction(durable=False) as db:
             yield db
         group.sync()  # committed; durable once this returns
+
+    @contextmanager
+    def _section_locked(
+        self, section: str, wait_seconds: float, refused: Callable[[], Exception]
+    ) -> Iterator[None]:
+        """Hold ``section``'s database lock for the block: one node at a time runs it.
+
+        On PostgreSQL a transaction-scoped advisory lock, held by a transaction of its own
+        on one pooled connection (the block's reads and writes go through their own
+        transactions, which commit on their own); not granted within ``wait_seconds``:
+        ``refused()`` is raised. On SQLite nothing: one node owns the file. Callers take
+        their in-process lock first, so a node waits with one connection at the most. Not
+        reentrant across connections: never nest it."""
+        if not self._store.dialect.shared:
+            yield
+            return
+        with self._tx(durable=False) as db:  # it writes nothing: nothing to flush
+            try:
+                serialise(db, section, wait_seconds)
+            except SectionBusyError:
+                raise refused() from None
+            yield
 
     def _reading(self) -> AbstractContextManager[Tx]:
         """A few reads that belong together (no writes)."""

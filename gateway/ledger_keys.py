@@ -4,14 +4,13 @@ stored header is wrapped to, which offers are open to a transport version)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
-from gateway.errors import KeyLifecycleError, StorageError
+from gateway.errors import KeyLifecycleError
 from gateway.keys import KeyState, KeyVersion, Purpose
 from gateway.ledger_base import LedgerBase
 from gateway.ledger_schema import storage_version_of
-from gateway.store import Row, serialise
+from gateway.store import Row
 
 #: The database lock that lets one node at a time change key states (``serialise``).
 KEY_STATES_SECTION = "key-states"
@@ -28,40 +27,21 @@ class KeyTables(LedgerBase):
         rows = self._all("SELECT * FROM key_versions ORDER BY purpose, version")
         return [_key_version(row) for row in rows]
 
-    @contextmanager
-    def key_states_locked(self) -> Iterator[None]:
+    def key_states_locked(self) -> AbstractContextManager[None]:
         """Hold the key states' lock for the block: one node at a time rotates, retires,
         destroys or rewraps, so that two nodes rotating at once cannot both make a new
-        active version (nor make the same version twice on the shared token).
-
-        On PostgreSQL a transaction-scoped advisory lock, held by a transaction of its own
-        (the block's writes commit on their own); waiting longer than
-        ``KEY_STATES_LOCK_SECONDS`` is a ``KeyLifecycleError``. On SQLite nothing: one node
-        owns the file, and its daemon and offline verbs exclude each other by the
-        state-directory lock. Not reentrant across connections: never nest it."""
-        if not self._store.dialect.shared:
-            yield
-            return
-        waiting = acquired = done = False
-        try:
-            with self._tx() as db:
-                waiting = True
-                db.execute(f"SET LOCAL lock_timeout = '{KEY_STATES_LOCK_SECONDS}s'")
-                serialise(db, KEY_STATES_SECTION)
-                acquired = True
-                yield
-                done = True
-        except StorageError as exc:
-            if done:  # ending the lock's transaction failed: it wrote nothing, the lock is gone
-                return
-            if acquired or not waiting:  # the block's own failure, or no database at all
-                raise
-            reason = str(exc).split("; the transfer")[0]  # not a transfer's failure
-            raise KeyLifecycleError(
-                f"the key states' lock was not granted: another node has been changing "
-                f"key states for more than {KEY_STATES_LOCK_SECONDS} s, or the database "
-                f"failed ({reason}); try again"
-            ) from None
+        active version (nor make the same version twice on the shared token). Waiting
+        longer than ``KEY_STATES_LOCK_SECONDS`` is a ``KeyLifecycleError``. On SQLite
+        nothing: one node owns the file, and its daemon and offline verbs exclude each other
+        by the state-directory lock (``LedgerBase._section_locked``)."""
+        return self._section_locked(
+            KEY_STATES_SECTION,
+            KEY_STATES_LOCK_SECONDS,
+            lambda: KeyLifecycleError(
+                "the key states' lock was not granted: another node has been changing key "
+                f"states for more than {KEY_STATES_LOCK_SECONDS} s; try again when it is done"
+            ),
+        )
 
     def add_key_version(self, purpose: Purpose, version: int, state: KeyState, at: int) -> None:
         """Record a version (pending, or found on the token); an existing row is kept."""

@@ -11,8 +11,9 @@ personal information, and of sensitive personal information, separately -- from 
 it is accepted (in flight) and for good once it commits (``ledger.compliance_counts``). The
 year is the one of the decision, reckoned in ``compliance.year_timezone``. A threshold is
 therefore judged as if every open transfer commits; :meth:`Border.reserving` serialises
-"judge, then record the transfer" so that two transfers decided at once cannot both slip
-under one. A transfer judged again (its resume) does not count against itself.
+"judge, then record the transfer" so that two transfers decided at once -- on one node or
+on several sharing one database -- cannot both slip under one. A transfer judged again
+(its resume) does not count against itself.
 
 Every decision is one JSON log line on ``xbgw.compliance`` with the rule trail (rule ids,
 articles, the facts each read, outcomes) and is counted by rule and outcome in the metrics.
@@ -76,8 +77,11 @@ class Border:
 
     @contextmanager
     def reserving(self) -> Iterator[None]:
-        """Hold while judging a new transfer and recording it (with its :class:`Count`)."""
-        with self._reserving:
+        """Hold while judging a new transfer and recording it (with its :class:`Count`):
+        this node's lock, then -- with several nodes on one database -- the database's
+        (``Ledger.counters_locked``), so that no node decides against counts another is
+        about to change."""
+        with self._reserving, self._ledger.counters_locked():
             yield
 
     def facts(

@@ -35,6 +35,11 @@ class UniqueViolationError(ConstraintError):
     inbound row's key). Raised by the database itself, so two nodes cannot both win."""
 
 
+class SectionBusyError(Exception):
+    """A section's database lock was not granted within the wait asked
+    (:func:`serialise` with ``wait_seconds``): another node holds it, or has for that long."""
+
+
 class Row(Protocol):
     """A result row, by column name or position (``sqlite3.Row`` is one)."""
 
@@ -112,14 +117,15 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-def serialise(db: Tx, section: str) -> None:
+def serialise(db: Tx, section: str, wait_seconds: float | None = None) -> None:
     """Hold ``section``'s database lock until the transaction ends -- where several nodes
     write (PostgreSQL), so that a read-then-write section (the audit log's append reads the
     frontier, then writes the next leaf) runs one node at a time. SQLite's writers are
-    serialised by ``BEGIN IMMEDIATE`` already: nothing to do."""
+    serialised by ``BEGIN IMMEDIATE`` already: nothing to do. ``wait_seconds``: give up
+    after that long (``SectionBusyError``) rather than wait as long as the holder holds it."""
     lock = getattr(db, "serialise", None)
     if lock is not None:
-        lock(section)
+        lock(section, wait_seconds)
 
 
 def is_postgresql(location: str) -> bool:

@@ -43,7 +43,13 @@ except ImportError as exc:  # pragma: no cover - the optional extra is not insta
     ) from exc
 
 from gateway.errors import StorageError
-from gateway.store import POSTGRESQL, ConstraintError, Dialect, UniqueViolationError
+from gateway.store import (
+    POSTGRESQL,
+    ConstraintError,
+    Dialect,
+    SectionBusyError,
+    UniqueViolationError,
+)
 
 #: How long a transaction waits for a free connection, or for the server, before the
 #: ledger reports itself unavailable (a StorageError) rather than hang a handler.
@@ -128,9 +134,19 @@ class PgTx:
         cursor.executemany(placeholders(sql), parameters)
         return cursor
 
-    def serialise(self, section: str) -> None:
-        """Hold ``section``'s advisory lock until this transaction ends, on every node."""
-        self._connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (section,))
+    def serialise(self, section: str, wait_seconds: float | None = None) -> None:
+        """Hold ``section``'s advisory lock until this transaction ends, on every node;
+        ``SectionBusyError`` if it is not granted within ``wait_seconds`` (None: no limit)."""
+        if wait_seconds is not None:
+            self._connection.execute(
+                f"SET LOCAL lock_timeout = {max(1, round(wait_seconds * 1000))}"  # ms; a number
+            )
+        try:
+            self._connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (section,))
+        except psycopg.errors.LockNotAvailable:
+            raise SectionBusyError(
+                f"the database lock {section!r} was not granted within {wait_seconds:g} s"
+            ) from None
 
 
 class PostgresDatabase:
