@@ -7,7 +7,9 @@ the daemon (``SCM_RIGHTS``) over a small side socket next to the local one,
 ``Send`` names the ticket (``SendStart.file_ticket``) instead of streaming data, and the
 daemon reads the file itself with ``os.pread``. The daemon never opens a path in the
 caller's name: it reads only what the caller could open, so a file the daemon's user cannot
-open still goes, and one the caller cannot open never does.
+open still goes, and one the caller cannot open never does. Because the daemon holds the
+file, not a stream of it, a resume within the send can read any segment again (by offset,
+checked against the tag recorded when it first left): see ``gateway.pipeline``.
 
 Why a ticket: the side socket and the gRPC call are separate connections. The ticket is 32
 random bytes, single use, expires ``TICKET_SECONDS`` after the handover and at most
@@ -119,6 +121,16 @@ class HandedFile:
             if self._fd is None:
                 raise ValueError("the handed-over file was closed: the send ended")
             return os.pread(self._fd, length, offset)
+
+    def size_now(self) -> int:
+        """The file's size now (``fstat``). ``size`` is what it had at the handover: a send
+        that reads part of the file again (a resume the replay window cannot serve, see
+        ``gateway.pipeline``) refuses a file whose size changed since. An open descriptor
+        cannot change its type: checked a regular file at the handover, it still is."""
+        with self._lock:
+            if self._fd is None:
+                raise ValueError("the handed-over file was closed: the send ended")
+            return os.fstat(self._fd).st_size
 
     def close(self) -> None:
         with self._lock:

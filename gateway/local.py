@@ -37,6 +37,7 @@ from gateway.keys import KeyRef, KeyState, KeyVersion, Purpose
 from gateway.ledger import Inbound, Ledger
 from gateway.metrics import Metrics
 from gateway.paging import decode_token, encode_token, page_size
+from gateway.pipeline import Rereadable
 from gateway.reachability import Reach
 from gateway.retention import Lifecycle, deleted_message
 from gateway.send_queue import REPORT_EVERY, SendQueue, SendQueueFullError, Ticket
@@ -330,7 +331,8 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         declared = local_pb2.SendStart()
         declared.CopyFrom(start)
         declared.size = size
-        yield from self._send(declared, iter(()), context, chunks())
+        # ``handed`` too: a resume older than the replay window reads it again by offset.
+        yield from self._send(declared, iter(()), context, chunks(), reread=handed)
 
     def _wait_for_slot(self, ticket: Ticket) -> Iterator[local_pb2.SendEvent]:
         """``queued`` when the send must wait and whenever its place changes, until it runs
@@ -352,9 +354,11 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         request_iterator: Iterator[local_pb2.SendRequest],
         context: grpc.ServicerContext,
         source: Iterator[bytes] | None = None,
+        reread: Rereadable | None = None,
     ) -> Iterator[local_pb2.SendEvent]:
         """Run the send in its own thread, relaying its events; the data is ``source`` if
-        given, else the ``data`` messages of ``request_iterator``."""
+        given, else the ``data`` messages of ``request_iterator``. ``reread``: the file
+        ``source`` reads, if it can be read again by offset (``Sender.send``)."""
         events: queue.Queue[local_pb2.SendEvent | BaseException | None] = queue.Queue(maxsize=64)
 
         def chunks() -> Iterator[bytes]:
@@ -403,7 +407,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         def work() -> None:
             try:
                 summary = self._run_send(
-                    _Order.of(start), chunks() if source is None else source, on_progress
+                    _Order.of(start), chunks() if source is None else source, on_progress, reread
                 )
                 events.put(local_pb2.SendEvent(done=_summary(summary)))
             except BaseException as exc:
@@ -424,7 +428,11 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
         worker.join()
 
     def _run_send(
-        self, order: _Order, source: Iterable[bytes], on_progress: Callable[[Progress], None]
+        self,
+        order: _Order,
+        source: Iterable[bytes],
+        on_progress: Callable[[Progress], None],
+        reread: Rereadable | None = None,
     ) -> ReceiptSummary:
         """Run one send in the calling thread: shown in ``Status``'s ``in_flight`` while it
         runs, counted in the metrics when it ends (delivered, refused or failed). Every local
@@ -455,6 +463,7 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     progressed,
                     order.wait_seconds,
                     order.plaintext_sha256,
+                    reread,
                 )
         except BaseException as exc:
             self._metrics.transfers.labels("out", partner, outcome(exc)).inc()

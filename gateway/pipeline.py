@@ -28,14 +28,28 @@ transfer always has the same nonce, so it must always carry the same plaintext. 
 nonce give the same GCM tag only for the same plaintext, so a resumed send whose source
 changed is refused (``SourceChangedError``) before a reused nonce can leave the process. The
 tag stands in for a per-segment SHA-256 at no extra cost.
+
+A source that can be read again by offset (a handed-over regular file, :class:`Rereadable`)
+makes any resume possible within the send: when the partner resumes from a segment the
+replay window no longer holds, the window asks :meth:`Pipeline._made_again` for it, which
+reads the segment at its offset, seals it again and passes it through the same tag check --
+so only the bytes sent before go again, and a file changed in place is refused before its
+segment leaves. Why here and not a second iterator from an offset: the pipeline has hashed
+the whole source already (the manifest's digest), and the window already knows which
+segments it let go; re-reading single segments needs no second producer, no new hash and no
+seek shared with the first pass (``pread``). A segment made again is held by no window and
+paid by no budget: one at a time per upload stream, taken by the network before the next.
+Streams cannot be read again and keep the window's reach.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from gateway import envelope
 from gateway.errors import DatasetMismatchError, SourceChangedError
@@ -49,6 +63,24 @@ SEGMENTS_AHEAD = 32  # the most encrypted segments one pipeline holds ahead of t
 AHEAD_BYTES = 12 << 20  # ... and the most bytes of them
 BUFFER_BUDGET = 16 << 20  # bytes of segments all pipelines of the process hold together
 _LOOK_EVERY = 0.5  # a producer waiting for room looks at its stop flag this often
+
+log = logging.getLogger("xbgw.pipeline")
+
+
+class Rereadable(Protocol):
+    """A send's source that can be read again at any offset (``gateway.fdpass.HandedFile``):
+    ``size`` is its size when the send started."""
+
+    @property
+    def size(self) -> int: ...
+
+    def size_now(self) -> int:
+        """The size the source has now (a file may have been changed meanwhile)."""
+        ...
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end)."""
+        ...
 
 
 class Budget:
@@ -182,11 +214,16 @@ class Pipeline:
         on_bytes: Callable[[int], None],
         budget: Budget = BUDGET,
         expect_sha256: bytes | None = None,
+        reread: Rereadable | None = None,
     ) -> None:
         """``expect_sha256``: the SHA-256 the caller declared for all the data; the final
         segment is not released unless the data hashes to it (checked here, on the hash the
-        manifest needs anyway, so a declared digest costs no second pass)."""
+        manifest needs anyway, so a declared digest costs no second pass). ``reread``: the
+        source the segments are cut from, if it can be read again by offset (see the module
+        docstring); None for a stream."""
         self._expect_sha256 = expect_sha256
+        self._reread = reread
+        self._reread_next: int | None = None  # after the last segment made again (its log)
         self._ledger = ledger
         self._transfer_id = transfer_id
         self._encryptor = encryptor
@@ -367,9 +404,67 @@ class Pipeline:
         room for its next segment). All sends' windows together then hold no more than the
         budget, whatever their number -- the data in flight that a window exists to replay
         shares one connection's windows too -- and a lone send keeps the whole window."""
-        window = SegmentReplay(self._release(keep=True), keep_bytes, room=self._lease)
+        window = SegmentReplay(
+            self._release(keep=True),
+            keep_bytes,
+            room=self._lease,
+            reread=self._made_again if self._reread is not None else None,
+            first=self._start,
+        )
         self._lease.shed_with(window.shed)
         return window
+
+    def _made_again(self, index: int) -> SegmentIn | None:
+        """Segment ``index`` read again from the source and sealed again, for a resume from
+        a segment the replay window let go; None if that was refused (the error is this
+        pipeline's failure, raised by :meth:`raise_failure`; the pipeline stops, so the
+        upload's stream ends without a final segment and nothing commits).
+
+        Refused unless the source still has the size it had when the send started and the
+        segment still has the tag recorded when it first left (:meth:`_check_tags`, as for
+        every segment the producer seals): nothing but the bytes sent before goes again, and
+        a changed segment's reused nonce never leaves the process."""
+        source = self._reread
+        assert source is not None
+        try:
+            length = self._encryptor.header.segment_size
+            count = max(1, -(-source.size // length))
+            offset = index * length
+            want = max(0, min(length, source.size - offset))
+            now = source.size_now()
+            plaintext = source.read_at(offset, want) if now == source.size else b""
+            if len(plaintext) != want:  # cut short while read: fstat tells by how much
+                now = source.size_now()
+            if now != source.size or len(plaintext) != want:
+                raise SourceChangedError(
+                    f"the file of transfer {self._transfer_id} is {now} bytes now, "
+                    f"{source.size} when the send started: segment {index} cannot be read "
+                    "again as it was sent; resend the original data or use a new passport"
+                )
+            final = index == count - 1
+            # A fresh buffer: the producer's (``_seal``) may be in use in its thread.
+            ciphertext = self._encryptor.encrypt_segment(index, plaintext, final)
+            head = segment_head(self._transfer_id, index, final, len(ciphertext))
+            end = len(head) + len(ciphertext)
+            segment = WireSegment(
+                self._transfer_id, index, final, head + ciphertext, len(head), end
+            )
+            self._check_tags([segment])
+            if index != self._reread_next:  # once per resume, not per segment
+                log.info(
+                    "the partner resumes from segment %d, older than the replay window "
+                    "holds: reading the file again from there",
+                    index,
+                    extra={"transfer_id": self._transfer_id, "outcome": "reread"},
+                )
+            self._reread_next = index + 1
+        except Exception as exc:
+            if self._failure is None:
+                self._failure = exc
+            self._stop.set()
+            _drain(self._batches)  # a producer blocked on a full queue sees the stop now
+            return None
+        return segment
 
     def _release(self, keep: bool) -> Iterator[SegmentIn]:
         item: object = None

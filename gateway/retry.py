@@ -120,7 +120,7 @@ class Patience:
 #: buffers, a proxy) when the stream broke. Bounded per send, and in the daemon paid out of
 #: the pipelines' shared budget (``gateway.pipeline``: under load each send keeps less); a
 #: partner that lost more than this (killed before its periodic sync) is resumed by sending
-#: again.
+#: again -- unless the send's source can be read again (a handed-over file: ``reread``).
 REPLAY_BYTES = 4 << 20
 
 
@@ -146,6 +146,15 @@ class SegmentReplay:
     The source is read outside the window's lock (it may block on the pipeline), so
     :meth:`shed` -- called by the pipeline's producer when it needs room -- never waits for
     the upload.
+
+    ``reread``: for a source that can be read again (a handed-over file), segment ``i``
+    made again -- or None when that failed (the pipeline keeps the error, and the attempt's
+    stream ends there, without a final segment). With it, an attempt may start before the
+    oldest kept segment (the partner's point went back further than the window reaches:
+    stripes split behind a balancer, a node that took over from an older durable point):
+    every segment the source gave and the window let go is made again, one at a time, and
+    not kept. Without it, such an attempt raises ``ReplayLostError``. ``first``: the index
+    the source starts at, if known -- an attempt before it is such a resume too.
     """
 
     def __init__(
@@ -153,15 +162,18 @@ class SegmentReplay:
         source: Iterator[SegmentIn],
         keep_bytes: int = REPLAY_BYTES,
         room: ReplayRoom | None = None,
+        reread: Callable[[int], SegmentIn | None] | None = None,
+        first: int | None = None,
     ) -> None:
         self._source = source
         self._keep_bytes = keep_bytes
         self._room = room
+        self._reread = reread
         self._kept: deque[SegmentIn] = deque()
         self._kept_bytes = 0
         #: The newest kept segment when its room was shed: it stays kept (see shed) unpaid.
         self._unpaid: SegmentIn | None = None
-        self._next_index: int | None = None  # index of the next segment the source gives
+        self._next_index: int | None = first  # index of the next segment the source gives
         self._ended = False
         self._generation = 0
         self._lock = threading.Lock()  # the window's state
@@ -173,7 +185,7 @@ class SegmentReplay:
             self._generation += 1
             generation = self._generation
             oldest = self._kept[0].index if self._kept else self._next_index
-            if oldest is not None and start < oldest:
+            if oldest is not None and start < oldest and self._reread is None:
                 raise ReplayLostError(
                     f"the partner resumes from segment {start}; this send keeps segments "
                     f"from {oldest} on"
@@ -213,14 +225,18 @@ class SegmentReplay:
             yield segment
 
     def _next(self, generation: int, position: int) -> SegmentIn | None:
-        """The kept segment at ``position``, else the source's next; None once the source
-        ended or a newer attempt exists."""
+        """The kept segment at ``position``; else, if the window let it go, the segment made
+        again (``reread``); else the source's next. None once the source ended (or could not
+        be read again) or a newer attempt exists."""
         with self._lock:
             if generation != self._generation:
                 return None
             segment = self._kept_at(position)
+            let_go = self._next_index is not None and position < self._next_index
         if segment is not None:
             return segment
+        if let_go and self._reread is not None:
+            return self._reread(position)  # outside the lock: it reads and seals
         with self._pulling:
             with self._lock:  # another reader may have pulled it meanwhile
                 if generation != self._generation:

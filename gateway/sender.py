@@ -16,6 +16,10 @@ processes, sockets or a token.
   receiver refuses after it -- and no wait for a busy or unreachable partner sleeps past it.
 * **Resume**: the data key survives crashes re-wrapped to our own storage key (the outbound
   record); segment ``i`` must carry the same plaintext on every attempt -- see ``pipeline``.
+  Within a send, an attempt resumes from the partner's point out of the replay window
+  (``retry.SegmentReplay``); a point older than the window reaches is read again from a
+  handed-over file (``reread``: by offset, each segment checked against its recorded tag),
+  while a stream can only end the send -- send again to resume.
 * **Striping** (``partners[].connections: N`` > 1, for long links, where one TCP
   connection's buffers cap the rate): each upload attempt runs N Upload calls at once, each
   on its own connection (``partner_link``), and segment ``i`` goes on stream ``i mod N``,
@@ -34,8 +38,9 @@ processes, sockets or a token.
   and so do all uploads to that partner for ``UNSTRIPED_SECONDS`` (logged once): one stream
   to one node always works, and resumes from the partner's contiguous point like any other.
   When the holder got none of segment 0's stripe, that point may be older than the segments
-  the send still holds (the split attempt pushed them out): then the send ends as after any
-  such loss -- send again to resume -- and the next send does not stripe.
+  the send still holds (the split attempt pushed them out): a handed-over file is read
+  again from there; a stream ends the send as after any such loss -- send again to resume
+  -- and the next send does not stripe.
 * **After the upload** the manifest is signed in the HSM and the receipt verified under the
   partner's pinned key and compared with the manifest before the transfer counts as
   delivered.
@@ -83,7 +88,7 @@ from gateway.ledger import Count, Ledger, Outbound
 from gateway.ledger_leases import LeaseTakenError
 from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, Rereadable
 from gateway.receiver.context import when
 from gateway.receiver.intake import Stripe
 from gateway.retention import refuse_final
@@ -200,6 +205,7 @@ class Sender:
         on_progress: Callable[[Progress], None] = lambda _: None,
         wait_seconds: float | None = None,
         plaintext_sha256: bytes | None = None,
+        reread: Rereadable | None = None,
     ) -> ReceiptSummary:
         """Send ``chunks`` to ``partner_id`` under passport ``token``; return the receipt.
 
@@ -208,7 +214,9 @@ class Sender:
         before the send gives up, retrying with backoff meanwhile and resuming where the
         partner stands (None: ``limits.partner_wait_seconds``; 0: give up at once).
         ``plaintext_sha256``: the SHA-256 of all of ``chunks``, if the caller could compute
-        it first (None: not declared); binding like ``total_size``.
+        it first (None: not declared); binding like ``total_size``. ``reread``: the file
+        ``chunks`` reads from offset 0, if it can be read again by offset (a handed-over
+        regular file): a resume older than the replay window re-reads it (None: a stream).
         """
         config = self._config
         partner = config.partner(partner_id)
@@ -229,6 +237,7 @@ class Sender:
                 on_progress,
                 retry,
                 plaintext_sha256,
+                reread,
             )
 
     def _check_passport(
@@ -323,6 +332,7 @@ class Sender:
         on_progress: Callable[[Progress], None],
         retry: _Retry,
         declared_sha256: bytes | None,
+        reread: Rereadable | None = None,
     ) -> ReceiptSummary:
         claims = passport.claims
         transfer_id = claims.jti
@@ -394,6 +404,7 @@ class Sender:
             offer.next_segment,
             lambda done: on_progress(Progress("progress", transfer_id, done, total)),
             expect_sha256=declared_sha256,
+            reread=reread,
         )
         held = chunks if total_size is None else _held_to(chunks, total_size, transfer_id)
         pipeline.start(envelope.cut_segments(held, sent_header.segment_size))
@@ -440,9 +451,10 @@ class Sender:
     ) -> None:
         """Upload from segment ``start``; a stream cut or refused as busy is offered again
         after a pause and continues from where the partner then stands (the segments in
-        flight are replayed from memory), until the wait runs out. With ``connections: N``
-        the upload is striped (:func:`_upload_striped`); a cut of any stripe ends the
-        attempt and resumes from the partner's contiguous point the same way.
+        flight are replayed from memory, older ones read again from a handed-over file),
+        until the wait runs out. With ``connections: N`` the upload is striped
+        (:func:`_upload_striped`); a cut of any stripe ends the attempt and resumes from the
+        partner's contiguous point the same way.
 
         The partner may hold every segment already (the stream or the manifest broke after
         the final one): then there is nothing to upload -- an empty upload is refused -- and

@@ -22,8 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devtools.pair import edit_config, provision_pair
 from gateway._proto.xbgw.v1 import local_pb2, local_pb2_grpc
 from gateway.fdpass import fd_socket_path, hand_over
+from tests.system.faults import FaultProxy
 from tests.system.harness import Gateway, Pair, running_pair, wait_until
 
 SIZE = 1_000_003  # 15 whole segments of 64 KiB and a short one
@@ -189,3 +191,65 @@ def test_a_pipe_is_still_streamed(pair: Pair, data: Path, tmp_path: Path) -> Non
     assert code == 0, err + pair.lingang.log_text()[-3000:]
     assert fetched(pair, delivered_id(out), tmp_path) == content
     assert not [line for line in handover_lines(pair.lingang) if f"pid {pid})" in line]
+
+
+# -- a resume older than the replay window (a pair of its own, through a FaultProxy) ---------
+
+MIB = 1 << 20  # the default segment size: the partner syncs its resume point every 32 segments
+BIG = 24 * MIB + 5
+REREAD = "older than the replay window holds: reading the file again from there"
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[tuple[Pair, FaultProxy]]:
+    """Lingang and frankfurt with 1 MiB segments; lingang reaches frankfurt through a proxy."""
+    pair = provision_pair(tmp_path / "proxied", segment_size=MIB)
+    with FaultProxy(("127.0.0.1", pair.port("frankfurt"))) as proxy:
+        edit_config(
+            pair.lingang.paths.config,
+            lambda d: next(p for p in d["partners"] if p["id"] == "frankfurt").update(
+                endpoint=proxy.endpoint
+            ),
+        )
+        with pair.running():
+            yield pair, proxy
+
+
+def test_a_handed_over_file_resumes_from_before_the_replay_window(
+    proxied: tuple[Pair, FaultProxy], tmp_path: Path
+) -> None:
+    """Frankfurt is killed mid-stream (SIGKILL) before its first periodic sync: its durable
+    point is segment 0, while lingang's replay window (4 MiB) holds only the last segments
+    of the 16 or more it released. The same ``xbgw send --wait`` reads the handed-over file
+    again from there once frankfurt is back, and the file arrives byte for byte. (A stream
+    in that place ends the send -- send again to resume: tests/unit/test_loopback_reread.py.)
+    """
+    pair, proxy = proxied
+    path = tmp_path / "big.bin"
+    content = os.urandom(BIG)
+    path.write_bytes(content)
+    token = pair.passport(byte_limit=BIG)
+    proxy.hold_after(16 * MIB)
+    process = subprocess.Popen(
+        pair.lingang.cli_command(
+            "send", str(path), "--to", "frankfurt", "--passport", token, "--wait", "60"
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=pair.lingang.cli_env(),
+    )
+    try:
+        proxy.wait_tripped(30)
+        pair.frankfurt.kill()
+        proxy.release()
+        pair.frankfurt.start()
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err.decode() + pair.lingang.log_text()[-3000:]
+    lines = [line for line in pair.lingang.log_text().splitlines() if REREAD in line]
+    assert len(lines) == 1 and "resumes from segment 0," in lines[0], lines
+    assert fetched(pair, delivered_id(out.decode()), tmp_path) == content
