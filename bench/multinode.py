@@ -40,8 +40,9 @@ from bench.daemons import cpu_seconds, self_cpu_seconds
 from bench.localapi import LocalClient
 from bench.passports import issue_many
 from devtools.haproxy import Haproxy, Node
+from devtools.nodes import serve_health, two_nodes
 from devtools.pair import Gateway, Pair, edit_config, provision_pair
-from devtools.postgres import PASSWORD, Cluster
+from devtools.postgres import Cluster
 from devtools.provision import free_port
 from gateway.config import load_config
 
@@ -71,58 +72,16 @@ class Rig:
         return self.pair.lingang
 
 
-def _share_spool(state_dir: Path, spool: Path) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "spool").symlink_to(spool, target_is_directory=True)
-
-
 def provision(root: Path, database: str, connections: int) -> Rig:
-    """lingang, and frankfurt as nodes A and B on ``database`` and one spool, behind a
-    balancer on a free port (started by :func:`bench_side`); nothing runs yet."""
+    """lingang, and frankfurt as nodes A and B on ``database`` and one spool
+    (:func:`devtools.nodes.two_nodes`), behind a balancer on a free port (started by
+    :func:`bench_side`); nothing runs yet."""
     pair = provision_pair(root)
-    a = pair.frankfurt
-    spool = root / "shared-spool"
-    spool.mkdir()
-    password = root / "ledger-password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
-
-    def shared_state(data: dict[str, Any]) -> None:
-        data["state"] = {"database": database, "password": {"file": str(password)}}
-
-    edit_config(a.paths.config, shared_state)
-    _share_spool(a.paths.state_dir, spool)
-    home = root / "frankfurt-b"
-    paths = dataclasses.replace(
-        a.paths,
-        root=home,
-        config=home / "gateway.yaml",
-        socket=home / "run" / "local.sock",
-        state_dir=home / "state",
-    )
-    home.mkdir()
-    paths.config.write_text(a.paths.config.read_text(encoding="utf-8"), encoding="utf-8")
-
-    def node_b(data: dict[str, Any]) -> None:
-        data["listen"]["partner"] = f"127.0.0.1:{free_port()}"
-        data["listen"]["local_socket"] = str(paths.socket)
-        data["state_dir"] = str(paths.state_dir)
-        for name in ("certificate", "private_key"):  # relative to node A's config
-            data["tls"][name] = str((a.paths.config.parent / data["tls"][name]).resolve())
-
-    edit_config(paths.config, node_b)
-    _share_spool(paths.state_dir, spool)
-    b = Gateway(a.spec, paths)
-    nodes: dict[str, Node] = {}
-    for name, config in (("a", a.paths.config), ("b", paths.config)):
-        health = free_port()
-
-        def serve_health(data: dict[str, Any], port: int = health) -> None:
-            data["listen"]["health"] = f"127.0.0.1:{port}"  # what HAProxy checks
-
-        edit_config(config, serve_health)
-        host, port = str(load_config(config).listen.partner).rsplit(":", 1)
-        nodes[name] = Node(name, (host, int(port)), ("127.0.0.1", health))
+    shared = two_nodes(pair, root, database)
+    a, b = shared.a, shared.b
+    nodes = {
+        node.name: node for node in serve_health([("a", a.paths.config), ("b", b.paths.config)])
+    }
     balancer_port = free_port()
 
     def via_balancer(data: dict[str, Any]) -> None:

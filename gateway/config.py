@@ -255,6 +255,7 @@ class StateConfig:
 
     database: str | None = None
     password: PinSource | None = None
+    lease_seconds: int = 15  # a transfer lease's life on a shared database (ledger_leases)
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,9 @@ def _build(doc: schema.Document, source: Path) -> GatewayConfig:
         ),
         state=(
             StateConfig(
-                doc.state.database, doc.state.password.source() if doc.state.password else None
+                doc.state.database,
+                doc.state.password.source() if doc.state.password else None,
+                doc.state.lease_seconds,
             )
             if doc.state
             else StateConfig()

@@ -589,6 +589,9 @@ class State(Section):
 
     database: Annotated[str, _text(_database_url, pattern="^postgres(ql)?://")] | None = None
     password: SecretSource | None = None
+    #: How long a transfer's lease lives unrenewed (``gateway.ledger_leases``): how soon a
+    #: dead node's transfers are taken over, against how long a node may stall unnoticed.
+    lease_seconds: Annotated[int, _int(3, 600)] = 15
 
     @model_validator(mode="after")
     def _password_needs_database(self) -> State:

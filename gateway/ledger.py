@@ -1039,10 +1039,12 @@ def open_ledger(config: GatewayConfig, *, migrate_schema: bool = False) -> Ledge
         return Ledger(config.state_dir / LEDGER_FILE)
     database = open_database(config)
     try:
-        return Ledger(database, migrate_schema=migrate_schema)
+        ledger = Ledger(database, migrate_schema=migrate_schema)
     except BaseException:
         database.close()  # refused (another schema): its pool goes too
         raise
+    ledger.lease_seconds = config.state.lease_seconds
+    return ledger
 
 
 def open_database(config: GatewayConfig) -> Database:

@@ -51,7 +51,9 @@ def test_db_migrate_then_a_node_opens_the_shared_ledger(
     (tree / "db-password").write_text(PASSWORD + "\n")
     (tree / "db-password").chmod(0o600)
     url = postgres.empty_database("cli")
-    path = _with_state(tree, {"database": url, "password": {"file": "db-password"}})
+    path = _with_state(
+        tree, {"database": url, "password": {"file": "db-password"}, "lease_seconds": 7}
+    )
     config = load_config(path)
     with pytest.raises(StorageError, match="xbgw db migrate"):
         open_ledger(config)  # a node does not migrate a shared ledger
@@ -60,6 +62,7 @@ def test_db_migrate_then_a_node_opens_the_shared_ledger(
     ledger = open_ledger(config)
     try:
         assert isinstance(ledger, Ledger) and ledger.store.dialect.name == "postgresql"
+        assert ledger.lease_seconds == 7  # state.lease_seconds: the node's leases live 7 s
         ledger.announce_node("node-1")
         assert main(["db", "status", "--json", "-c", str(path)]) == 0
         shown = json.loads(capsys.readouterr().out)
@@ -77,6 +80,10 @@ def test_db_migrate_then_a_node_opens_the_shared_ledger(
         ({"database": "postgresql://u@db/x?password=hunter2"}, "the URL holds a password"),
         ({"database": "mysql://u@db/x"}, "expected a postgresql://"),
         ({"password": {"env": "PGPASS"}}, "password is given but database is not"),
+        (
+            {"database": "postgresql://u@db/x", "lease_seconds": 2},
+            "state.lease_seconds: must be between 3 and 600, got 2",
+        ),
     ],
 )
 def test_a_password_in_the_yaml_is_refused_without_echo(

@@ -34,11 +34,16 @@ from typing import Any
 
 import psycopg
 
-from devtools.haproxy import Haproxy, Node
+from devtools.haproxy import Haproxy
+from devtools.nodes import serve_health, two_nodes
 from devtools.pair import Gateway, Pair, edit_config, provision_pair
-from devtools.provision import free_port, write_softhsm_conf
+from devtools.provision import write_softhsm_conf
 from tests.postgres import PASSWORD
 from tests.system.faults import FaultProxy
+
+#: ``state.lease_seconds`` of both nodes: shorter than the default 15 s, so that a takeover
+#: after a node is killed costs the tests less, and still well above a renewal's period.
+LEASE_SECONDS = 8
 
 
 @dataclass
@@ -101,11 +106,6 @@ class MultiNode:
             raise errors[0]
 
 
-def _share_spool(state_dir: Path, spool: Path) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "spool").symlink_to(spool, target_is_directory=True)
-
-
 def provision_multinode(
     root: Path, database: str, segment_size: int = 1 << 16, *, balancer: bool = False
 ) -> MultiNode:
@@ -114,44 +114,14 @@ def provision_multinode(
     ``database``: a PostgreSQL database at this schema (``postgres.database(...)``).
     ``balancer``: lingang's proxy forwards to HAProxy over both nodes (module docstring)."""
     pair = provision_pair(root, segment_size=segment_size)
-    a = pair.frankfurt
-    spool = root / "shared-spool"
-    spool.mkdir()
-    password = root / "ledger-password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
-
-    def shared_state(data: dict[str, Any]) -> None:
-        data["state"] = {"database": database, "password": {"file": str(password)}}
-
-    edit_config(a.paths.config, shared_state)
-    _share_spool(a.paths.state_dir, spool)
-
-    home = root / "frankfurt-b"
-    paths = dataclasses.replace(
-        a.paths,
-        root=home,
-        config=home / "gateway.yaml",
-        socket=home / "run" / "local.sock",
-        state_dir=home / "state",
-    )
-    home.mkdir()
-    paths.config.write_text(a.paths.config.read_text(encoding="utf-8"), encoding="utf-8")
-
-    def node_b(data: dict[str, Any]) -> None:
-        data["listen"]["partner"] = f"127.0.0.1:{free_port()}"
-        data["listen"]["local_socket"] = str(paths.socket)
-        data["state_dir"] = str(paths.state_dir)
-        for name in ("certificate", "private_key"):  # relative to node A's config
-            data["tls"][name] = str((a.paths.config.parent / data["tls"][name]).resolve())
-
-    edit_config(paths.config, node_b)
-    _share_spool(paths.state_dir, spool)
+    nodes = two_nodes(pair, root, database, LEASE_SECONDS)
+    a, b, spool = nodes.a, nodes.b, nodes.spool
     haproxy: Haproxy | None = None
     if balancer:
-        paths = dataclasses.replace(paths, softhsm_conf=_own_token_path(a, home))
-        haproxy = _balancer(root, a.paths.config, paths.config)
-    b = Gateway(a.spec, paths)
+        own_token = _own_token_path(a, b.paths.root)
+        b = Gateway(b.spec, dataclasses.replace(b.paths, softhsm_conf=own_token))
+        served = serve_health([("a", a.paths.config), ("b", b.paths.config)])
+        haproxy = Haproxy(root / "haproxy", served)
     target = ("127.0.0.1", haproxy.port if haproxy else a.spec.port)
     proxy = FaultProxy(target)
 
@@ -177,25 +147,6 @@ def _own_token_path(a: Gateway, home: Path) -> Path:
 
     edit_config(home / "gateway.yaml", use)
     return conf
-
-
-def _balancer(root: Path, *configs: Path) -> Haproxy:
-    """Each node serves listen.health; HAProxy balances over them (not started)."""
-    nodes = []
-    for name, config in zip(("a", "b"), configs, strict=True):
-        health = free_port()
-        partner: list[str] = []
-
-        def serve_health(
-            data: dict[str, Any], port: int = health, seen: list[str] = partner
-        ) -> None:
-            data["listen"]["health"] = f"127.0.0.1:{port}"
-            seen.append(str(data["listen"]["partner"]))
-
-        edit_config(config, serve_health)
-        host, port = partner[0].rsplit(":", 1)
-        nodes.append(Node(name, (host, int(port)), ("127.0.0.1", health)))
-    return Haproxy(root / "haproxy", nodes)
 
 
 @contextlib.contextmanager

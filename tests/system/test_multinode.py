@@ -41,14 +41,13 @@ from gateway.audit.verify import verify_log
 from gateway.config import load_config
 from gateway.keys import KeyRef, Purpose
 from gateway.ledger import Ledger
-from gateway.ledger_leases import LEASE_SECONDS
 from gateway.passport import inspect
 from gateway.receiver.intake import SYNC_EVERY_SEGMENTS
 from gateway.store.postgres import PostgresDatabase
 from tests.postgres import PASSWORD, Cluster, postgres  # noqa: F401
 from tests.system import rogue
 from tests.system.harness import Gateway, wait_until
-from tests.system.multinode import MultiNode, running_multinode
+from tests.system.multinode import LEASE_SECONDS, MultiNode, running_multinode
 from tests.system.rogue import HandTransfer, RogueClient, TlsIdentity
 
 SEGMENT = 4096
