@@ -23,7 +23,7 @@ processes, sockets or a token.
 * **Striping** (``partners[].connections: N`` > 1, for long links, where one TCP
   connection's buffers cap the rate): each upload attempt runs N Upload calls at once, each
   on its own connection (``partner_link``), and segment ``i`` goes on stream ``i mod N``,
-  each stream in increasing order (:class:`_Stripes`). The streams are fed from the one
+  each stream in increasing order (``gateway.striping``). The streams are fed from the one
   pipeline through one slot per stream: a stream that falls behind holds the reader, so no
   stream runs more than N segments ahead of the slowest -- the receiver's reorder window is
   at least that, so it never has to hold back the segment it waits for -- and the memory
@@ -51,13 +51,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from gateway import envelope
 from gateway.audit.evidence import Evidence
@@ -90,10 +89,10 @@ from gateway.partner_keys import PartnerKeys
 from gateway.passport import PassportVerifier, VerifiedPassport
 from gateway.pipeline import Pipeline, Rereadable
 from gateway.receiver.context import when
-from gateway.receiver.intake import Stripe
 from gateway.retention import refuse_final
 from gateway.retry import REAL_TIMER, REPLAY_BYTES, Patience, ReplayLostError, Timer, Waiting
 from gateway.signed import Signed
+from gateway.striping import StripesSplitError, upload_striped
 from gateway.transfer import (
     CALL_NAMES,
     CommitProof,
@@ -103,7 +102,6 @@ from gateway.transfer import (
     PartnerLink,
     SegmentIn,
     TransferState,
-    UploadResult,
     stale_transport_key,
     transient,
 )
@@ -117,10 +115,6 @@ REFUSED_BEFORE_RECORDING = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 #: What a Deliver message carries besides the ciphertext, passport and header: the segment's
 #: other fields, the signed manifest and the framing (a manifest is ~300 bytes).
 ONE_CALL_OVERHEAD = 4096
-#: The words of a partner's busy refusal when another of its nodes holds the transfer's
-#: lease (``gateway.receiver.context.Context._take_lease``): a stripe that reached the wrong
-#: node behind a balancer (see the module docstring).
-HELD_BY_ANOTHER_NODE = "another node of this gateway is writing it"
 #: How long a partner's uploads go unstriped after its stripes reached different nodes: the
 #: balancer keeps each connection where it placed it, so striping again at once would only
 #: split again -- and a split attempt can cost its send (below). A reload forgets it.
@@ -453,8 +447,8 @@ class Sender:
         after a pause and continues from where the partner then stands (the segments in
         flight are replayed from memory, older ones read again from a handed-over file),
         until the wait runs out. With ``connections: N`` the upload is striped
-        (:func:`_upload_striped`); a cut of any stripe ends the attempt and resumes from the
-        partner's contiguous point the same way.
+        (:func:`gateway.striping.upload_striped`); a cut of any stripe ends the attempt and
+        resumes from the partner's contiguous point the same way.
 
         The partner may hold every segment already (the stream or the manifest broke after
         the final one): then there is nothing to upload -- an empty upload is refused -- and
@@ -480,7 +474,7 @@ class Sender:
                 retry.within_passport("upload")
                 stream = itertools.chain([first], segments)
                 if lanes > 1:
-                    _upload_striped(self._link, partner, stream, lanes)  # type: ignore[arg-type]
+                    upload_striped(self._link, partner, stream, lanes)  # type: ignore[arg-type]
                 else:
                     self._link.upload(partner, stream)
                 return
@@ -1041,150 +1035,6 @@ def _held_to(chunks: Iterable[bytes], size: int, transfer_id: str) -> Iterator[b
         )
 
 
-class StripedLink(Protocol):
-    """A link that can upload one stripe of a striped upload (``partner_link``, loopback)."""
-
-    def upload_stripe(
-        self,
-        partner: PartnerConfig,
-        segments: Iterator[SegmentIn],
-        stripe: Stripe,
-        on_abort: Callable[[Callable[[], object]], None],
-    ) -> UploadResult: ...
-
-
-def _upload_striped(
-    link: StripedLink, partner: PartnerConfig, segments: Iterator[SegmentIn], lanes: int
-) -> None:
-    """One upload attempt over ``lanes`` streams at once (see the module docstring).
-
-    Stripe 0 runs in this thread, the others in threads of their own that end with the
-    attempt. The first failure stops the feed and cancels every other stream; the error
-    raised is the most telling one: a failure of our own (the source), else a refusal (the
-    same on every stripe), else the first transient failure, which the caller retries."""
-    attempt = secrets.token_hex(8)
-    stripes = _Stripes(segments, lanes)
-    lock = threading.Lock()
-    cancels: list[Callable[[], object]] = []
-    failures: list[BaseException] = []
-
-    def on_abort(cancel: Callable[[], object]) -> None:
-        with lock:
-            if not failures:
-                cancels.append(cancel)
-                return
-        cancel()
-
-    def run(index: int) -> None:
-        try:
-            link.upload_stripe(
-                partner, stripes.stream(index), Stripe(index, lanes, attempt), on_abort
-            )
-        except BaseException as exc:
-            with lock:
-                failures.append(exc)
-                first, pending = len(failures) == 1, list(cancels)
-            if first:
-                stripes.stop()
-                for cancel in pending:
-                    cancel()
-
-    threads = [
-        threading.Thread(target=run, args=(index,), name=f"xbgw-stripe-{index}", daemon=True)
-        for index in range(1, lanes)
-    ]
-    for thread in threads:
-        thread.start()
-    run(0)
-    for thread in threads:
-        thread.join()
-    if failures:
-        own = [e for e in failures if not isinstance(e, PartnerError)]
-        refusals = [e for e in failures if isinstance(e, PartnerError) and not transient(e)]
-        elsewhere = [
-            e for e in failures if isinstance(e, PartnerError) and HELD_BY_ANOTHER_NODE in str(e)
-        ]
-        if elsewhere and not own and not refusals:
-            raise StripesSplitError(str(elsewhere[0]), elsewhere[0].grpc_status)
-        raise (own or refusals or failures)[0]
-
-
 def _outbound_lease(transfer_id: str) -> str:
     """The name of a send's lease (``Ledger.take_lease``)."""
     return f"outbound/{transfer_id}"
-
-
-class StripesSplitError(PartnerError):
-    """Stripes of one upload attempt were refused as held by another node of the partner
-    (a balancer placed their connections on different nodes): the attempt cannot succeed
-    striped. Transient like the busy refusal it carries, for a caller that does not stripe
-    again (:meth:`Sender._upload` goes on over one stream)."""
-
-
-class _Stripes:
-    """One ordered segment source dealt round robin to N streams: segment ``i`` to stream
-    ``i mod N``. Whichever stream needs a segment reads the source (one reader at a time) and
-    leaves each segment that is not its own in its owner's single slot, waiting while that
-    slot is still full -- so a stream that falls behind holds everyone back (at most one
-    segment per stream waits here), and the source is never read ahead unboundedly."""
-
-    def __init__(self, source: Iterator[SegmentIn], count: int) -> None:
-        self._source = source
-        self._count = count
-        self._slots: list[SegmentIn | None] = [None] * count
-        self._reading = False
-        self._ended = False
-        self._stopped = False
-        self._cond = threading.Condition()
-
-    def stop(self) -> None:
-        """End every stream at its next segment (the attempt failed)."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-
-    def stream(self, index: int) -> Iterator[SegmentIn]:
-        while (segment := self._next(index)) is not None:
-            yield segment
-
-    def _next(self, index: int) -> SegmentIn | None:
-        with self._cond:
-            while True:
-                if self._stopped:
-                    return None
-                mine = self._slots[index]
-                if mine is not None:
-                    self._slots[index] = None
-                    self._cond.notify_all()
-                    return mine
-                if self._ended:
-                    return None
-                if not self._reading:
-                    self._reading = True
-                    break
-                self._cond.wait()
-        try:
-            return self._read_for(index)
-        finally:
-            with self._cond:
-                self._reading = False
-                self._cond.notify_all()
-
-    def _read_for(self, index: int) -> SegmentIn | None:
-        """Read the source (outside the lock: it may wait for the pipeline) until the next
-        segment is ``index``'s own."""
-        while True:
-            segment = next(self._source, None)
-            with self._cond:
-                if segment is None:
-                    self._ended = True
-                    return None
-                owner = segment.index % self._count
-                if owner == index:
-                    return None if self._stopped else segment
-                while self._slots[owner] is not None and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    return None
-                self._slots[owner] = segment
-                self._cond.notify_all()

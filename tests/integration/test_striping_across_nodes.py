@@ -35,9 +35,9 @@ from gateway.keyring import KeyRing
 from gateway.ledger import Ledger
 from gateway.receiver import Receiver, intake
 from gateway.receiver.intake import Stripe
-from gateway.sender import HELD_BY_ANOTHER_NODE
 from gateway.spool import Spool
 from gateway.store.postgres import PostgresDatabase
+from gateway.striping import HELD_BY_ANOTHER_NODE
 from gateway.transfer import SegmentIn, TransferState, UploadResult, refused_by, unreachable
 from tests.loopback import SEGMENT, LinkCut, Loopback, make_loopback
 from tests.postgres import PASSWORD, Cluster, postgres  # noqa: F401
