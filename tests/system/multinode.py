@@ -43,7 +43,7 @@ from tests.system.faults import FaultProxy
 
 #: ``state.lease_seconds`` of both nodes: shorter than the default 15 s, so that a takeover
 #: after a node is killed costs the tests less, and still well above a renewal's period.
-LEASE_SECONDS = 8
+LEASE_SECONDS = 10
 
 
 @dataclass
