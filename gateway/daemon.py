@@ -232,9 +232,12 @@ class Daemon:
         self._set_serving(True)
         self.witness.start()
         self.reachability.start()
-        # Key states other nodes change in the shared ledger (gateway.keyring, "Several nodes").
-        self.key_follower = KeyFollower(self.ring)
-        self.key_follower.start()
+        # Key states other nodes change in the shared ledger (gateway.keyring, "Several nodes");
+        # a SQLite ledger is this node's alone: nothing to follow.
+        self.key_follower: KeyFollower | None = None
+        if self.ledger.store.dialect.shared:
+            self.key_follower = KeyFollower(self.ring)
+            self.key_follower.start()
         log.info(
             "xbgw %s ready: partner listener on %s, local socket %s, metrics %s",
             config.id,
@@ -731,7 +734,8 @@ class Daemon:
         self.link.close()
         self.witness.join(IDLE_WAIT_SECONDS)
         self.sweeper.stop(IDLE_WAIT_SECONDS)
-        self.key_follower.stop(IDLE_WAIT_SECONDS)
+        if self.key_follower is not None:
+            self.key_follower.stop(IDLE_WAIT_SECONDS)
         self.checkpointer.stop()  # the last leaves get their checkpoint
         self.ledger.close()
         self.hsm.close()

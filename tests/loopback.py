@@ -288,6 +288,15 @@ class Loopback:
             read_stream(src, out, self.frankfurt.id, self.frankfurt.keys)
         return out.getvalue()
 
+    def frankfurt_node(self, ledger: Ledger, spool: Spool) -> Receiver:
+        """Another receiving node of frankfurt, on ``ledger`` and ``spool`` (several nodes
+        of one gateway share a PostgreSQL ledger and a spool): same config and keys, a key
+        ring of its own, the loopback's clock."""
+        side = self.frankfurt
+        clock = lambda: self.now[0]  # noqa: E731
+        ring = KeyRing(side.id, ledger, side.keys, side.config.keys, clock=clock)
+        return Receiver(side.config, side.keys, ring, ledger, spool, clock=clock)
+
     def close(self) -> None:
         for side in (self.lingang, self.frankfurt):
             side.ledger.close()

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from devtools.postgres import PASSWORD, TEMPLATE, USER, Cluster
+from gateway.ledger import Ledger
+from gateway.store.postgres import PostgresDatabase
 
-__all__ = ["PASSWORD", "TEMPLATE", "USER", "Cluster", "postgres", "truncate_all"]
+__all__ = [
+    "PASSWORD",
+    "TEMPLATE",
+    "USER",
+    "Cluster",
+    "ledger_on",
+    "postgres",
+    "truncate_all",
+]
 
 
 def truncate_all(url: str) -> None:
@@ -35,6 +46,17 @@ def truncate_all(url: str) -> None:
             ).fetchall()
         ]
         db.execute(f"TRUNCATE {', '.join(tables)}".encode())
+
+
+def ledger_on(request: pytest.FixtureRequest, sqlite_path: Path) -> Ledger:
+    """The ledger a test parametrised over ``["sqlite", "postgresql"]`` runs on: a SQLite
+    file at ``sqlite_path``, or the module's PostgreSQL database (its ``pg_url`` fixture),
+    emptied -- the same tests held to both databases."""
+    if request.param == "sqlite":
+        return Ledger(sqlite_path)
+    url = request.getfixturevalue("pg_url")
+    truncate_all(url)
+    return Ledger(PostgresDatabase(url, PASSWORD))
 
 
 _shared: list[Cluster] = []

@@ -68,22 +68,10 @@ def nodes(tmp_path: Path, postgres: Cluster) -> Iterator[Nodes]:  # noqa: F811
     a.announce_node("node-a")
     b.announce_node("node-b")
     a.lease_renew_seconds = 3600.0  # the test decides when node A renews (or never)
-    clock = lambda: lb.now[0]  # noqa: E731
-    side = lb.frankfurt
-    receivers = tuple(
-        Receiver(
-            side.config,
-            side.keys,
-            KeyRing(side.id, ledger, side.keys, side.config.keys, clock=clock),
-            ledger,
-            spool,
-            clock=clock,
-        )
-        for ledger in (a, b)
-    )
-    lb.link.receivers["frankfurt"] = (receivers[0], side.config.partner("lingang"))
+    receivers = (lb.frankfurt_node(a, spool), lb.frankfurt_node(b, spool))
+    lb.link.receivers["frankfurt"] = (receivers[0], lb.frankfurt.config.partner("lingang"))
     try:
-        yield Nodes(lb, a, b, (receivers[0], receivers[1]), spool, url)
+        yield Nodes(lb, a, b, receivers, spool, url)
     finally:
         lb.close()
         a.close()

@@ -31,7 +31,6 @@ import pytest
 from gateway.config import GatewayConfig, Limits, PartnerConfig
 from gateway.envelope import read_stream
 from gateway.errors import XbgwError
-from gateway.keyring import KeyRing
 from gateway.ledger import Ledger
 from gateway.receiver import Receiver, intake
 from gateway.receiver.intake import Stripe
@@ -41,6 +40,7 @@ from gateway.striping import HELD_BY_ANOTHER_NODE
 from gateway.transfer import SegmentIn, TransferState, UploadResult, refused_by, unreachable
 from tests.loopback import SEGMENT, LinkCut, Loopback, make_loopback
 from tests.postgres import PASSWORD, Cluster, postgres  # noqa: F401
+from tests.system.harness import wait_until
 
 Segments = Iterator[SegmentIn]
 
@@ -69,21 +69,8 @@ def nodes(
     url = postgres.database("striping_nodes")
     spool = Spool(tmp_path / "shared-spool")
     ledgers = (Ledger(PostgresDatabase(url, PASSWORD)), Ledger(PostgresDatabase(url, PASSWORD)))
-    clock = lambda: lb.now[0]  # noqa: E731
-    side = lb.frankfurt
-    receivers = tuple(
-        Receiver(
-            side.config,
-            side.keys,
-            KeyRing(side.id, ledger, side.keys, side.config.keys, clock=clock),
-            ledger,
-            spool,
-            clock=clock,
-        )
-        for ledger in ledgers
-    )
-    a, b = receivers
-    peer = side.config.partner("lingang")
+    a, b = (lb.frankfurt_node(ledger, spool) for ledger in ledgers)
+    peer = lb.frankfurt.config.partner("lingang")
     lb.link.receivers["frankfurt"] = (a, peer)
     made = Nodes(lb, (a, b), ledgers, spool, [])
     lb.link.upload_stripe = _balanced(made, peer)  # type: ignore[method-assign,assignment]
@@ -161,7 +148,7 @@ def _balanced(
                     early.append(segment)
                 return segment is None
 
-            _until(stalled, "stripe 0 did not get past node A's reorder window")
+            wait_until(stalled, 10.0, "stripe 0 to stall at node A's reorder window")
             stream = itertools.chain(early, stream)
         try:
             result = receiver.upload(peer, stream, stripe)
@@ -175,14 +162,6 @@ def _balanced(
         return result
 
     return upload_stripe
-
-
-def _until(condition: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(what)
-        time.sleep(0.002)
 
 
 def test_stripes_on_two_nodes_go_on_unstriped_and_deliver(

@@ -16,9 +16,8 @@ import gateway.ledger as ledger_module
 from gateway.errors import StorageError, TransferConflictError
 from gateway.ledger import SCHEMA_VERSION, Count, Counter, Inbound, Ledger
 from gateway.signed import Signed as Receipt
-from gateway.store.postgres import PostgresDatabase
 from gateway.transfer import TransferState
-from tests.postgres import PASSWORD, Cluster, postgres, truncate_all  # noqa: F401
+from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
 
 RECEIPT = Receipt(b'{"receipt":1}', bytes(range(64)), "gw-b/signing/1")
 
@@ -36,12 +35,7 @@ def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request: pytest.FixtureRequest, path: Path) -> Iterator[Ledger]:
     """The same tests on both databases (PostgreSQL: this module's database, emptied)."""
-    if request.param == "sqlite":
-        opened = Ledger(path)
-    else:
-        url = request.getfixturevalue("pg_url")
-        truncate_all(url)
-        opened = Ledger(PostgresDatabase(url, PASSWORD))
+    opened = ledger_on(request, path)
     yield opened
     opened.close()
 

@@ -16,9 +16,8 @@ from gateway.errors import UsageError
 from gateway.ledger import SCHEMA_VERSION, Ledger
 from gateway.paging import MAX_PAGE, decode_token, encode_token, page_size
 from gateway.signed import Signed
-from gateway.store.postgres import PostgresDatabase
 from gateway.transfer import TransferState
-from tests.postgres import PASSWORD, Cluster, postgres, truncate_all  # noqa: F401
+from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
 
 RECEIPT = Signed(b"receipt", b"\x01" * 64, "gw/signing/1")
 
@@ -61,12 +60,7 @@ def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
     """The paging tests on both databases (PostgreSQL: this module's database, emptied)."""
-    if request.param == "sqlite":
-        opened = Ledger(tmp_path / "ledger.sqlite3")
-    else:
-        url = request.getfixturevalue("pg_url")
-        truncate_all(url)
-        opened = Ledger(PostgresDatabase(url, PASSWORD))
+    opened = ledger_on(request, tmp_path / "ledger.sqlite3")
     yield opened
     opened.close()
 

@@ -32,12 +32,11 @@ from gateway.ledger_base import GroupSync, LedgerBase
 from gateway.receiver import Receiver
 from gateway.signed import Signed
 from gateway.store import Tx
-from gateway.store.postgres import PostgresDatabase
 from gateway.transfer import TransferState
 from tests.fakes import SoftwareHsm
 from tests.loopback import SEGMENT, Loopback, make_loopback
 from tests.loopback_rig import assert_delivered
-from tests.postgres import PASSWORD, Cluster, postgres, truncate_all  # noqa: F401
+from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
 from tests.system.harness import wait_until
 
 
@@ -292,12 +291,7 @@ def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        opened = Ledger(tmp_path / "ledger.sqlite3")
-    else:
-        url = request.getfixturevalue("pg_url")
-        truncate_all(url)
-        opened = Ledger(PostgresDatabase(url, PASSWORD))
+    opened = ledger_on(request, tmp_path / "ledger.sqlite3")
     yield opened
     opened.close()
 
