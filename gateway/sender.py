@@ -40,7 +40,11 @@ processes, sockets or a token.
   When the holder got none of segment 0's stripe, that point may be older than the segments
   the send still holds (the split attempt pushed them out): a handed-over file is read
   again from there; a stream ends the send as after any such loss -- send again to resume
-  -- and the next send does not stripe.
+  -- and the next send does not stripe. An attempt runs on no more streams than it has
+  segments left (a stream names its transfer in its first segment), and when the partner
+  refuses some stripes as busy (it takes fewer uploads of ours at once than N) a send with
+  a wait goes on, after the pause, over those it admitted (one fewer at least each time);
+  one without says to lower ``connections`` or to send with ``--wait``.
 * **After the upload** the manifest is signed in the HSM and the receipt verified under the
   partner's pinned key and compared with the manifest before the transfer counts as
   delivered.
@@ -92,7 +96,7 @@ from gateway.receiver.context import when
 from gateway.retention import refuse_final
 from gateway.retry import REAL_TIMER, REPLAY_BYTES, Patience, ReplayLostError, Timer, Waiting
 from gateway.signed import Signed
-from gateway.striping import StripesSplitError, upload_striped
+from gateway.striping import StripesBusyError, StripesSplitError, upload_striped
 from gateway.transfer import (
     CALL_NAMES,
     CommitProof,
@@ -496,6 +500,19 @@ class Sender:
                     },
                 )
                 retry.pause_or_raise(exc)  # as for busy: the holder ends its streams meanwhile
+            except StripesBusyError as exc:
+                # The partner ran some stripes: the next attempt asks no more of it (fewer
+                # each time, so this ends at one stream). After the pause, as for busy: the
+                # partner ends this attempt's streams meanwhile, so the next offer tells
+                # where they left the transfer.
+                lanes = max(1, min(exc.admitted, lanes - 1))
+                log.info(
+                    "%s refused some stripes as busy; the upload goes on over %d",
+                    partner.id,
+                    lanes,
+                    extra={"transfer_id": row.transfer_id, "partner": partner.id},
+                )
+                retry.pause_or_raise(exc)
             except PartnerError as exc:
                 retry.pause_or_raise(exc)
             offer = self._offer_retried(partner, passport, row, retry)

@@ -14,6 +14,7 @@ random token, so the receiver never mixes its streams with a late one of an olde
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -50,9 +51,15 @@ def upload_striped(
     Stripe 0 runs in this thread, the others in threads of their own that end with the
     attempt. The first failure stops the feed and cancels every other stream; the error
     raised is the most telling one: a failure of our own (the source), else a refusal (the
-    same on every stripe), else the first transient failure, which the caller retries."""
+    same on every stripe), else the first transient failure, which the caller retries.
+
+    An attempt with fewer segments left than ``lanes`` (a small file, or a resume near the
+    end) runs on as many streams as it has segments: a stream names its transfer in its
+    first segment, so an empty one could not join the attempt, and the partner refuses it."""
     attempt = secrets.token_hex(8)
-    stripes = Stripes(segments, lanes)
+    head = list(itertools.islice(segments, lanes))
+    lanes = max(1, len(head))
+    stripes = Stripes(itertools.chain(head, segments), lanes)
     lock = threading.Lock()
     cancels: list[Callable[[], object]] = []
     failures: list[BaseException] = []
@@ -95,6 +102,21 @@ def upload_striped(
         ]
         if elsewhere and not own and not refusals:
             raise StripesSplitError(str(elsewhere[0]), elsewhere[0].grpc_status)
+        busy = [
+            e
+            for e in failures
+            if isinstance(e, PartnerError)
+            and e.grpc_status == "RESOURCE_EXHAUSTED"
+            and transient(e)
+        ]
+        if busy and not own and not refusals:
+            raise StripesBusyError(
+                f"{busy[0]} -- {len(busy)} of {lanes} stripes were refused as busy: "
+                f"lower partners[{partner.id}].connections to what it takes at once, or send "
+                "with --wait to go on over fewer",
+                busy[0].grpc_status,
+                lanes - len(busy),
+            )
         raise (own or refusals or failures)[0]
 
 
@@ -103,6 +125,18 @@ class StripesSplitError(PartnerError):
     (a balancer placed their connections on different nodes): the attempt cannot succeed
     striped. Transient like the busy refusal it carries, for a caller that does not stripe
     again (``Sender._upload`` goes on over one stream)."""
+
+
+class StripesBusyError(PartnerError):
+    """Some stripes of an upload attempt were refused as busy: the partner had no room for
+    that many uploads of ours at once (its ``limits.max_concurrent_transfers`` is below our
+    ``connections``, or other uploads hold its slots). ``admitted`` is how many were not
+    refused; after its pause the caller goes on over that many (at least one), rather than
+    being refused the same way again. Transient like the busy refusal it carries."""
+
+    def __init__(self, message: str, grpc_status: str, admitted: int) -> None:
+        super().__init__(message, grpc_status)
+        self.admitted = admitted
 
 
 class Stripes:

@@ -37,14 +37,14 @@ SIZE = 4 << 20
 PROBE_CONNECTIONS = 1
 
 
-def _point_at(pair: Pair, proxy: DelayProxy) -> None:
+def _point_at(pair: Pair, proxy: DelayProxy, connections: int = 4) -> None:
     def change(data: dict[str, object]) -> None:
         partners = data["partners"]
         assert isinstance(partners, list)
         for partner in partners:
             if partner["id"] == "frankfurt":
                 partner["endpoint"] = proxy.address
-                partner["connections"] = 4
+                partner["connections"] = connections
 
     edit_config(pair.lingang.paths.config, change)
 
@@ -100,3 +100,46 @@ def test_receiver_restart_mid_transfer_resumes(pair: Pair, tmp_path: Path) -> No
             assert second.returncode == 0, second.stderr + rig.logs()
             assert f"partner holds {held.received_bytes} bytes" in second.stderr + second.stdout
             assert_delivered(rig, transfer_id, digest, size, tmp_path)
+
+
+def test_more_connections_than_the_partner_takes_go_on_over_fewer(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """frankfurt takes 2 uploads of lingang's at once, lingang stripes over 4: without a wait
+    the send says what to change; with one, the stripes refused as busy are dropped from the
+    next attempt and the transfer completes over 2."""
+
+    def two_at_once(data: dict[str, object]) -> None:
+        limits = data.setdefault("limits", {})
+        assert isinstance(limits, dict)
+        limits["max_concurrent_transfers"] = 2
+
+    edit_config(pair.frankfurt.paths.config, two_at_once)
+    with DelayProxy(f"127.0.0.1:{pair.port('frankfurt')}", RTT_MS / 2, 4 << 20) as proxy:
+        _point_at(pair, proxy, connections=4)
+        with pair.running():
+            rig = _rig(pair, proxy)
+            source = tmp_path / "data.bin"
+            digest = dataset(source, SIZE)
+            transfer_id, token = new_transfer(rig, "striped-busy")
+            refused = send(rig, source, token)
+            assert refused.returncode != 0
+            assert "lower partners[frankfurt].connections" in refused.stderr, refused.stderr
+            assert "send with --wait" in refused.stderr
+
+            sent = rig.lingang.cli(
+                "send",
+                str(source),
+                "--to",
+                "frankfurt",
+                "--passport",
+                token,
+                "--wait",
+                "60",
+                timeout=90,
+            )
+            assert sent.returncode == 0, sent.stderr + rig.logs()
+            assert_delivered(rig, transfer_id, digest, SIZE, tmp_path)
+            assert "refused some stripes as busy; the upload goes on over 2" in (
+                pair.lingang.log_text()
+            ), rig.logs()

@@ -171,6 +171,54 @@ def test_a_cut_stripe_resumes_from_the_contiguous_prefix(lb: Loopback) -> None:
     assert_delivered(lb, "dpo_stripe-cut", data, summary)
 
 
+def test_fewer_segments_than_connections_go_on_as_many_stripes(lb: Loopback) -> None:
+    """A stream names its transfer in its first segment, so a stripe with nothing to carry
+    could not join: two segments over four connections go as two stripes, not four."""
+    _stripe_over(lb, 4)
+    data = os.urandom(SEGMENT + 7)
+    token = lb.passport("dpo_stripe-few")
+    calls = len(lb.link.calls)
+    summary = lb.resend(token, data)
+    assert lb.link.calls[calls:].count("upload") == 2
+    assert_delivered(lb, "dpo_stripe-few", data, summary)
+
+
+def test_a_resume_near_the_end_stripes_over_what_is_left(lb: Loopback) -> None:
+    """Stripe 0 is cut before the final segment, once frankfurt holds all the others: the
+    resume has one segment left for four connections and sends it as one stripe."""
+    _stripe_over(lb, 4)
+    data = os.urandom(8 * SEGMENT + 3)  # segments 0-8; stripe 0 carries 0, 4 and 8
+    token = lb.passport("dpo_stripe-end")
+
+    def all_but_the_last_taken() -> bool:
+        reorder = _session(lb).reorder
+        assert reorder is not None
+        return reorder.highest() == -1 and reorder._next == 8
+
+    def cut(segments: Segments) -> Segments:
+        for segment in segments:
+            if segment.index == 8:
+                _until(all_but_the_last_taken, "segments 0-7 were not all taken")
+                raise LinkCut("before the final segment")
+            yield segment
+
+    lb.link.tamper_stripes = {0: cut}
+    with pytest.raises(PartnerError) as first:
+        lb.resend(token, data)
+    assert_partner_error(first.value, "UNAVAILABLE")
+    row = lb.frankfurt.ledger.inbound("dpo_stripe-end")
+    assert row is not None
+    assert row.next_segment == 8
+
+    resumed: dict[int, SegmentIn] = {}
+    lb.link.tamper_stripes = {k: _recorded(resumed) for k in range(4)}
+    calls = len(lb.link.calls)
+    summary = lb.resend(token, data)
+    assert sorted(resumed) == [8]
+    assert lb.link.calls[calls:].count("upload") == 1
+    assert_delivered(lb, "dpo_stripe-end", data, summary)
+
+
 def test_a_tampered_segment_on_stripe_2_is_refused_as_on_one_stream(lb: Loopback) -> None:
     _stripe_over(lb, 3)
     data = os.urandom(20 * SEGMENT)
