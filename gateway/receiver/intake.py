@@ -409,6 +409,8 @@ class Reorder:
         self.bytes = 0
         self.peak_bytes = 0
         self.peak_segments = 0
+        #: Streams waiting for room now (a segment too far ahead of the worker).
+        self.waiting = 0
         self._closed = False
         self.failure: BaseException | None = None
 
@@ -434,7 +436,11 @@ class Reorder:
                         "which has not arrived on its stream; this upload attempt is ended: "
                         "offer again to resume"
                     )
-                self._room.wait(left)
+                self.waiting += 1
+                try:
+                    self._room.wait(left)
+                finally:
+                    self.waiting -= 1
             if self.failure is not None or self._closed:
                 return False
             self._held[index] = segment

@@ -271,7 +271,7 @@ def test_the_reorder_buffer_holds_at_most_its_window() -> None:
     assert reorder.bytes == 4 * SEGMENT_LEN  # the worker's batch still counts
     waiting = threading.Thread(target=reorder.put, args=(_segment(7), DEADLINE))
     waiting.start()  # 7 >= floor 0 + 4: waits until the worker comes back for more
-    time.sleep(0.05)
+    _until(lambda: reorder.waiting == 1, "segment 7 did not wait for room")
     assert reorder.highest() == -1
     reorder.close()
     assert reorder.take() == []  # the batch is done: room for 4..7, but the end came first
