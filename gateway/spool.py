@@ -10,12 +10,28 @@ directory. The durable length of a partial file is whatever the ledger's resume 
 on resume the file is cut back to it, so bytes written after the last durable point (and
 perhaps torn by a crash) are never trusted.
 
+Durable bytes leave the page cache: each ``PartialFile.sync`` advises the kernel to drop the
+pages it has just made durable (``POSIX_FADV_DONTNEED``). The spool is written once and read
+again only by a fetch, usually much later (or by the re-hash after a restart): left cached,
+every GiB received grew the page cache by a GiB of newly allocated pages, and writing into
+pages the kernel had not used for a while cost the receiving daemon 1-2.5 CPU-s per GiB in
+the kernel's copy on the 2-core VMs (most likely because their free memory goes back to the
+host -- virtio-balloon free page reporting -- and touching it again costs a fault there).
+With the drop the next appends reuse the pages just freed: ~0.35 CPU-s per GiB for the whole
+write path, fdatasync included. Only pages already made durable are dropped, after the
+fdatasync: nothing about durability changes. The readers of held and committed files
+(``Spool.read_held``, ``Spool.open_committed``: the re-hash, the fetch) read a file front to
+back once and drop what they have read behind them the same way: a fetch of data no longer
+cached cost 3.0 CPU-s per GiB filling new pages, 1.0 with the drop (as from a warm cache).
+
 File-system failures (disk full, I/O error, permissions) leave this module as
 :class:`~gateway.errors.StorageError`; the servicers map it to a status once.
 """
 
 from __future__ import annotations
 
+import io
+import mmap
 import os
 import re
 from collections.abc import Iterator
@@ -84,6 +100,9 @@ class PartialFile:
         #: are in the file, none in a buffer (each append is flushed).
         self.length = length
         self._synced = length
+        #: Bytes before this offset were advised out of the page cache (see the module
+        #: docstring); the next advice starts at its page, which may have been partial.
+        self._dropped = 0
 
     def append(self, data: bytes | memoryview) -> None:
         with _storing(self._spool):
@@ -109,6 +128,22 @@ class PartialFile:
             with _storing(self._spool):
                 os.fdatasync(self._handle.fileno())
         self._synced = length
+        self._drop_cached(length)
+
+    def _drop_cached(self, length: int) -> None:
+        """Advise the kernel to drop the durable pages before ``length`` (module docstring).
+
+        Only advice, given after the fdatasync: the pages are clean, so dropping them loses
+        nothing; the kernel keeps the last page if it is partial (the next append fills
+        it), so the next call starts at that page. A file system that refuses is ignored."""
+        if length <= self._dropped:
+            return  # nothing made durable since the last advice
+        start = self._dropped - self._dropped % mmap.PAGESIZE
+        try:
+            os.posix_fadvise(self._handle.fileno(), start, length - start, os.POSIX_FADV_DONTNEED)
+        except (OSError, ValueError):
+            return
+        self._dropped = length
 
     def _written(self, length: int) -> bool:
         """Whether the file holds ``length`` bytes at least (written past the buffer)."""
@@ -127,6 +162,33 @@ class PartialFile:
         except StorageError:
             if self._synced < self.length:
                 raise
+
+
+#: How much a :class:`ReadOnce` reads between two drops of what it has read.
+DROP_BEHIND_BYTES = 32 << 20
+
+
+class ReadOnce(io.BufferedReader):
+    """A spool file read front to back once (a fetch, a re-hash): every ``DROP_BEHIND_BYTES``
+    read, and at the end of the file, the kernel is advised to drop the pages before the
+    position reached from the page cache (see the module docstring). Only ``read`` drops;
+    what it returns is unchanged, and a page read again comes from the disk. A refused
+    advice is ignored (and given again at the next step)."""
+
+    _dropped = 0  # pages before this offset were advised out
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        at = self.tell()
+        short = size is None or size < 0 or len(data) < size  # the end of the file
+        if at > self._dropped and (short or at - self._dropped >= DROP_BEHIND_BYTES):
+            start = self._dropped - self._dropped % mmap.PAGESIZE
+            try:
+                os.posix_fadvise(self.fileno(), start, at - start, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                return data
+            self._dropped = at
+        return data
 
 
 class Spool:
@@ -211,7 +273,7 @@ class Spool:
         committed = self.committed_path(transfer_id)
         source = partial if partial.exists() or not committed.exists() else committed
         with _reading(transfer_id):
-            return source.open("rb")
+            return ReadOnce(io.FileIO(source, "rb"))
 
     def commit(self, transfer_id: str) -> Path:
         """Atomically move a complete partial file into the inbox.
@@ -237,5 +299,6 @@ class Spool:
             self.partial_path(transfer_id).unlink(missing_ok=True)
 
     def open_committed(self, transfer_id: str) -> BinaryIO:
+        """The committed file, for reading front to back once (:class:`ReadOnce`)."""
         with _reading(transfer_id):
-            return self.committed_path(transfer_id).open("rb")
+            return ReadOnce(io.FileIO(self.committed_path(transfer_id), "rb"))

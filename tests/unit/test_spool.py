@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import mmap
+import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from gateway import spool as spool_module
 from gateway.errors import PartialLostError, StorageError
 from gateway.spool import Spool, check_transfer_id
 
@@ -226,3 +231,132 @@ def test_a_full_disk_is_a_storage_error_that_says_so(spool: Spool) -> None:
             partial.append(b"x" * 8192)
             partial.sync()
         assert caught.value.grpc_status == "RESOURCE_EXHAUSTED"
+
+
+# --- the page cache ---------------------------------------------------------------------------
+
+
+def _advice_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    """Every fdatasync and posix_fadvise from now on, in order (both still done)."""
+    events: list[tuple[object, ...]] = []
+    real_sync, real_advise = os.fdatasync, os.posix_fadvise
+
+    def fdatasync(fd: int) -> None:
+        events.append(("fdatasync",))
+        real_sync(fd)
+
+    def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        events.append(("drop", offset, length, advice))
+        real_advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
+    return events
+
+
+def test_sync_drops_from_the_page_cache_only_what_it_made_durable(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After each fdatasync -- never before -- the kernel is advised to drop the bytes just
+    made durable, none past them; the next advice starts at the page where the last one
+    ended (the kernel keeps a partial last page). A sync with nothing new advises nothing."""
+    events = _advice_log(monkeypatch)
+    page = mmap.PAGESIZE
+    partial = spool.open_partial("t-1", HEADER, len(HEADER))
+    partial.append(b"a" * (page + 100))
+    first_end = partial.length
+    partial.sync()
+    partial.append(b"b" * (2 * page))
+    second_end = partial.length
+    partial.sync()
+    partial.sync()
+    dontneed = os.POSIX_FADV_DONTNEED
+    second_start = first_end - first_end % page
+    assert events == [
+        ("fdatasync",),
+        ("drop", 0, first_end, dontneed),
+        ("fdatasync",),
+        ("drop", second_start, second_end - second_start, dontneed),
+        ("fdatasync",),
+    ]
+    partial.close()
+    assert partial.path.read_bytes() == HEADER + b"a" * (page + 100) + b"b" * (2 * page)
+
+
+def test_a_refused_advice_is_no_error_and_is_given_again(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advice is only advice: a file system that refuses it fails nothing, and the next
+    sync advises again from where the last accepted advice ended."""
+    advised: list[tuple[int, int]] = []
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length))
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    partial = spool.open_partial("t-1", HEADER, len(HEADER))
+    partial.append(b"seg0")
+    partial.sync()
+    partial.append(b"seg1")
+    partial.sync()
+    assert advised == [(0, len(HEADER) + 4), (0, len(HEADER) + 8)]
+    partial.close()
+    assert partial.path.read_bytes() == HEADER + b"seg0seg1"
+
+
+def _drops(events: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    return [(e[1], e[2]) for e in events if e[0] == "drop"]
+
+
+def _read_by_pages(source: BinaryIO) -> bytes:
+    got = b""
+    while chunk := source.read(mmap.PAGESIZE):
+        got += chunk
+    return got
+
+
+def test_a_reader_drops_from_the_page_cache_only_what_it_has_read(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch reads the committed file front to back once: every DROP_BEHIND_BYTES, and at
+    the end of the file, the kernel is advised to drop what was read so far -- never a byte
+    past it -- and the bytes read are the file's."""
+    page = mmap.PAGESIZE
+    monkeypatch.setattr(spool_module, "DROP_BEHIND_BYTES", 2 * page)
+    data = os.urandom(5 * page + 100)
+    partial = spool.open_partial("t-1", HEADER, len(HEADER))
+    partial.append(data)
+    partial.close()
+    spool.commit("t-1")
+    events = _advice_log(monkeypatch)
+    with spool.open_committed("t-1") as src:
+        assert _read_by_pages(src) == HEADER + data
+    end = len(HEADER) + len(data)
+    assert _drops(events) == [(0, 2 * page), (2 * page, 2 * page), (4 * page, end - 4 * page)]
+
+
+def test_a_held_file_is_read_once_the_same_way(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-hash reads held data (``read_held``) as a fetch does; a refused advice fails
+    no read, and is given again at the next step."""
+    page = mmap.PAGESIZE
+    monkeypatch.setattr(spool_module, "DROP_BEHIND_BYTES", 2 * page)
+    data = os.urandom(3 * page)
+    partial = spool.open_partial("t-1", HEADER, len(HEADER))
+    partial.append(data)
+    partial.close()
+    advised: list[tuple[int, int]] = []
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length))
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    with spool.read_held("t-1") as src:
+        src.seek(len(HEADER))
+        assert src.read(len(data)) == data
+        assert src.read(1) == b""
+    end = len(HEADER) + len(data)
+    assert advised == [(0, end), (0, end)]
