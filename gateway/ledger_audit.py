@@ -89,8 +89,10 @@ class AuditTables(LedgerBase):
         """(size, root) of the log now, recorded in a durable transaction before it is signed:
         that commit fsyncs every leaf before it (see gateway.audit.store)."""
         with self._tx() as db:
-            tree_size = audit_store.size(db)
-            root_hash = audit_store.root(db, tree_size)
+            # The root from the stored right edge (one row), not from popcount(size) node
+            # reads: the same hash, as both are written by the same append.
+            edge = audit_store.frontier(db)
+            tree_size, root_hash = edge.size, edge.root()
             db.execute(
                 "INSERT INTO audit_checkpoints (size, root) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (tree_size, root_hash),

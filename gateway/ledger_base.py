@@ -35,6 +35,12 @@ class LedgerBase:
             raise TypeError(f"the ledger at {self._store.where} is not a SQLite file")
         return self._store.connection
 
+    @property
+    def shared(self) -> bool:
+        """Several nodes may write this database (PostgreSQL): what one node keeps in memory
+        of it can go stale behind its back."""
+        return self._store.dialect.shared
+
     #: The group commit of a SQLite ledger file (made at its first durable transaction).
     _group: GroupSync | None = None
 

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -48,6 +49,8 @@ from prometheus_client.registry import Collector
 
 import gateway
 from gateway.compliance.engine import Decision, Outcome
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
 
 #: From 10 ms (a small transfer on a LAN) to 1 h (gigabytes on a long link).
 DURATION_BUCKETS = (
@@ -186,6 +189,18 @@ class Metrics:
         )
         self._offers: OrderedDict[str, float] = OrderedDict()
         self._offers_lock = threading.Lock()
+        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
+
+    def child(self, metric: _M, *labels: str) -> _M:
+        """``metric.labels(*labels)``, looked up once: prometheus_client takes a lock and
+        builds the key on every ``labels`` call (a few microseconds, several times per
+        transfer). Only for metrics whose series are never removed (not the certificate and
+        partner gauges, which ``certificates`` and ``forget_partner`` clear)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children.setdefault(key, metric.labels(*labels))
+        return found  # type: ignore[return-value]  # stored by this method for this metric
 
     # -- certificates, partners, durations --------------------------------------------------
 
@@ -213,7 +228,7 @@ class Metrics:
                 gauge.remove(partner)
 
     def transfer_took(self, direction: str, outcome: str, seconds: float) -> None:
-        self.transfer_duration.labels(direction, outcome).observe(seconds)
+        self.child(self.transfer_duration, direction, outcome).observe(seconds)
 
     def offered_in(self, transfer_id: str) -> None:
         """Remember when an inbound transfer was first offered (a resumed offer keeps it)."""
@@ -238,18 +253,18 @@ class Metrics:
         """Count every rule that applied to one compliance decision, by its outcome."""
         for entry in decision.trail:
             if entry.outcome is not Outcome.NOT_APPLICABLE:
-                self.decisions.labels(entry.rule, entry.outcome.value).inc()
+                self.child(self.decisions, entry.rule, entry.outcome.value).inc()
 
     def committed_in(self, partner: str, plaintext_bytes: int) -> None:
-        self.transfers.labels("in", partner, "committed").inc()
-        self.bytes.labels("in", partner).inc(plaintext_bytes)
+        self.child(self.transfers, "in", partner, "committed").inc()
+        self.child(self.bytes, "in", partner).inc(plaintext_bytes)
 
     def observe_hsm(self, operation: str, seconds: float) -> None:
-        self.hsm_seconds.labels(operation).observe(seconds)
+        self.child(self.hsm_seconds, operation).observe(seconds)
 
     @contextmanager
     def stream(self, direction: str) -> Iterator[None]:
-        gauge = self.active_streams.labels(direction)
+        gauge = self.child(self.active_streams, direction)
         gauge.inc()
         try:
             yield

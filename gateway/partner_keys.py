@@ -33,9 +33,15 @@ step recorded in the ledger (``partner_keys``, ``partner_key_sets``).
   operator caught up with a rotation this gateway followed) changes nothing.
 * **Cache.** The newest accepted key set serves for ``keys.key_set_refresh`` seconds;
   :meth:`PartnerKeys.forget` drops it (the partner refused an offer as sealed to a stale key).
+  The chain read from the ledger (the keys learnt, their parsed public keys) is kept too,
+  because every receipt, manifest and key set lookup needs it -- a ledger read and a point
+  parse per transfer on each side otherwise. It is dropped by everything that writes what
+  it holds (all of which is here: learning a key, a key set, a re-pin), by a fetch and by
+  a reload, and re-read when the configured key is another object (a reload). On a ledger
+  shared by several nodes it is not kept: another node may learn a key meanwhile.
 
 One per gateway, shared by the sender (key sets, receipts) and the receiver (manifests);
-thread-safe. The ledger holds the state; memory holds only the key set cache.
+thread-safe. The ledger holds the state; memory holds only the caches above.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -81,8 +88,9 @@ class PartnerKey:
     learned_at: int
     source: str  # "config", or "key set vN": from a key set the partner's signing vN vouched for
 
-    @property
+    @cached_property
     def public_key(self) -> ec.EllipticCurvePublicKey:
+        """Parsed once per object (a cached chain verifies many documents with it)."""
         return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), self.public_point)
 
     @property
@@ -145,6 +153,10 @@ class PartnerKeys:
         self._fetch_served = fetch
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
+        #: Each partner's chain as last read from the ledger (see "Cache" in the module doc);
+        #: read and written under the partner's lock.
+        self._chains: dict[str, _Chain] = {}
+        self._keep_chains = not ledger.shared
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
 
@@ -152,6 +164,8 @@ class PartnerKeys:
         """Adopt a reloaded configuration (refresh period, clock leeway). A partner whose
         pinned key changed is noticed at its next use (see "Re-pin" in the module doc)."""
         self._config = config
+        with self._guard:
+            self._chains = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -172,6 +186,14 @@ class PartnerKeys:
             ),
             None,
         )
+
+    def signing_keys(self, partner: PartnerConfig) -> list[ec.EllipticCurvePublicKey]:
+        """Every signing key of ``partner`` learnt, in any state (a checkpoint may predate a
+        rotation), by version -- else the configured one: what its audit checkpoints may be
+        signed with. From the kept chain, its keys parsed once."""
+        with self._lock(partner.id):
+            chain = self._chain(partner)
+        return [k.public_key for k in chain.signing.values()] or [partner.signing_public_key]
 
     # -- verifying documents ---------------------------------------------------------------
 
@@ -194,6 +216,11 @@ class PartnerKeys:
         with self._lock(partner.id):
             chain = self._chain(partner)
             problem, known = self._try(chain, blob, kid, what)
+            if problem is not None and self._chains.pop(partner.id, None) is chain:
+                # A kept chain: the ledger may hold more by now (another view of it learnt a
+                # key), so judge again on what it holds before fetching or refusing.
+                chain = self._chain(partner)
+                problem, known = self._try(chain, blob, kid, what)
             if problem is None:
                 return kid
             if known and not refetch_on_failure:
@@ -264,6 +291,7 @@ class PartnerKeys:
         if self._fetch_served is None:
             raise SignatureError(f"this gateway has no link to fetch the key set of {partner.id}")
         served = self._fetch_served(partner)
+        self._chains.pop(partner.id, None)  # read what the ledger holds now
         chain = self._chain(partner)
         what = f"key set of {partner.id}"
         endorsements = served.endorsements if isinstance(served, EndorsedKeySet) else ()
@@ -330,6 +358,7 @@ class PartnerKeys:
     def _record(self, chain: _Chain, key_set: KeySet, voucher: KeyRef) -> None:
         """Write what ``key_set`` teaches (after every check passed)."""
         partner = chain.partner
+        self._chains.pop(partner, None)  # what follows changes it
         at = int(self._clock())
         listed_signing = key_set.states(Purpose.SIGNING)
         if chain.config_version is None:  # the configured key vouched: now its version is known
@@ -375,6 +404,18 @@ class PartnerKeys:
     # -- the chain -------------------------------------------------------------------------
 
     def _chain(self, partner: PartnerConfig) -> _Chain:
+        """What is learnt of ``partner`` (under its lock): the chain kept from the last read
+        while nothing it holds was written and the configured key is the same object, else
+        read from the ledger."""
+        kept = self._chains.get(partner.id)
+        if kept is not None and kept.config_key is partner.signing_public_key:
+            return kept
+        chain = self._read_chain(partner)
+        if self._keep_chains:
+            self._chains[partner.id] = chain
+        return chain
+
+    def _read_chain(self, partner: PartnerConfig) -> _Chain:
         """What is learnt of ``partner``, from the ledger; a fresh chain if re-pinned."""
         config_point = public_point(partner.signing_public_key)
         learnt = self.known(partner.id)
@@ -405,6 +446,7 @@ class PartnerKeys:
     def _learn_root(self, chain: _Chain, version: int, state: str) -> None:
         """The configured key verified a blob signed as ``version``: record it as that."""
         ref = KeyRef(chain.partner, Purpose.SIGNING, version)
+        self._chains.pop(chain.partner, None)
         self._ledger.learn_partner_key(
             chain.partner,
             Purpose.SIGNING,

@@ -837,11 +837,7 @@ class Sender:
         error line (the receipt itself verified: the transfer is delivered) and no proof."""
         if proof is None:
             return None
-        keys = [
-            k.public_key
-            for k in self._partner_keys.known(partner.id)
-            if k.ref.purpose is Purpose.SIGNING
-        ] or [partner.signing_public_key]
+        keys = self._partner_keys.signing_keys(partner)
         try:
             check_commit_proof(proof, receipt, partner.id, transfer_id, keys)
         except ProofError as exc:

@@ -14,19 +14,56 @@ what the previous one vouched for:
 
 The sender runs this when the proof arrives; ``xbgw receipt verify`` runs it again, offline,
 on an exported file.
+
+Step 1 is remembered for the last few notes: one signed checkpoint answers every finish that
+waited for it, so under load a sender checks the same note for several receipts in a row. A
+note text verifies the same way under the same keys every time, so it is checked once per
+(receiver, note, keys); steps 2 and 3 run for every proof.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.audit.checkpoint import EcdsaVerifier, NoteError, verify_note
+from gateway.audit.checkpoint import Checkpoint, EcdsaVerifier, NoteError, verify_note
 from gateway.audit.merkle import ProofError, leaf_hash, verify_inclusion
 from gateway.audit.records import AuditRecordError, decode
 from gateway.signed import Signed
 from gateway.transfer import CommitProof
+
+#: Checkpoint notes verified lately, by (receiver, note text, the log keys' points).
+VERIFIED_NOTES = 64
+_verified: OrderedDict[tuple[str, str, tuple[bytes, ...]], Checkpoint] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
+def _checkpoint(
+    note: str, receiver: str, public_keys: Sequence[ec.EllipticCurvePublicKey]
+) -> Checkpoint:
+    """The checkpoint of ``note`` if one of ``public_keys`` (P-256 only) signed it as the log
+    of ``receiver``; ``NoteError`` if not. Remembered when it verifies (see the module doc)."""
+    keys = [key for key in public_keys if isinstance(key.curve, ec.SECP256R1)]
+    points = tuple(key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint) for key in keys)
+    cache_key = (receiver, note, points)
+    with _verified_lock:
+        known = _verified.get(cache_key)
+    if known is not None:
+        return known
+    verifiers: dict[int, EcdsaVerifier] = {}
+    for key in keys:  # no other curve signs a checkpoint
+        verifier = EcdsaVerifier(receiver, key)
+        verifiers[verifier.key_id] = verifier  # a key given twice is one verifier
+    checkpoint = verify_note(note, verifiers.values(), origin=receiver)
+    with _verified_lock:
+        _verified[cache_key] = checkpoint
+        while len(_verified) > VERIFIED_NOTES:
+            _verified.popitem(last=False)
+    return checkpoint
 
 
 def check_commit_proof(
@@ -39,12 +76,7 @@ def check_commit_proof(
     """Raise :class:`ProofError` unless ``proof`` shows ``receipt``'s commit in ``receiver``'s
     log (see the module doc); the checkpoint's tree size."""
     try:
-        verifiers: dict[int, EcdsaVerifier] = {}
-        for key in public_keys:
-            if isinstance(key.curve, ec.SECP256R1):  # no other curve signs a checkpoint
-                verifier = EcdsaVerifier(receiver, key)
-                verifiers[verifier.key_id] = verifier  # a key given twice is one verifier
-        checkpoint = verify_note(proof.checkpoint, verifiers.values(), origin=receiver)
+        checkpoint = _checkpoint(proof.checkpoint, receiver, public_keys)
     except NoteError as exc:
         raise ProofError(f"the checkpoint of {receiver} does not verify: {exc}") from None
     if proof.leaf >= checkpoint.size:

@@ -123,9 +123,15 @@ class Receiver:
         transfer_id: str,
         manifest: Signed,
         one_call: UploadResult | None = None,
+        *,
+        owner_checked: bool = False,
     ) -> FinishResult:
-        receipt = _finish(self._ctx, peer, transfer_id, manifest, self.on_commit, one_call)
-        return FinishResult(receipt, self._commit_proof(transfer_id))
+        """``owner_checked``: the caller knows ``transfer_id`` is ``peer``'s (``Deliver``: its
+        own offer just said so), so the early ownership check is skipped (``finish``)."""
+        done = _finish(
+            self._ctx, peer, transfer_id, manifest, self.on_commit, one_call, owner_checked
+        )
+        return FinishResult(done.receipt, self._commit_proof(transfer_id, done.committed))
 
     def deliver(
         self,
@@ -139,22 +145,31 @@ class Receiver:
         """Offer, upload and finish a one-segment transfer in one call (``deliver``)."""
         return _deliver(self, peer, token, header, segment, manifest, on_step)
 
-    def _commit_proof(self, transfer_id: str) -> CommitProof | None:
+    def _commit_proof(
+        self, transfer_id: str, committed: tuple[int, bytes] | None = None
+    ) -> CommitProof | None:
         """Where the commit is in our audit log, under the first checkpoint that covers it
         (waiting for it: the checkpointer signs at once for a waiting finish, and one
         signature serves every finish waiting at that moment). None without a checkpointer,
-        or if none came in time -- the receipt stands on its own either way."""
+        or if none came in time -- the receipt stands on its own either way.
+
+        ``committed``: (leaf index, record) of the commit this call just made; otherwise (a
+        repeated Finish) both are read from the ledger."""
         checkpointer = self.checkpointer
-        row = self._ctx.ledger.inbound(transfer_id)
-        if checkpointer is None or row is None or row.audit_leaf is None:
-            return None
-        signed = checkpointer.covering(row.audit_leaf, PROOF_WAIT_SECONDS)
-        if signed is None:
+        if checkpointer is None:
             return None
         ledger = self._ctx.ledger
-        [(_, record)] = ledger.audit_records(row.audit_leaf, row.audit_leaf + 1)
-        inclusion = ledger.audit_inclusion(row.audit_leaf, signed.size)
-        return CommitProof(record, row.audit_leaf, signed.note, tuple(inclusion))
+        if committed is None:
+            row = ledger.inbound(transfer_id)
+            if row is None or row.audit_leaf is None:
+                return None
+            [committed] = ledger.audit_records(row.audit_leaf, row.audit_leaf + 1)
+        leaf, record = committed
+        signed = checkpointer.covering(leaf, PROOF_WAIT_SECONDS)
+        if signed is None:
+            return None
+        inclusion = ledger.audit_inclusion(leaf, signed.size)
+        return CommitProof(record, leaf, signed.note, tuple(inclusion))
 
     @contextmanager
     def hold(self, transfer_id: str) -> Iterator[None]:

@@ -46,6 +46,8 @@ class Steps(Protocol):
         transfer_id: str,
         manifest: Signed,
         one_call: UploadResult | None = None,
+        *,
+        owner_checked: bool = False,
     ) -> FinishResult: ...
 
 
@@ -77,4 +79,5 @@ def deliver(
             )
         uploaded = steps.upload(peer, OneCall([segment]))
     on_step("finish")
-    return steps.finish(peer, transfer_id, manifest, uploaded)
+    # The offer of this very call found the transfer to be the peer's (or made it so).
+    return steps.finish(peer, transfer_id, manifest, uploaded, owner_checked=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.audit.records import AuditRecord
 from gateway.config import PartnerConfig
@@ -32,6 +33,16 @@ from gateway.transfer import TransferState, UploadResult
 log = logging.getLogger("xbgw.receiver")
 
 
+@dataclass(frozen=True)
+class Finished:
+    """The receipt, and where this call's commit went in the audit log: (leaf index, record)
+    -- so that the commit proof is built from what was just written, without reading the row
+    and the record back. None for a repeated Finish (read from the ledger then)."""
+
+    receipt: Signed
+    committed: tuple[int, bytes] | None = None
+
+
 def finish(
     ctx: Context,
     peer: PartnerConfig,
@@ -39,10 +50,14 @@ def finish(
     signed_manifest: Signed,
     on_commit: Callable[[str, int], None] | None,
     one_call: UploadResult | None = None,
-) -> Signed:
+    owner_checked: bool = False,
+) -> Finished:
     """``one_call``: what the upload of the same ``Deliver`` call took, its save point left
-    to this commit (``intake.OneCall``)."""
-    ctx.owned(peer, transfer_id, "finish")  # before the guard: no oracle for others' ids
+    to this commit (``intake.OneCall``). ``owner_checked``: the caller has just seen the row
+    be ``peer``'s (``Deliver``'s own offer), so the early check is not read again; the one
+    under the guard always is."""
+    if not owner_checked:
+        ctx.owned(peer, transfer_id, "finish")  # before the guard: no oracle for others' ids
     # Under the sender's key history; a version not learnt yet fetches its key set -- a network
     # call, so before the guard.
     ctx.partner_keys.verify(peer, signed_manifest, "manifest")
@@ -52,7 +67,7 @@ def finish(
         if row.state is TransferState.COMMITTED and row.receipt is not None:
             if read_own_receipt(row.receipt, ctx.me).manifest_digest != signed_manifest.digest:
                 raise ManifestError(f"transfer {transfer_id} was committed with another manifest")
-            return row.receipt
+            return Finished(row.receipt)
         refuse_ended(row)
         refuse_late(ctx, row, "finish")
         if row.state is not TransferState.RECEIVING:
@@ -126,13 +141,9 @@ def finish(
                 "receipt_key": receipt.kid,
             },
         )
-        ctx.ledger.commit_inbound(
-            transfer_id,
-            arrived.plaintext_sha256,
-            receipt,
-            committed_at,
-            record.encode(ctx.me),
-            final,
+        encoded = record.encode(ctx.me)
+        leaf = ctx.ledger.commit_inbound(
+            transfer_id, arrived.plaintext_sha256, receipt, committed_at, encoded, final
         )
         ctx.working.drop(transfer_id)
     if on_commit is not None:
@@ -146,4 +157,4 @@ def finish(
             "bytes": row.received_bytes,
         },
     )
-    return receipt
+    return Finished(receipt, None if leaf is None else (leaf, encoded))

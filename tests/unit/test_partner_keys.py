@@ -652,3 +652,89 @@ def test_an_unverifiable_first_blob_learns_nothing(world: World) -> None:
         "partner frankfurt is unreachable during the key-set request: connection refused",
     )
     assert world.known() == []
+
+
+# --- the chain kept in memory ---------------------------------------------------------------
+
+
+def _counting_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every read of frankfurt's keys from the ledger, from now on."""
+    reads: list[str] = []
+    real = world.ledger.partner_keys
+
+    def partner_keys(partner: str) -> list[tuple[Purpose, int, bytes, str, int, str]]:
+        reads.append(partner)
+        return real(partner)
+
+    monkeypatch.setattr(world.ledger, "partner_keys", partner_keys)
+    return reads
+
+
+def test_the_chain_is_read_once_until_a_key_is_learnt_or_the_pin_changes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.keys.key_set(world.partner)
+    reads = _counting_reads(world, monkeypatch)
+    for n in range(3):  # receipts and cached key sets: no ledger read after the first
+        world.keys.verify(world.partner, world.frankfurt.receipt(1, f"receipt of t-{n}"), "receipt")
+        world.keys.key_set(world.partner)
+    assert len(reads) == 1
+    # A rotation: the fetch reads the ledger afresh, and what it records drops the kept chain.
+    world.frankfurt.rotate(Purpose.SIGNING)
+    world.later(REFRESH)
+    world.keys.key_set(world.partner)
+    assert str(world.keys.verify(world.partner, world.frankfurt.receipt(2), "receipt")) == S2
+    settled = len(reads)
+    world.keys.verify(world.partner, world.frankfurt.receipt(2, "receipt of t-9"), "receipt")
+    assert len(reads) == settled
+    # A reload (another configured key object, here the same key): read again, nothing moves.
+    reloaded = replace(world.partner, signing_public_key=world.frankfurt.public(Purpose.SIGNING, 1))
+    assert str(world.keys.verify(reloaded, world.frankfurt.receipt(2), "receipt")) == S2
+    assert len(reads) == settled + 1
+    # A configured key outside the chain (a re-pin) is seen at once through a kept chain.
+    fresh = ec.generate_private_key(ec.SECP256R1())
+    world.frankfurt.signing[7] = fresh
+    repinned = replace(world.partner, signing_public_key=fresh.public_key())
+    assert str(world.keys.verify(repinned, world.frankfurt.receipt(7), "receipt")) == (
+        "frankfurt/signing/7"
+    )
+    assert [k[0] for k in world.known()] == ["frankfurt/signing/7"]
+
+
+def test_a_kept_chain_sees_what_another_view_of_the_ledger_learnt(world: World) -> None:
+    """Two views of one ledger (the sender's and a receiver's of their own): a version the
+    other learnt is found by reading again, with no fetch and no refusal."""
+    offline = PartnerKeys(world.config, world.ledger, None, clock=lambda: world.now[0])
+    world.keys.key_set(world.partner)
+    assert str(offline.verify(world.partner, world.frankfurt.receipt(1), "receipt")) == S1
+    world.frankfurt.rotate(Purpose.SIGNING)
+    world.later(REFRESH)
+    world.keys.key_set(world.partner)  # the other view follows frankfurt to v2
+    fetches = world.frankfurt.fetches
+    assert str(offline.verify(world.partner, world.frankfurt.receipt(2), "receipt")) == S2
+    assert world.frankfurt.fetches == fetches
+
+
+def test_no_chain_is_kept_over_a_shared_ledger(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another node may learn a key at any time: every use reads the ledger."""
+    monkeypatch.setattr(Ledger, "shared", property(lambda self: True))
+    keys = PartnerKeys(world.config, world.ledger, world.frankfurt.fetch, clock=lambda: NOW)
+    reads = _counting_reads(world, monkeypatch)
+    for n in range(3):
+        keys.verify(world.partner, world.frankfurt.receipt(1, f"receipt of t-{n}"), "receipt")
+    assert len(reads) == 3
+
+
+def test_signing_keys_are_every_version_learnt_else_the_configured_one(world: World) -> None:
+    """What a partner's audit checkpoints may be signed with (``Sender`` checks commit proofs
+    under them): retired versions too, as a checkpoint may predate a rotation."""
+    assert [point(k) for k in world.keys.signing_keys(world.partner)] == [
+        point(world.partner.signing_public_key)
+    ]
+    followed_to_v2(world, retire_v1=True)
+    assert [point(k) for k in world.keys.signing_keys(world.partner)] == [
+        point(world.frankfurt.retired[(Purpose.SIGNING, 1)].public_key()),
+        point(world.frankfurt.public(Purpose.SIGNING, 2)),
+    ]

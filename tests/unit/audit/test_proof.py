@@ -620,3 +620,36 @@ def test_oversize_evidence_is_refused_before_parsing() -> None:
     doc["padding"] = "x" * filler
     assert len(json.dumps(doc)) == MAX_EVIDENCE_BYTES
     assert Evidence.from_json(json.dumps(doc)) == Evidence.from_json(text)
+
+
+def test_a_note_is_verified_once_under_the_same_keys_and_for_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender checks one checkpoint for every receipt that waited for it: the note's
+    signature is verified once per (receiver, note, keys); every other step runs each time,
+    and a remembered note vouches for nothing under other keys."""
+    from gateway.audit import checkpoint as checkpoint_module
+    from gateway.audit import proof as proof_module
+
+    monkeypatch.setattr(proof_module, "_verified", type(proof_module._verified)())
+    verified: list[str] = []
+    real = checkpoint_module.verify_note
+
+    def counting(text: str, *args: Any, **kwargs: Any) -> Checkpoint:
+        verified.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(proof_module, "verify_note", counting)
+    fresh = proof_for(log())  # its own note: ECDSA signatures differ from GOOD's
+    assert check(fresh) == SIZE and check(fresh) == SIZE and len(verified) == 1
+    refused(replace(fresh, leaf=1), mismatch(1))  # the later steps still run
+    assert len(verified) == 1
+    refused(
+        fresh,
+        checkpoint_refused(f"checkpoint of {RECEIVER!r} has no signature by a known log key"),
+        [OTHER_KEY],
+    )
+    assert check(fresh, [KEY_2, KEY_1]) == SIZE  # other keys: verified again
+    assert len(verified) == 3
+    with pytest.raises(ProofError):  # another receiver: not served from what was remembered
+        check_commit_proof(fresh, RECEIPT, SENDER, TRANSFER, [KEY_1])
