@@ -21,8 +21,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# Two workers, one per core: most of the suite waits on daemons, sockets and timers. Each
+# worker runs whole files (--dist loadfile), so a module's daemons are still made once. The
+# temporary root is short because Unix socket paths must stay under 108 bytes and xdist adds
+# a directory per worker; it is removed when every test passed, kept to look at otherwise.
 test: lint typecheck
-	$(PY) -m pytest -q tests
+	@root=$$(mktemp -d /tmp/xbgw-t.XXXXXX) && \
+	$(PY) -m pytest -q -n 2 --dist loadfile --basetemp="$$root" tests; \
+	status=$$?; if [ $$status -eq 0 ]; then rm -rf "$$root"; else echo "test files kept in $$root"; fi; \
+	exit $$status
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

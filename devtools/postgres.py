@@ -1,5 +1,6 @@
 """A real PostgreSQL server in a temp dir, for the tests and the benchmark: listening on
-127.0.0.1 (an ephemeral port) and a socket in the temp dir, stopped by PID.
+127.0.0.1 (a port from ``devtools.provision.free_port``) and a socket in the temp dir, stopped
+by PID.
 
 PostgreSQL refuses to run as root: as root the cluster belongs to the ``postgres`` user and
 its programs run through ``runuser -u postgres --``. The tests' session fixture is in
@@ -14,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 
+from devtools.provision import free_port
 from gateway.ledger_schema import migrate
 from gateway.store.postgres import PostgresDatabase
 
@@ -41,13 +42,6 @@ def _bin_dir() -> Path:
     return Path(found[-1]).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class Cluster:
     """One running server; ``stop`` ends it by the PID in ``postmaster.pid``."""
 
@@ -56,7 +50,7 @@ class Cluster:
         self.root = Path(tempfile.mkdtemp(prefix="xbgw-pg-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.pid: int | None = None  # the postmaster's, once started
         self._as: list[str] = []
         self._names = 0

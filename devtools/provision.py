@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import secrets
 import signal
 import socket
@@ -395,12 +396,52 @@ def issue_passport(
     return done.stdout.strip()
 
 
+#: Where listening ports are picked: below the kernel's ephemeral range, which every outgoing
+#: connection draws its local port from (``net.ipv4.ip_local_port_range``, 32768-60999 by
+#: default). A port picked there could become some connection's local port before the daemon
+#: picked for it binds it -- or binds it again after a restart -- and the daemon would fail
+#: "address already in use"; below it, only another picker can take it.
+LISTEN_PORTS = range(20000, 32768)
+_picked = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _own_ports() -> range:
+    """``LISTEN_PORTS`` below the ephemeral range; a slice of its own for each worker of a
+    parallel test run (pytest-xdist's ``PYTEST_XDIST_WORKER`` gwN of N), so that two workers
+    never pick the same port."""
+    ports = range(LISTEN_PORTS.start, min(LISTEN_PORTS.stop, _ephemeral_low()))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0:
+        share = len(ports) // int(count)
+        start = ports.start + int(worker[2:]) % int(count) * share
+        ports = range(start, start + share)
+    return ports
+
+
 def free_port() -> int:
-    """A loopback port that was free a moment ago (the daemon binds it right after)."""
+    """A loopback port that was free a moment ago, for a listener bound later (see
+    ``LISTEN_PORTS``); one the kernel picks if none of ours is free after a few tries."""
+    ports = _own_ports()
+    for _ in range(64 if len(ports) >= 64 else 0):
+        port = _picked.choice(ports)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 class DaemonProcess:
