@@ -55,6 +55,7 @@ from typing import NoReturn, cast
 import grpc
 import pytest
 
+from gateway import local as local_module
 from gateway._proto.xbgw.v1 import local_pb2
 from gateway.config import PartnerConfig
 from gateway.errors import PartnerError, SourceChangedError, SourceSizeError
@@ -451,6 +452,20 @@ def local_send(
     ]
     context = cast(grpc.ServicerContext, LocalContext(active))
     return list(servicer.Send(iter(requests), context))
+
+
+def test_progress_events_are_spaced_and_the_last_one_always_goes(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client shows a rate, not every segment: progress events come at most
+    ``PROGRESS_EVERY`` apart, and the one for the whole size always comes."""
+    monkeypatch.setattr(local_module, "PROGRESS_EVERY", 3600.0)
+    lb = rig.lb
+    data = os.urandom(12 * SEGMENT + 5)
+    events = local_send(lb, lb.passport("dpo_local-progress"), data, size=len(data))
+    sent = [e.progress.bytes_sent for e in events if e.WhichOneof("kind") == "progress"]
+    assert len(sent) == 2 and sent[-1] == len(data), sent
+    assert events[-1].WhichOneof("kind") == "done"
 
 
 @pytest.mark.parametrize(
