@@ -29,12 +29,13 @@ import math
 import statistics
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.control import ControlClient, ControlServer, TlsFiles
-from bench.daemons import cpu_seconds, each_cpu_seconds, self_cpu_seconds
+from bench.daemons import cpu_seconds, each_cpu_seconds, each_peak_rss_kib, self_cpu_seconds
 from bench.delay_proxy import DelayProxy, Report
 from bench.localapi import LocalClient
 from devtools.pair import edit_config
@@ -68,6 +69,12 @@ def default_sizes(rtts_ms: tuple[float, ...]) -> tuple[int, ...]:
     return tuple(256 * MIB if rtt <= 100 else 512 * MIB for rtt in rtts_ms)
 
 
+def warmup_size(size: int, stripes: int, segment_size: int) -> int:
+    """The untimed transfer before a timed one: one segment, or with stripes two per stripe,
+    so that every lane's connection is open (and has carried data) when the clock starts."""
+    return min(size, segment_size * (2 * stripes if stripes > 1 else 1))
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -85,6 +92,25 @@ def _report(report: Report | None, proxy: DelayProxy) -> dict[str, Any]:
 
 
 # --- the gateway ----------------------------------------------------------------------------
+
+
+@contextmanager
+def striped_to(setup: Setup, stripes: int) -> Iterator[None]:
+    """Lingang's partner entry for frankfurt with ``connections: stripes`` (its endpoint as
+    it is), restored afterwards: the memory step's striped transfer."""
+    path = setup.pair.lingang.paths.config
+    original = path.read_text(encoding="utf-8")
+
+    def change(data: dict[str, Any]) -> None:
+        for partner in data["partners"]:
+            if partner["id"] == PARTNER:
+                partner["connections"] = stripes
+
+    edit_config(path, change)
+    try:
+        yield
+    finally:
+        path.write_text(original, encoding="utf-8")
 
 
 def _point_lingang(setup: Setup, endpoint: str, stripes: int) -> str | None:
@@ -132,7 +158,9 @@ def _gateway_run(
         with pair.running():
             local = setup.local()
             try:
-                setup.send_file(local, next(tokens), min(size, setup.segment_size))  # warm-up
+                # Untimed: connects every lane, as the control's clients connect before its
+                # clock starts (a gateway keeps its partner connections open between sends).
+                setup.send_file(local, next(tokens), warmup_size(size, stripes, setup.segment_size))
                 pids = {**pair.pids(), "proxy": proxy.pid}
                 before = each_cpu_seconds(pids)
                 client_before = self_cpu_seconds()
@@ -145,6 +173,11 @@ def _gateway_run(
                     seconds=seconds,
                     mbps=size / seconds / 1e6,
                     cpu_s_per_gib={k: v / (size / (1 << 30)) for k, v in cpu.items()},
+                    # Fresh daemons for this run: their high-water mark is this run's.
+                    peak_rss_kib=each_peak_rss_kib(pair.pids()),
+                    path_cap_mbps=stripes * opts.inflight / (rtt_ms / 1000) / 1e6
+                    if rtt_ms
+                    else None,
                 )
                 if small:
                     result["small"] = _small(setup, local, tokens, opts, rtt_ms)

@@ -22,9 +22,12 @@ mutual TLS on loopback, SQLite ledgers -- into a temporary directory (or ``--dir
    bytes in flight per TCP connection (:mod:`bench.longlink`): MB/s of a gateway transfer
    (and with ``--link-stripes`` N > 1, striped over N connections), of the control on one
    connection and on ``--link-connections``; small-transfer latency at the largest round
-   trip; each proxy's own CPU-s per GiB.
+   trip; each proxy's own CPU-s per GiB; each daemon's peak RSS in the striped run. Before
+   each timed transfer an untimed one opens every connection, as the control's clients are
+   connected before its clock starts.
 5. **Memory** (unless ``--skip-memory``): a fresh daemon pair per transfer, one of
-   ``--bulk-size`` and one of ``--mem-large``; each daemon's ``VmHWM`` (peak RSS) afterwards.
+   ``--bulk-size``, one of ``--mem-large``, and one of ``--mem-large`` striped over
+   ``--link-stripes`` connections; each daemon's ``VmHWM`` (peak RSS) afterwards.
 6. **Load** (issue 12): ``--load-sends`` concurrent sends of ``--load-size`` through fresh
    daemons with the default limits (:mod:`bench.load`): failures, queueing, peak RSS of each.
 7. **Leaks**: ``--leak-transfers`` small transfers in one process against real SoftHSM
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import hashlib
 import json
@@ -85,7 +89,13 @@ from bench.daemons import (
 )
 from bench.load import bench_load
 from bench.localapi import LocalClient
-from bench.longlink import LinkOptions, bench_longlink, default_sizes
+from bench.longlink import (
+    LinkOptions,
+    bench_longlink,
+    default_sizes,
+    striped_to,
+    warmup_size,
+)
 from bench.multinode import bench_multinode
 from bench.multinode import summary_lines as multinode_lines
 from bench.passports import issue_many
@@ -141,8 +151,10 @@ FULL = {
     "leak_transfers": 10000,
     "leak_warmup": 2000,
     "link_inflight": 4 * MIB,
-    "link_stripes": 6,  # 120 MB/s x 0.2 s = 24 MB of window: six connections of 4 MiB
-    "link_connections": 6,
+    # 120 MB/s x 0.2 s = 24 MB in flight: six connections of 4 MiB carry at most 126 MB/s, with
+    # nothing left for a transfer's first and last round trips; eight carry 168.
+    "link_stripes": 8,
+    "link_connections": 8,
     "link_small_count": 20,
 }
 SMOKE = {
@@ -234,10 +246,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--link-inflight", type=size, help="bytes in flight per connection (4MiB)")
     parser.add_argument(
-        "--link-stripes", type=int, help="gateway connections per partner, N > 1 striped (6)"
+        "--link-stripes", type=int, help="gateway connections per partner, N > 1 striped (8)"
     )
     parser.add_argument(
-        "--link-connections", type=int, help="connections of the split control upload (6)"
+        "--link-connections", type=int, help="connections of the split control upload (8)"
     )
     parser.add_argument(
         "--link-small-count", type=int, help="small transfers at the longest round trip (20)"
@@ -679,11 +691,19 @@ def bench_small(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
 
 
 def bench_memory(setup: Setup, opts: Options) -> dict[str, Any]:
+    """Peak RSS of fresh daemons for one transfer of ``--bulk-size`` and ``--mem-large``, and
+    of ``--mem-large`` striped over ``--link-stripes`` connections (on loopback)."""
     sizes = [("bulk", opts.bulk_size), ("large", opts.mem_large)]
+    if opts.link_stripes > 1:
+        sizes.append(("large_striped", opts.mem_large))
     tokens = {label: setup.passports(1, size)[0] for label, size in sizes}
     runs: dict[str, Any] = {}
     for label, size in sizes:
-        with setup.pair.running() as pair:  # fresh daemon processes for each transfer
+        stripes = opts.link_stripes if label == "large_striped" else 1
+        with (
+            striped_to(setup, stripes) if stripes > 1 else contextlib.nullcontext(),
+            setup.pair.running() as pair,  # fresh daemon processes for each transfer
+        ):
             idle = each_rss_kib(pair.pids())
             local = setup.local()
             try:
@@ -694,14 +714,15 @@ def bench_memory(setup: Setup, opts: Options) -> dict[str, Any]:
             peak = each_peak_rss_kib(pair.pids())
         runs[label] = {
             "size_bytes": size,
+            "stripes": stripes,
             "seconds": seconds,
             "idle_rss_kib": idle,
             "peak_rss_kib": peak,
             "rss_samples_kib": sampler.samples,
         }
         say(
-            f"    {human(size):>8}: peak RSS lingang {mib(peak['lingang']):.1f} MiB, "
-            f"frankfurt {mib(peak['frankfurt']):.1f} MiB"
+            f"    {human(size):>8}{f', {stripes} stripes' if stripes > 1 else ''}: peak RSS "
+            f"lingang {mib(peak['lingang']):.1f} MiB, frankfurt {mib(peak['frankfurt']):.1f} MiB"
         )
     flat = {}
     for name in ("lingang", "frankfurt"):
@@ -875,11 +896,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     memory = results["memory"]
     if not memory.get("skipped"):
         for name in ("lingang", "frankfurt"):
-            for label in ("bulk", "large"):
-                run = memory["runs"][label]
+            for label in ("bulk", "large", "large_striped"):
+                run = memory["runs"].get(label)
+                if run is None:
+                    continue
                 peak = mib(run["peak_rss_kib"][name])
+                striped = f", {run['stripes']} stripes" if run.get("stripes", 1) > 1 else ""
                 row(
-                    f"peak RSS {name}, {human(run['size_bytes'])}",
+                    f"peak RSS {name}, {human(run['size_bytes'])}{striped}",
                     peak,
                     "MiB",
                     f"< {TARGET_PEAK_RSS_MIB:g}",
@@ -921,6 +945,19 @@ def link_rows(
             "",
             None,
         )
+        striped_run = run.get("gateway_striped")
+        if (
+            striped_run is not None
+            and striped_run["available"]
+            and run is not max(runs, key=lambda r: r["rtt_ms"])
+        ):
+            row(
+                f"long link {rtt:g} ms: gateway MB/s, {striped_run['stripes']} stripes",
+                striped_run["mbps"],
+                "MB/s",
+                "",
+                None,
+            )
         if "control_n" in run:
             n = run["control_n"]["connections"]
             row(
@@ -943,6 +980,18 @@ def link_rows(
             target,
             value >= TARGET_LINK_MBPS,
         )
+        cap = striped.get("path_cap_mbps")
+        if cap:
+            row(f"long link {rtt:g} ms: the path's cap for those stripes", cap, "MB/s", "", None)
+        for name, kib in striped.get("peak_rss_kib", {}).items():
+            peak = mib(kib)
+            row(
+                f"long link {rtt:g} ms striped: peak RSS {name}",
+                peak,
+                "MiB",
+                f"< {TARGET_PEAK_RSS_MIB:g}",
+                peak < TARGET_PEAK_RSS_MIB,
+            )
     else:
         why = "no striping in this build" if striped is not None else "stripes=1"
         value = longest["gateway"]["mbps"]
@@ -1070,6 +1119,19 @@ def link_options(opts: Options) -> LinkOptions:
     )
 
 
+def link_sizes(opts: Options, segment_size: int) -> set[int]:
+    """The dataset sizes the long-link mode sends: its transfers and their warm-ups."""
+    return {
+        size
+        for s in opts.link_sizes
+        for size in (
+            s,
+            warmup_size(s, 1, segment_size),
+            warmup_size(s, opts.link_stripes, segment_size),
+        )
+    }
+
+
 def _results_head(opts: Options) -> dict[str, Any]:
     """What every results.json starts with: when, on what machine, with which options."""
     return {
@@ -1120,8 +1182,7 @@ def run(opts: Options) -> dict[str, Any]:
         if not opts.skip_memory:
             sizes.add(opts.mem_large)
         if not opts.skip_longlink:
-            sizes.update(opts.link_sizes)
-            sizes.update(min(s, limits.segment_size) for s in opts.link_sizes)  # warm-ups
+            sizes.update(link_sizes(opts, limits.segment_size))
         data = root / "data.bin"
         say(f"==> generating {human(max(sizes))} of random data")
         digests = make_dataset(data, sizes)
@@ -1221,8 +1282,7 @@ def run_small_only(opts: Options) -> dict[str, Any]:
         limits = load_config(pair.lingang.paths.config).limits
         sizes = {min(opts.bulk_size, limits.segment_size), *count_sizes(limits.segment_size, opts)}
         if not opts.skip_longlink:
-            sizes.update(opts.link_sizes)
-            sizes.update(min(s, limits.segment_size) for s in opts.link_sizes)
+            sizes.update(link_sizes(opts, limits.segment_size))
         digests = make_dataset(root / "data.bin", sizes)
         setup = Setup(
             pair, limits.segment_size, limits.max_message_bytes, root / "data.bin", digests

@@ -112,7 +112,8 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
         _positive(small["latency_ms"][key], f"small.latency_ms.{key}")
 
     memory = data["memory"]
-    for label in ("bulk", "large"):
+    assert memory["runs"]["large_striped"]["stripes"] == 2
+    for label in ("bulk", "large", "large_striped"):
         run = memory["runs"][label]
         for name in ("lingang", "frankfurt"):
             _positive(run["peak_rss_kib"][name], f"memory {label} {name} peak")
@@ -149,6 +150,10 @@ def test_bench_smoke_writes_every_section(short_tmp: Path) -> None:
     assert run["gateway_striped"]["available"], run["gateway_striped"]
     # Striped over two TCP connections of its own (the proxy counts the partner probe too).
     assert run["gateway_striped"]["proxy"]["connections"] >= 2, run["gateway_striped"]
+    for name in ("lingang", "frankfurt"):
+        _positive(run["gateway_striped"]["peak_rss_kib"][name], f"long link striped RSS {name}")
+    # Two stripes of 4 MiB each per 20 ms round trip.
+    assert math.isclose(run["gateway_striped"]["path_cap_mbps"], 2 * (4 << 20) / 0.02 / 1e6)
     for key in ("gateway", "gateway_striped", "control", "control_n"):
         _positive(run[key]["mbps"], f"long link {key} MB/s")
         assert run[key]["proxy"]["relayed"] >= run["size_bytes"], run[key]["proxy"]
