@@ -20,18 +20,22 @@ streams of one attempt share one :class:`StripedSession`: still one transfer wri
 worker segments strictly in index order -- so hashing, spool writes and the resume point are
 exactly as for one stream, and the resume point is always the contiguous prefix.
 
-The buffer is bounded: a segment more than ``REORDER_PER_STRIPE x N`` indexes ahead of the
-segment the worker is at waits (back-pressure through gRPC flow control to that stream's
-connection). The window is at least N, so the stripe carrying the missing segment is never
-the one held back: no deadlock. A stream that waits longer than ``STRIPE_WAIT_SECONDS`` (its
-peer stripe is dead and keepalive has not said so yet), a stripe that never arrives, or one
-that breaks, ends the whole attempt: every stream of it is ended with ``StripeBrokenError``
-(UNAVAILABLE, which the sender retries: it offers again and resumes from the contiguous
-point). A refusal (tampered, out of order, over the byte limit, ...) on any stripe is the
-refusal of every stripe, as it would be of the one stream. The session closes -- fsync,
-resume point, running hash kept -- once every stripe that joined has ended, and only then
-does any of them answer: the sender's Finish follows the last answer, so it always meets
-durable data.
+The buffer is bounded: a stream whose next segment is ``REORDER_PER_STRIPE x N`` or more
+indexes ahead of the batch the worker is at does not read it until there is room
+(back-pressure through gRPC flow control to that stream's connection). It waits *before*
+reading: the unread message stays in gRPC's flow-control window, which holds up to its
+size whether the stream reads or not, so a waiting stream holds no segment of ours on top
+(the receiver's peak memory with 8 stripes is gRPC's 8 windows plus this buffer). The
+window is at least N, so the stripe carrying the missing segment is never the one held
+back: no deadlock; once that stripe has ended without it, the others read on. A stream
+that waits longer than ``STRIPE_WAIT_SECONDS`` (its peer stripe is dead and keepalive has
+not said so yet), a stripe that never arrives, or one that breaks, ends the whole attempt:
+every stream of it is ended with ``StripeBrokenError`` (UNAVAILABLE, which the sender
+retries: it offers again and resumes from the contiguous point). A refusal (tampered, out
+of order, over the byte limit, ...) on any stripe is the refusal of every stripe, as it
+would be of the one stream. The session closes -- fsync, resume point, running hash kept
+-- once every stripe that joined has ended, and only then does any of them answer: the
+sender's Finish follows the last answer, so it always meets durable data.
 """
 
 from __future__ import annotations
@@ -335,8 +339,10 @@ STRIPE_METADATA = "xbgw-stripe"
 #: The most streams one transfer may be striped over (``partners[].connections`` allows 16).
 MAX_STRIPES = 16
 #: Segments the reorder buffer accepts ahead of the worker, per stripe (at least 1: see the
-#: module docstring); the buffer's bytes are at most this x N x (segment size + tag).
-REORDER_PER_STRIPE = 2
+#: module docstring); the buffer's bytes are at most this x N x (segment size + tag). 1:
+#: gRPC's window (at least 4 MiB per stream) already buffers each stream, and 2 cost N MiB
+#: of peak memory with no gain measured at 200 ms.
+REORDER_PER_STRIPE = 1
 #: How long a stripe may wait for room in the reorder buffer, or for the other stripes of its
 #: attempt to arrive, before the attempt is given up (a backstop: keepalive ends a dead
 #: connection's stream in about twice ``limits.keepalive_seconds``). A module value so tests
@@ -397,7 +403,10 @@ class Reorder:
     ``bytes`` -- the segments held here plus that batch -- never exceeds ``window`` segments.
     """
 
-    def __init__(self, start: int, window: int) -> None:
+    def __init__(self, start: int, window: int, stripes: int = 1) -> None:
+        """``stripes``: how many streams feed it (segment ``i`` comes on stream ``i mod
+        stripes``), for :meth:`room` to know when the segment the worker needs can no
+        longer come."""
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)  # the worker waits here
         self._room = threading.Condition(self._lock)  # the streams wait here
@@ -405,6 +414,8 @@ class Reorder:
         self._floor = start  # the first index of the batch the worker is processing
         self._window = window
         self._held: dict[int, SegmentIn] = {}
+        self._stripes = stripes
+        self._ended: set[int] = set()  # the streams that ended (see stream_ended)
         self._batch_bytes = 0
         self.bytes = 0
         self.peak_bytes = 0
@@ -418,30 +429,37 @@ class Reorder:
     def window(self) -> int:
         return self._window
 
+    def room(self, index: int, wait_seconds: float) -> bool:
+        """Wait until segment ``index`` would be taken without waiting, or until the stream
+        carrying the segment the worker needs has ended without it (then waiting is no use:
+        the caller reads on, and :meth:`put` decides as it would have); False once the
+        session failed or closed. Raises ``StripeBrokenError`` after waiting
+        ``wait_seconds`` (the stream carrying the segment the worker needs is stuck).
+
+        A stream asks this *before* it reads its next message from gRPC: a message not yet
+        read stays in gRPC's flow-control window, which holds its bytes whether the stream
+        reads it or not, so a stream waiting here holds no segment of its own on top."""
+        deadline = time.monotonic() + wait_seconds
+        with self._lock:
+            return self._room_for(index, deadline, wait_seconds, self._needed_gone)
+
+    def stream_ended(self, stripe: int) -> None:
+        """Stream ``stripe`` ended cleanly: it brings no more segments."""
+        with self._lock:
+            self._ended.add(stripe)
+            self._room.notify_all()
+
+    def _needed_gone(self) -> bool:
+        """Under the lock: the segment the worker needs next can no longer come."""
+        return self._next not in self._held and self._next % self._stripes in self._ended
+
     def put(self, segment: SegmentIn, wait_seconds: float) -> bool:
-        """Hold ``segment`` until the worker reaches it, waiting while it is too far ahead;
-        False once the session failed or closed. Raises ``StripeBrokenError`` after waiting
-        ``wait_seconds`` for room (the stream carrying the segment the worker needs is
-        stuck)."""
+        """Hold ``segment`` until the worker reaches it, waiting while it is too far ahead
+        (as :meth:`room`); False once the session failed or closed."""
         index = segment.index
         deadline = time.monotonic() + wait_seconds
         with self._lock:
-            while index >= self._floor + self._window:
-                if self.failure is not None or self._closed:
-                    return False
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StripeBrokenError(
-                        f"segment {index} waited {wait_seconds:.0f} s for segment {self._next}, "
-                        "which has not arrived on its stream; this upload attempt is ended: "
-                        "offer again to resume"
-                    )
-                self.waiting += 1
-                try:
-                    self._room.wait(left)
-                finally:
-                    self.waiting -= 1
-            if self.failure is not None or self._closed:
+            if not self._room_for(index, deadline, wait_seconds):
                 return False
             self._held[index] = segment
             self.bytes += ciphertext_len(segment)
@@ -450,6 +468,32 @@ class Reorder:
             if index == self._next:
                 self._ready.notify()
             return True
+
+    def _room_for(
+        self,
+        index: int,
+        deadline: float,
+        wait_seconds: float,
+        no_use: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Under the lock: wait while ``index`` is too far ahead, unless ``no_use()``;
+        False once failed/closed."""
+        while index >= self._floor + self._window and not no_use():
+            if self.failure is not None or self._closed:
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StripeBrokenError(
+                    f"segment {index} waited {wait_seconds:.0f} s for segment {self._next}, "
+                    "which has not arrived on its stream; this upload attempt is ended: "
+                    "offer again to resume"
+                )
+            self.waiting += 1
+            try:
+                self._room.wait(left)
+            finally:
+                self.waiting -= 1
+        return self.failure is None and not self._closed
 
     def take(self) -> list[SegmentIn]:
         """The contiguous run from the next index, waiting for its first segment; [] once
@@ -557,7 +601,7 @@ class StripedSession:
                 self._cond.notify_all()
             return
         self._start = intake.next_index
-        reorder = Reorder(self._start, max(REORDER_PER_STRIPE, 1) * self.count)
+        reorder = Reorder(self._start, max(REORDER_PER_STRIPE, 1) * self.count, self.count)
         with self._cond:
             self._intake, self._settle, self.reorder = intake, settle, reorder
             self._worker = intake.start(reorder)
@@ -577,12 +621,19 @@ class StripedSession:
             except BaseException as exc:
                 own = exc
                 reorder.fail(exc)
+            else:
+                reorder.stream_ended(stripe.index)
         return self._leave(stripe.index, own)
 
     def _feed(self, stripe: Stripe, segments: Iterable[SegmentIn], reorder: Reorder) -> None:
         expected = stripe.first(self._start)
-        for segment in segments:
-            if reorder.failure is not None:
+        iterator = iter(segments)
+        # Room first, then read: a stream waiting for the worker leaves its next message in
+        # gRPC's window (see Reorder.room). The index it would carry is known (``expected``);
+        # a stream sending anything else is refused below, as it is otherwise.
+        while reorder.room(expected, STRIPE_WAIT_SECONDS):
+            segment = next(iterator, None)
+            if segment is None or reorder.failure is not None:
                 return
             index = segment.index
             if segment.transfer_id != self.transfer_id:

@@ -25,6 +25,7 @@ from gateway.errors import PartnerError
 from gateway.receiver.intake import (
     REORDER_PER_STRIPE,
     Reorder,
+    Stripe,
     StripeBrokenError,
     StripedSession,
 )
@@ -277,3 +278,52 @@ def test_the_reorder_buffer_holds_at_most_its_window() -> None:
     assert reorder.take() == []  # the batch is done: room for 4..7, but the end came first
     waiting.join(DEADLINE)
     assert reorder.peak_bytes == 4 * SEGMENT_LEN
+
+
+def test_a_stream_waits_for_room_before_it_reads_its_next_message() -> None:
+    """Memory: a stripe too far ahead of the worker leaves its next message unread (in
+    gRPC's flow-control window, which holds it anyway) rather than holding it while it
+    waits -- 8 stripes held 8 segments on top of the reorder buffer."""
+    session = StripedSession("t", session_stripe(0))
+    reorder = Reorder(start=0, window=2, stripes=2)
+    pulled: list[int] = []
+
+    def stripe_zero() -> Segments:
+        for index in (0, 2, 4):
+            pulled.append(index)
+            yield _segment(index)
+
+    feeding = threading.Thread(
+        target=session._feed, args=(session_stripe(0), stripe_zero(), reorder)
+    )
+    feeding.start()
+    _until(lambda: reorder.waiting == 1, "stripe 0 did not wait for room for segment 2")
+    assert pulled == [0]  # segment 2 (>= floor 0 + window 2) is not read yet
+    assert reorder.put(_segment(1), 0.0)  # stripe 1's
+    assert [s.index for s in reorder.take()] == [0, 1]
+    worker = threading.Thread(target=reorder.take)  # done with 0..1: room up to 3
+    worker.start()
+    worker.join(DEADLINE)
+    _until(lambda: reorder.waiting == 1 and pulled == [0, 2], "segment 2 was not read")
+    assert reorder.highest() == -1  # segment 2 went to the worker; 4 is not read
+    reorder.close()
+    feeding.join(DEADLINE)
+    assert pulled == [0, 2] and not feeding.is_alive()
+
+
+def session_stripe(index: int) -> Stripe:
+    return Stripe(index, 2, "ab" * 4)
+
+
+def test_room_stops_waiting_once_the_needed_stream_ended() -> None:
+    """The stream carrying the segment the worker needs ended without it: waiting for room
+    is no use, so the others read on (and end, or are held by ``put`` as before)."""
+    reorder = Reorder(start=0, window=2, stripes=2)
+    assert reorder.room(1, 0.0)  # within the window
+    reorder.stream_ended(1)  # not the stream of segment 0: still no room for 3
+    with pytest.raises(StripeBrokenError, match="segment 3 waited 0 s for segment 0"):
+        reorder.room(3, 0.0)
+    reorder.stream_ended(0)  # segment 0 can no longer come
+    assert reorder.room(3, 0.0)
+    reorder.fail(StripeBrokenError("over"))
+    assert not reorder.room(1, 0.0)
