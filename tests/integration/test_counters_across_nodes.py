@@ -9,13 +9,12 @@ connection pool) on one database, and its own ``Border``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from gateway import ledger as ledger_module
-from gateway.errors import PolicyDeniedError, StorageError
+from gateway.errors import StorageError
 from gateway.ledger import Ledger
 from gateway.store.postgres import PostgresDatabase
 from tests.postgres import PASSWORD, Cluster, postgres  # noqa: F401
@@ -25,6 +24,7 @@ from tests.unit.compliance.test_border import (
     border,
     claims,
     egress,
+    race_sends,
     record_send,
 )
 
@@ -50,33 +50,7 @@ def test_sends_decided_on_two_nodes_at_once_cannot_all_slip_under_the_threshold(
     node's own lock, the two nodes would each let four through: 160,000."""
     now = [float(MID_2026)]
     borders = [border(node, now) for node in two_nodes]
-    start = threading.Barrier(8)
-    allowed: list[str] = []
-    refused: list[str] = []
-    failed: list[BaseException] = []
-
-    def send(n: int) -> None:
-        node = n % 2
-        transfer_id = f"dpo_t-{n}"
-        try:
-            start.wait(DEADLINE)
-            with borders[node].reserving():
-                count = egress(borders[node], claims(20_000), transfer_id, again=True)
-                record_send(two_nodes[node], transfer_id, count)
-            allowed.append(transfer_id)
-        except PolicyDeniedError as exc:
-            refused.append(str(exc))
-        except BaseException as exc:  # pragma: no cover - reported below
-            failed.append(exc)
-
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE)
-    assert not any(thread.is_alive() for thread in threads)
-
-    assert failed == []
+    allowed, refused = race_sends(list(zip(borders, two_nodes, strict=True)), 8, "dpo_t-", DEADLINE)
     assert len(allowed) == 4, allowed
     assert refused == [THRESHOLD_100K.format(before=80_000, subjects=20_000, after=100_000)] * 4
     for node in two_nodes:  # both nodes now see the four in flight

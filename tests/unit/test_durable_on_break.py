@@ -9,23 +9,12 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from gateway.errors import PartnerError
 from gateway.transfer import SegmentIn
-from tests.loopback import SEGMENT, Loopback, cut_after, make_loopback
-
-
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Loopback]:
-    made = make_loopback(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
-
+from tests.loopback import SEGMENT, Loopback, cut_after
 
 Tamper = Callable[[Iterator[SegmentIn]], Iterator[SegmentIn]]
 

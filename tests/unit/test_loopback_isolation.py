@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,22 +25,13 @@ from gateway.errors import (
 )
 from gateway.receiver.context import when
 from gateway.transfer import SegmentIn, TransferState
-from tests.loopback import Loopback, make_loopback
+from tests.loopback import Loopback
 from tests.loopback_rig import SHORT_FINAL, assert_not_visible
 from tests.unit.test_loopback_refusals import Hand, hand, lingang_signs, peer_of, seal
 
 DATA = bytes(range(256)) * 2  # 8 segments of 64 bytes
 TTL = 3600
 LEEWAY = 60  # Limits' default passport_leeway_seconds
-
-
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Loopback]:
-    made = make_loopback(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def refusal(call: object) -> XbgwError:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -26,17 +24,10 @@ from gateway.errors import (
     XbgwError,
 )
 from gateway.retention import Lifecycle
-from tests.loopback import Loopback, Side, cut_after, make_loopback
+from tests.loopback import Loopback, Side, cut_after
 
 DATA = bytes(range(256)) * 2  # 8 segments of 64 bytes
 DAY = 86_400
-
-
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Loopback]:
-    loopback = make_loopback(tmp_path)
-    yield loopback
-    loopback.close()
 
 
 def lifecycle(lb: Loopback, side: Side, **retention: int) -> Lifecycle:

@@ -9,8 +9,7 @@ a partner without Deliver gets the three calls, and is asked once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -21,17 +20,8 @@ from gateway.keys import KeyRef, Purpose
 from gateway.passport import passport_digest
 from gateway.signed import Signed
 from gateway.transfer import SegmentIn, TransferState
-from tests.loopback import SEGMENT, Loopback, flip, make_loopback
+from tests.loopback import SEGMENT, Loopback, flip
 from tests.loopback_rig import assert_delivered
-
-
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Loopback]:
-    made = make_loopback(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def test_a_small_send_is_one_partner_call(lb: Loopback) -> None:

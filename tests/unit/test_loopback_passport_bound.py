@@ -63,15 +63,6 @@ def _with_timer(lb: Loopback) -> SharedClock:
     return timer
 
 
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Loopback]:
-    made = make_loopback(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def _send(
     lb: Loopback,
     token: str,

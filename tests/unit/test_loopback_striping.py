@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -30,21 +29,12 @@ from gateway.receiver.intake import (
     StripedSession,
 )
 from gateway.transfer import SegmentIn
-from tests.loopback import SEGMENT, LinkCut, Loopback, flip, make_loopback
+from tests.loopback import SEGMENT, LinkCut, Loopback, flip
 from tests.loopback_rig import assert_delivered, assert_held, assert_partner_error
 
 Segments = Iterator[SegmentIn]
 SEGMENT_LEN = SEGMENT + TAG_LEN
 DEADLINE = 10.0
-
-
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Loopback]:
-    made = make_loopback(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def _stripe_over(lb: Loopback, n: int) -> None:
@@ -62,9 +52,14 @@ def _send(lb: Loopback, token: str, data: bytes) -> None:
 
 
 def _session(lb: Loopback) -> StripedSession:
-    """The striped upload running at frankfurt (waits for it)."""
+    """The striped upload running at frankfurt, set up (waits for it: the session is
+    registered by its first stream before that stream has made its reorder buffer)."""
     sessions: dict[tuple[str, str], StripedSession] = lb.frankfurt.receiver._ctx._stripes
-    _until(lambda: bool(sessions), "no striped session started")
+
+    def set_up() -> bool:
+        return any(session.reorder is not None for session in list(sessions.values()))
+
+    _until(set_up, "no striped session set up")
     return next(iter(sessions.values()))
 
 

@@ -40,15 +40,6 @@ from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres
 from tests.system.harness import wait_until
 
 
-@pytest.fixture
-def lb(tmp_path: Path) -> Iterator[Loopback]:
-    made = make_loopback(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def _side(ledger: LedgerBase, lb: Loopback) -> str:
     return "lingang" if ledger is lb.lingang.ledger else "frankfurt"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -401,15 +401,32 @@ def test_concurrent_sends_cannot_all_slip_under_the_threshold(
     fifth would reach 100,000, the threshold of Art. 8, and each of the other four is refused
     as that fifth."""
     b = border(ledger, now)
-    start = threading.Barrier(8)
+    allowed, refused = race_sends([(b, ledger)], 8, "t-")
+
+    assert len(allowed) == 4, allowed
+    assert refused == [THRESHOLD_100K.format(before=80_000, subjects=20_000, after=100_000)] * 4
+    assert ledger.compliance_counts("egress", "acme", 2026) == (80_000, 0)
+    for transfer_id in allowed:
+        ledger.deliver_outbound(transfer_id, 10, b"\x00" * 32, RECEIPT)
+    assert ledger.compliance_counters() == [Counter("egress", "acme", 2026, 80_000, 0)]
+
+
+def race_sends(
+    sides: Sequence[tuple[Border, Ledger]], sends: int, prefix: str, deadline: float = 30.0
+) -> tuple[list[str], list[str]]:
+    """``sends`` egress sends of 20,000 subjects, released at once, send ``n`` judged and
+    recorded under ``reserving()`` on side ``n mod len(sides)``: the transfer ids let through,
+    and the refusals. Any other failure fails the test."""
+    start = threading.Barrier(sends)
     allowed: list[str] = []
     refused: list[str] = []
     failed: list[BaseException] = []
 
     def send(n: int) -> None:
-        transfer_id = f"t-{n}"
+        b, ledger = sides[n % len(sides)]
+        transfer_id = f"{prefix}{n}"
         try:
-            start.wait()
+            start.wait(deadline)
             with b.reserving():
                 count = egress(b, claims(20_000), transfer_id, again=True)
                 record_send(ledger, transfer_id, count)
@@ -419,16 +436,11 @@ def test_concurrent_sends_cannot_all_slip_under_the_threshold(
         except BaseException as exc:  # pragma: no cover - reported below
             failed.append(exc)
 
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(sends)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-
+        thread.join(deadline)
+    assert not any(thread.is_alive() for thread in threads)
     assert failed == []
-    assert len(allowed) == 4, allowed
-    assert refused == [THRESHOLD_100K.format(before=80_000, subjects=20_000, after=100_000)] * 4
-    assert ledger.compliance_counts("egress", "acme", 2026) == (80_000, 0)
-    for transfer_id in allowed:
-        ledger.deliver_outbound(transfer_id, 10, b"\x00" * 32, RECEIPT)
-    assert ledger.compliance_counters() == [Counter("egress", "acme", 2026, 80_000, 0)]
+    return allowed, refused
