@@ -268,9 +268,14 @@ class Haproxy:
 
     def check(self, node: str) -> str:
         """The last check's outcome: ``L7OK``, ``L7RSP`` (an answer, not SERVING),
-        ``L4CON`` (refused)... with HAProxy's description."""
+        ``L4CON`` (refused)... with HAProxy's description.
+
+        While a check is running HAProxy reports the last finished one prefixed with
+        ``* `` (management guide, CSV field ``check_status``); the prefix is dropped, as
+        that is still the last outcome."""
         row = self.stats()[node]
-        return f"{row['check_status']} {row['check_desc']}: {row.get('last_chk', '')}".strip()
+        status = row["check_status"].removeprefix("* ")
+        return f"{status} {row['check_desc']}: {row.get('last_chk', '')}".strip()
 
     def wait_state(self, node: str, state: str, timeout: float) -> None:
         """Until HAProxy has ``node`` in ``state``; ``HaproxyError`` after ``timeout``."""
