@@ -66,6 +66,7 @@ class Checkpointer:
         latest = ledger.latest_checkpoint()
         self._latest = None if latest is None else SignedCheckpoint(*latest)
         self._thread: threading.Thread | None = None
+        self._key_ids: dict[int, int] = {}
 
     @property
     def latest(self) -> SignedCheckpoint | None:
@@ -103,10 +104,9 @@ class Checkpointer:
         if latest is not None and latest.size >= size:
             return latest
         version = self._signing_version()
-        public = self._keys.public_key(Purpose.SIGNING, version)
         signer = digest_signer(self._keys, KeyRef(self._me, Purpose.SIGNING, version))
         body = Checkpoint(self._me, size, root).body()
-        note = sign_note(body, self._me, key_id(self._me, public), signer)
+        note = sign_note(body, self._me, self._key_id(version), signer)
         self._ledger.finish_checkpoint(size, note, int(self._clock()))
         signed = SignedCheckpoint(size, root, note)
         with self._signed:
@@ -115,6 +115,15 @@ class Checkpointer:
             self._signed.notify_all()
         log.debug("checkpoint signed", extra={"outcome": f"size {size}"})
         return signed
+
+    def _key_id(self, version: int) -> int:
+        """The note key ID of our signing key ``version``: a hash of its public key, which a
+        version never changes, so it is worked out once per version."""
+        found = self._key_ids.get(version)
+        if found is None:
+            found = key_id(self._me, self._keys.public_key(Purpose.SIGNING, version))
+            self._key_ids[version] = found
+        return found
 
     def _run(self) -> None:
         failing = ""  # the error of the last failed round: one log line per run of failures

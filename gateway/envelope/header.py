@@ -5,6 +5,7 @@ The byte layout and the reasons for it are in the package docstring (``gateway.e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -75,6 +76,8 @@ COMMITMENT_LEN: Final = 32
 
 
 MAX_WRAPPED_KEYS: Final = 4
+#: Headers kept parsed by :meth:`Header.decode` (~1 KiB each): the transfers in flight.
+DECODED_HEADERS: Final = 256
 
 
 P256_POINT_LEN: Final = 65
@@ -287,55 +290,65 @@ class Header:
 
         Raises ``HeaderFormatError`` (malformed, truncated, oversized, trailing bytes),
         ``UnsupportedVersionError``, ``UnsupportedSuiteError`` or ``SegmentSizeError``.
+
+        Why the same bytes give back the same (immutable) header: a transfer's header is read
+        from its ledger row by several steps of one send or one offer, and each full parse
+        checks every ephemeral point on the curve. Only good parses are kept (an error is
+        raised again each time), at most ``DECODED_HEADERS`` of them.
         """
-        data = bytes(data)  # a bytearray or memoryview must not end up inside the fields
-        length = header_length(data[:PREFIX_LEN])
-        if len(data) < length:
-            raise HeaderFormatError(f"header truncated: {len(data)} of {length} bytes")
-        if len(data) > length:
-            raise HeaderFormatError(f"{len(data) - length} bytes follow the {length}-byte header")
-        cursor = _Cursor(data, PREFIX_LEN)
-        segment_size = cursor.u32("segment size")
-        if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
-            raise SegmentSizeError(
-                f"segment size {segment_size} is outside {MIN_SEGMENT_SIZE}..{MAX_SEGMENT_SIZE}"
-            )
-        salt = cursor.take(SALT_LEN, "salt")
-        nonce_prefix = cursor.take(NONCE_PREFIX_LEN, "nonce prefix")
-        transfer_id = cursor.text("transfer id")
-        sender_id = cursor.text("sender id")
-        receiver_id = cursor.text("receiver id")
-        passport_digest = cursor.take(DIGEST_LEN, "passport digest")
-        try:
-            context = StreamContext(transfer_id, sender_id, receiver_id, passport_digest)
-        except ValueError as exc:
-            raise HeaderFormatError(f"header context: {exc}") from None
-        count = cursor.u8("wrapped key count")
-        if not 1 <= count <= MAX_WRAPPED_KEYS:
-            raise HeaderFormatError(f"header carries {count} wrapped keys; 1-{MAX_WRAPPED_KEYS}")
-        wrapped_keys = tuple(_decode_wrapped_key(cursor, i) for i in range(count))
-        commitment = cursor.take(COMMITMENT_LEN, "commitment")
-        if cursor.pos != length:
-            raise HeaderFormatError(
-                f"{length - cursor.pos} bytes follow the commitment inside the header"
-            )
-        try:
-            return cls(
-                version=data[4],
-                suite=data[5],
-                segment_size=segment_size,
-                salt=salt,
-                nonce_prefix=nonce_prefix,
-                context=context,
-                wrapped_keys=wrapped_keys,
-                commitment=commitment,
-            )
-        except ValueError as exc:
-            raise HeaderFormatError(str(exc)) from None
+        return _decoded(bytes(data))  # a bytearray or memoryview must not end up inside
 
     def with_wrapped_keys(self, wrapped_keys: Sequence[WrappedKey]) -> Header:
         """The same header with another wrapped-key list: core, commitment, payload unchanged."""
         return replace(self, wrapped_keys=tuple(wrapped_keys))
+
+
+@functools.lru_cache(maxsize=DECODED_HEADERS)
+def _decoded(data: bytes) -> Header:
+    """:meth:`Header.decode`'s parse (``data``: bytes, hashable)."""
+    length = header_length(data[:PREFIX_LEN])
+    if len(data) < length:
+        raise HeaderFormatError(f"header truncated: {len(data)} of {length} bytes")
+    if len(data) > length:
+        raise HeaderFormatError(f"{len(data) - length} bytes follow the {length}-byte header")
+    cursor = _Cursor(data, PREFIX_LEN)
+    segment_size = cursor.u32("segment size")
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise SegmentSizeError(
+            f"segment size {segment_size} is outside {MIN_SEGMENT_SIZE}..{MAX_SEGMENT_SIZE}"
+        )
+    salt = cursor.take(SALT_LEN, "salt")
+    nonce_prefix = cursor.take(NONCE_PREFIX_LEN, "nonce prefix")
+    transfer_id = cursor.text("transfer id")
+    sender_id = cursor.text("sender id")
+    receiver_id = cursor.text("receiver id")
+    passport_digest = cursor.take(DIGEST_LEN, "passport digest")
+    try:
+        context = StreamContext(transfer_id, sender_id, receiver_id, passport_digest)
+    except ValueError as exc:
+        raise HeaderFormatError(f"header context: {exc}") from None
+    count = cursor.u8("wrapped key count")
+    if not 1 <= count <= MAX_WRAPPED_KEYS:
+        raise HeaderFormatError(f"header carries {count} wrapped keys; 1-{MAX_WRAPPED_KEYS}")
+    wrapped_keys = tuple(_decode_wrapped_key(cursor, i) for i in range(count))
+    commitment = cursor.take(COMMITMENT_LEN, "commitment")
+    if cursor.pos != length:
+        raise HeaderFormatError(
+            f"{length - cursor.pos} bytes follow the commitment inside the header"
+        )
+    try:
+        return Header(
+            version=data[4],
+            suite=data[5],
+            segment_size=segment_size,
+            salt=salt,
+            nonce_prefix=nonce_prefix,
+            context=context,
+            wrapped_keys=wrapped_keys,
+            commitment=commitment,
+        )
+    except ValueError as exc:
+        raise HeaderFormatError(str(exc)) from None
 
 
 def header_length(prefix: bytes) -> int:

@@ -316,6 +316,19 @@ def test_header_decode_rejects(data: bytes, error: type[EnvelopeError], message:
     assert type(caught.value) is error
 
 
+def test_header_decode_gives_the_same_header_again_and_refuses_a_bad_one_every_time() -> None:
+    # Good parses are kept (one per distinct bytes); a bytearray is parsed into bytes fields.
+    again = Header.decode(bytearray(_RAW))
+    assert again == _HEADER and again is Header.decode(_RAW)
+    assert type(again.salt) is bytes and type(again.commitment) is bytes
+    bad = _patch(_POINT_AT + 64, bytes([_RAW[_POINT_AT + 64] ^ 1]))
+    for _ in range(2):
+        with pytest.raises(HeaderFormatError, match="not on the P-256"):
+            Header.decode(bad)
+    other = _seal()[0]
+    assert Header.decode(other.encode()) == other != _HEADER
+
+
 def test_read_header_reads_exactly_the_header() -> None:
     rest = b"segments follow"
     src = io.BytesIO(_RAW + rest)
