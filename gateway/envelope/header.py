@@ -285,7 +285,7 @@ class Header:
         return core[:6] + length.to_bytes(2, "big") + core[6:] + keys + self.commitment
 
     @classmethod
-    def decode(cls, data: bytes) -> Header:
+    def decode(cls, data: bytes | bytearray | memoryview) -> Header:
         """Parse exactly one header; ``data`` must hold nothing else.
 
         Raises ``HeaderFormatError`` (malformed, truncated, oversized, trailing bytes),

@@ -68,18 +68,15 @@ def test_transport_rotated_on_a_is_used_through_b_without_restart(
     pid_b = rig.b.process.pid
     out = ok(rig.a, "keys", "rotate", "transport")
     assert out.startswith("rotated   frankfurt/transport/2 is active"), out
+    followed = "key states changed on another node: transport v2 active, transport v1 decrypt-only"
+    # The node adopts the new view, then logs it: both are waited for.
     wait_until(
-        lambda: _active(rig.b, "transport") == 2,
+        lambda: _active(rig.b, "transport") == 2 and followed in rig.b.log_text(),
         FOLLOWED_WITHIN,
-        "node B to report transport v2 active" + rig.logs(),
+        "node B to report transport v2 active and log it" + rig.logs(),
     )
     assert rig.b.process.pid == pid_b and rig.b.is_running()
-    assert (
-        rig.b.log_text().count(
-            "key states changed on another node: transport v2 active, transport v1 decrypt-only"
-        )
-        == 1
-    ), rig.logs()
+    assert rig.b.log_text().count(followed) == 1, rig.logs()
     assert _key_set_current(rig, rig.b) == 2
 
     # Lingang learns the key set afresh (its cache is in memory: a restart), from node B.
@@ -100,13 +97,13 @@ def test_storage_rotated_on_b_is_followed_and_fetched_on_a(rig: MultiNode, tmp_p
     pid_a = rig.a.process.pid
     out = ok(rig.b, "keys", "rotate", "storage")
     assert out.startswith("rotated   frankfurt/storage/2 is active"), out
+    followed = "key states changed on another node: storage v2 active"
     wait_until(
-        lambda: _active(rig.a, "storage") == 2,
+        lambda: _active(rig.a, "storage") == 2 and followed in rig.a.log_text(),
         FOLLOWED_WITHIN,
-        "node A to report storage v2 active" + rig.logs(),
+        "node A to report storage v2 active and log it" + rig.logs(),
     )
     assert rig.a.process.pid == pid_a
-    assert "key states changed on another node: storage v2 active" in rig.a.log_text()
     transfer_id, digest = send(rig.pair, tmp_path, 200_000)
     rows = rig.query("SELECT storage_version FROM inbound WHERE transfer_id = %s", (transfer_id,))
     assert rows == [(2,)]
