@@ -100,17 +100,28 @@ def striped_to(setup: Setup, stripes: int) -> Iterator[None]:
     it is), restored afterwards: the memory step's striped transfer."""
     path = setup.pair.lingang.paths.config
     original = path.read_text(encoding="utf-8")
-
-    def change(data: dict[str, Any]) -> None:
-        for partner in data["partners"]:
-            if partner["id"] == PARTNER:
-                partner["connections"] = stripes
-
-    edit_config(path, change)
+    _edit_partner(setup, stripes)
     try:
         yield
     finally:
         path.write_text(original, encoding="utf-8")
+
+
+def _edit_partner(setup: Setup, stripes: int, endpoint: str | None = None) -> None:
+    """Lingang's partner entry for frankfurt: ``connections`` if > 1 (none otherwise), and
+    ``endpoint`` if given."""
+
+    def change(data: dict[str, Any]) -> None:
+        for partner in data["partners"]:
+            if partner["id"] == PARTNER:
+                if endpoint is not None:
+                    partner["endpoint"] = endpoint
+                if stripes > 1:
+                    partner["connections"] = stripes
+                else:
+                    partner.pop("connections", None)
+
+    edit_config(setup.pair.lingang.paths.config, change)
 
 
 def _point_lingang(setup: Setup, endpoint: str, stripes: int) -> str | None:
@@ -118,18 +129,8 @@ def _point_lingang(setup: Setup, endpoint: str, stripes: int) -> str | None:
 
     Returns the loader's complaint when it refuses the config (``connections`` unknown).
     """
-
-    def change(data: dict[str, Any]) -> None:
-        for partner in data["partners"]:
-            if partner["id"] == PARTNER:
-                partner["endpoint"] = endpoint
-                if stripes > 1:
-                    partner["connections"] = stripes
-                else:
-                    partner.pop("connections", None)
-
     path = setup.pair.lingang.paths.config
-    edit_config(path, change)
+    _edit_partner(setup, stripes, endpoint)
     try:
         load_config(path)
     except ConfigError as exc:

@@ -379,9 +379,10 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                     "delivered: send the same data with the same passport to resume"
                 )
 
-        reported = [float("-inf")]  # when the last progress event was queued (monotonic)
+        reported = float("-inf")  # when the last progress event was queued (monotonic)
 
         def on_progress(progress: Progress) -> None:
+            nonlocal reported
             if progress.kind == "accepted":
                 event = local_pb2.SendEvent(
                     accepted=local_pb2.SendAccepted(
@@ -404,9 +405,9 @@ class LocalServicer(local_pb2_grpc.LocalGatewayServicer):
                 # every segment -- one event per MiB cost the caller ~0.35 CPU-s per GiB.
                 now = time.monotonic()
                 last = progress.total_bytes > 0 and progress.done_bytes >= progress.total_bytes
-                if not last and now - reported[0] < PROGRESS_EVERY:
+                if not last and now - reported < PROGRESS_EVERY:
                     return
-                reported[0] = now
+                reported = now
                 event = local_pb2.SendEvent(
                     progress=local_pb2.SendProgress(
                         bytes_sent=progress.done_bytes, bytes_total=progress.total_bytes

@@ -136,14 +136,8 @@ class PartialFile:
         Only advice, given after the fdatasync: the pages are clean, so dropping them loses
         nothing; the kernel keeps the last page if it is partial (the next append fills
         it), so the next call starts at that page. A file system that refuses is ignored."""
-        if length <= self._dropped:
-            return  # nothing made durable since the last advice
-        start = self._dropped - self._dropped % mmap.PAGESIZE
-        try:
-            os.posix_fadvise(self._handle.fileno(), start, length - start, os.POSIX_FADV_DONTNEED)
-        except (OSError, ValueError):
-            return
-        self._dropped = length
+        if length > self._dropped and _drop_pages(self._handle.fileno(), self._dropped, length):
+            self._dropped = length
 
     def _written(self, length: int) -> bool:
         """Whether the file holds ``length`` bytes at least (written past the buffer)."""
@@ -181,14 +175,25 @@ class ReadOnce(io.BufferedReader):
         data = super().read(size)
         at = self.tell()
         short = size is None or size < 0 or len(data) < size  # the end of the file
-        if at > self._dropped and (short or at - self._dropped >= DROP_BEHIND_BYTES):
-            start = self._dropped - self._dropped % mmap.PAGESIZE
-            try:
-                os.posix_fadvise(self.fileno(), start, at - start, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                return data
+        if (
+            at > self._dropped
+            and (short or at - self._dropped >= DROP_BEHIND_BYTES)
+            and _drop_pages(self.fileno(), self._dropped, at)
+        ):
             self._dropped = at
         return data
+
+
+def _drop_pages(fd: int, dropped: int, end: int) -> bool:
+    """Advise the kernel to drop ``fd``'s cached pages from the page holding ``dropped`` (the
+    end of the last advice, perhaps mid-page) up to ``end``; False if the advice is refused
+    (a file system without it): the caller gives it again next time."""
+    start = dropped - dropped % mmap.PAGESIZE
+    try:
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        return False
+    return True
 
 
 class Spool:

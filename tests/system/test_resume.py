@@ -256,9 +256,17 @@ def new_transfer(rig: Rig, label: str) -> tuple[str, str]:
     return transfer_id, rig.pair.passport(byte_limit=4 * SIZE, jti=transfer_id)
 
 
-def send(rig: Rig, source: Path, token: str) -> subprocess.CompletedProcess[str]:
+def send(rig: Rig, source: Path, token: str, wait: int = 0) -> subprocess.CompletedProcess[str]:
     return rig.lingang.cli(
-        "send", str(source), "--to", "frankfurt", "--passport", token, "--wait", "0", timeout=60
+        "send",
+        str(source),
+        "--to",
+        "frankfurt",
+        "--passport",
+        token,
+        "--wait",
+        str(wait),
+        timeout=60 + wait,
     )
 
 

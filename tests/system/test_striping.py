@@ -127,17 +127,7 @@ def test_more_connections_than_the_partner_takes_go_on_over_fewer(
             assert "lower partners[frankfurt].connections" in refused.stderr, refused.stderr
             assert "send with --wait" in refused.stderr
 
-            sent = rig.lingang.cli(
-                "send",
-                str(source),
-                "--to",
-                "frankfurt",
-                "--passport",
-                token,
-                "--wait",
-                "60",
-                timeout=90,
-            )
+            sent = send(rig, source, token, wait=60)
             assert sent.returncode == 0, sent.stderr + rig.logs()
             assert_delivered(rig, transfer_id, digest, SIZE, tmp_path)
             assert "refused some stripes as busy; the upload goes on over 2" in (

@@ -253,6 +253,11 @@ def _segment(index: int) -> SegmentIn:
     return SegmentIn("t", index, False, bytes(SEGMENT_LEN))
 
 
+def _stripe(index: int) -> Stripe:
+    """Stripe ``index`` of 2 of one attempt."""
+    return Stripe(index, 2, "ab" * 4)
+
+
 def test_the_reorder_buffer_holds_at_most_its_window() -> None:
     """The receiver's own bound, whatever a sender does: a segment ``window`` or more ahead
     of the worker waits, and is refused UNAVAILABLE once it waited too long."""
@@ -279,7 +284,7 @@ def test_a_stream_waits_for_room_before_it_reads_its_next_message() -> None:
     """Memory: a stripe too far ahead of the worker leaves its next message unread (in
     gRPC's flow-control window, which holds it anyway) rather than holding it while it
     waits -- 8 stripes held 8 segments on top of the reorder buffer."""
-    session = StripedSession("t", session_stripe(0))
+    session = StripedSession("t", _stripe(0))
     reorder = Reorder(start=0, window=2, stripes=2)
     pulled: list[int] = []
 
@@ -288,9 +293,7 @@ def test_a_stream_waits_for_room_before_it_reads_its_next_message() -> None:
             pulled.append(index)
             yield _segment(index)
 
-    feeding = threading.Thread(
-        target=session._feed, args=(session_stripe(0), stripe_zero(), reorder)
-    )
+    feeding = threading.Thread(target=session._feed, args=(_stripe(0), stripe_zero(), reorder))
     feeding.start()
     _until(lambda: reorder.waiting == 1, "stripe 0 did not wait for room for segment 2")
     assert pulled == [0]  # segment 2 (>= floor 0 + window 2) is not read yet
@@ -304,10 +307,6 @@ def test_a_stream_waits_for_room_before_it_reads_its_next_message() -> None:
     reorder.close()
     feeding.join(DEADLINE)
     assert pulled == [0, 2] and not feeding.is_alive()
-
-
-def session_stripe(index: int) -> Stripe:
-    return Stripe(index, 2, "ab" * 4)
 
 
 def test_room_stops_waiting_once_the_needed_stream_ended() -> None:
