@@ -5,9 +5,10 @@ The byte layout and the reasons for it are in the package docstring (``gateway.e
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -282,7 +283,9 @@ class Header:
         length = len(core) + 2 + len(keys) + COMMITMENT_LEN
         if length > MAX_HEADER_LEN:
             raise ValueError(f"header would be {length} bytes, over the {MAX_HEADER_LEN} limit")
-        return core[:6] + length.to_bytes(2, "big") + core[6:] + keys + self.commitment
+        encoded = core[:6] + length.to_bytes(2, "big") + core[6:] + keys + self.commitment
+        _remember(encoded, self)  # construction checked every field: it decodes to itself
+        return encoded
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Header:
@@ -293,19 +296,42 @@ class Header:
 
         Why the same bytes give back the same (immutable) header: a transfer's header is read
         from its ledger row by several steps of one send or one offer, and each full parse
-        checks every ephemeral point on the curve. Only good parses are kept (an error is
-        raised again each time), at most ``DECODED_HEADERS`` of them.
+        checks every ephemeral point on the curve. Only good headers are kept (an error is
+        raised again each time), at most ``DECODED_HEADERS`` of them: those parsed, and those
+        :meth:`encode` wrote -- a header that was constructed passed the same checks as a
+        parse, so its bytes decode to an equal header (a new send reads back the header it
+        just sealed).
         """
-        return _decoded(bytes(data))  # a bytearray or memoryview must not end up inside
+        data = bytes(data)  # a bytearray or memoryview must not end up inside
+        with _decoded_lock:
+            known = _decoded.get(data)
+            if known is not None:
+                _decoded.move_to_end(data)
+                return known
+        header = _parse(data)
+        _remember(data, header)
+        return header
 
     def with_wrapped_keys(self, wrapped_keys: Sequence[WrappedKey]) -> Header:
         """The same header with another wrapped-key list: core, commitment, payload unchanged."""
         return replace(self, wrapped_keys=tuple(wrapped_keys))
 
 
-@functools.lru_cache(maxsize=DECODED_HEADERS)
-def _decoded(data: bytes) -> Header:
-    """:meth:`Header.decode`'s parse (``data``: bytes, hashable)."""
+#: Good headers by their exact bytes, least recently used first (see :meth:`Header.decode`).
+_decoded: OrderedDict[bytes, Header] = OrderedDict()
+_decoded_lock = threading.Lock()
+
+
+def _remember(data: bytes, header: Header) -> None:
+    with _decoded_lock:
+        _decoded[data] = header
+        _decoded.move_to_end(data)
+        while len(_decoded) > DECODED_HEADERS:
+            _decoded.popitem(last=False)
+
+
+def _parse(data: bytes) -> Header:
+    """:meth:`Header.decode`'s parse."""
     length = header_length(data[:PREFIX_LEN])
     if len(data) < length:
         raise HeaderFormatError(f"header truncated: {len(data)} of {length} bytes")

@@ -32,6 +32,7 @@ from gateway.envelope import (
     wrapping,
     write_stream,
 )
+from gateway.envelope.header import DECODED_HEADERS
 from gateway.errors import (
     CommitmentError,
     EnvelopeError,
@@ -327,6 +328,17 @@ def test_header_decode_gives_the_same_header_again_and_refuses_a_bad_one_every_t
             Header.decode(bad)
     other = _seal()[0]
     assert Header.decode(other.encode()) == other != _HEADER
+
+
+def test_a_header_encoded_here_decodes_to_itself_until_enough_others_push_it_out() -> None:
+    # A new send reads back the header it just sealed: that read is not a second parse.
+    sealed = _seal(transfer_id="t-own")[0]
+    raw = sealed.encode()
+    assert Header.decode(raw) is sealed
+    for i in range(DECODED_HEADERS):
+        _seal(transfer_id=f"t-other-{i}")[0].encode()
+    parsed = Header.decode(raw)
+    assert parsed == sealed and parsed is not sealed
 
 
 def test_read_header_reads_exactly_the_header() -> None:
