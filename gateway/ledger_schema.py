@@ -382,9 +382,9 @@ def migrate(database: Database, live_within: int = NODE_LIVE) -> tuple[int, int]
     if isinstance(database, SqliteDatabase):
         before = schema_version(database)
         assert database.path is not None
-        with database.lock:
+        with database.owned() as connection:
             try:
-                migrate_sqlite(database.connection, database.path)
+                migrate_sqlite(connection, database.path)
             except sqlite3.Error as exc:
                 raise StorageError.from_exception(exc, database.path) from None
         return before, SCHEMA_VERSION

@@ -108,9 +108,15 @@ class Receiver:
         return self._offers.offer(self._verifier, peer, token, header)
 
     def upload(
-        self, peer: PartnerConfig, segments: Iterable[SegmentIn], stripe: Stripe | None = None
+        self,
+        peer: PartnerConfig,
+        segments: Iterable[SegmentIn],
+        stripe: Stripe | None = None,
+        *,
+        owner_checked: bool = False,
     ) -> UploadResult:
-        return _upload(self._ctx, peer, segments, stripe)
+        """``owner_checked``: as for :meth:`finish`."""
+        return _upload(self._ctx, peer, segments, stripe, owner_checked=owner_checked)
 
     def end_stripes(self, sender: str, transfer_id: str, stripe: Stripe) -> None:
         """The call of ``stripe`` ended (the sender cancelled it, or it was answered): its

@@ -38,7 +38,13 @@ class Steps(Protocol):
 
     def offer(self, peer: PartnerConfig, token: str, header: bytes) -> OfferResult: ...
 
-    def upload(self, peer: PartnerConfig, segments: Iterable[SegmentIn]) -> UploadResult: ...
+    def upload(
+        self,
+        peer: PartnerConfig,
+        segments: Iterable[SegmentIn],
+        *,
+        owner_checked: bool = False,
+    ) -> UploadResult: ...
 
     def finish(
         self,
@@ -77,7 +83,9 @@ def deliver(
                 f"the delivery's segment is for {segment.transfer_id!r}, not for transfer "
                 f"{transfer_id!r} its passport names"
             )
-        uploaded = steps.upload(peer, OneCall([segment]))
+        uploaded = steps.upload(peer, OneCall([segment]), owner_checked=True)
     on_step("finish")
-    # The offer of this very call found the transfer to be the peer's (or made it so).
+    # The offer of this very call found the transfer to be the peer's (or made it so): the
+    # upload and the finish skip their early ownership reads (each reads the row again under
+    # the transfer's guard, where its state is checked).
     return steps.finish(peer, transfer_id, manifest, uploaded, owner_checked=True)

@@ -43,9 +43,13 @@ def upload(
     peer: PartnerConfig,
     segments: Iterable[SegmentIn],
     stripe: Stripe | None = None,
+    *,
+    owner_checked: bool = False,
 ) -> UploadResult:
     """``stripe``: this stream is one of a striped upload (``intake.StripedSession``); None:
-    the transfer's one stream."""
+    the transfer's one stream. ``owner_checked``: the caller has just seen the transfer be
+    ``peer``'s (``Deliver``'s own offer), so the early check is not read again; the one under
+    the guard always is."""
     iterator = iter(segments)
     first = next(iterator, None)
     if first is None:
@@ -54,7 +58,8 @@ def upload(
             "than the transport limit)"
         )
     transfer_id = first.transfer_id
-    ctx.owned(peer, transfer_id, "upload")  # before the guard: no oracle for others' ids
+    if not owner_checked:
+        ctx.owned(peer, transfer_id, "upload")  # before the guard: no oracle for others' ids
     if stripe is not None:
         return _striped(ctx, peer, transfer_id, stripe, itertools.chain([first], iterator))
     with ctx.busy(transfer_id, "upload", peer.id):

@@ -1,8 +1,12 @@
 """The embedded ledger database: one SQLite file, one connection under one lock.
 
 Why one connection: SQLite serialises writers anyway, and the gateway makes a few writes per
-second per transfer. WAL mode, ``synchronous=FULL`` by default; a transaction that may lose
-its last commit to a power failure (``durable=False``) relaxes it for its commit only.
+second per transfer. WAL mode; each transaction commits at the ``synchronous`` level it
+needs: ``FULL`` (fsync at commit), or ``NORMAL`` for one that may lose its last commit to a
+power failure (``durable=False``). The level is set only when it changes, not around every
+transaction: the ledger commits all of its transactions at ``NORMAL`` and makes them durable
+with one fsync of the log per group (``ledger_base.GroupSync``), so a daemon sets it once
+rather than twice per transaction, two statements in every four it would otherwise run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class SqliteDatabase:
         self.path = path
         self.where = str(path) if path is not None else "the ledger"
         self.lock = threading.Lock()
+        self._synchronous: str | None = None  # the level set last; None: not set by us yet
 
     @classmethod
     def open(cls, path: Path) -> SqliteDatabase:
@@ -46,7 +51,9 @@ class SqliteDatabase:
             db.execute("PRAGMA busy_timeout=5000")
         except (OSError, sqlite3.Error) as exc:
             raise StorageError.from_exception(exc, path) from None
-        return cls(db, path)
+        database = cls(db, path)
+        database._synchronous = "FULL"
+        return database
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -56,19 +63,30 @@ class SqliteDatabase:
         loss -- until the next durable commit, which fsyncs the log with everything before it.
         """
         with self.lock, storage_errors(self.path):
-            if not durable:
-                self.connection.execute("PRAGMA synchronous=NORMAL")
+            self._commit_at("FULL" if durable else "NORMAL")
+            self.connection.execute("BEGIN IMMEDIATE")
             try:
-                self.connection.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.connection
-                    self.connection.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
-            finally:
-                if not durable:
-                    self.connection.execute("PRAGMA synchronous=FULL")
+                yield self.connection
+                self.connection.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    @contextmanager
+    def owned(self) -> Iterator[sqlite3.Connection]:
+        """The connection itself, under the lock and at ``synchronous=FULL``, for code that
+        runs its own transactions on it (the schema migration)."""
+        with self.lock:
+            with storage_errors(self.path):
+                self._commit_at("FULL")
+            yield self.connection
+
+    def _commit_at(self, level: str) -> None:
+        """Called holding the lock: commits from now on are made at ``level``."""
+        if self._synchronous != level:
+            self._synchronous = None  # unknown until the PRAGMA has run
+            self.connection.execute(f"PRAGMA synchronous={level}")
+            self._synchronous = level
 
     def _rollback(self) -> None:
         """Undo the open transaction -- if SQLite has not already: on SQLITE_FULL (and some

@@ -16,6 +16,7 @@ import gateway.ledger as ledger_module
 from gateway.errors import StorageError, TransferConflictError
 from gateway.ledger import SCHEMA_VERSION, Count, Counter, Inbound, Ledger
 from gateway.signed import Signed as Receipt
+from gateway.store.sqlite import SqliteDatabase
 from gateway.transfer import TransferState
 from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
 
@@ -90,22 +91,49 @@ def test_wal_and_synchronous_full_are_in_force(sqlite_ledger: Ledger, path: Path
         other.close()
 
 
-def test_relaxed_writes_do_not_leave_synchronous_relaxed(sqlite_ledger: Ledger) -> None:
-    """Offers and resume points may skip the fsync; nothing after them may."""
+def test_each_transaction_commits_at_the_level_it_asks_for(path: Path) -> None:
+    """Offers and resume points may skip the fsync; a durable transaction after them may not."""
+    store = SqliteDatabase.open(path)
+    try:
+        statements: list[str] = []
+        store.connection.set_trace_callback(statements.append)
+
+        def level_inside(durable: bool) -> int:
+            with store.transaction(durable) as db:
+                value: int = db.execute("PRAGMA synchronous").fetchone()[0]
+            return value
+
+        assert level_inside(durable=False) == 1  # 1 = NORMAL
+        assert level_inside(durable=True) == 2  # 2 = FULL
+        with pytest.raises(RuntimeError), store.transaction(durable=False):
+            raise RuntimeError("rolled back")
+        assert level_inside(durable=True) == 2  # a failed relaxed write does not leave it
+        with store.owned() as db:  # the schema migration's transactions: FULL as well
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        # The level is set when it changes only: three relaxed transactions, one PRAGMA.
+        statements.clear()
+        for _ in range(3):
+            level_inside(durable=False)
+        assert [s for s in statements if s.startswith("PRAGMA synchronous=")] == [
+            "PRAGMA synchronous=NORMAL"
+        ]
+    finally:
+        store.close()
+
+
+def test_a_ledger_commits_every_transaction_relaxed_and_groups_the_fsyncs(
+    sqlite_ledger: Ledger,
+) -> None:
+    """The ledger's durable commits are made durable by one fsync of the log per group
+    (``GroupSync``), so the connection stays at NORMAL: no PRAGMA between transactions."""
     ledger = sqlite_ledger
-
-    def synchronous() -> int:
-        value: int = ledger._db.execute("PRAGMA synchronous").fetchone()[0]
-        return value
-
     _create_in(ledger)
-    assert synchronous() == 2
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
     ledger.record_progress("t-1", 1, 10, False)
-    assert synchronous() == 2
-    assert _create_in(ledger) is None  # a failed relaxed write restores FULL as well
-    assert synchronous() == 2
     ledger.commit_inbound("t-1", b"\x00" * 32, RECEIPT, committed_at=1)
-    assert synchronous() == 2
+    assert statements and not [s for s in statements if s.startswith("PRAGMA")]
+    assert ledger._group is not None and ledger._group.fsyncs >= 1
 
 
 def test_opening_creates_the_state_directory(path: Path) -> None:

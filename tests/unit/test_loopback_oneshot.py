@@ -35,6 +35,21 @@ def test_a_small_send_is_one_partner_call(lb: Loopback) -> None:
     assert row is not None and row.state is TransferState.DELIVERED
 
 
+def test_a_delivery_reads_the_transfer_row_once_per_step(lb: Loopback) -> None:
+    # The offer's own lookup made the ownership plain: the upload and the finish read the row
+    # again only under the transfer's guard, where its state is checked.
+    lb.send("warm", b"warm")
+    reads: list[str] = []
+    lb.frankfurt.ledger._db.set_trace_callback(
+        lambda sql: reads.append(sql) if sql.startswith("SELECT * FROM inbound WHERE") else None
+    )
+    try:
+        lb.send("counted", b"counted")
+    finally:
+        lb.frankfurt.ledger._db.set_trace_callback(None)
+    assert len(reads) == 3, reads
+
+
 def test_a_larger_send_takes_the_three_calls(lb: Loopback) -> None:
     data = b"y" * (SEGMENT + 1)
     summary = lb.send("two", data)
