@@ -7,7 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.audit import store as audit_store
-from gateway.audit.merkle import consistency_proof_at, inclusion_proof_at
+from gateway.audit.merkle import (
+    consistency_nodes,
+    consistency_proof_at,
+    inclusion_nodes,
+    inclusion_proof_at,
+)
 from gateway.ledger_base import LedgerBase
 from gateway.store import Row, Tx
 
@@ -74,11 +79,13 @@ class AuditTables(LedgerBase):
 
     def audit_inclusion(self, index: int, size: int) -> list[bytes]:
         with self._reading() as db:
-            return inclusion_proof_at(audit_store.hash_reader(db), index, size)
+            wanted = inclusion_nodes(index, size)
+            return inclusion_proof_at(audit_store.hash_reader(db, wanted), index, size)
 
     def audit_consistency(self, old_size: int, new_size: int) -> list[bytes]:
         with self._reading() as db:
-            return consistency_proof_at(audit_store.hash_reader(db), old_size, new_size)
+            wanted = consistency_nodes(old_size, new_size)
+            return consistency_proof_at(audit_store.hash_reader(db, wanted), old_size, new_size)
 
     def audit_nodes(self) -> list[tuple[int, int, bytes]]:
         """Every stored node (level, index, hash), for ``xbgw audit verify``."""

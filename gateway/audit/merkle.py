@@ -47,14 +47,17 @@ __all__ = [
     "HashAt",
     "Node",
     "ProofError",
+    "consistency_nodes",
     "consistency_proof",
     "consistency_proof_at",
+    "inclusion_nodes",
     "inclusion_proof",
     "inclusion_proof_at",
     "leaf_hash",
     "node_hash",
     "nodes_from_leaves",
     "root",
+    "subtree_nodes",
     "subtree_root",
     "verify_consistency",
     "verify_inclusion",
@@ -173,18 +176,30 @@ def subtree_root(hash_at: HashAt, start: int, end: int) -> bytes:
     _check_nonnegative("start", start)
     if end <= start:
         raise ValueError(f"subtree [{start}, {end}) is empty")
+    parts: list[bytes] = []
+    for level, index in subtree_nodes(start, end):
+        h = hash_at(level, index)
+        _check_hash(f"node at level {level} index {index}", h)
+        parts.append(h)
+    return _fold_right(parts)
+
+
+def subtree_nodes(start: int, end: int) -> list[tuple[int, int]]:
+    """(level, index) of the perfect subtrees :func:`subtree_root` reads for ``[start, end)``,
+    largest first (the same checks on the range)."""
+    _check_nonnegative("start", start)
+    if end <= start:
+        raise ValueError(f"subtree [{start}, {end}) is empty")
     width = end - start
     if start % (1 << (width - 1).bit_length()):
         raise ValueError(f"subtree [{start}, {end}) is not a subtree of an RFC 9162 tree")
-    parts: list[bytes] = []
+    nodes: list[tuple[int, int]] = []
     pos = start
     while pos < end:
         level = (end - pos).bit_length() - 1
-        h = hash_at(level, pos >> level)
-        _check_hash(f"node at level {level} index {pos >> level}", h)
-        parts.append(h)
+        nodes.append((level, pos >> level))
         pos += 1 << level
-    return _fold_right(parts)
+    return nodes
 
 
 def nodes_from_leaves(leaf_hashes: Sequence[bytes]) -> HashAt:
@@ -265,6 +280,25 @@ def inclusion_proof_at(hash_at: HashAt, index: int, size: int) -> list[bytes]:
     if index >= size:
         raise ValueError(f"index {index} is not below size {size}")
     return [subtree_root(hash_at, lo, hi) for lo, hi in _inclusion_ranges(index, size)]
+
+
+def inclusion_nodes(index: int, size: int) -> list[tuple[int, int]]:
+    """(level, index) of every stored node :func:`inclusion_proof_at` reads, so that a store
+    can fetch them together (one query, not one per node)."""
+    _check_nonnegative("index", index)
+    if index >= size:
+        raise ValueError(f"index {index} is not below size {size}")
+    return [node for lo, hi in _inclusion_ranges(index, size) for node in subtree_nodes(lo, hi)]
+
+
+def consistency_nodes(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """(level, index) of every stored node :func:`consistency_proof_at` reads."""
+    _check_nonnegative("new size", new_size)
+    if old_size <= 0 or old_size > new_size:
+        return []  # consistency_proof_at refuses these sizes itself
+    return [
+        node for lo, hi in _consistency_ranges(old_size, new_size) for node in subtree_nodes(lo, hi)
+    ]
 
 
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:

@@ -37,14 +37,21 @@ Witnessing (``gateway.audit.witness``) keeps, beside our own log:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.audit.merkle import (
     EMPTY_ROOT,
     Frontier,
     HashAt,
     leaf_hash,
+    subtree_nodes,
     subtree_root,
 )
 from gateway.store import Tx, serialise
+
+#: Nodes read by one query of :func:`hash_reader` (two parameters each, far below the
+#: limits of SQLite and PostgreSQL; a proof of a log of 2^63 leaves reads at most ~126).
+NODES_PER_QUERY = 128
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -123,10 +130,29 @@ def size(db: Tx) -> int:
     return frontier(db).size
 
 
-def hash_reader(db: Tx) -> HashAt:
-    """A ``HashAt`` over the stored nodes (the caller holds the connection's lock)."""
+def hash_reader(db: Tx, wanted: Sequence[tuple[int, int]] = ()) -> HashAt:
+    """A ``HashAt`` over the stored nodes (the caller holds the connection's lock).
+
+    ``wanted``: the (level, index) of the nodes the caller is about to ask for (``merkle``'s
+    ``inclusion_nodes`` and the like), read up front in one query per ``NODES_PER_QUERY``;
+    any other node is read when asked. Why: a proof reads one node per level of the tree,
+    and one query per node made a receipt's commit proof cost ~log2(size) statements --
+    more as the log grows, and a network round trip each on a shared database."""
+    known: dict[tuple[int, int], bytes] = {}
+    unique = list(dict.fromkeys(wanted))
+    for at in range(0, len(unique), NODES_PER_QUERY):
+        chunk = unique[at : at + NODES_PER_QUERY]
+        where = " OR ".join(["(level = ? AND idx = ?)"] * len(chunk))
+        rows = db.execute(
+            f"SELECT level, idx, hash FROM audit_nodes WHERE {where}",  # noqa: S608 - constant parts only
+            tuple(value for node in chunk for value in node),
+        ).fetchall()
+        known.update(((int(row[0]), int(row[1])), bytes(row[2])) for row in rows)
 
     def hash_at(level: int, index: int) -> bytes:
+        found = known.get((level, index))
+        if found is not None:
+            return found
         row = db.execute(
             "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
         ).fetchone()
@@ -141,4 +167,4 @@ def root(db: Tx, tree_size: int) -> bytes:
     """The root of the first ``tree_size`` leaves."""
     if tree_size == 0:
         return EMPTY_ROOT
-    return subtree_root(hash_reader(db), 0, tree_size)
+    return subtree_root(hash_reader(db, subtree_nodes(0, tree_size)), 0, tree_size)
