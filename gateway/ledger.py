@@ -644,21 +644,14 @@ class Ledger(AuditTables, KeyTables, LeaseTables):
         committed transfers, plus those still in flight -- a threshold is judged as if every
         open transfer commits, so that two sends decided at once cannot both slip under it.
         ``excluding``: a transfer judged again (a resume) does not count against itself."""
-        with self._reading() as db:  # one snapshot: a commit moves counts, never loses them
-            counted = db.execute(
-                "SELECT subjects, sensitive FROM compliance_counters "
-                "WHERE direction = ? AND exporter = ? AND year = ?",
-                (direction, exporter, year),
-            ).fetchone()
-            in_flight = db.execute(
-                _IN_FLIGHT[direction], (exporter, year, excluding or "")
-            ).fetchone()
-        total = [0, 0]
-        for row in (counted, in_flight):
-            if row is not None:
-                total[0] += int(row[0] or 0)
-                total[1] += int(row[1] or 0)
-        return total[0], total[1]
+        # One statement, so one snapshot: a commit moves counts, never loses them. Two rows,
+        # the committed counter (absent before the year's first commit) and the open sum.
+        rows = self._all(
+            _COUNTS[direction], (direction, exporter, year, exporter, year, excluding or "")
+        )
+        subjects = sum(int(row[0] or 0) for row in rows)
+        sensitive = sum(int(row[1] or 0) for row in rows)
+        return subjects, sensitive
 
     def compliance_counters(self) -> list[Counter]:
         """Every committed count, by direction, exporter and year."""
@@ -981,10 +974,15 @@ def _outbound(row: Row) -> Outbound:
 #: Each direction's table and its unfinished state.
 _UNFINISHED = {"in": ("inbound", "receiving"), "out": ("outbound", "sending")}
 
-_IN_FLIGHT = {
-    "egress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM outbound "
+#: ``compliance_counts``: the committed counter, then what is in flight.
+_COUNTS = {
+    "egress": "SELECT subjects, sensitive FROM compliance_counters "
+    "WHERE direction = ? AND exporter = ? AND year = ? UNION ALL "
+    "SELECT SUM(count_subjects), SUM(count_sensitive) FROM outbound "
     "WHERE state = 'sending' AND count_exporter = ? AND count_year = ? AND transfer_id != ?",
-    "ingress": "SELECT SUM(count_subjects), SUM(count_sensitive) FROM inbound "
+    "ingress": "SELECT subjects, sensitive FROM compliance_counters "
+    "WHERE direction = ? AND exporter = ? AND year = ? UNION ALL "
+    "SELECT SUM(count_subjects), SUM(count_sensitive) FROM inbound "
     "WHERE state = 'receiving' AND count_exporter = ? AND count_year = ? AND transfer_id != ?",
 }
 

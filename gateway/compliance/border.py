@@ -27,16 +27,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from gateway.compliance.engine import Decision, Outcome, RuleSet
+from gateway.compliance.engine import Decision, Outcome
 from gateway.compliance.facts import Direction, TransferFacts
 from gateway.config import ComplianceConfig
 from gateway.errors import PolicyDeniedError
 from gateway.ledger import Count, Ledger
-from gateway.passport_claims import XbgwClaims, compliance_terms
+from gateway.passport_claims import ComplianceTerms, XbgwClaims, compliance_terms
 
 log = logging.getLogger("xbgw.compliance")
 
@@ -64,10 +64,9 @@ class Border:
         self.observe = observe
         self._reserving = threading.Lock()
         # The first judgement of each transfer, kept for the second (``again``): when neither
-        # its facts (counters included) nor the rules changed, the decision cannot have.
-        self._recent: OrderedDict[tuple[Direction, str], tuple[TransferFacts, RuleSet, Count]] = (
-            OrderedDict()
-        )
+        # its facts (counters included) nor the configuration changed, the decision cannot have.
+        self._recent: OrderedDict[tuple[Direction, str], _Judged] = OrderedDict()
+        self._year_of: tuple[int, str, int] | None = None  # (now, zone, year) asked last
         self._guard = threading.Lock()
         self._trails: OrderedDict[tuple[Direction, str], list[str]] = OrderedDict()
 
@@ -100,10 +99,31 @@ class Border:
         ``xbgw`` claims)."""
         terms = compliance_terms(claims)
         now = int(self._clock())
-        year = self.year(now)
-        subjects, sensitive = self._ledger.compliance_counts(
-            direction.value, terms.exporter, year, excluding=transfer_id
+        counts = self._counts(direction, terms.exporter, now, transfer_id)
+        return self._facts(
+            self._config, direction, terms, now, counts, sender, receiver, has_digest
         )
+
+    def _counts(
+        self, direction: Direction, exporter: str, now: int, transfer_id: str
+    ) -> tuple[int, int]:
+        """(subjects, sensitive) ``exporter`` has moved in ``direction`` in the year of
+        ``now``, this transfer excluded."""
+        return self._ledger.compliance_counts(
+            direction.value, exporter, self.year(now), excluding=transfer_id
+        )
+
+    @staticmethod
+    def _facts(
+        config: ComplianceConfig,
+        direction: Direction,
+        terms: ComplianceTerms,
+        now: int,
+        counts: tuple[int, int],
+        sender: tuple[str, str],
+        receiver: tuple[str, str],
+        has_digest: bool,
+    ) -> TransferFacts:
         facts = terms.facts(
             direction=direction,
             now=now,
@@ -111,13 +131,14 @@ class Border:
             receiver=receiver[0],
             sender_jurisdiction=sender[1],
             receiver_jurisdiction=receiver[1],
-            year_subjects=subjects,
-            year_sensitive=sensitive,
+            year_subjects=counts[0],
+            year_sensitive=counts[1],
         )
-        facts = replace(facts, has_digest=has_digest)
-        if self._config.zone is not None:
-            facts = replace(facts, zone=self._config.zone)
-        return facts
+        return replace(
+            facts,
+            has_digest=has_digest,
+            zone=facts.zone if config.zone is None else config.zone,
+        )
 
     def trail(self, direction: Direction, transfer_id: str) -> list[str]:
         """``rule:outcome`` of every rule that applied to the last decision on the transfer
@@ -126,8 +147,15 @@ class Border:
             return list(self._trails.get((direction, transfer_id), []))
 
     def year(self, now: int) -> int:
-        """The calendar year of ``now`` where the counters are reckoned."""
-        return datetime.fromtimestamp(now, ZoneInfo(self._config.year_timezone)).year
+        """The calendar year of ``now`` where the counters are reckoned (the last answer is
+        kept: a transfer asks for the same second several times)."""
+        zone = self._config.year_timezone
+        last = self._year_of
+        if last is not None and last[0] == now and last[1] == zone:
+            return last[2]
+        year = datetime.fromtimestamp(now, ZoneInfo(zone)).year
+        self._year_of = (now, zone, year)
+        return year
 
     def judge(
         self,
@@ -147,20 +175,26 @@ class Border:
         ``again``: the same transfer judged a second time, under :meth:`reserving`, just
         before it is recorded (the counters may have moved since the first judgement): logged
         and counted in the metrics only if the outcome changed to a refusal."""
-        facts = self.facts(
-            direction,
-            claims,
-            transfer_id=transfer_id,
-            sender=sender,
-            receiver=receiver,
-            has_digest=has_digest,
-        )
-        rules = self._config.rules
+        config = self._config
+        rules = config.rules
         key = (direction, transfer_id)
+        inputs = (claims, sender, receiver, has_digest)
         with self._guard:
             earlier = self._recent.pop(key, None) if again else None
-        if earlier is not None and earlier[0] == facts and earlier[1] is rules:
-            return earlier[2]  # nothing moved since the first judgement: the same decision
+        now = int(self._clock())
+        if earlier is not None and earlier.inputs == inputs and earlier.config is config:
+            # The same passport terms, parties and configuration: the facts differ only if
+            # the second or the counters did. The counters are read again -- that is what
+            # this judgement is for -- and if nothing moved, neither did the decision.
+            counts = self._counts(direction, earlier.facts.exporter, now, transfer_id)
+            seen = earlier.facts
+            if (now, *counts) == (seen.now, seen.year_subjects, seen.year_sensitive):
+                return earlier.count
+            terms = compliance_terms(claims)
+        else:
+            terms = compliance_terms(claims)
+            counts = self._counts(direction, terms.exporter, now, transfer_id)
+        facts = self._facts(config, direction, terms, now, counts, sender, receiver, has_digest)
         decision = rules.decide(facts)
         with self._guard:
             self._trails[key] = [
@@ -180,7 +214,7 @@ class Border:
         count = Count(facts.exporter, self.year(facts.now), subjects, sensitive)
         if not again:
             with self._guard:
-                self._recent[key] = (facts, rules, count)
+                self._recent[key] = _Judged(inputs, config, facts, count)
                 while len(self._recent) > RECENT_JUDGEMENTS:
                     self._recent.popitem(last=False)
         return count
@@ -213,3 +247,15 @@ class Border:
                 "trail": [e.as_dict() for e in applied],
             },
         )
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """A first judgement, kept for the second: what its facts were made of (the passport's
+    ``xbgw`` claims, sender, receiver, has_digest), the configuration it used, the facts and
+    what it counts."""
+
+    inputs: tuple[XbgwClaims, tuple[str, str], tuple[str, str], bool]
+    config: ComplianceConfig
+    facts: TransferFacts
+    count: Count

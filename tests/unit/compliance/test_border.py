@@ -21,7 +21,7 @@ import pytest
 
 from gateway.compliance.border import Border
 from gateway.compliance.engine import Decision
-from gateway.compliance.facts import Direction
+from gateway.compliance.facts import Direction, TransferFacts
 from gateway.config import ComplianceConfig
 from gateway.errors import PolicyDeniedError
 from gateway.ledger import Count, Counter, Ledger
@@ -370,6 +370,64 @@ def test_each_decision_is_observed_once(ledger: Ledger, now: list[float]) -> Non
     with b.reserving(), pytest.raises(PolicyDeniedError, match="reaches 120000"):
         egress(b, claims(40_000), "t-2", again=True)
     assert [d.allow for d in decisions] == [True, True, False]
+
+
+def test_the_second_judgement_decides_again_whatever_made_the_first(
+    ledger: Ledger, now: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second judgement reuses the first only when its passport terms, parties,
+    configuration, second and counters are all the same; anything else is decided anew."""
+    decided: list[bool] = []
+
+    def counted(config: ComplianceConfig) -> ComplianceConfig:
+        rules = config.rules
+        decide = rules.decide
+
+        def counting(facts: TransferFacts) -> Decision:
+            decision = decide(facts)
+            decided.append(decision.allow)
+            return decision
+
+        monkeypatch.setattr(rules, "decide", counting)
+        return config
+
+    b = Border(counted(ComplianceConfig()), ledger, clock=lambda: now[0])
+    record_send(ledger, "t-0", Count("acme", 2026, 60_000, 0))
+
+    egress(b, claims(30_000), "t-1")  # 90,000 with t-0 in flight: allowed
+    with b.reserving():
+        egress(b, claims(30_000), "t-1", again=True)  # nothing moved: not decided again
+    assert decided == [True]
+
+    egress(b, claims(30_000), "t-2")
+    with b.reserving(), pytest.raises(PolicyDeniedError, match="reaches 110000"):
+        # Other terms under the same transfer id (an issuer that reused a jti): decided.
+        egress(b, claims(50_000), "t-2", again=True)
+    assert decided == [True, True, False]
+
+    egress(b, claims(30_000), "t-3")
+    b.reconfigure(counted(ComplianceConfig()))  # equal, but another configuration
+    with b.reserving():
+        egress(b, claims(30_000), "t-3", again=True)
+    egress(b, claims(30_000), "t-4")
+    now[0] += 1  # the next second
+    with b.reserving():
+        egress(b, claims(30_000), "t-4", again=True)
+    egress(b, claims(30_000), "t-5")
+    record_send(ledger, "t-6", Count("acme", 2026, 5_000, 0))  # the counters moved
+    with b.reserving():
+        egress(b, claims(30_000), "t-5", again=True)
+    assert decided == [True, True, False] + [True] * 6
+
+
+def test_the_year_follows_a_reconfigured_time_zone(ledger: Ledger, now: list[float]) -> None:
+    now[0] = float(LAST_SECOND_2026)
+    b = border(ledger, now, year_timezone="UTC")
+    assert b.year(LAST_SECOND_2026) == 2026
+    b.reconfigure(ComplianceConfig(year_timezone="Asia/Shanghai"))
+    assert b.year(LAST_SECOND_2026 + 1) == 2027  # Shanghai's new year, UTC's 16:00
+    b.reconfigure(ComplianceConfig(year_timezone="UTC"))
+    assert b.year(LAST_SECOND_2026 + 1) == 2026
 
 
 def test_a_recorded_refusal_is_reported_once_when_judged_again(
