@@ -173,9 +173,6 @@ def subtree_root(hash_at: HashAt, start: int, end: int) -> bytes:
     subtrees of decreasing size -- one per set bit of ``end - start`` -- and its MTH folds
     them from the right, so no leaf is read unless a part is a single leaf.
     """
-    _check_nonnegative("start", start)
-    if end <= start:
-        raise ValueError(f"subtree [{start}, {end}) is empty")
     parts: list[bytes] = []
     for level, index in subtree_nodes(start, end):
         h = hash_at(level, index)

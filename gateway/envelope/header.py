@@ -193,6 +193,10 @@ class WrappedKey:
     wrapped: bytes
 
     def __post_init__(self) -> None:
+        # Bytes, not a buffer the caller may change later (bytes(b) of bytes is b itself).
+        object.__setattr__(self, "wrapped", bytes(self.wrapped))
+        if self.ephemeral_point is not None:
+            object.__setattr__(self, "ephemeral_point", bytes(self.ephemeral_point))
         if not isinstance(self.kind, WrapKind):
             raise ValueError(f"wrapped key kind must be a WrapKind, got {self.kind!r}")
         purpose = _KIND_PURPOSE[self.kind]
@@ -246,6 +250,8 @@ class Header:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "wrapped_keys", tuple(self.wrapped_keys))
+        for name in ("salt", "nonce_prefix", "commitment"):  # bytes, as in WrappedKey
+            object.__setattr__(self, name, bytes(getattr(self, name)))
         _check_core_fields(
             self.version, self.suite, self.segment_size, self.salt, self.nonce_prefix
         )

@@ -341,6 +341,32 @@ def test_a_header_encoded_here_decodes_to_itself_until_enough_others_push_it_out
     assert parsed == sealed and parsed is not sealed
 
 
+def test_a_header_holds_bytes_whatever_buffers_it_was_made_from() -> None:
+    # What encode() keeps for decode must be as immutable as what a parse gives, even from a
+    # caller that passes buffers where the types say bytes.
+    wrapped = bytearray(_HEADER.wrapped_keys[0].wrapped)
+    key = WrappedKey(
+        _HEADER.wrapped_keys[0].kind,
+        _HEADER.wrapped_keys[0].key_ref,
+        bytearray(_HEADER.wrapped_keys[0].ephemeral_point or b""),  # type: ignore[arg-type]
+        wrapped,  # type: ignore[arg-type]
+    )
+    made = Header(
+        version=_HEADER.version,
+        suite=_HEADER.suite,
+        segment_size=_HEADER.segment_size,
+        salt=bytearray(_HEADER.salt),  # type: ignore[arg-type]
+        nonce_prefix=bytearray(_HEADER.nonce_prefix),  # type: ignore[arg-type]
+        context=_HEADER.context,
+        wrapped_keys=(key,),
+        commitment=bytearray(_HEADER.commitment),  # type: ignore[arg-type]
+    )
+    wrapped[0] ^= 1  # the caller's buffer changes; the header does not
+    for value in (made.salt, made.nonce_prefix, made.commitment, key.wrapped, key.ephemeral_point):
+        assert type(value) is bytes
+    assert made == _HEADER and Header.decode(made.encode()) == _HEADER
+
+
 def test_read_header_reads_exactly_the_header() -> None:
     rest = b"segments follow"
     src = io.BytesIO(_RAW + rest)
