@@ -8,7 +8,8 @@ and requires a client certificate issued by the demo CA; the client (in the harn
 presents the sending gateway's stand-in, verifies the server against the demo CA with the
 target name overridden to the receiving gateway's id, and uses the gateway's message limits.
 The methods are generic handlers with raw ``bytes`` messages: no protobuf framing at all,
-which is the floor the gateway's ``Segment`` messages are compared against.
+which is the floor the gateway's ``Segment`` messages are compared against; a unary call of a
+small transfer's size is the floor of the gateway's one partner call per small transfer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import grpc
 
 SERVICE = "xbgw.bench.Control"
 UPLOAD = f"/{SERVICE}/Upload"
+ECHO = f"/{SERVICE}/Echo"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -67,6 +69,10 @@ def _count(request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> 
     return total.to_bytes(8, "big")
 
 
+def _length(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return len(request).to_bytes(8, "big")
+
+
 def _serve(
     certificate: str, private_key: str, ca: str, max_message_bytes: int, conn: Connection
 ) -> None:
@@ -79,7 +85,11 @@ def _serve(
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                SERVICE, {"Upload": grpc.stream_unary_rpc_method_handler(_count)}
+                SERVICE,
+                {
+                    "Upload": grpc.stream_unary_rpc_method_handler(_count),
+                    "Echo": grpc.unary_unary_rpc_method_handler(_length),
+                },
             ),
         )
     )
@@ -188,6 +198,7 @@ class ControlClient:
             ],
         )
         self._upload = self._channel.stream_unary(UPLOAD, None, None)  # raw bytes
+        self._echo = self._channel.unary_unary(ECHO, None, None)
         # A one-chunk call so the TLS handshake is not part of any timed upload.
         received = self._upload(iter([b"\0" * 1024]), timeout=START_TIMEOUT)
         if int.from_bytes(received, "big") != 1024:
@@ -217,6 +228,12 @@ class ControlClient:
         if counted != size:
             raise RuntimeError(f"control server counted {counted} bytes, {size} were sent")
         return UploadResult(seconds, counted)
+
+    def call(self, data: bytes) -> None:
+        """One unary call carrying ``data``; the server answers with its length (checked)."""
+        answered = int.from_bytes(self._echo(data, timeout=START_TIMEOUT), "big")
+        if answered != len(data):
+            raise RuntimeError(f"control server counted {answered} bytes, {len(data)} were sent")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

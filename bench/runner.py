@@ -673,6 +673,7 @@ def bench_small(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
         local.close()
     ms = [s * 1000 for s in latencies]
     return {
+        "control": bench_small_control(setup, pair, opts),
         "count": count,
         "size_bytes": size,
         "concurrency": opts.small_concurrency,
@@ -688,6 +689,62 @@ def bench_small(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
         "cpu_seconds": cpu,
         "cpu_ms_per_transfer": {name: v * 1000 / count for name, v in cpu.items()},
     }
+
+
+def bench_small_control(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
+    """The floor of a small transfer's partner call: as many unary calls of the same size, as
+    many at a time, on the control's mutual-TLS connection (raw bytes, a server that only
+    counts them) -- what gRPC alone costs each end per call."""
+    count, size = opts.small_count, opts.small_size
+    client_tls = TlsFiles(*pair.lingang.paths.stand_in(), pair.ca_path())
+    server_tls = TlsFiles(*pair.frankfurt.paths.stand_in(), pair.ca_path())
+    control = ControlServer(server_tls, setup.max_message_bytes)
+    payload = os.urandom(size)
+    try:
+        control.start()
+        client = ControlClient(control.address, client_tls, "frankfurt", setup.max_message_bytes)
+        try:
+            for _ in range(min(count, 100)):  # warm-up, untimed
+                client.call(payload)
+
+            def calls() -> float:
+                pool = concurrent.futures.ThreadPoolExecutor(opts.small_concurrency, "bench-echo")
+                try:
+                    started = time.perf_counter()
+                    list(pool.map(lambda _: client.call(payload), range(count)))
+                    return time.perf_counter() - started
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
+
+            timed = _timed(calls, {"control_server": control.pid})
+        finally:
+            client.close()
+    finally:
+        control.stop()
+    cpu = timed["cpu_seconds"]
+    return {
+        "calls_per_s": count / timed["seconds"],
+        "cpu_ms_per_call": {
+            "control_server": cpu["control_server"] * 1000 / count,
+            "control_client": cpu["harness"] * 1000 / count,
+        },
+    }
+
+
+def say_small(small: dict[str, Any]) -> None:
+    say(
+        f"    {small['transfers_per_s']:.1f}/s, p50 {small['latency_ms']['p50']:.1f} ms,"
+        f" p99 {small['latency_ms']['p99']:.1f} ms"
+    )
+    per = small["cpu_ms_per_transfer"]
+    say("    CPU ms per transfer: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+    control = small["control"]
+    floor = control["cpu_ms_per_call"]
+    say(
+        f"    a bare mutual-TLS unary call of the same size (the control): "
+        f"{control['calls_per_s']:.0f}/s; CPU ms per call: server "
+        f"{floor['control_server']:.2f}, client {floor['control_client']:.2f}"
+    )
 
 
 def bench_memory(setup: Setup, opts: Options) -> dict[str, Any]:
@@ -1048,7 +1105,11 @@ def cpu_lines(results: dict[str, Any]) -> list[str]:
         )
     per = results["small"]["cpu_ms_per_transfer"]
     text = ", ".join(f"{name} {value:.1f}" for name, value in per.items())
-    lines.append(f"CPU ms per small transfer: {text}")
+    floor = results["small"]["control"]["cpu_ms_per_call"]
+    lines.append(
+        f"CPU ms per small transfer: {text} (a bare mutual-TLS unary call: server "
+        f"{floor['control_server']:.2f}, client {floor['control_client']:.2f})"
+    )
     multinode = results.get("multinode", {"skipped": True})
     if not multinode.get("skipped"):
         for side in ("one", "two"):
@@ -1196,11 +1257,7 @@ def run(opts: Options) -> dict[str, Any]:
                 f"{opts.small_concurrency} at a time"
             )
             results["small"] = bench_small(setup, pair, opts)
-            small = results["small"]
-            say(
-                f"    {small['transfers_per_s']:.1f}/s, p50 {small['latency_ms']['p50']:.1f} ms,"
-                f" p99 {small['latency_ms']['p99']:.1f} ms"
-            )
+            say_small(results["small"])
             say(
                 f"==> rotation: {opts.pairs} pair(s) of {human(opts.bulk_size)}, keys steady "
                 "vs rotating"
@@ -1292,13 +1349,8 @@ def run_small_only(opts: Options) -> dict[str, Any]:
                 f"==> small: {opts.small_count} x {human(opts.small_size)}, "
                 f"{opts.small_concurrency} at a time"
             )
-            results["small"] = small = bench_small(setup, pair, opts)
-            say(
-                f"    {small['transfers_per_s']:.1f}/s, p50 {small['latency_ms']['p50']:.1f} ms,"
-                f" p99 {small['latency_ms']['p99']:.1f} ms"
-            )
-            per = small["cpu_ms_per_transfer"]
-            say("    CPU ms per transfer: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
+            results["small"] = bench_small(setup, pair, opts)
+            say_small(results["small"])
         if not opts.skip_longlink:
             say("==> long links (small-transfer latency at the longest round trip)")
             results["longlink"] = bench_longlink(setup, link_options(opts))
