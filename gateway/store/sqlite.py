@@ -5,8 +5,8 @@ second per transfer. WAL mode; each transaction commits at the ``synchronous`` l
 needs: ``FULL`` (fsync at commit), or ``NORMAL`` for one that may lose its last commit to a
 power failure (``durable=False``). The level is set only when it changes, not around every
 transaction: the ledger commits all of its transactions at ``NORMAL`` and makes them durable
-with one fsync of the log per group (``ledger_base.GroupSync``), so a daemon sets it once
-rather than twice per transaction, two statements in every four it would otherwise run.
+with one fsync of the log per group (``ledger_base.GroupSync``), so a daemon sets it once,
+not in two PRAGMAs around each BEGIN ... COMMIT.
 """
 
 from __future__ import annotations
