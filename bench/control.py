@@ -23,8 +23,12 @@ from concurrent import futures
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
+
+if TYPE_CHECKING:
+    from devtools.pair import Pair
 
 SERVICE = "xbgw.bench.Control"
 UPLOAD = f"/{SERVICE}/Upload"
@@ -40,6 +44,17 @@ class TlsFiles:
     certificate: Path
     private_key: Path
     ca: Path
+
+
+def stand_ins(pair: Pair) -> tuple[TlsFiles, TlsFiles]:
+    """(client, server) files of the control: the sending and receiving gateways' stand-ins.
+
+    The gateways' own keys are wrapped by their HSMs: the control uses their stand-ins (same
+    names, same CA, same key type), so its handshakes are the gateways' in all but key."""
+    return (
+        TlsFiles(*pair.lingang.paths.stand_in(), pair.ca_path()),
+        TlsFiles(*pair.frankfurt.paths.stand_in(), pair.ca_path()),
+    )
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.control import ControlClient, ControlServer, TlsFiles
+from bench.control import ControlClient, ControlServer, TlsFiles, stand_ins
 from bench.daemons import cpu_seconds, each_cpu_seconds, each_peak_rss_kib, self_cpu_seconds
 from bench.delay_proxy import DelayProxy, Report
 from bench.localapi import LocalClient
@@ -287,8 +287,7 @@ def bench_longlink(setup: Setup, opts: LinkOptions) -> dict[str, Any]:
     pair = setup.pair
     config = pair.lingang.paths.config
     original = config.read_text(encoding="utf-8")
-    client_tls = TlsFiles(*pair.lingang.paths.stand_in(), pair.ca_path())
-    server_tls = TlsFiles(*pair.frankfurt.paths.stand_in(), pair.ca_path())
+    client_tls, server_tls = stand_ins(pair)
     control = ControlServer(server_tls, setup.max_message_bytes)
     small_rtt = max(opts.rtts_ms)
     runs: list[dict[str, Any]] = []

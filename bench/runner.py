@@ -77,7 +77,7 @@ from bench import REPO, hsmbench, leaks
 from bench.audit import BATCH as AUDIT_BATCH
 from bench.audit import bench_audit
 from bench.compliance import TARGET_DECISION_MS, bench_compliance
-from bench.control import ControlClient, ControlServer, TlsFiles
+from bench.control import ControlClient, ControlServer, stand_ins
 from bench.daemons import (
     RssSampler,
     cpu_seconds,
@@ -492,11 +492,7 @@ def _timed(run: Callable[[], float], pids: dict[str, int]) -> dict[str, Any]:
 def bench_bulk(setup: Setup, pair: Pair, opts: Options) -> dict[str, Any]:
     size = opts.bulk_size
     tokens = setup.passports(opts.pairs + 1, size)
-    lingang, frankfurt = pair.lingang.paths, pair.frankfurt.paths
-    # The gateways' own keys are wrapped by their HSMs: the control uses their stand-ins
-    # (same names, same CA, same key type), so its handshakes are the gateways' in all but key.
-    client_tls = TlsFiles(*lingang.stand_in(), pair.ca_path())
-    server_tls = TlsFiles(*frankfurt.stand_in(), pair.ca_path())
+    client_tls, server_tls = stand_ins(pair)
     control = ControlServer(server_tls, setup.max_message_bytes)
     local = setup.local()
     try:
@@ -696,8 +692,7 @@ def bench_small_control(setup: Setup, pair: Pair, opts: Options) -> dict[str, An
     many at a time, on the control's mutual-TLS connection (raw bytes, a server that only
     counts them) -- what gRPC alone costs each end per call."""
     count, size = opts.small_count, opts.small_size
-    client_tls = TlsFiles(*pair.lingang.paths.stand_in(), pair.ca_path())
-    server_tls = TlsFiles(*pair.frankfurt.paths.stand_in(), pair.ca_path())
+    client_tls, server_tls = stand_ins(pair)
     control = ControlServer(server_tls, setup.max_message_bytes)
     payload = os.urandom(size)
     try:

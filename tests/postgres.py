@@ -8,7 +8,8 @@ one too); this module shares one among the tests of a session.
 
 Use: ``from tests.postgres import postgres`` (a session fixture; the cluster is shared by
 every module that imports it), then ``postgres.database("name")`` -- a fresh database made
-from a template at the current schema in a few tens of milliseconds.
+from a template at the current schema in a few tens of milliseconds. A module whose tests run
+on both databases imports ``pg_url`` (its own database) and ``ledger_on`` as well.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "USER",
     "Cluster",
     "ledger_on",
+    "pg_url",
     "postgres",
     "truncate_all",
 ]
@@ -46,6 +48,13 @@ def truncate_all(url: str) -> None:
             ).fetchall()
         ]
         db.execute(f"TRUNCATE {', '.join(tables)}".encode())
+
+
+@pytest.fixture(scope="module")
+def pg_url(request: pytest.FixtureRequest, postgres: Cluster) -> str:
+    """The importing module's own database, named after it (made once per module;
+    :func:`ledger_on` empties it for each test)."""
+    return postgres.database(request.module.__name__.rpartition(".")[2])
 
 
 def ledger_on(request: pytest.FixtureRequest, sqlite_path: Path) -> Ledger:

@@ -18,7 +18,7 @@ from gateway.ledger import SCHEMA_VERSION, Count, Counter, Inbound, Ledger
 from gateway.signed import Signed as Receipt
 from gateway.store.sqlite import SqliteDatabase
 from gateway.transfer import TransferState
-from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
+from tests.postgres import ledger_on, pg_url, postgres  # noqa: F401 - fixtures
 
 RECEIPT = Receipt(b'{"receipt":1}', bytes(range(64)), "gw-b/signing/1")
 
@@ -26,11 +26,6 @@ RECEIPT = Receipt(b'{"receipt":1}', bytes(range(64)), "gw-b/signing/1")
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "ledger.db"
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
-    return postgres.database("test_ledger")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

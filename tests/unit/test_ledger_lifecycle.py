@@ -17,7 +17,7 @@ from gateway.ledger import SCHEMA_VERSION, Ledger
 from gateway.paging import MAX_PAGE, decode_token, encode_token, page_size
 from gateway.signed import Signed
 from gateway.transfer import TransferState
-from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
+from tests.postgres import ledger_on, pg_url, postgres  # noqa: F401 - fixtures
 
 RECEIPT = Signed(b"receipt", b"\x01" * 64, "gw/signing/1")
 
@@ -50,11 +50,6 @@ CREATE INDEX inbound_in_flight_counts ON inbound (count_exporter, count_year)
     WHERE state = 'receiving';
 PRAGMA user_version=5;
 """
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
-    return postgres.database("test_ledger_lifecycle")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -36,7 +36,7 @@ from gateway.transfer import TransferState
 from tests.fakes import SoftwareHsm
 from tests.loopback import SEGMENT, Loopback, make_loopback
 from tests.loopback_rig import assert_delivered
-from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
+from tests.postgres import ledger_on, pg_url, postgres  # noqa: F401 - fixtures
 from tests.system.harness import wait_until
 
 
@@ -273,11 +273,6 @@ def test_the_real_log_is_fsynced_by_a_durable_commit(
 
 
 # -- the ledger rows of a one-call transfer, on both databases ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
-    return postgres.database("test_small_durability")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

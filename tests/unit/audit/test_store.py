@@ -10,15 +10,10 @@ import pytest
 
 from gateway.audit.merkle import consistency_proof, inclusion_proof, leaf_hash, root
 from gateway.ledger import Ledger
-from tests.postgres import Cluster, ledger_on, postgres  # noqa: F401 - postgres: a fixture
+from tests.postgres import ledger_on, pg_url, postgres  # noqa: F401 - fixtures
 
 RECORDS = [f"record {i}".encode() for i in range(70)]
 LEAVES = [leaf_hash(record) for record in RECORDS]
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres: Cluster) -> str:  # noqa: F811 - the imported fixture
-    return postgres.database("test_audit_store")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
